@@ -1,0 +1,5 @@
+"""``python -m dsocr`` runs the CLI."""
+
+from dsocr.cli import main
+
+main()

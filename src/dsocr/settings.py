@@ -1,0 +1,101 @@
+"""Settings: one ``Settings`` object built by each entry point and passed down by section.
+
+Environment variables use the ``DSOCR_`` prefix and ``__`` between section and field, e.g.
+``DSOCR_ENGINE__KIND=fake``, ``DSOCR_LIMITS__MAX_PAGES=200``, ``DSOCR_SERVER__API_KEYS='["k1","k2"]'``.
+There is no global instance: tests write ``Settings(engine={"kind": "fake"})``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["EngineSettings", "FetchSettings", "LimitSettings", "ServerSettings", "Settings"]
+
+EngineKind = Literal["auto", "vllm", "cpu", "fake"]
+
+
+class EngineSettings(BaseModel):
+    """Which engine to run and how."""
+
+    kind: EngineKind = "auto"
+    # HF id or local directory of the served model (vLLM engine); also reported as ``model_name``.
+    model: str = "deepseek-ai/DeepSeek-OCR"
+    revision: str | None = None
+    # Extra served models for the vLLM engine (e.g. DeepSeek-OCR 2), routed by the ``model`` field.
+    extra_models: list[str] = Field(default_factory=list)
+    served_model_name: str | None = None
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_model_len: int = Field(8192, ge=512)
+    max_num_seqs: int = Field(256, ge=1)
+    max_num_batched_tokens: int | None = None
+    kv_cache_dtype: str = "auto"
+    load_format: str = "auto"
+    # Repetition control (official 30/90, whitelist <td> </td>).
+    ngram_size: int = Field(30, ge=1)
+    ngram_window: int = Field(90, ge=1)
+    # Fake engine knobs (tests and demos only).
+    fake_delay_s: float = Field(0.0, ge=0)
+
+
+class FetchSettings(BaseModel):
+    """The SSRF-guarded URL fetcher."""
+
+    allow_http: bool = False
+    # Hosts (exact names) or networks (CIDR) an operator trusts, e.g. an internal object store.
+    allow_hosts: list[str] = Field(default_factory=list)
+    allow_networks: list[str] = Field(default_factory=list)
+    max_redirects: int = Field(3, ge=0, le=10)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(15.0, gt=0)
+    total_timeout_s: float = Field(30.0, gt=0)
+
+
+class LimitSettings(BaseModel):
+    """Byte, pixel, page, token and time limits."""
+
+    max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(60_000_000, ge=1)
+    max_pdf_pages: int = Field(500, ge=1)
+    max_page_pixels: int = Field(40_000_000, ge=1)
+    pdf_dpi: int = Field(144, ge=36, le=600)
+    max_tokens: int = Field(8192, ge=1)
+    request_timeout_s: float = Field(600.0, gt=0)
+    max_queue: int = Field(512, ge=1)
+    # Local paths as input: off unless a root is configured.
+    local_path_root: Path | None = None
+
+
+class ServerSettings(BaseModel):
+    """HTTP server."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    # Health and metrics can stay open for probes and scrapers.
+    open_health: bool = True
+    open_metrics: bool = True
+    cors_origins: list[str] = Field(default_factory=list)
+    workers: int = Field(1, ge=1)
+    max_concurrency: int = Field(256, ge=1)
+
+
+class Settings(BaseSettings):
+    """All dsocr settings."""
+
+    model_config = SettingsConfigDict(env_prefix="DSOCR_", env_nested_delimiter="__", extra="ignore")
+
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    debug: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.limits.max_page_pixels > self.limits.max_image_pixels:
+            self.limits.max_page_pixels = self.limits.max_image_pixels
+        return self
