@@ -8,7 +8,8 @@ and the HTTP ``status`` it maps to, so front ends (HTTP API, CLI, Truss) never g
     │   ├── UnsupportedMediaType  unsupported_media_type  415  exit 2
     │   ├── InputTooLarge         input_too_large         413  exit 2   bytes, pixels or pages over a limit
     │   ├── UndecodableInput      undecodable_input       422  exit 2   image or PDF cannot be decoded
-    │   └── FetchFailed           fetch_failed            422  exit 2   URL unreachable or refused (SSRF)
+    │   ├── FetchFailed           fetch_failed            422  exit 2   URL unreachable or refused (SSRF)
+    │   └── ModelNotFound         model_not_found         404  exit 2   ``model`` names no served model
     ├── Unauthorized              unauthorized            401  exit 2
     ├── EngineError               engine_error            500  exit 3
     │   ├── EngineUnavailable     engine_unavailable      503  exit 3   + Retry-After
@@ -32,6 +33,7 @@ __all__ = [
     "FetchFailed",
     "InputTooLarge",
     "InvalidInput",
+    "ModelNotFound",
     "Unauthorized",
     "UndecodableInput",
     "UnsupportedMediaType",
@@ -97,6 +99,13 @@ class FetchFailed(InvalidInput):
 
     code = "fetch_failed"
     status = 422
+
+
+class ModelNotFound(InvalidInput):
+    """The request's ``model`` names no model this server serves (OpenAI's ``model_not_found``)."""
+
+    code = "model_not_found"
+    status = 404
 
 
 class Unauthorized(DsocrError):
