@@ -7,7 +7,8 @@ import io
 import pypdfium2 as pdfium
 from PIL import Image
 
-from dsocr.render.figure import PlaneCircle, PlaneFigure, PlanePoint, PlaneSegment, draw_geometry
+from dsocr.grounding.geometry import GeometryFigure, parse_geometry
+from dsocr.render.figure import draw_geometry
 from dsocr.render.overlay import label_colour, layout_pdf, scale_box
 from dsocr.types import Block, ParsedOutput
 
@@ -31,9 +32,21 @@ def darkest_row(image: Image.Image) -> int:
     return counts.index(max(counts))
 
 
+def figure_of(raw: str) -> GeometryFigure:
+    figure, warnings = parse_geometry(raw)
+    assert figure is not None, warnings
+    return figure
+
+
+def plot(raw: str) -> Image.Image:
+    return Image.open(io.BytesIO(draw_geometry(figure_of(raw)))).convert("RGB")
+
+
 def horizontal_line(dashed: bool) -> Image.Image:
-    figure = PlaneFigure(segments=[PlaneSegment(start=(-10.0, 0.0), end=(10.0, 0.0), dashed=dashed)])
-    return Image.open(io.BytesIO(draw_geometry(figure))).convert("RGB")
+    line_type = "--" if dashed else "-"
+    return plot(
+        f"{{'Line': {{'line': ['(-10,0) -- (10,0)'], 'line_type': ['{line_type}'], 'line_endpoint': []}}}}"
+    )
 
 
 def test_dashed_line_has_gaps_and_solid_line_has_none() -> None:
@@ -49,8 +62,7 @@ def test_dashed_line_has_gaps_and_solid_line_has_none() -> None:
 
 
 def test_circle_is_drawn_unfilled_around_its_centre() -> None:
-    figure = PlaneFigure(circles=[PlaneCircle(center=(0.0, 0.0), radius=5.0, name="O")])
-    image = Image.open(io.BytesIO(draw_geometry(figure))).convert("RGB")
+    image = plot("{'Circle': {'circle_center': ['O: (0,0)'], 'radius': [5]}}")
     middle = image.height // 2
     row = runs_along_row(image, middle)
     # The circle crosses the middle row twice (left and right rim), and its inside is white.
@@ -60,9 +72,8 @@ def test_circle_is_drawn_unfilled_around_its_centre() -> None:
 
 
 def test_named_points_are_drawn() -> None:
-    empty = Image.open(io.BytesIO(draw_geometry(PlaneFigure())))
-    named = Image.open(io.BytesIO(draw_geometry(PlaneFigure(points=[PlanePoint(name="A", at=(1.0, 2.0))]))))
-    assert empty.format == named.format == "PNG"
+    empty = plot("{'Line': {'line': [], 'line_type': [], 'line_endpoint': []}}")
+    named = plot("{'Line': {'line': [], 'line_type': [], 'line_endpoint': ['A: (1, 2)']}}")
     dark_pixels = sum(1 for p in named.convert("L").tobytes() if p < 128)
     assert dark_pixels > 10
     assert not any(p < 128 for p in empty.convert("L").tobytes())

@@ -1,8 +1,8 @@
 """Plane-geometry output ("Parse the figure." on a diagram, deepseek-ocr.md §5.6) drawn as a PNG.
 
 The model answers such prompts with a dict of lines, line types, named endpoints and circles.
-This module draws an already-validated :class:`PlaneFigure`; turning model text into one is the
-parser's job and never involves ``eval``.
+This module draws an already-validated figure (``dsocr.grounding.GeometryFigure``); reading one
+from model text is the parser's job and never involves ``eval``.
 
 Drawn with matplotlib's object API (``Figure`` + Agg canvas), never ``pyplot``: pyplot keeps
 global figure state that leaks between requests and is not thread-safe.
@@ -12,50 +12,58 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from typing import Protocol
 
-__all__ = ["PlaneCircle", "PlaneFigure", "PlanePoint", "PlaneSegment", "draw_geometry"]
-
-Point2 = tuple[float, float]
+__all__ = ["FigureLike", "draw_geometry", "is_dashed"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PlaneSegment:
-    """A line segment; ``dashed`` for the model's ``'--'`` line type (hidden/auxiliary lines)."""
-
-    start: Point2
-    end: Point2
-    dashed: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PlanePoint:
-    """A named point (``line_endpoint`` entries such as ``'A: (1, 2)'``)."""
-
-    name: str
-    at: Point2
+# Structural types: ``dsocr.grounding.GeometryFigure`` satisfies them without this module importing
+# the parser (render and grounding never import each other). Read-only properties, so frozen
+# dataclasses match.
+class _PointLike(Protocol):
+    @property
+    def x(self) -> float: ...
+    @property
+    def y(self) -> float: ...
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PlaneCircle:
-    """A circle; ``name`` is its centre's name (``'O'``), possibly empty."""
-
-    center: Point2
-    radius: float
-    name: str = ""
+class _NamedPointLike(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def point(self) -> _PointLike: ...
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PlaneFigure:
-    """Everything one geometry answer describes, in the model's own coordinate units."""
+class _SegmentLike(Protocol):
+    @property
+    def start(self) -> _PointLike: ...
+    @property
+    def end(self) -> _PointLike: ...
+    @property
+    def line_type(self) -> str: ...
 
-    segments: Sequence[PlaneSegment] = field(default_factory=tuple)
-    points: Sequence[PlanePoint] = field(default_factory=tuple)
-    circles: Sequence[PlaneCircle] = field(default_factory=tuple)
 
-    def is_empty(self) -> bool:
-        """True when there is nothing to draw."""
-        return not (self.segments or self.points or self.circles)
+class _CircleLike(Protocol):
+    @property
+    def center(self) -> _NamedPointLike: ...
+    @property
+    def radius(self) -> float: ...
+
+
+class FigureLike(Protocol):
+    """A parsed geometry answer: segments, named endpoints and circles in the figure's own units."""
+
+    @property
+    def segments(self) -> Sequence[_SegmentLike]: ...
+    @property
+    def endpoints(self) -> Sequence[_NamedPointLike]: ...
+    @property
+    def circles(self) -> Sequence[_CircleLike]: ...
+
+
+def is_dashed(line_type: str) -> bool:
+    """The model writes ``'--'`` for dashed (hidden or auxiliary) lines and ``'-'`` for solid ones."""
+    return line_type.strip() == "--"
 
 
 # On/off lengths in line widths. matplotlib's default '--' at this thin width leaves gaps of about
@@ -64,18 +72,19 @@ _DASHES = (0, (5.0, 4.0))
 _LINE_WIDTH = 0.8
 
 
-def _limits(figure: PlaneFigure) -> tuple[float, float, float, float]:
+def _limits(figure: FigureLike) -> tuple[float, float, float, float]:
     xs: list[float] = []
     ys: list[float] = []
     for segment in figure.segments:
-        xs += [segment.start[0], segment.end[0]]
-        ys += [segment.start[1], segment.end[1]]
-    for point in figure.points:
-        xs.append(point.at[0])
-        ys.append(point.at[1])
+        xs += [segment.start.x, segment.end.x]
+        ys += [segment.start.y, segment.end.y]
+    for named in figure.endpoints:
+        xs.append(named.point.x)
+        ys.append(named.point.y)
     for circle in figure.circles:
-        xs += [circle.center[0] - circle.radius, circle.center[0] + circle.radius]
-        ys += [circle.center[1] - circle.radius, circle.center[1] + circle.radius]
+        centre, radius = circle.center.point, abs(circle.radius)
+        xs += [centre.x - radius, centre.x + radius]
+        ys += [centre.y - radius, centre.y + radius]
     if not xs:
         # The official renderer's fixed window, used when there is nothing to fit.
         return -15.0, 15.0, -15.0, 15.0
@@ -87,9 +96,9 @@ def _limits(figure: PlaneFigure) -> tuple[float, float, float, float]:
     return cx - half, cx + half, cy - half, cy + half
 
 
-def draw_geometry(figure: PlaneFigure, *, size_in: float = 3.0, dpi: int = 200) -> bytes:
-    """Render ``figure`` as PNG bytes: black segments (dashed ones really dashed), named endpoints,
-    unfilled circles, equal axis scales, white background, no axes."""
+def draw_geometry(figure: FigureLike, *, size_in: float = 3.0, dpi: int = 200) -> bytes:
+    """Render ``figure`` as PNG bytes: black segments (``'--'`` ones really dashed), named
+    endpoints, unfilled circles, equal axis scales, white background, no axes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Circle
@@ -104,26 +113,40 @@ def draw_geometry(figure: PlaneFigure, *, size_in: float = 3.0, dpi: int = 200) 
     ax.axis("off")
 
     for segment in figure.segments:
+        xs, ys = [segment.start.x, segment.end.x], [segment.start.y, segment.end.y]
         ax.plot(
-            [segment.start[0], segment.end[0]],
-            [segment.start[1], segment.end[1]],
+            xs,
+            ys,
             color="black",
             linewidth=_LINE_WIDTH,
-            linestyle=_DASHES if segment.dashed else "-",
+            linestyle=_DASHES if is_dashed(segment.line_type) else "-",
             solid_capstyle="butt",
             dash_capstyle="butt",
         )
-        ax.scatter([segment.start[0], segment.end[0]], [segment.start[1], segment.end[1]], s=5, color="black")
+        ax.scatter(xs, ys, s=5, color="black")
+    named_points = [*figure.endpoints]
     for circle in figure.circles:
+        centre = circle.center.point
         ax.add_patch(
-            Circle(circle.center, radius=circle.radius, fill=False, edgecolor="black", linewidth=0.8)
+            Circle(
+                (centre.x, centre.y),
+                radius=abs(circle.radius),
+                fill=False,
+                edgecolor="black",
+                linewidth=_LINE_WIDTH,
+            )
         )
-        if circle.name:
-            ax.scatter([circle.center[0]], [circle.center[1]], s=5, color="black")
-            ax.annotate(circle.name, circle.center, xytext=(2, 2), textcoords="offset points", fontsize=6)
-    for point in figure.points:
-        ax.scatter([point.at[0]], [point.at[1]], s=5, color="black")
-        ax.annotate(point.name, point.at, xytext=(2, 2), textcoords="offset points", fontsize=6)
+        named_points.append(circle.center)
+    for named in named_points:
+        ax.scatter([named.point.x], [named.point.y], s=5, color="black")
+        if named.name:
+            ax.annotate(
+                named.name,
+                (named.point.x, named.point.y),
+                xytext=(2, 2),
+                textcoords="offset points",
+                fontsize=6,
+            )
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", facecolor="white")
