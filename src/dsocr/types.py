@@ -45,3 +45,6 @@ class ParsedOutput:
     geometry: object | None = None
     # Crops are boxes of ``image`` blocks in order; ``markdown`` links ``images/{i}.png``.
     crop_boxes_px: tuple[Box, ...] = field(default_factory=tuple)
+    # True for the OCR shape (``<|grounding|>OCR this image.``, ``Locate``): each ref label is the
+    # recognised text itself, not a layout category, so ``Block.text == Block.label``.
+    ref_is_text: bool = False

@@ -1,0 +1,81 @@
+"""Blocks → clean markdown, and markdown → plain text.
+
+Markdown follows the official post-processing (§5.4), done span-wise rather than with
+``str.replace`` so duplicate tags and multi-box image blocks stay correct:
+
+- grounding tags are gone; each block contributes its content, blocks are separated by one
+  blank line and runs of blank lines collapse to one;
+- every box of an ``image`` block becomes one link ``![](images/{i}.png)``, where ``i`` counts
+  image boxes over the page, so link ``i`` is always crop ``i`` (the official code numbers crops
+  per box but links per block, and they diverge);
+- ``\\coloneqq`` → ``:=`` and ``\\eqqcolon`` → ``=:`` (as the official scripts do: markdown
+  renderers' KaTeX/MathJax builds often lack these macros);
+- ``<center>``/``</center>`` wrappers (the model puts them around captions) are removed and their
+  content kept: markdown has no centring, GitHub drops the tag, and the block label already says
+  it is a caption. This is what the official OmniDocBench eval script does.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterable
+
+__all__ = ["clean_markdown_text", "image_link", "join_markdown", "markdown_to_text"]
+
+_CENTER = re.compile(r"</?center>", re.IGNORECASE)
+_BLANK_RUNS = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
+_HEADING = re.compile(r"^[ \t]{0,3}#{1,6}[ \t]+", re.MULTILINE)
+_IMAGE_LINK = re.compile(r"^[ \t]*!\[[^\]\n]*\]\([^)\n]*\)[ \t]*\n?", re.MULTILINE)
+_TABLE = re.compile(r"<table\b[^>]*>(.*?)</table>", re.IGNORECASE | re.DOTALL)
+_ROW = re.compile(r"<tr\b[^>]*>(.*?)(?:</tr>|(?=<tr\b)|$)", re.IGNORECASE | re.DOTALL)
+_CELL = re.compile(r"<t[dh]\b[^>]*>(.*?)(?:</t[dh]>|(?=<t[dh]\b)|$)", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^<>]+>")
+# Only ``**``: underscores are common in LaTeX subscripts, which plain text keeps as written.
+_EMPHASIS = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
+
+
+def image_link(crop_index: int) -> str:
+    """The markdown link of crop ``crop_index`` (the file a front end writes it to)."""
+    return f"![](images/{crop_index}.png)"
+
+
+def clean_markdown_text(content: str) -> str:
+    """Per-block cleanup: LaTeX macro rewrites and ``<center>`` removal."""
+    if "\\" in content:
+        content = content.replace("\\coloneqq", ":=").replace("\\eqqcolon", "=:")
+    if "<" in content:
+        content = _CENTER.sub("", content)
+    return content.strip()
+
+
+def join_markdown(parts: Iterable[str]) -> str:
+    """Join block markdown with one blank line between blocks; collapse longer blank runs."""
+    joined = "\n\n".join(part for part in parts if part)
+    if "\n\n\n" in joined or "\n \n" in joined or "\n\t\n" in joined:
+        joined = _BLANK_RUNS.sub("\n\n", joined)
+    return joined
+
+
+def _table_to_text(match: re.Match[str]) -> str:
+    rows = []
+    for row in _ROW.findall(match.group(1)):
+        cells = [html.unescape(_TAG.sub("", cell)).strip() for cell in _CELL.findall(row)]
+        if cells:
+            rows.append("\t".join(cells))
+    return "\n".join(rows)
+
+
+def markdown_to_text(markdown: str) -> str:
+    """Readable plain text: headings without ``#``, image links dropped, HTML tables as
+    tab-separated rows, ``**bold**`` markers removed, LaTeX kept as written."""
+    text = markdown
+    if "<" in text:
+        text = _TABLE.sub(_table_to_text, text)
+    if "#" in text:
+        text = _HEADING.sub("", text)
+    if "![" in text:
+        text = _IMAGE_LINK.sub("", text)
+    if "**" in text:
+        text = _EMPHASIS.sub(r"\1", text)
+    return _BLANK_RUNS.sub("\n\n", text).strip()

@@ -1,0 +1,68 @@
+"""Blocks → wire JSON (one shape for every front end) and blocks → raw model text.
+
+``to_raw`` is the inverse of :func:`dsocr.grounding.parse` on blocks: for any text ``raw``,
+``parse(to_raw(parse(raw).blocks, ref_is_text=...)).blocks`` equals ``parse(raw).blocks``.
+The fake engine uses it to script realistic answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from dsocr.types import Block, Box, ParsedOutput
+
+__all__ = ["blocks_to_json", "to_raw"]
+
+
+def _box_list(boxes: Iterable[Box]) -> list[list[int]]:
+    return [list(box) for box in boxes]
+
+
+def blocks_to_json(parsed: ParsedOutput) -> list[dict[str, Any]]:
+    """The wire shape of blocks: ``index``, ``label``, ``text``, ``boxes`` ([x1, y1, x2, y2] on the
+    0–999 grid) and ``boxes_px`` (pixels of the original image), plus ``crop_index`` for image blocks."""
+    out: list[dict[str, Any]] = []
+    for block in parsed.blocks:
+        item: dict[str, Any] = {
+            "index": block.index,
+            "label": block.label,
+            "text": block.text,
+            "boxes": _box_list(block.boxes),
+            "boxes_px": _box_list(block.boxes_px),
+        }
+        if block.crop_index is not None:
+            item["crop_index"] = block.crop_index
+        out.append(item)
+    return out
+
+
+def _tags(block: Block) -> str:
+    tags = f"<|ref|>{block.label}<|/ref|>"
+    if block.boxes:
+        coords = ", ".join(f"[{x1}, {y1}, {x2}, {y2}]" for x1, y1, x2, y2 in block.boxes)
+        tags += f"<|det|>[{coords}]<|/det|>"
+    return tags
+
+
+def to_raw(blocks: Sequence[Block], *, ref_is_text: bool = False) -> str:
+    """Write blocks back in the model's grammar.
+
+    ``ref_is_text`` selects the OCR shape (ref = recognised text, nothing after the tags), as in
+    ``ParsedOutput.ref_is_text``. Boxless ``text`` blocks are written as loose text where the
+    parser would read them back as such (before the first tag in document shape; anywhere in the
+    OCR shape); every other block gets its tags.
+    """
+    pieces: list[str] = []
+    for position, block in enumerate(blocks):
+        loose = block.label == "text" and not block.boxes and block.text.strip() and block.text != "text"
+        if ref_is_text:
+            if loose:
+                pieces.append(f"{block.text}\n")
+            else:
+                pieces.append(f"{_tags(block)}\n")
+        elif loose and position == 0:
+            pieces.append(f"{block.text}\n\n")
+        else:
+            pieces.append(f"{_tags(block)}\n{block.text}\n\n")
+    return "".join(pieces)
