@@ -1,0 +1,232 @@
+"""Load one image, or the pages of a PDF, from any source a user has.
+
+The whole API in two calls::
+
+    async with await load_document(UrlSource("https://…/scan.pdf"), limits=s.limits, fetch=s.fetch,
+                                   pages="1-3") as doc:
+        async for page in doc.pages():        # rendered one at a time, off the event loop
+            ...page.image                     # PIL RGB, upright, transparency on white
+
+    with open_file(Path("scan.pdf"), limits=s.limits) as doc:   # CLI: synchronous, trusted path
+        for page in doc.iter_pages():
+            ...
+
+Every failure is a typed ``dsocr.errors.InvalidInput`` subclass naming the field at fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+from PIL import Image
+
+from dsocr.errors import InvalidInput, UnsupportedMediaType
+from dsocr.inputs.formats import media_type_of, sniff_format
+from dsocr.inputs.images import decode_image
+from dsocr.inputs.pdf import PdfFile, parse_page_range
+from dsocr.inputs.sources import (
+    Base64Source,
+    BytesSource,
+    PathSource,
+    Resolver,
+    Source,
+    UrlSource,
+    read_local_file,
+    read_source,
+)
+from dsocr.settings import FetchSettings, LimitSettings
+
+__all__ = [
+    "Base64Source",
+    "BytesSource",
+    "Document",
+    "Page",
+    "PathSource",
+    "Source",
+    "UrlSource",
+    "load_document",
+    "open_document",
+    "open_file",
+    "parse_page_range",
+]
+
+_MIN_DPI, _MAX_DPI = 36, 600
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page ready for the model: ``index`` is 0-based in the source document."""
+
+    index: int
+    image: Image.Image
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Width and height in pixels."""
+        return self.image.size
+
+
+class Document:
+    """An opened image or PDF whose selected pages are produced lazily.
+
+    ``page_count`` is the number of pages in the source (1 for an image); ``page_indices`` the
+    selected ones, 0-based, in document order. A PDF page is rendered only when iterated, so a
+    500-page PDF never sits in memory at once. Close the document (or use ``with``/``async with``).
+    """
+
+    def __init__(
+        self,
+        *,
+        kind: Literal["image", "pdf"],
+        media_type: str,
+        page_count: int,
+        page_indices: tuple[int, ...],
+        name: str | None,
+        image: Image.Image | None = None,
+        pdf: PdfFile | None = None,
+    ) -> None:
+        self.kind = kind
+        self.media_type = media_type
+        self.page_count = page_count
+        self.page_indices = page_indices
+        self.name = name
+        self._image = image
+        self._pdf = pdf
+
+    def _page(self, index: int) -> Page:
+        if self._pdf is not None:
+            return Page(index, self._pdf.render(index))
+        assert self._image is not None
+        return Page(index, self._image)
+
+    def iter_pages(self) -> Iterator[Page]:
+        """Yield the selected pages, rendering each in the calling thread (CLI, batch workers)."""
+        for index in self.page_indices:
+            yield self._page(index)
+
+    async def pages(self) -> AsyncIterator[Page]:
+        """Yield the selected pages, rendering each in a worker thread so the event loop stays free."""
+        for index in self.page_indices:
+            if self._pdf is None:
+                yield self._page(index)
+            else:
+                yield await asyncio.to_thread(self._page, index)
+
+    def close(self) -> None:
+        """Release the PDF (no-op for images)."""
+        if self._pdf is not None:
+            self._pdf.close()
+
+    async def aclose(self) -> None:
+        """``close`` from async code: waits for the pdfium lock in a worker thread."""
+        await asyncio.to_thread(self.close)
+
+    def __enter__(self) -> Document:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Document:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return (
+            f"Document(kind={self.kind!r}, media_type={self.media_type!r}, page_count={self.page_count}, "
+            f"selected={len(self.page_indices)}, name={self.name!r})"
+        )
+
+
+def _check_dpi(dpi: int | None, default: int) -> int:
+    if dpi is None:
+        return default
+    if not _MIN_DPI <= dpi <= _MAX_DPI:
+        raise InvalidInput(f"dpi must be between {_MIN_DPI} and {_MAX_DPI}; got {dpi}", field="dpi")
+    return dpi
+
+
+def open_document(
+    data: bytes,
+    *,
+    limits: LimitSettings,
+    pages: str | None = None,
+    dpi: int | None = None,
+    field: str = "document",
+    name: str | None = None,
+) -> Document:
+    """Open bytes already in memory: decode an image now, or open a PDF for lazy rendering.
+
+    The format comes from the magic bytes only. ``pages`` ("1-3,5,8-") selects pages (an image has
+    one); ``dpi`` defaults to ``limits.pdf_dpi``. Blocking: call it from a worker thread in async code.
+    """
+    resolution = _check_dpi(dpi, limits.pdf_dpi)
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise UnsupportedMediaType(
+            "not an accepted format: send PNG, JPEG, WebP, TIFF, BMP, GIF or PDF", field=field
+        )
+    if fmt == "PDF":
+        pdf = PdfFile(
+            data,
+            max_pages=limits.max_pdf_pages,
+            max_page_pixels=limits.max_page_pixels,
+            dpi=resolution,
+            pages=pages,
+            field=field,
+        )
+        return Document(
+            kind="pdf",
+            media_type=media_type_of(fmt),
+            page_count=pdf.page_count,
+            page_indices=pdf.selected,
+            name=name,
+            pdf=pdf,
+        )
+    selected = (0,) if pages is None else parse_page_range(pages, 1)
+    image = decode_image(data, max_pixels=limits.max_image_pixels, field=field)
+    return Document(
+        kind="image",
+        media_type=media_type_of(fmt),
+        page_count=1,
+        page_indices=selected,
+        name=name,
+        image=image,
+    )
+
+
+async def load_document(
+    source: Source,
+    *,
+    limits: LimitSettings,
+    fetch: FetchSettings,
+    pages: str | None = None,
+    dpi: int | None = None,
+    resolver: Resolver | None = None,
+) -> Document:
+    """Read ``source`` (URL, base64, bytes or confined path) and open it; see ``open_document``.
+
+    Network reads are async; decoding and PDF opening run in a worker thread. ``resolver`` replaces
+    DNS resolution for URLs (tests).
+    """
+    raw = await read_source(source, limits=limits, fetch=fetch, resolver=resolver)
+    return await asyncio.to_thread(
+        open_document, raw.data, limits=limits, pages=pages, dpi=dpi, field=raw.field, name=raw.name
+    )
+
+
+def open_file(
+    path: Path, *, limits: LimitSettings, pages: str | None = None, dpi: int | None = None
+) -> Document:
+    """Open a file the local user named (CLI): synchronous, not confined to a root."""
+    source = read_local_file(path, limits=limits)
+    return open_document(source.data, limits=limits, pages=pages, dpi=dpi, field="file", name=source.filename)
