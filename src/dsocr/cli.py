@@ -6,6 +6,9 @@ Exit codes scripts can trust: 0 success, 1 internal error, 2 bad input or usage,
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, NoReturn
+
 import typer
 
 app = typer.Typer(
@@ -20,6 +23,64 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """DeepSeek-OCR command line."""
+
+
+# --- visualize: draw a saved result on its page image (src/dsocr/visualize.py) ---------------------
+
+
+@app.command("visualize")
+def visualize_command(
+    result: Annotated[
+        Path,
+        typer.Argument(metavar="RESULT.json", help="A /predict or /v1/ocr answer, or `dsocr parse` JSON."),
+    ],
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="The page image the result describes.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="PNG to write. Default: IMAGE's name + .viz.png.")
+    ] = None,
+    page: Annotated[
+        int | None, typer.Option(min=1, help="Page of a multi-page result (1-based). Default: 1.")
+    ] = None,
+) -> None:
+    """Draw the layout boxes (or geometry figure) of RESULT.json on IMAGE and write a PNG."""
+    import json
+
+    from dsocr.errors import DsocrError
+    from dsocr.visualize import visualize
+
+    def fail(message: str, exit_code: int = 2) -> NoReturn:
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(exit_code)
+
+    try:
+        document = json.loads(result.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        fail(f"result file not found: {result}")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read result file {result}: {exc}")
+    except json.JSONDecodeError as exc:
+        fail(f"{result} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}")
+    if not image.is_file():
+        fail(f"image file not found: {image}")
+    try:
+        drawn = visualize(image, document, page=page)
+    except DsocrError as exc:
+        where = f" ({exc.field})" if exc.field else ""
+        fail(f"{exc.message}{where}", exc.exit_code)
+    for warning in drawn.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    if drawn.is_empty:
+        fail(f"{result} holds no boxes or geometry to draw")
+    target = out if out is not None else image.with_name(image.stem + ".viz.png")
+    try:
+        if drawn.boxes is not None:
+            drawn.boxes.save(target, format="PNG")
+        elif drawn.geometry_png is not None:
+            target.write_bytes(drawn.geometry_png)
+    except OSError as exc:
+        fail(f"cannot write {target}: {exc}")
+    boxes = sum(len(block.boxes) for block in drawn.blocks)
+    typer.echo(f"wrote {target} ({boxes} boxes)")
 
 
 def main() -> None:
