@@ -90,7 +90,7 @@ def parse_coordinates(literal: str) -> tuple[list[Box], list[str]]:
             box = _box(numbers[i : i + 4], shown, warnings)
             if box is not None:
                 boxes.append(box)
-        if re.search(r"[^\d\s,.]", group):
+        if re.search(r"[^\d\s,]", group):
             repaired = True
     if repaired or not literal.strip().startswith("[["):
         warnings.append(f"malformed coordinate list {shown!r} read as {[list(b) for b in boxes]}")

@@ -189,9 +189,9 @@ def parse(raw: str, *, width: int, height: int, prompt: str | None = None) -> Pa
     if width <= 0 or height <= 0:
         warnings.append(f"image size {width}x{height} is not positive; pixel boxes are zero")
         width, height = max(width, 0), max(height, 0)
-    body = raw.rstrip()
-    if body.endswith(EOS):
-        body = body[: -len(EOS)]
+    # The end-of-sentence token is a stop marker, not content (the official PDF script keeps it
+    # in the text to test for normal completion).
+    body = raw.replace(EOS, "") if EOS in raw else raw
     segments, saw_tag = _scan(body, warnings)
 
     ref_is_text = ref_is_text_for_prompt(prompt)

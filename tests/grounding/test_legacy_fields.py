@@ -1,0 +1,67 @@
+"""legacy_fields reproduces the seed Truss server's response for old clients."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from dsocr.grounding import legacy_fields, parse
+
+
+def test_grounded_output_gets_the_long_form(raw_fixture: Callable[[str], str]) -> None:
+    raw = raw_fixture("document_page.txt")
+    fields = legacy_fields(parse(raw, width=1654, height=2339), prompt="P <image>", model_name="m")
+    assert list(fields) == [
+        "extracted_text",
+        "raw_output",
+        "references",
+        "image_references",
+        "other_references",
+        "image_size",
+        "prompt_used",
+        "model_name",
+        "has_bounding_boxes",
+    ]
+    assert fields["raw_output"] == raw
+    assert fields["image_size"] == [1654, 2339]
+    assert fields["prompt_used"] == "P <image>" and fields["model_name"] == "m"
+    assert fields["has_bounding_boxes"] is True
+    assert len(fields["references"]) == 13
+    assert fields["references"][0] == [
+        "<|ref|>title<|/ref|><|det|>[[143, 62, 856, 101]]<|/det|>",
+        "title",
+        "[[143, 62, 856, 101]]",
+    ]
+    assert len(fields["image_references"]) == 2 and len(fields["other_references"]) == 11
+    # Seed link format: one link per image *block*, image_{k}.jpg, followed by a newline.
+    assert (
+        "![](image_0.jpg)\n" in fields["extracted_text"] and "![](image_1.jpg)\n" in fields["extracted_text"]
+    )
+    assert "<|ref|>" not in fields["extracted_text"]
+    assert fields["extracted_text"].startswith("\n# Attention Is Not All You Need")
+    json.dumps(fields)
+
+
+def test_untagged_output_gets_the_short_form(raw_fixture: Callable[[str], str]) -> None:
+    raw = raw_fixture("free_ocr.txt")
+    fields = legacy_fields(parse(raw, width=10, height=20), prompt="Free OCR.", model_name="m")
+    assert fields == {
+        "extracted_text": raw,
+        "image_size": [10, 20],
+        "prompt_used": "Free OCR.",
+        "model_name": "m",
+    }
+
+
+def test_ref_without_complete_match_is_long_form_without_boxes() -> None:
+    raw = "<|ref|>title<|/ref|><|det|>[[12, 3"
+    fields = legacy_fields(parse(raw, width=10, height=10), prompt="p", model_name="m")
+    assert fields["has_bounding_boxes"] is False
+    assert fields["references"] == [] and fields["extracted_text"] == raw
+
+
+def test_malformed_coordinates_are_returned_verbatim_not_evaluated() -> None:
+    raw = "<|ref|>text<|/ref|><|det|>__import__('os').system('false')<|/det|>\nhi"
+    fields = legacy_fields(parse(raw, width=10, height=10), prompt="p", model_name="m")
+    assert fields["references"][0][2] == "__import__('os').system('false')"
+    assert fields["extracted_text"] == "\nhi"
