@@ -304,10 +304,10 @@ def address_refusal(ip: IPAddress) -> str | None:
         return "a unique-local (fc00::/7) address"
     if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
         return "a site-local address"
-    if ip.is_private:
-        return "a private address"
     if ip.is_reserved:
         return "a reserved address"
+    if ip.is_private:
+        return "a private address"
     if not ip.is_global:
         return "not a globally routable address"
     return None
