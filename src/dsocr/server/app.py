@@ -1,0 +1,242 @@
+"""The app factory: ``create_app(settings, engine=None)``.
+
+The lifespan owns the engine: it creates it from ``settings.engine`` (unless one is passed in,
+as tests do with ``FakeEngine``), starts it (weights, warm-up, self-test) and closes it on
+shutdown. A failing start keeps the server up but unready — ``/ready`` and every OCR route
+answer 503 ``engine_unavailable`` with the reason — and never falls back to another engine.
+
+Middleware, outermost first: CORS (only with ``cors_origins``), request id (uuid4, echoed in
+``X-Request-Id``), metrics, body-size limit (``Content-Length`` checked up front, streamed bytes
+counted; 413 either way). For uvicorn: ``uvicorn dsocr.server.app:app_from_env --factory``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dsocr import __version__
+from dsocr.engine.base import Engine
+from dsocr.errors import DsocrError, InputTooLarge
+from dsocr.server import routes_health, routes_ocr
+from dsocr.server.admission import AdmissionQueue
+from dsocr.server.deps import AppState, require_api_key
+from dsocr.server.errors import dsocr_error_body, install_error_handlers
+from dsocr.server.metrics import Metrics, MetricsMiddleware
+from dsocr.settings import Settings
+
+__all__ = ["BodyTooLarge", "app_from_env", "body_limit_for", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+# Room above the upload limit for base64's 4/3 growth and the JSON or multipart framing.
+_BODY_OVERHEAD_BYTES = 64 * 1024
+
+
+def body_limit_for(settings: Settings) -> int:
+    """Largest request body accepted: a maximal upload sent as base64 in JSON, plus framing."""
+    return settings.limits.max_upload_bytes * 4 // 3 + _BODY_OVERHEAD_BYTES
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised from ``receive`` when a streamed body passes the limit.
+
+    An ``HTTPException`` so that FastAPI's body reading re-raises it unchanged; the error
+    handlers render it as the ``InputTooLarge`` envelope.
+    """
+
+    def __init__(self, error: InputTooLarge) -> None:
+        super().__init__(status_code=413, detail=error.message)
+        self.error = error
+
+
+def _too_large(limit: int, size: int | None = None) -> InputTooLarge:
+    what = f"request body is {size:,} bytes" if size is not None else "request body is too large"
+    return InputTooLarge(
+        f"{what}; limit is {limit:,} bytes (DSOCR_LIMITS__MAX_UPLOAD_BYTES, plus base64 and framing)",
+        field="body",
+    )
+
+
+class BodyLimitMiddleware:
+    """413 before reading a body whose ``Content-Length`` is over the limit; count the rest."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            request_id = scope.get("state", {}).get("request_id")
+            error = _too_large(self.max_bytes, declared)
+            headers = {"X-Request-Id": request_id} if request_id else None
+            # Closing the connection: the client may still be sending a body we will not read.
+            response = JSONResponse(
+                dsocr_error_body(error, request_id),
+                status_code=413,
+                headers={**(headers or {}), "Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(_too_large(self.max_bytes))
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+class RequestIdMiddleware:
+    """Give every request a uuid4 id (``request.state.request_id``) and echo it in ``X-Request-Id``.
+
+    The id is always generated here, never taken from the client: engine aborts are by id, so
+    ids must not collide.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def _include_openai_routes(app: FastAPI) -> None:
+    # The OpenAI-compatible routes live in their own module (another front end's translator).
+    try:
+        from dsocr.server import routes_openai
+    except ImportError:  # pragma: no cover - only while that module is not part of the tree
+        logger.warning("dsocr.server.routes_openai is not available; /v1/chat/completions is off")
+        return
+    from fastapi import Depends
+
+    app.include_router(routes_openai.router, dependencies=[Depends(require_api_key)])
+
+
+async def _start_engine(state: AppState, engine: Engine | None) -> None:
+    settings = state.settings
+    if engine is None:
+        try:
+            from dsocr.engine.factory import create_engine  # type: ignore[import-not-found,unused-ignore]
+
+            engine = create_engine(settings.engine)
+        except DsocrError as exc:
+            state.unready_reason = f"the engine could not be created: {exc.message}"
+            logger.error("engine creation failed: %s", exc.message)
+            return
+        except Exception as exc:
+            state.unready_reason = f"the engine could not be created: {type(exc).__name__}: {exc}"
+            logger.exception("engine creation failed")
+            return
+    state.engine = engine
+    try:
+        await engine.start()
+    except DsocrError as exc:
+        state.unready_reason = f"the engine failed to start: {exc.message}"
+        logger.error("engine start failed: %s", exc.message)
+        return
+    except Exception as exc:
+        state.unready_reason = f"the engine failed to start: {type(exc).__name__}: {exc}"
+        logger.exception("engine start failed")
+        return
+    state.ready = True
+    state.unready_reason = ""
+
+
+def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
+    """Build the HTTP app. ``engine`` overrides ``settings.engine`` (tests pass a ``FakeEngine``).
+
+    The engine is started in the lifespan and closed on shutdown; the app never closes an
+    engine it could not start.
+    """
+    settings = settings if settings is not None else Settings()
+    state = AppState(
+        settings=settings,
+        metrics=Metrics(),
+        admission=AdmissionQueue(settings.limits.max_queue),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await _start_engine(state, engine)
+        try:
+            yield
+        finally:
+            running = state.engine
+            state.ready = False
+            state.unready_reason = "the server is shutting down"
+            if running is not None:
+                await running.close()
+
+    app = FastAPI(
+        title="dsocr",
+        version=__version__,
+        description="DeepSeek-OCR server: images and PDFs to markdown, text and layout blocks.",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.dsocr = state
+    install_error_handlers(app, debug=settings.debug)
+    app.include_router(routes_health.router)
+    app.include_router(routes_ocr.router)
+    _include_openai_routes(app)
+
+    # add_middleware wraps: the last added is the outermost.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=body_limit_for(settings))
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(RequestIdMiddleware)
+    if settings.server.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.server.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "X-Api-Key", "Content-Type", "Accept"],
+            expose_headers=["X-Request-Id", "Retry-After"],
+        )
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Uvicorn factory: settings from ``DSOCR_*`` variables (``--factory``, several workers)."""
+    return create_app(Settings())

@@ -1,0 +1,113 @@
+"""Request dependencies: the app's state, the ready engine, API-key auth.
+
+Routes (native, ``/predict`` and the OpenAI-compatible ones) get what they need through these
+functions instead of reaching into ``app.state`` themselves::
+
+    @router.post("/v1/things", dependencies=[Depends(require_api_key)])
+    async def things(engine: Annotated[Engine, Depends(ready_engine)]) -> ...
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from dsocr.engine.base import Engine
+from dsocr.errors import EngineUnavailable, Unauthorized
+from dsocr.server.admission import AdmissionQueue
+from dsocr.server.metrics import Metrics
+from dsocr.settings import Settings
+
+__all__ = [
+    "AppState",
+    "app_state",
+    "check_api_key",
+    "ready_engine",
+    "require_api_key",
+    "require_api_key_for_health",
+    "require_api_key_for_metrics",
+]
+
+
+@dataclass(kw_only=True)
+class AppState:
+    """Everything one app owns, kept on ``app.state.dsocr``.
+
+    ``engine`` is set once the lifespan created it; ``ready`` turns true when ``start()``
+    (weights, warm-up, self-test) succeeded. ``unready_reason`` says why not, for /health,
+    /ready and the 503 body of OCR routes.
+    """
+
+    settings: Settings
+    metrics: Metrics
+    admission: AdmissionQueue
+    engine: Engine | None = None
+    ready: bool = False
+    unready_reason: str = "the engine is starting"
+    # Request ids currently running, for debugging and the in-flight gauge.
+    active: set[str] = field(default_factory=set)
+
+
+def app_state(request: Request) -> AppState:
+    """The state of the app serving ``request``."""
+    state = request.app.state.dsocr
+    assert isinstance(state, AppState)
+    return state
+
+
+def ready_engine(state: Annotated[AppState, Depends(app_state)]) -> Engine:
+    """The engine, or ``EngineUnavailable`` (503 + reason) while it is not ready."""
+    if state.engine is None or not state.ready:
+        raise EngineUnavailable(f"The OCR engine is not ready: {state.unready_reason}.", retry_after=5)
+    return state.engine
+
+
+def _presented_key(request: Request) -> str | None:
+    authorization = request.headers.get("authorization")
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    key = request.headers.get("x-api-key")
+    return key.strip() if key else None
+
+
+def check_api_key(settings: Settings, presented: str | None) -> None:
+    """Raise ``Unauthorized`` unless ``presented`` is one of the configured keys (if any are).
+
+    Every configured key is compared in constant time (``hmac.compare_digest``), and all of
+    them are always compared, so timing reveals neither the key nor which one matched.
+    """
+    keys = settings.server.api_keys
+    if not keys:
+        return
+    if presented is None:
+        raise Unauthorized(
+            "This server requires an API key: send 'Authorization: Bearer <key>' or 'X-Api-Key: <key>'."
+        )
+    given = presented.encode()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given, key.get_secret_value().encode())
+    if not matched:
+        raise Unauthorized("The API key is not valid.")
+
+
+def require_api_key(request: Request, state: Annotated[AppState, Depends(app_state)]) -> None:
+    """Dependency for protected routes (all OCR routes)."""
+    check_api_key(state.settings, _presented_key(request))
+
+
+def require_api_key_for_health(request: Request, state: Annotated[AppState, Depends(app_state)]) -> None:
+    """Health probes are open unless ``settings.server.open_health`` is off."""
+    if not state.settings.server.open_health:
+        check_api_key(state.settings, _presented_key(request))
+
+
+def require_api_key_for_metrics(request: Request, state: Annotated[AppState, Depends(app_state)]) -> None:
+    """Metrics are open unless ``settings.server.open_metrics`` is off."""
+    if not state.settings.server.open_metrics:
+        check_api_key(state.settings, _presented_key(request))

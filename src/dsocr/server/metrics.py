@@ -1,0 +1,122 @@
+"""Prometheus metrics, one registry per app (so tests and several apps in a process never clash).
+
+``MetricsMiddleware`` counts every HTTP request by route template and status and times it; the
+OCR routes record pages, tokens and errors through :class:`Metrics`. ``GET /metrics`` renders the
+registry in the text exposition format.
+"""
+
+from __future__ import annotations
+
+import time
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dsocr.pipeline import PageResult
+
+__all__ = ["Metrics", "MetricsMiddleware"]
+
+# OCR pages take from under a second (small image, fake engine) to minutes (dense PDF page on CPU).
+_LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    """The metric families of one app."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "dsocr_http_requests",
+            "HTTP requests by route and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "dsocr_http_request_duration_seconds",
+            "Time from request start to the last byte sent.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("dsocr_http_requests_in_flight", "HTTP requests being served.", registry=r)
+        self.queue_depth = Gauge(
+            "dsocr_queue_depth_pages",
+            "Pages admitted and not finished (vs DSOCR_LIMITS__MAX_QUEUE).",
+            registry=r,
+        )
+        self.pages = Counter("dsocr_pages", "Pages processed, by outcome.", ["outcome"], registry=r)
+        self.page_latency = Histogram(
+            "dsocr_page_duration_seconds",
+            "Time per page, load to result.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter("dsocr_prompt_tokens", "Prompt tokens (incl. vision).", registry=r)
+        self.vision_tokens = Counter("dsocr_vision_tokens", "Vision tokens of the page images.", registry=r)
+        self.output_tokens = Counter("dsocr_output_tokens", "Generated tokens.", registry=r)
+        self.errors = Counter(
+            "dsocr_errors", "Errors by code (request-level and per-page).", ["code", "scope"], registry=r
+        )
+        self.aborts = Counter(
+            "dsocr_aborted_requests", "Requests aborted in the engine, by reason.", ["reason"], registry=r
+        )
+
+    def observe_page(self, result: PageResult) -> None:
+        """Record one page's outcome and token usage."""
+        if result.error is not None:
+            self.pages.labels(outcome="error").inc()
+            self.errors.labels(code=result.error.code, scope="page").inc()
+        else:
+            self.pages.labels(outcome="truncated" if result.finish_reason == "length" else "ok").inc()
+        self.page_latency.observe(result.timings.total_s)
+        self.prompt_tokens.inc(result.usage.prompt_tokens)
+        self.vision_tokens.inc(result.usage.vision_tokens)
+        self.output_tokens.inc(result.usage.completion_tokens)
+
+    def observe_error(self, code: str) -> None:
+        """Record a request-level error."""
+        self.errors.labels(code=code, scope="request").inc()
+
+    def render(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's path template (``/v1/ocr``), never the raw path (unbounded labels).
+
+    The router records the matched route in the (shared) scope; unmatched requests (404) and
+    requests rejected before routing (413 on Content-Length) share one label.
+    """
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else "unmatched"
+
+
+class MetricsMiddleware:
+    """Counts and times HTTP requests (pure ASGI, so streamed bodies are timed to the end)."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.in_flight.dec()
+            route = _route_template(scope)
+            self.metrics.requests.labels(route=route, method=scope["method"], status=str(status)).inc()
+            self.metrics.latency.labels(route=route).observe(time.perf_counter() - started)

@@ -1,0 +1,68 @@
+"""``/health`` (liveness + engine state), ``/ready`` (503 until the engine is ready), ``/metrics``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from dsocr import __version__
+from dsocr.errors import DsocrError
+from dsocr.server.deps import AppState, app_state, require_api_key_for_health, require_api_key_for_metrics
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["health"])
+
+
+def _engine_description(state: AppState) -> dict[str, Any]:
+    settings = state.settings.engine
+    description: dict[str, Any] = {
+        "kind": settings.kind,
+        "model": settings.served_model_name or settings.model,
+        "ready": state.ready,
+        "reason": None if state.ready else state.unready_reason,
+    }
+    if state.engine is not None:
+        info = state.engine.info
+        description.update(name=info.name, model=info.model_id, version=info.version, modes=list(info.modes))
+    return description
+
+
+@router.get("/health", dependencies=[Depends(require_api_key_for_health)])
+async def health(state: Annotated[AppState, Depends(app_state)]) -> dict[str, Any]:
+    """Liveness: 200 while the process serves HTTP, with the engine's state (ready or why not)."""
+    return {"status": "ok", "version": __version__, "engine": _engine_description(state)}
+
+
+@router.get(
+    "/ready",
+    dependencies=[Depends(require_api_key_for_health)],
+    responses={503: {"description": "The engine is starting, failed to load, or is unhealthy."}},
+)
+async def ready(state: Annotated[AppState, Depends(app_state)]) -> JSONResponse:
+    """Readiness: 200 once the engine started and passed its self-test, else 503 with the reason."""
+    reason: str | None = None
+    if state.engine is None or not state.ready:
+        reason = state.unready_reason
+    else:
+        try:
+            await state.engine.check_health()
+        except DsocrError as exc:
+            reason = exc.message
+    if reason is not None:
+        return JSONResponse(
+            {"status": "unready", "reason": reason, "engine": _engine_description(state)},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+    return JSONResponse({"status": "ready", "engine": _engine_description(state)})
+
+
+@router.get("/metrics", dependencies=[Depends(require_api_key_for_metrics)], include_in_schema=False)
+async def metrics(state: Annotated[AppState, Depends(app_state)]) -> Response:
+    """Prometheus text exposition of this app's registry."""
+    state.metrics.queue_depth.set(state.admission.depth)
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,264 @@
+"""Request-level operations shared by the front ends (HTTP, Truss, CLI); no web framework types.
+
+* :func:`predict` — the seed Truss server's ``/predict`` contract, byte for byte, plus typed
+  additions under new keys. The Truss adapter calls exactly this.
+* :func:`open_document` — bytes of an image or a PDF → a :class:`Document` of lazily loaded
+  pages (images are decoded at once so a bad image fails the request, not a page).
+* :func:`sampling_options` — the engine sampling for a request, from settings and its own limits.
+
+Everything raises :class:`~dsocr.errors.DsocrError` subclasses naming the field at fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from PIL import Image
+
+from dsocr import grounding
+from dsocr.engine.base import Engine, SamplingOptions
+from dsocr.errors import InvalidInput, UnsupportedMediaType
+from dsocr.inputs.formats import sniff_format
+from dsocr.inputs.images import decode_image
+from dsocr.inputs.pdf import PdfFile
+from dsocr.inputs.sources import Base64Source, BytesSource, RawInput, Source, UrlSource, read_source
+from dsocr.pipeline import PageInput, PageResult, ocr_page
+from dsocr.prompts import PRESETS, build_prompt
+from dsocr.settings import EngineSettings, FetchSettings, LimitSettings, Settings
+
+__all__ = [
+    "PREDICT_SOURCE_FIELDS",
+    "Document",
+    "model_name",
+    "new_request_id",
+    "open_document",
+    "predict",
+    "predict_source",
+    "sampling_options",
+    "typed_page_fields",
+]
+
+# The seed's input fields, in the order it looked at them.
+PREDICT_SOURCE_FIELDS = ("image_url", "image_base64", "image")
+DEFAULT_MODE = "gundam"
+
+
+def new_request_id() -> str:
+    """A fresh request id (uuid4 hex): unique across processes, so aborts hit the right request."""
+    return uuid.uuid4().hex
+
+
+@dataclass(kw_only=True)
+class Document:
+    """The pages of one input, loaded lazily. Close it when done (releases the PDF)."""
+
+    kind: Literal["image", "pdf"]
+    pages: Sequence[PageInput]
+    image: Image.Image | None = None  # the decoded image, for kind == "image"
+    _pdf: PdfFile | None = field(default=None, repr=False)
+
+    @property
+    def page_count(self) -> int:
+        """Number of selected pages (1 for an image)."""
+        return len(self.pages)
+
+    def close(self) -> None:
+        """Release the underlying PDF, if any; idempotent."""
+        if self._pdf is not None:
+            self._pdf.close()
+            self._pdf = None
+
+
+async def open_document(
+    source: Source,
+    *,
+    limits: LimitSettings,
+    fetch: FetchSettings,
+    pages: str | None = None,
+    allow_pdf: bool = True,
+) -> Document:
+    """Read ``source`` and open it as an image or a PDF.
+
+    An image is decoded now (size and format errors surface before any engine work); a PDF is
+    opened (page count, range and per-page pixel limits checked) and its pages are rendered only
+    when the pipeline reaches them. ``pages`` (``"1-3,5"``) applies to PDFs only.
+    """
+    raw = await read_source(source, limits=limits, fetch=fetch)
+    return await asyncio.to_thread(_open_raw, raw, limits=limits, pages=pages, allow_pdf=allow_pdf)
+
+
+def _open_raw(raw: RawInput, *, limits: LimitSettings, pages: str | None, allow_pdf: bool) -> Document:
+    if sniff_format(raw.data) == "PDF":
+        if not allow_pdf:
+            raise UnsupportedMediaType(
+                "this endpoint takes one image; send PDFs to POST /v1/ocr (one result per page)",
+                field=raw.field,
+            )
+        pdf = PdfFile(
+            raw.data,
+            max_pages=limits.max_pdf_pages,
+            max_page_pixels=limits.max_page_pixels,
+            dpi=limits.pdf_dpi,
+            pages=pages,
+            field=raw.field,
+        )
+        page_inputs = [
+            PageInput(number=index + 1, load=_pdf_page_loader(pdf, index)) for index in pdf.selected
+        ]
+        return Document(kind="pdf", pages=page_inputs, _pdf=pdf)
+    if pages is not None:
+        raise InvalidInput("a page range applies to PDFs only; this input is an image", field="pages")
+    image = decode_image(raw.data, max_pixels=limits.max_image_pixels, field=raw.field)
+    return Document(kind="image", pages=[PageInput(number=1, load=lambda: image)], image=image)
+
+
+def _pdf_page_loader(pdf: PdfFile, index: int) -> Callable[[], Image.Image]:
+    def load() -> Image.Image:
+        return pdf.render(index)
+
+    return load
+
+
+def sampling_options(
+    engine_settings: EngineSettings, limits: LimitSettings, *, max_tokens: int | None = None
+) -> SamplingOptions:
+    """Sampling for one request: OCR-safe defaults, the configured n-gram rule, a bounded length."""
+    if max_tokens is not None and max_tokens > limits.max_tokens:
+        raise InvalidInput(
+            f"max_tokens {max_tokens} is over the limit of {limits.max_tokens} (DSOCR_LIMITS__MAX_TOKENS)",
+            field="max_tokens",
+        )
+    if max_tokens is not None and max_tokens < 1:
+        raise InvalidInput("max_tokens must be at least 1", field="max_tokens")
+    return SamplingOptions(
+        max_tokens=max_tokens if max_tokens is not None else limits.max_tokens,
+        ngram_size=engine_settings.ngram_size,
+        ngram_window=engine_settings.ngram_window,
+    )
+
+
+def model_name(engine: Engine, engine_settings: EngineSettings) -> str:
+    """The model name reported to clients: the served name if configured, else the engine's model."""
+    return engine_settings.served_model_name or engine.info.model_id
+
+
+def predict_source(payload: Mapping[str, Any]) -> Source:
+    """The one image source of a ``/predict`` payload (exactly one of the seed's three fields).
+
+    ``image_url`` is a URL, ``image_base64`` base64 or a data URI; ``image`` is base64 / a data
+    URI over JSON, or raw bytes when a Python caller (Truss) passes them. Nothing is guessed from
+    a string's length, unlike the seed.
+    """
+    given = [name for name in PREDICT_SOURCE_FIELDS if payload.get(name) not in (None, "")]
+    if not given:
+        raise InvalidInput("send one of image_url, image_base64 or image", field="image_url")
+    if len(given) > 1:
+        raise InvalidInput(f"send only one image source; got {', '.join(given)}", field=given[1])
+    name = given[0]
+    value = payload[name]
+    if name == "image" and isinstance(value, bytes | bytearray):
+        return BytesSource(bytes(value), field="image")
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} must be a string, not {type(value).__name__}", field=name)
+    if name == "image_url":
+        return UrlSource(value, field=name)
+    return Base64Source(value, field=name)
+
+
+async def predict(
+    payload: Mapping[str, Any],
+    *,
+    engine: Engine,
+    settings: Settings,
+    request_id: str | None = None,
+    observe: Callable[[PageResult], None] | None = None,
+) -> dict[str, Any]:
+    """Run the seed's ``/predict``: one image in, the seed's response dict out.
+
+    Input: ``image_url`` | ``image_base64`` | ``image`` (exactly one) and an optional free-form
+    ``prompt`` (default: the document preset; a prompt such as ``"Extract all text from this
+    image. <image>"`` is normalised to ``<image>`` first for the model but echoed verbatim in
+    ``prompt_used``). Output: the seed's keys (long form when the output has grounding refs,
+    short form otherwise) plus ``blocks``, ``markdown``, ``usage``, ``finish_reason``,
+    ``warnings``, ``timings`` and ``request_id``. Raises ``DsocrError`` on any failure, never
+    returns an ``error`` key. The deadline is ``settings.limits.request_timeout_s``.
+    ``observe`` receives the page result (metrics) before the response is built.
+    """
+    if not isinstance(payload, Mapping):
+        raise InvalidInput("the request body must be a JSON object", field=None)
+    request_id = request_id or new_request_id()
+    source = predict_source(payload)
+    user_prompt = payload.get("prompt")
+    if user_prompt is not None and not isinstance(user_prompt, str):
+        raise InvalidInput(f"prompt must be a string, not {type(user_prompt).__name__}", field="prompt")
+    if user_prompt is not None and not user_prompt.strip():
+        user_prompt = None
+    prompt = build_prompt(prompt=user_prompt) if user_prompt is not None else build_prompt()
+    prompt_used = user_prompt if user_prompt is not None else PRESETS["document"]
+
+    document = await open_document(source, limits=settings.limits, fetch=settings.fetch, allow_pdf=False)
+    assert document.image is not None
+    result = await ocr_page(
+        engine,
+        document.image,
+        prompt=prompt,
+        mode=DEFAULT_MODE,
+        sampling=sampling_options(settings.engine, settings.limits),
+        request_id=request_id,
+        timeout_s=settings.limits.request_timeout_s,
+    )
+    if observe is not None:
+        observe(result)
+    assert result.parsed is not None
+    response = grounding.legacy_fields(
+        result.parsed, prompt=prompt_used, model_name=model_name(engine, settings.engine)
+    )
+    response.update(typed_page_fields(result))
+    response["request_id"] = request_id
+    return response
+
+
+def typed_page_fields(result: PageResult) -> dict[str, Any]:
+    """The typed additions of a page (JSON-ready): blocks, markdown, usage, finish reason, …"""
+    parsed = result.parsed
+    return {
+        "blocks": grounding.blocks_to_json(parsed) if parsed is not None else [],
+        "markdown": parsed.markdown if parsed is not None else "",
+        "usage": usage_dict(result),
+        "finish_reason": result.finish_reason,
+        "repetitive": result.repetitive,
+        "warnings": list(result.warnings),
+        "timings": timings_dict(result),
+    }
+
+
+def usage_dict(result: PageResult) -> dict[str, int]:
+    """Token usage as JSON."""
+    usage = result.usage
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "vision_tokens": usage.vision_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def timings_dict(result: PageResult) -> dict[str, float | None]:
+    """Page timings as JSON (seconds, rounded to the microsecond)."""
+    t = result.timings
+
+    def r(value: float | None) -> float | None:
+        return None if value is None else round(value, 6)
+
+    return {
+        "load_s": r(t.load_s),
+        "queue_s": r(t.queue_s),
+        "first_token_s": r(t.first_token_s),
+        "engine_s": r(t.engine_s),
+        "post_s": r(t.post_s),
+        "total_s": r(t.total_s),
+    }
