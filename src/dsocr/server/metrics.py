@@ -8,6 +8,7 @@ registry in the text exposition format.
 from __future__ import annotations
 
 import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
