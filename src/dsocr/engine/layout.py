@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from dsocr.types import Box
@@ -27,6 +27,7 @@ from dsocr.types import Box
 __all__ = [
     "LayoutBlock",
     "Line",
+    "PixelBox",
     "det_tag",
     "group_blocks",
     "reading_order",
@@ -42,6 +43,8 @@ MAX_HEADING_CHARS = 120
 GUTTER_LINE_HEIGHTS = 0.8
 # Lines of one paragraph are at most this many median line heights apart.
 PARAGRAPH_GAP_LINE_HEIGHTS = 0.9
+# ... and of similar height: detected boxes of one font vary by ~1.4× with ascenders and descenders.
+PARAGRAPH_HEIGHT_RATIO = 1.5
 
 PixelBox = tuple[float, float, float, float]
 
@@ -129,6 +132,7 @@ def render_pieces(
     *,
     grounded: bool = False,
     target: str | None = None,
+    to_output: Callable[[PixelBox], PixelBox] | None = None,
 ) -> list[str]:
     """The output for ``preset`` (a ``dsocr.prompts`` preset name), one piece per block or line.
 
@@ -137,17 +141,24 @@ def render_pieces(
     containing ``target`` (case-insensitive; nothing when none does), and every other preset plain
     text in reading order, paragraphs separated by a blank line. A free prompt (``preset`` None)
     gets the ``ocr`` shape when ``grounded`` (it asked for ``<|grounding|>``), else plain text.
+
+    ``lines`` are in the frame of an upright page; ``to_output`` maps their boxes onto the image
+    the user sent (of ``size``) when that was turned before reading.
     """
     ordered = reading_order(lines)
+
+    def grid(box: PixelBox) -> Box:
+        return to_grid(to_output(box) if to_output is not None else box, size)
+
     if preset == "document":
-        return [f"{det_tag(b.label, [to_grid(b.box, size)])}\n{b.content}\n\n" for b in group_blocks(ordered)]
+        return [f"{det_tag(b.label, [grid(b.box)])}\n{b.content}\n\n" for b in group_blocks(ordered)]
     if preset == "ocr" or (preset is None and grounded):
-        return [f"{det_tag(_clean(line.text), [to_grid(line.box, size)])}\n" for line in ordered]
+        return [f"{det_tag(_clean(line.text), [grid(line.box)])}\n" for line in ordered]
     if preset == "locate":
         if target is None:
             return []
         wanted = _normalise(target)
-        boxes = [to_grid(line.box, size) for line in ordered if wanted in _normalise(line.text)]
+        boxes = [grid(line.box) for line in ordered if wanted in _normalise(line.text)]
         return [det_tag(target, boxes)] if boxes else []
     blocks = group_blocks(ordered)
     return [
@@ -221,7 +232,7 @@ def _same_paragraph(previous: Line, line: Line, median: float) -> bool:
         line.box[1] > previous.box[1]
         and gap < PARAGRAPH_GAP_LINE_HEIGHTS * median
         and overlap > 0
-        and heights[1] / heights[0] < 1.3
+        and heights[1] / heights[0] < PARAGRAPH_HEIGHT_RATIO
     )
 
 
