@@ -83,6 +83,58 @@ def visualize_command(
     typer.echo(f"wrote {target} ({boxes} boxes)")
 
 
+# --- parse: raw model output → blocks, markdown or text (src/dsocr/grounding) -----------------------
+
+
+@app.command("parse")
+def parse_command(
+    raw_file: Annotated[
+        str, typer.Argument(metavar="RAW.txt", help="Raw model output (tags included); '-' reads stdin.")
+    ],
+    width: Annotated[int, typer.Option(min=1, help="Width of the original image in pixels (after EXIF).")],
+    height: Annotated[int, typer.Option(min=1, help="Height of the original image in pixels (after EXIF).")],
+    prompt: Annotated[
+        str | None, typer.Option(help="The prompt used; tells document output from OCR/Locate output.")
+    ] = None,
+    output_format: Annotated[
+        str, typer.Option("--format", help="json (blocks, markdown, warnings), md or txt.")
+    ] = "json",
+) -> None:
+    """Parse a saved raw DeepSeek-OCR answer into typed blocks, clean markdown or plain text."""
+    import json
+    import sys
+
+    from dsocr.grounding import parse, parsed_to_json
+
+    def fail(message: str) -> NoReturn:
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(2)
+
+    if output_format not in ("json", "md", "txt"):
+        fail(f"--format must be json, md or txt, not {output_format!r}")
+    try:
+        data = sys.stdin.buffer.read() if raw_file == "-" else Path(raw_file).read_bytes()
+    except FileNotFoundError:
+        fail(f"raw output file not found: {raw_file}")
+    except OSError as exc:
+        fail(f"cannot read {raw_file}: {exc.strerror or exc}")
+    try:
+        raw = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # Keep going: the parser is total, and the bad bytes are reported, not hidden.
+        raw = data.decode("utf-8", errors="replace")
+        typer.echo(
+            f"warning: {raw_file} is not valid UTF-8 (first bad byte at {exc.start}); replaced", err=True
+        )
+    parsed = parse(raw, width=width, height=height, prompt=prompt)
+    if output_format == "json":
+        typer.echo(json.dumps(parsed_to_json(parsed), ensure_ascii=False, indent=2))
+        return
+    for warning in parsed.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(parsed.markdown if output_format == "md" else parsed.text)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

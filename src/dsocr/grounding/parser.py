@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from dsocr.grounding.boxes import parse_coordinates, to_pixels
 from dsocr.grounding.geometry import parse_geometry
 from dsocr.grounding.markdown import clean_markdown_text, image_link, join_markdown, markdown_to_text
+from dsocr.prompts import preset_of
 from dsocr.types import Block, Box, ParsedOutput
 
 __all__ = ["EOS", "LAYOUT_LABELS", "MAX_WARNINGS", "parse", "ref_is_text_for_prompt"]
@@ -63,15 +64,15 @@ _REF, _REF_END, _DET, _DET_END = "<|ref|>", "<|/ref|>", "<|det|>", "<|/det|>"
 def ref_is_text_for_prompt(prompt: str | None) -> bool | None:
     """Whether ``prompt`` asks for the OCR shape (ref = recognised text): True, False, or None
     when the prompt does not say (custom prompts, no prompt)."""
-    # Literal prompt strings from the official lists (§1.1, paper Fig. 12); dsocr.prompts did not
-    # exist when this was written, and these few substrings are all that matters here.
     if prompt is None:
         return None
-    if (
-        "Locate <|ref|>" in prompt
-        or "<|grounding|>OCR this image" in prompt
-        or "<|grounding|>OCR the image" in prompt
-    ):
+    preset = preset_of(prompt)
+    if preset in ("ocr", "locate"):
+        return True
+    if preset == "document":
+        return False
+    # Near-variants of the presets: the paper's "OCR the image.", extra words around them.
+    if any(marker in prompt for marker in _OCR_SHAPE_MARKERS):
         return True
     if "Convert the document to markdown" in prompt:
         return False

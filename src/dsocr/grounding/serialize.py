@@ -7,12 +7,13 @@ The fake engine uses it to script realistic answers.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from dsocr.types import Block, Box, ParsedOutput
 
-__all__ = ["blocks_to_json", "to_raw"]
+__all__ = ["blocks_to_json", "parsed_to_json", "to_raw"]
 
 
 def _box_list(boxes: Iterable[Box]) -> list[list[int]]:
@@ -35,6 +36,23 @@ def blocks_to_json(parsed: ParsedOutput) -> list[dict[str, Any]]:
             item["crop_index"] = block.crop_index
         out.append(item)
     return out
+
+
+def parsed_to_json(parsed: ParsedOutput) -> dict[str, Any]:
+    """One page as JSON: ``blocks`` (see :func:`blocks_to_json`), ``markdown``, ``text``,
+    ``warnings``, ``image_size``, ``ref_is_text`` and ``geometry`` (``null`` unless present)."""
+    geometry = parsed.geometry
+    return {
+        "blocks": blocks_to_json(parsed),
+        "markdown": parsed.markdown,
+        "text": parsed.text,
+        "warnings": list(parsed.warnings),
+        "image_size": list(parsed.image_size),
+        "ref_is_text": parsed.ref_is_text,
+        "geometry": dataclasses.asdict(geometry)
+        if dataclasses.is_dataclass(geometry) and not isinstance(geometry, type)
+        else None,
+    }
 
 
 def _tags(block: Block) -> str:
