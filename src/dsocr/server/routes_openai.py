@@ -1,0 +1,570 @@
+"""OpenAI-compatible routes: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+
+A translator, not a second server: the OpenAI wire format is mapped onto the same page pipeline
+(:func:`dsocr.pipeline.ocr_page`) and engine the native routes use. The request is one user
+message whose content has one ``image_url`` part (an ``http(s)`` URL, fetched through the
+SSRF-guarded fetcher, or a ``data:`` URL) and optionally a text part: a preset name
+(``"document"``, ``"free"`` …, see :data:`dsocr.prompts.PRESETS`) or a prompt, with or without
+``<image>``. No text part means the official default preset ``document``.
+
+OCR-safe defaults are enforced server-side, whatever the client sends (documented here and in
+``/v1/models``'s ``dsocr`` block):
+
+* ``temperature`` is always 0 and ``top_p`` 1: OCR wants the most likely reading, and sampling
+  makes DeepSeek-OCR hallucinate and loop. The client's values are accepted and ignored.
+* Special tokens are kept (``skip_special_tokens`` is effectively False), so the
+  ``<|ref|>…<|det|>`` grounding tags reach the client, as with vLLM and the official scripts.
+* Repetition control (the official no-repeat n-gram rule, ``<td>``/``</td>`` whitelisted) is on
+  with the server's ``ngram_size``/``window_size``. Clients may override them per request like
+  vLLM's ``vllm_xargs`` (``extra_body={"vllm_xargs": {"ngram_size": 20, "window_size": 50}}``) or
+  as top-level extra fields; ``ngram_size: 0`` turns the rule off.
+* ``max_tokens`` / ``max_completion_tokens`` are clamped to ``DSOCR_LIMITS__MAX_TOKENS``.
+
+``finish_reason`` is OpenAI's ``stop`` or ``length``; an engine stop for repetition or an engine
+abort is reported as ``length`` (the text is incomplete). Errors use the team envelope, which is
+OpenAI's ``{"error": {"message", "type", "param", "code"}}`` plus ``request_id``; an unknown
+``model`` is 404 ``model_not_found``. In a stream, errors after the first chunk arrive as a final
+``data: {"error": …}`` event before ``data: [DONE]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.routing import APIRoute
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from dsocr import prompts
+from dsocr.engine.base import Engine, EngineDelta, EngineRequest, FinishReason, SamplingOptions
+from dsocr.errors import DsocrError, EngineError, EngineTimeout, InvalidInput, ModelNotFound
+from dsocr.inputs.images import decode_image
+from dsocr.inputs.sources import Base64Source, UrlSource, read_source
+from dsocr.pipeline import ocr_page
+from dsocr.server.admission import Ticket
+from dsocr.server.deps import AppState, app_state, ready_engine, require_api_key
+from dsocr.server.errors import (
+    dsocr_error_body,
+    error_body,
+    error_headers,
+    request_id_of,
+    validation_error_message,
+)
+from dsocr.settings import EngineSettings, LimitSettings, Settings
+
+__all__ = [
+    "ChatCompletionRequest",
+    "ChatJob",
+    "router",
+    "served_model_names",
+    "to_chat_job",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class _OpenAIRoute(APIRoute):
+    """OpenAI clients map only 400 to ``BadRequestError``: every invalid request is answered 400.
+
+    The body keeps dsocr's precise ``code`` (``undecodable_input``, ``unsupported_media_type``,
+    ``validation_error`` …) and ``param``; only the status follows OpenAI's convention. An unknown
+    model stays 404 (``NotFoundError``), as with OpenAI.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def openai_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                message, field = validation_error_message(list(exc.errors()))
+                request_id = request_id_of(request)
+                body = error_body(
+                    type_="invalid_request_error",
+                    code="validation_error",
+                    message=message,
+                    field=field,
+                    request_id=request_id,
+                )
+                return JSONResponse(body, status_code=400, headers=error_headers_for(request_id))
+            except InvalidInput as exc:
+                if isinstance(exc, ModelNotFound) or exc.status == 400:
+                    raise
+                request_id = request_id_of(request)
+                return JSONResponse(
+                    dsocr_error_body(exc, request_id), status_code=400, headers=error_headers(exc, request_id)
+                )
+
+        return openai_handler
+
+
+def error_headers_for(request_id: str | None) -> dict[str, str]:
+    """``X-Request-Id`` when the request has one."""
+    return {"X-Request-Id": request_id} if request_id else {}
+
+
+router = APIRouter(tags=["openai"], route_class=_OpenAIRoute)
+
+_OWNER = "dsocr"
+# When the process started: the ``created`` of every served model.
+_STARTED = int(time.time())
+_FINISH_REASONS: dict[FinishReason, Literal["stop", "length"]] = {
+    "stop": "stop",
+    "length": "length",
+    "repetition": "length",
+    "abort": "length",
+}
+
+
+# ---------------------------------------------------------------- wire models (OpenAI's names)
+
+
+class ImageURL(BaseModel):
+    """``{"url": ..., "detail": ...}``; ``detail`` is accepted and ignored (one mode per request)."""
+
+    url: str
+    detail: str | None = None
+
+
+class ImagePart(BaseModel):
+    """A content part carrying the image."""
+
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class TextPart(BaseModel):
+    """A content part carrying the preset name or prompt."""
+
+    type: Literal["text"]
+    text: str
+
+
+ContentPart = Annotated[ImagePart | TextPart, Field(discriminator="type")]
+
+
+class ChatMessage(BaseModel):
+    """One chat message. Only ``user`` messages carry work; see :func:`to_chat_job`."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+
+
+class StreamOptions(BaseModel):
+    """OpenAI's ``stream_options``."""
+
+    include_usage: bool = False
+
+
+class VllmXargs(BaseModel):
+    """The per-request repetition knobs vLLM's DeepSeek-OCR recipe passes as ``vllm_xargs``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ngram_size: int | None = Field(None, ge=0)
+    window_size: int | None = Field(None, ge=1)
+    whitelist_token_ids: list[int] | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    """The subset of OpenAI's chat completion request that OCR uses, plus dsocr's extra fields.
+
+    Unknown fields (``user``, ``logprobs`` …) are ignored, as OpenAI-compatible servers do;
+    ``n`` other than 1 is refused rather than silently answered once.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    # Accepted for compatibility; OCR always decodes greedily (see the module docstring).
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = None
+    n: int = Field(1, ge=1, le=1)
+    skip_special_tokens: bool | None = None
+    # dsocr / vLLM extras (``extra_body`` in the OpenAI client).
+    ngram_size: int | None = Field(None, ge=0)
+    window_size: int | None = Field(None, ge=1)
+    vllm_xargs: VllmXargs | None = None
+    mode: str = "gundam"
+
+
+# ---------------------------------------------------------------- translation (pure)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChatJob:
+    """A chat request validated and translated into one page of OCR work."""
+
+    image_url: str
+    image_field: str
+    prompt: str
+    sampling: SamplingOptions
+    mode: str
+    # ``None`` routes to the default model; otherwise one of ``EngineSettings.extra_models``.
+    engine_model: str | None
+    response_model: str
+    stream: bool
+    include_usage: bool
+    timeout_s: float
+
+
+def served_model_names(settings: EngineSettings) -> list[str]:
+    """The ids ``/v1/models`` lists: the default model's public name first, then extra models."""
+    primary = settings.served_model_name or settings.model
+    return [primary, *(name for name in settings.extra_models if name != primary)]
+
+
+def _route_model(requested: str, settings: EngineSettings) -> str | None:
+    """``None`` for the default model, the name itself for an extra model; else ``ModelNotFound``."""
+    if requested in (settings.served_model_name, settings.model):
+        return None
+    if requested in settings.extra_models:
+        return requested
+    served = ", ".join(served_model_names(settings))
+    raise ModelNotFound(
+        f"The model {requested!r} does not exist on this server; served models: {served} (GET /v1/models).",
+        field="model",
+    )
+
+
+def _user_content(messages: list[ChatMessage]) -> tuple[int, list[ImagePart | TextPart]]:
+    user_index: int | None = None
+    for index, message in enumerate(messages):
+        field = f"messages[{index}]"
+        if message.role in ("system", "developer"):
+            if isinstance(message.content, str) and not message.content.strip():
+                continue
+            if message.content is None or message.content == []:
+                continue
+            raise InvalidInput(
+                "DeepSeek-OCR has no system prompt; put the instruction in the user message's text part.",
+                field=f"{field}.content",
+            )
+        if message.role != "user":
+            raise InvalidInput(
+                f"{message.role!r} messages are not supported: OCR takes one user message "
+                "with one image (no conversation history).",
+                field=f"{field}.role",
+            )
+        if user_index is not None:
+            raise InvalidInput(
+                "Send exactly one user message (one image per request).",
+                field=f"{field}",
+            )
+        user_index = index
+    if user_index is None:
+        raise InvalidInput("No user message: send one user message with an image_url part.", field="messages")
+    content = messages[user_index].content
+    if content is None or isinstance(content, str):
+        raise InvalidInput(
+            "The user message needs a list content with one image_url part "
+            '([{"type": "image_url", ...}, {"type": "text", "text": "document"}]).',
+            field=f"messages[{user_index}].content",
+        )
+    return user_index, list(content)
+
+
+def _prompt_from_text(text: str, field: str) -> str:
+    name = text.strip().lower()
+    try:
+        if name in prompts.PRESETS and name != "locate":
+            return prompts.build_prompt(name)
+        return prompts.build_prompt(prompt=text)
+    except InvalidInput as exc:
+        raise InvalidInput(exc.message, field=field) from exc
+
+
+def _sampling(
+    body: ChatCompletionRequest, *, limits: LimitSettings, engine: EngineSettings
+) -> SamplingOptions:
+    requested = body.max_completion_tokens or body.max_tokens or limits.max_tokens
+    xargs = body.vllm_xargs or VllmXargs()
+    ngram_size = xargs.ngram_size if xargs.ngram_size is not None else body.ngram_size
+    window = xargs.window_size if xargs.window_size is not None else body.window_size
+    size = engine.ngram_size if ngram_size is None else ngram_size
+    defaults = SamplingOptions()
+    whitelist = (
+        frozenset(xargs.whitelist_token_ids)
+        if xargs.whitelist_token_ids is not None
+        else defaults.whitelist_token_ids
+    )
+    return SamplingOptions(
+        max_tokens=min(requested, limits.max_tokens),
+        temperature=0.0,
+        top_p=1.0,
+        ngram_size=size or None,
+        ngram_window=window if window is not None else engine.ngram_window,
+        whitelist_token_ids=whitelist,
+        seed=body.seed,
+    )
+
+
+def to_chat_job(body: ChatCompletionRequest, *, settings: Settings) -> ChatJob:
+    """Validate an OpenAI chat request and translate it; raises ``InvalidInput`` naming the field."""
+    engine_model = _route_model(body.model, settings.engine)
+    index, parts = _user_content(body.messages)
+    images = [(i, part) for i, part in enumerate(parts) if isinstance(part, ImagePart)]
+    texts = [(i, part) for i, part in enumerate(parts) if isinstance(part, TextPart)]
+    content_field = f"messages[{index}].content"
+    if len(images) != 1:
+        raise InvalidInput(
+            f"The user message has {len(images)} image_url parts; send exactly one image per request.",
+            field=content_field,
+        )
+    image_index, image_part = images[0]
+    text = "\n".join(part.text for _, part in texts).strip()
+    text_field = f"{content_field}[{texts[0][0]}].text" if texts else content_field
+    prompt = _prompt_from_text(text, text_field) if text else prompts.build_prompt(prompts.DEFAULT_PRESET)
+    return ChatJob(
+        image_url=image_part.image_url.url,
+        image_field=f"{content_field}[{image_index}].image_url.url",
+        prompt=prompt,
+        sampling=_sampling(body, limits=settings.limits, engine=settings.engine),
+        mode=body.mode,
+        engine_model=engine_model,
+        response_model=body.model,
+        stream=body.stream,
+        include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        timeout_s=settings.limits.request_timeout_s,
+    )
+
+
+# ---------------------------------------------------------------- image loading (I/O)
+
+
+async def load_image(url: str, *, field: str, settings: Settings) -> Image.Image:
+    """Fetch (SSRF-guarded) or decode the chat request's image; the blocking decode runs in a thread."""
+    scheme = url.partition(":")[0].strip().lower()
+    source: UrlSource | Base64Source
+    if scheme == "data":
+        source = Base64Source(url, field=field)
+    elif scheme in ("http", "https"):
+        source = UrlSource(url, field=field)
+    else:
+        raise InvalidInput("image_url must be an http(s) URL or a base64 data: URL.", field=field)
+    raw = await read_source(source, limits=settings.limits, fetch=settings.fetch)
+    return await asyncio.to_thread(
+        decode_image, raw.data, max_pixels=settings.limits.max_image_pixels, field=field
+    )
+
+
+# ---------------------------------------------------------------- routes
+
+
+@router.get("/v1/models", dependencies=[Depends(require_api_key)])
+async def list_models(state: Annotated[AppState, Depends(app_state)]) -> dict[str, Any]:
+    """The served models, in OpenAI's list shape."""
+    return {
+        "object": "list",
+        "data": [
+            {"id": name, "object": "model", "created": _STARTED, "owned_by": _OWNER}
+            for name in served_model_names(state.settings.engine)
+        ],
+    }
+
+
+@router.post("/v1/chat/completions", dependencies=[Depends(require_api_key)], response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest,
+    request: Request,
+    state: Annotated[AppState, Depends(app_state)],
+) -> JSONResponse | StreamingResponse:
+    """OCR one image, answered as an OpenAI chat completion (or a stream of chunks)."""
+    settings = state.settings
+    job = to_chat_job(body, settings=settings)
+    engine = ready_engine(state)
+    request_id = request_id_of(request) or uuid.uuid4().hex
+    completion_id = f"chatcmpl-{request_id}"
+    admitted = state.admission.admit(1)
+    ticket: Ticket | None = admitted
+    try:
+        image = await load_image(job.image_url, field=job.image_field, settings=settings)
+        if job.stream:
+            stream = await _open_stream(engine, job, image, request_id=request_id)
+            # The ticket now belongs to the stream, released when it ends or the client leaves.
+            body_iter = _sse_events(
+                stream, job, completion_id=completion_id, request_id=request_id, state=state, ticket=admitted
+            )
+            ticket = None
+            return StreamingResponse(body_iter, media_type="text/event-stream", headers=_SSE_HEADERS)
+        result = await ocr_page(
+            engine,
+            image,
+            prompt=job.prompt,
+            mode=job.mode,
+            sampling=job.sampling,
+            request_id=request_id,
+            model=job.engine_model,
+            timeout_s=settings.limits.request_timeout_s,
+        )
+    finally:
+        if ticket is not None:
+            ticket.release()
+    state.metrics.observe_page(result)
+    assert result.parsed is not None  # ocr_page raises instead of returning a failed page
+    usage = _usage(result.usage.prompt_tokens, result.usage.vision_tokens, result.usage.completion_tokens)
+    return JSONResponse(
+        {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": job.response_model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": result.parsed.raw},
+                    "logprobs": None,
+                    "finish_reason": _FINISH_REASONS[result.finish_reason or "stop"],
+                }
+            ],
+            "usage": usage,
+        }
+    )
+
+
+# ---------------------------------------------------------------- streaming
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@dataclass(slots=True)
+class _OpenStream:
+    """An engine stream whose first delta was already read (so early errors get a real status)."""
+
+    deltas: AsyncIterator[EngineDelta]
+    first: EngineDelta | None
+    engine: Engine
+    request_id: str
+    deadline: float
+
+
+async def _open_stream(engine: Engine, job: ChatJob, image: Image.Image, *, request_id: str) -> _OpenStream:
+    request = EngineRequest(
+        request_id=request_id,
+        prompt=job.prompt,
+        image=image,
+        sampling=job.sampling,
+        mode=job.mode,
+        model=job.engine_model,
+    )
+    deadline = asyncio.get_running_loop().time() + job.timeout_s
+    deltas = engine.stream(request)
+    try:
+        first = await asyncio.wait_for(anext(deltas), job.timeout_s)
+    except StopAsyncIteration:
+        first = None
+    except TimeoutError:
+        await _close(deltas)
+        raise EngineTimeout(_timeout_message(job.timeout_s)) from None
+    except BaseException:
+        await _close(deltas)
+        raise
+    return _OpenStream(deltas=deltas, first=first, engine=engine, request_id=request_id, deadline=deadline)
+
+
+async def _sse_events(
+    stream: _OpenStream,
+    job: ChatJob,
+    *,
+    completion_id: str,
+    request_id: str,
+    state: AppState,
+    ticket: Ticket,
+) -> AsyncIterator[str]:
+    """OpenAI's chunk sequence: role, content deltas, finish (+ usage chunk), ``[DONE]``.
+
+    Leaving early (client gone: Starlette cancels this generator) closes the engine stream, which
+    aborts the request in the engine; an error after the first byte becomes a final error event.
+    """
+    base = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": job.response_model,
+    }
+    usage_field: dict[str, None] = {"usage": None} if job.include_usage else {}
+    loop = asyncio.get_running_loop()
+
+    def chunk(delta: dict[str, str], finish_reason: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return _sse({**base, "choices": [choice], **usage_field})
+
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        output = None
+        delta = stream.first
+        while delta is not None:
+            if delta.text:
+                yield chunk({"content": delta.text})
+            if delta.output is not None:
+                output = delta.output
+            if delta.finish_reason is not None:
+                break
+            remaining = stream.deadline - loop.time()
+            try:
+                delta = await asyncio.wait_for(anext(stream.deltas), max(remaining, 0.0))
+            except StopAsyncIteration:
+                delta = None
+            except TimeoutError:
+                raise EngineTimeout(_timeout_message(job.timeout_s)) from None
+        if output is None:
+            raise EngineError(f"The engine stream for request {request_id} ended without a result.")
+        yield chunk({}, _FINISH_REASONS[output.finish_reason])
+        if job.include_usage:
+            usage = _usage(output.prompt_tokens, output.vision_tokens, output.completion_tokens)
+            yield _sse({**base, "choices": [], "usage": usage})
+    except DsocrError as exc:
+        state.metrics.observe_error(exc.code)
+        yield _sse(dsocr_error_body(exc, request_id))
+    except Exception:
+        logger.exception("stream of request %s failed", request_id)
+        yield _sse(dsocr_error_body(EngineError("Internal error while streaming."), request_id))
+    finally:
+        ticket.release()
+        await _close(stream.deltas)
+    yield "data: [DONE]\n\n"
+
+
+def _sse(payload: object) -> str:
+    return f"data: {json.dumps(payload, separators=(',', ':'), ensure_ascii=False)}\n\n"
+
+
+async def _close(deltas: AsyncIterator[EngineDelta]) -> None:
+    # Closing an engine stream early is how the protocol aborts the request.
+    aclose = getattr(deltas, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _usage(prompt_tokens: int, vision_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        # Not an OpenAI field: how many of the prompt tokens the image took.
+        "prompt_tokens_details": {"cached_tokens": 0, "image_tokens": vision_tokens},
+    }
+
+
+def _timeout_message(timeout_s: float) -> str:
+    return (
+        f"The request ran past its deadline of {timeout_s:g} s and was aborted "
+        "(DSOCR_LIMITS__REQUEST_TIMEOUT_S)."
+    )

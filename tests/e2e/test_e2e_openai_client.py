@@ -1,0 +1,237 @@
+"""The official OpenAI Python client against a real uvicorn server on loopback (fake engine)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import openai
+import pytest
+import uvicorn
+from openai.types.chat import ChatCompletionContentPartParam, ChatCompletionMessageParam
+from PIL import Image, ImageDraw
+
+from dsocr.engine.fake import FakeEngine
+from dsocr.server.app import create_app
+from dsocr.settings import Settings
+
+API_KEY = "test-key-0123456789"
+MODEL = "deepseek-ai/DeepSeek-OCR"
+
+
+@dataclass
+class Server:
+    base_url: str
+    engine: FakeEngine
+
+
+@contextmanager
+def running_server(settings: Settings, engine: FakeEngine) -> Iterator[Server]:
+    """uvicorn in a thread on a free loopback port; stopped and joined on exit."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(settings, engine=engine), log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield Server(base_url=f"http://127.0.0.1:{port}/v1", engine=engine)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    settings = Settings(engine={"kind": "fake", "model": MODEL}, server={"api_keys": [API_KEY]})
+    with running_server(settings, FakeEngine()) as running:
+        yield running
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=30) as client:
+        yield client
+
+
+def page_data_url(width: int = 640, height: int = 820) -> str:
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((40, 40), "A test page", fill="black")
+    for row in range(6):
+        draw.line((40, 120 + 60 * row, width - 40, 120 + 60 * row), fill="black", width=3)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def ocr_messages(text: str | None, url: str) -> list[ChatCompletionMessageParam]:
+    content: list[ChatCompletionContentPartParam] = [{"type": "image_url", "image_url": {"url": url}}]
+    if text is not None:
+        content.append({"type": "text", "text": text})
+    return [{"role": "user", "content": content}]
+
+
+def test_models_list_names_the_served_model(client: openai.OpenAI) -> None:
+    models = client.models.list()
+    assert [model.id for model in models.data] == [MODEL]
+    assert models.data[0].object == "model"
+
+
+def test_document_preset_returns_grounded_markdown_with_usage(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model=MODEL,
+        messages=ocr_messages("document", page_data_url()),
+    )
+    choice = completion.choices[0]
+    content = choice.message.content or ""
+    assert choice.finish_reason == "stop"
+    assert choice.message.role == "assistant"
+    # Special tokens are kept: grounding tags reach the client.
+    assert "<|ref|>" in content and "<|det|>" in content
+    assert completion.model == MODEL
+    assert completion.id.startswith("chatcmpl-")
+    usage = completion.usage
+    assert usage is not None
+    assert usage.completion_tokens > 0
+    # The prompt count includes the image's vision tokens (hundreds for a page).
+    assert usage.prompt_tokens > 100
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_preset_name_and_equivalent_prompt_give_the_same_text(client: openai.OpenAI) -> None:
+    url = page_data_url()
+    by_name = client.chat.completions.create(model=MODEL, messages=ocr_messages("free", url))
+    by_prompt = client.chat.completions.create(
+        model=MODEL,
+        messages=ocr_messages("<image>\nFree OCR.", url),
+    )
+    grounded = client.chat.completions.create(
+        model=MODEL,
+        messages=ocr_messages("<|grounding|>Convert the document to markdown.", url),
+    )
+    assert by_name.choices[0].message.content == by_prompt.choices[0].message.content
+    assert "<|ref|>" not in (by_name.choices[0].message.content or "")
+    assert "<|ref|>" in (grounded.choices[0].message.content or "")
+
+
+def test_stream_chunks_concatenate_to_the_non_streamed_text(client: openai.OpenAI) -> None:
+    url = page_data_url()
+    whole = client.chat.completions.create(model=MODEL, messages=ocr_messages("document", url))
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=ocr_messages("document", url),
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    pieces = [chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices]
+    finish = [
+        chunk.choices[0].finish_reason for chunk in chunks if chunk.choices and chunk.choices[0].finish_reason
+    ]
+    assert len(pieces) > 3, "the text arrives in several chunks"
+    assert "".join(pieces) == whole.choices[0].message.content
+    assert finish == ["stop"]
+    assert all(chunk.object == "chat.completion.chunk" for chunk in chunks)
+    # The usage chunk comes last, with no choices, and matches the non-streamed usage.
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert whole.usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
+
+
+def test_stream_without_include_usage_has_no_usage(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=ocr_messages("free", page_data_url()),
+        stream=True,
+    )
+    chunks = list(stream)
+    assert all(chunk.usage is None for chunk in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_max_tokens_cuts_the_output_with_finish_reason_length(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model=MODEL,
+        messages=ocr_messages("document", page_data_url()),
+        max_tokens=5,
+    )
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage is not None and completion.usage.completion_tokens <= 5
+
+
+def test_vllm_xargs_and_temperature_reach_the_engine_as_ocr_safe_sampling(
+    server: Server, client: openai.OpenAI
+) -> None:
+    client.chat.completions.create(
+        model=MODEL,
+        messages=ocr_messages("free", page_data_url()),
+        temperature=0.9,
+        max_completion_tokens=10**9,
+        extra_body={"vllm_xargs": {"ngram_size": 20, "window_size": 50}, "skip_special_tokens": False},
+    )
+    sampling = server.engine.requests[-1].sampling
+    assert sampling.temperature == 0.0
+    assert (sampling.ngram_size, sampling.ngram_window) == (20, 50)
+    assert sampling.max_tokens == Settings().limits.max_tokens  # clamped, not refused
+
+
+def test_unknown_model_is_not_found_in_openai_shape(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="gpt-4o", messages=ocr_messages("free", page_data_url()))
+    assert caught.value.code == "model_not_found"
+    assert caught.value.param == "model"
+    assert MODEL in caught.value.message
+
+
+def test_undecodable_image_is_a_bad_request_naming_the_part(client: openai.OpenAI) -> None:
+    truncated = base64.b64decode(page_data_url().split(",", 1)[1])[:80]
+    url = "data:image/png;base64," + base64.b64encode(truncated).decode("ascii")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL, messages=ocr_messages("free", url))
+    assert caught.value.code == "undecodable_input"
+    assert caught.value.param == "messages[0].content[0].image_url.url"
+
+
+def test_not_an_image_is_a_bad_request(client: openai.OpenAI) -> None:
+    url = "data:image/png;base64," + base64.b64encode(b"hello, this is text").decode("ascii")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL, messages=ocr_messages("free", url))
+    assert caught.value.code == "unsupported_media_type"
+
+
+def test_message_without_image_is_a_bad_request(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Free OCR."}])
+    assert caught.value.param == "messages[0].content"
+
+
+def test_private_address_url_is_refused_by_the_fetch_guard(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=MODEL,
+            messages=ocr_messages("free", "https://127.0.0.1/page.png"),
+        )
+    assert caught.value.code == "fetch_failed"
+
+
+def test_wrong_api_key_is_an_authentication_error(server: Server) -> None:
+    with openai.OpenAI(base_url=server.base_url, api_key="wrong", max_retries=0) as bad:
+        with pytest.raises(openai.AuthenticationError):
+            bad.models.list()
+        with pytest.raises(openai.AuthenticationError):
+            bad.chat.completions.create(model=MODEL, messages=ocr_messages("free", page_data_url()))
