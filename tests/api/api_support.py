@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+import httpx
 from PIL import Image, ImageDraw
 
 
@@ -50,3 +53,7 @@ def parse_sse(text: str) -> list[tuple[str, Any]]:
                 data_lines.append(line[len("data:") :].strip())
         events.append((name, json.loads("\n".join(data_lines))))
     return events
+
+
+# ``make_client(settings=..., engine=...)``: an async context manager giving a client on a running app.
+ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]

@@ -5,19 +5,18 @@ Images are drawn with Pillow; PDFs are written by Pillow and rasterised by the s
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
+from api_support import ClientFactory
 from asgi_lifespan import LifespanManager
 
 from dsocr.engine.base import Engine
 from dsocr.engine.fake import FakeEngine
 from dsocr.server.app import create_app
 from dsocr.settings import Settings
-
-ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 
 
 @pytest.fixture

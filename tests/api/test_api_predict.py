@@ -21,7 +21,16 @@ SEED_LONG_KEYS = [
     "has_bounding_boxes",
 ]
 SEED_SHORT_KEYS = ["extracted_text", "image_size", "prompt_used", "model_name"]
-TYPED_ADDITIONS = {"blocks", "markdown", "usage", "finish_reason", "repetitive", "warnings", "timings", "request_id"}
+TYPED_ADDITIONS = {
+    "blocks",
+    "markdown",
+    "usage",
+    "finish_reason",
+    "repetitive",
+    "warnings",
+    "timings",
+    "request_id",
+}
 
 
 async def test_default_prompt_returns_seed_long_form_in_seed_key_order(client: httpx.AsyncClient) -> None:
@@ -44,7 +53,9 @@ async def test_default_prompt_returns_seed_long_form_in_seed_key_order(client: h
     assert len(body["blocks"]) == len(body["references"])
     assert body["blocks"][0]["boxes_px"][0][2] <= 640
     assert body["usage"]["vision_tokens"] > 0
-    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    assert (
+        body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    )
     assert body["finish_reason"] == "stop"
     assert response.headers["x-request-id"] == body["request_id"]
     assert uuid.UUID(body["request_id"]).version == 4
@@ -85,7 +96,9 @@ async def test_missing_source_is_400_naming_the_field(client: httpx.AsyncClient)
 
 
 async def test_two_sources_are_rejected(client: httpx.AsyncClient) -> None:
-    response = await client.post("/predict", json={"image_url": "https://example.com/a.png", "image": b64(png_bytes())})
+    response = await client.post(
+        "/predict", json={"image_url": "https://example.com/a.png", "image": b64(png_bytes())}
+    )
     assert response.status_code == 400
     assert response.json()["error"]["field"] == "image"
 
@@ -94,7 +107,11 @@ async def test_bad_base64_is_400(client: httpx.AsyncClient) -> None:
     response = await client.post("/predict", json={"image_base64": "this is not base64!"})
     assert response.status_code == 400
     error = response.json()["error"]
-    assert (error["type"], error["code"], error["field"]) == ("invalid_request_error", "invalid_input", "image_base64")
+    assert (error["type"], error["code"], error["field"]) == (
+        "invalid_request_error",
+        "invalid_input",
+        "image_base64",
+    )
 
 
 async def test_non_image_bytes_are_415(client: httpx.AsyncClient) -> None:
