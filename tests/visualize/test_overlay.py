@@ -32,6 +32,11 @@ def run_length(image: Image.Image, x: int, y: int, dx: int, dy: int, colour: tup
     return n
 
 
+def colour_count(image: Image.Image, x: int, y: int, length: int, colour: tuple[int, int, int]) -> int:
+    """How many of the ``length`` pixels right of (x, y) have exactly ``colour``."""
+    return sum(1 for i in range(length) if image.getpixel((x + i, y)) == colour)
+
+
 def test_box_outline_pixels_have_the_label_colour() -> None:
     image = page()
     out = draw_blocks(image, [block("text", (200, 300, 600, 700))])
@@ -159,3 +164,21 @@ def test_no_blocks_returns_an_unchanged_copy() -> None:
     out = draw_blocks(image, [])
     assert out is not image
     assert out.tobytes() == image.tobytes()
+
+
+def test_label_moves_inside_its_box_rather_than_hide_the_text_above() -> None:
+    image = page()
+    # A line of "text" just above the box (the previous block's last line).
+    ImageDraw.Draw(image).rectangle((200, 470, 800, 498), fill=(0, 0, 0))
+    out = draw_blocks(image, [block("text", (200, 500, 800, 800))])
+    x1, y1, _, _ = scale_box((200, 500, 800, 800), out.size)
+    colour = label_colour("text")
+    assert colour_count(out, x1, y1 + 8, 40, colour) > 20  # tag inside, under the top edge
+    assert out.getpixel((x1 + 10, y1 - 6)) == (0, 0, 0)  # the text above is still visible
+
+
+def test_label_goes_above_its_box_when_that_hides_nothing() -> None:
+    out = draw_blocks(page(), [block("text", (200, 500, 800, 800))])
+    x1, y1, _, _ = scale_box((200, 500, 800, 800), out.size)
+    assert colour_count(out, x1, y1 - 8, 40, label_colour("text")) > 20
+    assert colour_count(out, x1 + 4, y1 + 8, 40, label_colour("text")) == 0

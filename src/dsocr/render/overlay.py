@@ -19,6 +19,8 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
+import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
 from dsocr.types import Block, Box, ParsedOutput
@@ -120,27 +122,51 @@ def _tag_text(label: str) -> str:
     return text if len(text) <= _MAX_LABEL_CHARS else text[: _MAX_LABEL_CHARS - 3] + "..."
 
 
-def _overlaps(a: Box, b: Box) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+def _overlap_area(rect: Box, others: npt.NDArray[np.int64]) -> int:
+    """Total area of ``rect`` covered by the rows (x1, y1, x2, y2) of ``others``."""
+    if len(others) == 0:
+        return 0
+    w = np.minimum(others[:, 2], rect[2]) - np.maximum(others[:, 0], rect[0])
+    h = np.minimum(others[:, 3], rect[3]) - np.maximum(others[:, 1], rect[1])
+    return int((np.clip(w, 0, None) * np.clip(h, 0, None)).sum())
 
 
-def _place_tag(
-    box: Box, tag_size: tuple[int, int], image_size: tuple[int, int], placed: list[Box]
-) -> Box | None:
-    """Where the label tag of ``box`` goes, inside the image; ``None`` if the image is too small."""
-    tag_w, tag_h = tag_size
-    width, height = image_size
-    if tag_w > width or tag_h > height:
-        return None
-    x = min(max(box[0], 0), width - tag_w)  # clamp the right edge
-    above = box[1] - tag_h
-    inside = box[1]  # flipped below the box top, when there is no room above
-    candidates = [above, inside] if above >= 0 else [inside]
-    rects = [(x, y, x + tag_w, y + tag_h) for y in (min(c, height - tag_h) for c in candidates)]
-    for rect in rects:
-        if not any(_overlaps(rect, other) for other in placed):
-            return rect
-    return rects[0]
+class _TagPlacer:
+    """Puts each label tag above its box, or inside the box top when above is off the image or
+    would hide more of the page's ink (adjacent layout blocks are common, so "above" often lies
+    on the previous block's last line). Always inside the image; the right edge is clamped."""
+
+    # Covering another tag hides a whole label; weigh it like that many pixels of ink each.
+    _TAG_WEIGHT = 4
+
+    def __init__(self, page: Image.Image, boxes: Sequence[Box]) -> None:
+        self._boxes = boxes
+        self._tags: list[Box] = []
+        self._size = page.size
+        # Summed-area table of dark pixels: the ink under any rectangle in O(1).
+        ink = np.asarray(page.convert("L"), dtype=np.uint8) < 128
+        self._ink = np.pad(ink.cumsum(0, dtype=np.int64).cumsum(1), ((1, 0), (1, 0)))
+
+    def _ink_under(self, rect: Box) -> int:
+        x1, y1, x2, y2 = rect
+        table = self._ink
+        return int(table[y2, x2] - table[y1, x2] - table[y2, x1] + table[y1, x1])
+
+    def place(self, box_number: int, tag_size: tuple[int, int]) -> Box | None:
+        """The tag rectangle for box ``box_number``, or ``None`` if the tag cannot fit the image."""
+        tag_w, tag_h = tag_size
+        width, height = self._size
+        if tag_w > width or tag_h > height:
+            return None
+        x1, y1 = self._boxes[box_number][:2]
+        x = min(max(x1, 0), width - tag_w)
+        tops = [y1 - tag_h, y1] if y1 - tag_h >= 0 else [y1]
+        rects = [(x, y, x + tag_w, y + tag_h) for y in (min(top, height - tag_h) for top in tops)]
+        tags = np.array(self._tags, dtype=np.int64).reshape(-1, 4)
+        # min() keeps the first of equal costs: above wins ties.
+        best = min(rects, key=lambda r: self._ink_under(r) + self._TAG_WEIGHT * _overlap_area(r, tags))
+        self._tags.append(best)
+        return best
 
 
 def draw_blocks(
@@ -176,22 +202,22 @@ def draw_blocks(
             fill_draw.rectangle(box, fill=(*colour, alpha))
             outlines.append((box, colour, width, block.label))
 
+    page = canvas  # the page before any drawing: tags avoid its ink
     canvas = Image.alpha_composite(canvas, fills)
     draw = ImageDraw.Draw(canvas)
     # Outlines first, then every tag, so that no outline crosses a label.
     for box, colour, width, _ in outlines:
         draw.rectangle(box, outline=(*colour, 255), width=width)
-    placed: list[Box] = []
-    for box, colour, _, label in outlines:
+    placer = _TagPlacer(page, [box for box, _, _, _ in outlines])
+    for number, (_, colour, _, label) in enumerate(outlines):
         text = _tag_text(label)
         if not text:
             continue
         left, top, right, bottom = draw.textbbox((0, 0), text, font=style.font)
         tag_size = (math.ceil(right - left) + 2 * style.pad, math.ceil(bottom - top) + 2 * style.pad)
-        rect = _place_tag(box, tag_size, size, placed)
+        rect = placer.place(number, tag_size)
         if rect is None:
             continue
-        placed.append(rect)
         draw.rectangle(rect, fill=(*colour, 255))
         draw.text(
             (rect[0] + style.pad - left, rect[1] + style.pad - top), text, font=style.font, fill="white"
