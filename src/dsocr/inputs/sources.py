@@ -242,10 +242,11 @@ def _read_regular_file(path: Path, *, max_bytes: int, field: str, shown: str) ->
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise InvalidInput(f"cannot open {shown!r}: {exc.strerror}", field=field) from exc
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise InvalidInput(f"{shown!r} is not a regular file", field=field)
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise InvalidInput(f"{shown!r} is not a regular file", field=field)
         _check_size(info.st_size, max_bytes, field)
         data = handle.read(max_bytes + 1)
     _check_size(len(data), max_bytes, field)
