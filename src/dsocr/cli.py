@@ -6,10 +6,14 @@ Exit codes scripts can trust: 0 success, 1 internal error, 2 bad input or usage,
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from dsocr.settings import Settings
 
 app = typer.Typer(
     name="dsocr",
@@ -133,6 +137,219 @@ def parse_command(
     for warning in parsed.warnings:
         typer.echo(f"warning: {warning}", err=True)
     typer.echo(parsed.markdown if output_format == "md" else parsed.text)
+
+
+# --- serve / ocr: the HTTP server, and one-shot OCR through the same pipeline (src/dsocr/cli_ocr.py) ---
+
+
+class EngineChoice(str, Enum):
+    """``--engine`` values (``auto`` picks vLLM on a GPU host with the model, else the CPU engine)."""
+
+    auto = "auto"
+    vllm = "vllm"
+    cpu = "cpu"
+    fake = "fake"
+
+
+class FormatChoice(str, Enum):
+    """``dsocr ocr --format`` values."""
+
+    md = "md"
+    txt = "txt"
+    json = "json"
+
+
+def _fail(message: str, exit_code: int = 2) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(exit_code)
+
+
+def _settings_or_exit(overrides: dict[str, Any]) -> Settings:
+    from pydantic import ValidationError
+
+    from dsocr.settings import Settings
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = "__".join(str(part) for part in first["loc"]).upper()
+        _fail(f"invalid setting DSOCR_{where}: {first['msg']}")
+
+
+def _read_api_keys(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        _fail(f"cannot read --api-key-file {path}: {exc.strerror or exc}")
+    keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not keys:
+        _fail(f"--api-key-file {path} holds no key (one key per line; # starts a comment)")
+    return keys
+
+
+@app.command("serve")
+def serve_command(
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind. Default: DSOCR_SERVER__HOST or 127.0.0.1.")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Port. Default: DSOCR_SERVER__PORT or 8000.")
+    ] = None,
+    engine: Annotated[
+        EngineChoice | None, typer.Option(help="Engine. Default: DSOCR_ENGINE__KIND or auto.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Hugging Face id or local directory of the model.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Server processes (each loads its own engine).")
+    ] = None,
+    max_pages: Annotated[int | None, typer.Option(min=1, help="Most PDF pages per request.")] = None,
+    max_upload_mb: Annotated[float | None, typer.Option(min=0.001, help="Largest upload, in MiB.")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(min=0.001, help="Deadline per request, in seconds.")
+    ] = None,
+    api_key_file: Annotated[
+        Path | None, typer.Option(help="File with API keys, one per line. Or set DSOCR_SERVER__API_KEYS.")
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="An API key (visible in `ps`: prefer --api-key-file or the env variable)."),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Run the HTTP server: /v1/ocr, /predict, OpenAI-compatible /v1/chat/completions, health and metrics."""
+    import json
+    import os
+
+    import uvicorn
+
+    from dsocr.engine.factory import select_engine
+
+    # Flags become DSOCR_* variables so that every uvicorn worker process builds the same Settings.
+    env: dict[str, str] = {}
+    if host is not None:
+        env["DSOCR_SERVER__HOST"] = host
+    if port is not None:
+        env["DSOCR_SERVER__PORT"] = str(port)
+    if engine is not None:
+        env["DSOCR_ENGINE__KIND"] = engine.value
+    if model is not None:
+        env["DSOCR_ENGINE__MODEL"] = model
+    if workers is not None:
+        env["DSOCR_SERVER__WORKERS"] = str(workers)
+    if max_pages is not None:
+        env["DSOCR_LIMITS__MAX_PDF_PAGES"] = str(max_pages)
+    if max_upload_mb is not None:
+        env["DSOCR_LIMITS__MAX_UPLOAD_BYTES"] = str(int(max_upload_mb * 1024 * 1024))
+    if timeout is not None:
+        env["DSOCR_LIMITS__REQUEST_TIMEOUT_S"] = str(timeout)
+    keys: list[str] = []
+    if api_key_file is not None:
+        keys.extend(_read_api_keys(api_key_file))
+    if api_key is not None:
+        typer.echo(
+            "warning: --api-key is visible to other users in `ps`; prefer --api-key-file or "
+            "DSOCR_SERVER__API_KEYS",
+            err=True,
+        )
+        keys.append(api_key)
+    if keys:
+        env["DSOCR_SERVER__API_KEYS"] = json.dumps(keys)
+    os.environ.update(env)
+    settings = _settings_or_exit({})
+    selection = select_engine(settings.engine)
+    server = settings.server
+    shown_host = f"[{server.host}]" if ":" in server.host else server.host
+    typer.echo(f"dsocr: engine {selection.kind} ({selection.reason})", err=True)
+    auth = (
+        f"{len(server.api_keys)} API key(s)"
+        if server.api_keys
+        else "no API key (open to anyone who can connect)"
+    )
+    url = f"http://{shown_host}:{server.port}"
+    typer.echo(
+        f"dsocr: serving on {url} (OpenAI base URL {url}/v1; {auth}; {server.workers} worker(s))", err=True
+    )
+    uvicorn.run(
+        "dsocr.server.app:app_from_env",
+        factory=True,
+        host=server.host,
+        port=server.port,
+        workers=server.workers,
+        log_level=log_level,
+    )
+
+
+@app.command("ocr")
+def ocr_command(
+    source: Annotated[str, typer.Argument(help="An image or PDF file, or an http(s) URL of one.")],
+    engine: Annotated[
+        EngineChoice, typer.Option(help="Engine: auto picks vLLM on a GPU host with the model, else cpu.")
+    ] = EngineChoice.auto,
+    model: Annotated[
+        str | None, typer.Option(help="Hugging Face id or local directory of the model.")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="Resolution mode: tiny, small, base, large, gundam.")] = "gundam",
+    preset: Annotated[
+        str | None, typer.Option(help="Prompt preset: document (default), ocr, free, figure, describe.")
+    ] = None,
+    prompt: Annotated[str | None, typer.Option(help="A free prompt instead of a preset.")] = None,
+    pages: Annotated[str | None, typer.Option(help="PDF pages, e.g. 1-3,5 (default: all).")] = None,
+    output_format: Annotated[
+        FormatChoice, typer.Option("--format", help="Output: md, txt or json.")
+    ] = FormatChoice.md,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
+    crops: Annotated[
+        Path | None,
+        typer.Option(help="Directory for figure crops, named N.png like the markdown's images/N.png."),
+    ] = None,
+    viz: Annotated[
+        Path | None,
+        typer.Option(help="Box overlay PNG (NAME-pN.png per PDF page), or a layout PDF if it ends in .pdf."),
+    ] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=1, help="Most tokens generated per page.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or warnings.")] = False,
+) -> None:
+    """OCR an image or PDF into markdown, text or JSON (no server needed).
+
+    Exit codes: 0 done, 2 bad input or usage, 3 engine failure, 4 some pages failed (the rest written).
+    """
+    from dsocr.cli_ocr import OcrJob, run_ocr
+    from dsocr.errors import DsocrError
+
+    overrides: dict[str, Any] = {"engine": {"kind": engine.value}}
+    if model is not None:
+        overrides["engine"]["model"] = model
+    settings = _settings_or_exit(overrides)
+    job = OcrJob(
+        source=source,
+        mode=mode,
+        preset=preset,
+        prompt=prompt,
+        pages=pages,
+        output_format=output_format.value,
+        out=out,
+        crops_dir=crops,
+        viz=viz,
+        max_tokens=max_tokens,
+        quiet=quiet,
+    )
+    try:
+        outcome = run_ocr(job, settings, write_stdout=lambda text: typer.echo(text, nl=False))
+    except DsocrError as exc:
+        where = f" ({exc.field})" if exc.field else ""
+        _fail(f"{exc.message}{where}", exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    if not quiet:
+        for path in outcome.written:
+            typer.echo(f"wrote {path}", err=True)
+    if outcome.exit_code:
+        failed = len(outcome.failed)
+        typer.echo(f"error: {failed} of {len(outcome.results)} page(s) failed", err=True)
+        raise typer.Exit(outcome.exit_code)
 
 
 def main() -> None:
