@@ -145,7 +145,8 @@ class _TagPlacer:
         self._size = page.size
         # Summed-area table of dark pixels: the ink under any rectangle in O(1).
         ink = np.asarray(page.convert("L"), dtype=np.uint8) < 128
-        self._ink = np.pad(ink.cumsum(0, dtype=np.int64).cumsum(1), ((1, 0), (1, 0)))
+        # int32 holds counts for pages up to 2 gigapixels at half the memory of int64.
+        self._ink = np.pad(ink.cumsum(0, dtype=np.int32).cumsum(1, dtype=np.int32), ((1, 0), (1, 0)))
 
     def _ink_under(self, rect: Box) -> int:
         x1, y1, x2, y2 = rect
