@@ -3,7 +3,7 @@
 ``kind`` is ``vllm``, ``cpu``, ``fake`` or ``auto``. ``auto`` picks vLLM only when all of these hold,
 otherwise the embedded CPU engine:
 
-* vllm is installed (``importlib.util.find_spec("vllm")``, nothing imported);
+* vllm is installed (``importlib.util.find_spec("vllm")`` finds a real package, nothing imported);
 * a GPU is visible: ``/dev/nvidia0`` exists or ``nvidia-smi -L`` lists one, and
   ``CUDA_VISIBLE_DEVICES`` does not hide them all (torch is not imported for this);
 * the model resolves locally (``resolve_model``): a directory with ``config.json``, or a Hugging
@@ -32,7 +32,14 @@ from dsocr.engine.base import Engine
 from dsocr.errors import EngineUnavailable
 from dsocr.settings import EngineSettings
 
-__all__ = ["EngineSelection", "create_engine", "gpu_visible", "resolve_model", "select_engine"]
+__all__ = [
+    "EngineSelection",
+    "create_engine",
+    "gpu_visible",
+    "resolve_model",
+    "select_engine",
+    "vllm_installed",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +58,7 @@ def select_engine(settings: EngineSettings) -> EngineSelection:
     """Decide which engine ``settings`` asks for; ``auto`` is resolved as the module docstring says."""
     if settings.kind != "auto":
         return EngineSelection(settings.kind, f"DSOCR_ENGINE__KIND={settings.kind} was configured")
-    if importlib.util.find_spec("vllm") is None:
+    if not vllm_installed():
         return EngineSelection("cpu", "auto: vllm is not installed (pip install 'dsocr[vllm]' on a GPU host)")
     if not gpu_visible():
         return EngineSelection(
@@ -86,7 +93,7 @@ def create_engine(settings: EngineSettings) -> Engine:
                 f"({selection.reason})"
             )
         return CpuEngine(settings)
-    if importlib.util.find_spec("vllm") is None:
+    if not vllm_installed():
         raise EngineUnavailable(
             "the vLLM engine was requested but vllm is not installed: pip install 'dsocr[vllm]' on a GPU "
             "host, or set DSOCR_ENGINE__KIND=cpu for the embedded CPU engine"
@@ -99,6 +106,16 @@ def create_engine(settings: EngineSettings) -> Engine:
     except Exception as exc:
         raise EngineUnavailable(f"the vLLM engine could not be created: {type(exc).__name__}: {exc}") from exc
     return engine
+
+
+def vllm_installed() -> bool:
+    """Whether the vllm package can be imported, checked without importing it.
+
+    A directory named ``vllm`` on ``sys.path`` (``tests/vllm`` under pytest) is found as a namespace
+    package with no origin; only a real package counts.
+    """
+    spec = importlib.util.find_spec("vllm")
+    return spec is not None and spec.origin is not None
 
 
 def gpu_visible() -> bool:
