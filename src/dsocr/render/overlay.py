@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 import zlib
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -102,10 +102,18 @@ class _Style:
         return cls(line=line, title_line=2 * line, font=_font(font_px), pad=max(2, font_px // 5))
 
 
-@lru_cache(maxsize=16)
+# One font cache per thread: a FreeType face is not safe to render from two threads at once, and
+# servers draw in a thread pool.
+_fonts = threading.local()
+
+
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    # Pillow >= 10.1 with FreeType ships a scalable default font (Aileron); no system font needed.
-    return ImageFont.load_default(size=size)
+    cache: dict[int, ImageFont.FreeTypeFont | ImageFont.ImageFont] = _fonts.__dict__.setdefault("by_size", {})
+    font = cache.get(size)
+    if font is None:
+        # Pillow >= 10.1 with FreeType ships a scalable default font (Aileron); no system font needed.
+        font = cache[size] = ImageFont.load_default(size=size)
+    return font
 
 
 def _to_rgba(image: Image.Image) -> Image.Image:
