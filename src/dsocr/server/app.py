@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 # Room above the upload limit for base64's 4/3 growth and the JSON or multipart framing.
 _BODY_OVERHEAD_BYTES = 64 * 1024
+# How much of an over-limit body is read and thrown away so the client sees the 413.
+_DRAIN_FACTOR = 4
 
 
 def body_limit_for(settings: Settings) -> int:
@@ -67,7 +69,13 @@ def _too_large(limit: int, size: int | None = None) -> InputTooLarge:
 
 
 class BodyLimitMiddleware:
-    """413 before reading a body whose ``Content-Length`` is over the limit; count the rest."""
+    """413 for bodies over the limit, without ever holding more than the limit in memory.
+
+    A ``Content-Length`` over the limit is refused before the app runs; a chunked body is
+    counted as it streams and refused once it passes the limit. Either way the rest of the body
+    is read and discarded (up to ``_DRAIN_FACTOR`` × the limit) so the client, which is still
+    sending, gets the 413 instead of a connection reset; past that the connection is closed.
+    """
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
         self.app = app
@@ -79,15 +87,13 @@ class BodyLimitMiddleware:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
+            drained = declared <= self.max_bytes * _DRAIN_FACTOR and await _drain(receive, declared)
             request_id = scope.get("state", {}).get("request_id")
+            headers = {"X-Request-Id": request_id} if request_id else {}
+            if not drained:
+                headers["Connection"] = "close"
             error = _too_large(self.max_bytes, declared)
-            headers = {"X-Request-Id": request_id} if request_id else None
-            # Closing the connection: the client may still be sending a body we will not read.
-            response = JSONResponse(
-                dsocr_error_body(error, request_id),
-                status_code=413,
-                headers={**(headers or {}), "Connection": "close"},
-            )
+            response = JSONResponse(dsocr_error_body(error, request_id), status_code=413, headers=headers)
             await response(scope, receive, send)
             return
         received = 0
@@ -98,10 +104,25 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    if message.get("more_body", False):
+                        await _drain(receive, self.max_bytes * _DRAIN_FACTOR - received)
                     raise BodyTooLarge(_too_large(self.max_bytes))
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+async def _drain(receive: Receive, budget: int) -> bool:
+    """Read and discard the rest of the body; False if it was longer than ``budget`` bytes."""
+    seen = 0
+    while seen <= budget:
+        message = await receive()
+        if message["type"] != "http.request":
+            return False
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return True
+    return False
 
 
 def _content_length(scope: Scope) -> int | None:
