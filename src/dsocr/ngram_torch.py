@@ -10,6 +10,9 @@ value. The rule only looks at the last ``window`` tokens, so ``history`` may hol
 each sequence (at least its last ``window`` tokens, with ``lengths`` counting the tokens present):
 the result is the same as for the full sequence, and memory stays ``O(batch · window)``.
 
+**Comparison method.** ``method="auto"`` compares prefixes in one broadcast on a GPU and with a
+loop over the ``n - 1`` shifts on a CPU (see ``_prefix_matches_by_shift``); both are exact.
+
 **Per-row settings.** ``ngram_size`` and ``window`` are an ``int`` for the whole batch or one value
 per row (a Python sequence, so the kernel's shapes are known without reading the GPU; ``0`` as a
 row's ``ngram_size`` turns the rule off for that row). The cost is set by the largest values.
@@ -20,6 +23,7 @@ This module imports torch; ``import dsocr`` does not import it.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from typing import Literal
 
 import torch
 
@@ -29,6 +33,9 @@ from dsocr.ngram import validate_ngram_params
 __all__ = ["apply_ngram_ban", "banned_mask", "banned_pairs"]
 
 IntOrPerRow = int | Sequence[int]
+# How prefixes are compared: "broadcast" (few kernels; GPU), "by_shift" (a loop over the n - 1
+# shifts; CPU), "auto" (by device). All give identical results.
+Method = Literal["auto", "broadcast", "by_shift"]
 
 
 def banned_pairs(
@@ -38,6 +45,7 @@ def banned_pairs(
     ngram_size: IntOrPerRow,
     window: IntOrPerRow,
     whitelist: Collection[int] | torch.Tensor = (),
+    method: Method = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Banned (row, token) candidates as ``(banned, tokens)``, both ``[batch, K]``.
 
@@ -63,16 +71,17 @@ def banned_pairs(
     index = lengths[:, None] - keep + offsets[None, :]
     tail = history.gather(1, index.clamp(min=0, max=width - 1))
 
-    # Pad on the left so that window e of ``unfold`` holds the max_n - 1 tokens before position e.
+    # Pad on the left so that every position has ``span`` earlier slots (junk before the start).
     span = max_n - 1
     padded = torch.cat([tail.new_full((batch, span), -1), tail], dim=1)
-    before = padded.unfold(1, span, 1)[:, :keep]  # [B, K, span]; last column = position e - 1
-    prefix = padded[:, keep:]  # [B, span]: the last span tokens
-    equal = before == prefix[:, None, :]
-    # A row with n-gram size n compares only the last n - 1 columns (columns >= span - (n - 1)).
-    columns = torch.arange(span, device=device)
-    ignored = columns[None, :] < (span - (sizes - 1))[:, None]
-    matches = (equal | ignored[:, None, :]).all(dim=2)  # [B, K]
+    # Rows with a smaller n ignore the earliest shifts; None when every row uses the largest n.
+    ignored = None
+    if not isinstance(ngram_size, int):
+        ignored = torch.arange(span, device=device)[None, :] < (span - (sizes - 1))[:, None]
+    if method == "auto":
+        method = "by_shift" if device.type == "cpu" else "broadcast"
+    compare = _prefix_matches_by_shift if method == "by_shift" else _prefix_matches_broadcast
+    matches = compare(padded, keep, ignored)  # [B, K]
 
     # The n-gram ending at e starts at s = e - n + 1, which must be a real token inside the window:
     # s >= K - min(lengths, window), i.e. start >= max(L - w, 0) in sequence positions.
@@ -93,9 +102,12 @@ def banned_mask(
     ngram_size: IntOrPerRow,
     window: IntOrPerRow,
     whitelist: Collection[int] | torch.Tensor = (),
+    method: Method = "auto",
 ) -> torch.Tensor:
     """Boolean ``[batch, vocab_size]`` mask of banned next tokens (token ids must be < vocab_size)."""
-    banned, tokens = banned_pairs(history, lengths, ngram_size=ngram_size, window=window, whitelist=whitelist)
+    banned, tokens = banned_pairs(
+        history, lengths, ngram_size=ngram_size, window=window, whitelist=whitelist, method=method
+    )
     # Scatter only ``True``s: non-banned entries go to a spare last column that is dropped, so
     # duplicate indices can never overwrite a ban with ``False``.
     columns = torch.where(banned, tokens.long(), vocab_size)
@@ -112,6 +124,7 @@ def apply_ngram_ban(
     ngram_size: IntOrPerRow,
     window: IntOrPerRow,
     whitelist: Collection[int] | torch.Tensor = (),
+    method: Method = "auto",
 ) -> torch.Tensor:
     """Set the logits of banned next tokens to ``-inf`` in place and return ``logits`` ``[B, V]``."""
     if logits.dim() != 2 or logits.shape[0] != history.shape[0]:
@@ -119,15 +132,48 @@ def apply_ngram_ban(
             f"logits must be [batch, vocab] with batch {history.shape[0]}, got {list(logits.shape)}",
             field="logits",
         )
-    mask = banned_mask(
-        history,
-        lengths,
-        vocab_size=logits.shape[1],
-        ngram_size=ngram_size,
-        window=window,
-        whitelist=whitelist,
+    banned, tokens = banned_pairs(
+        history, lengths, ngram_size=ngram_size, window=window, whitelist=whitelist, method=method
     )
-    return logits.masked_fill_(mask, float("-inf"))
+    vocab_size = logits.shape[1]
+    tokens = tokens.long()
+    banned &= (tokens >= 0) & (tokens < vocab_size)
+    # O(batch · window), never O(batch · vocab): a min-scatter of -inf (banned) or +inf (a no-op),
+    # so a token that occurs both banned and not banned in one row still ends up banned.
+    infinity = torch.tensor(float("inf"), dtype=logits.dtype, device=logits.device)
+    values = torch.where(banned, -infinity, infinity)
+    return logits.scatter_reduce_(1, tokens.clamp(0, vocab_size - 1), values, reduce="amin")
+
+
+# matches[b, e] says whether the n - 1 tokens before position e equal the last n - 1 tokens:
+# tail[e - j] == tail[K - j] for j = 1 … n - 1. Shift c = span - j of ``padded`` holds, for every
+# position, the token j places earlier. Both forms give the same result; they differ in speed.
+
+
+def _prefix_matches_broadcast(padded: torch.Tensor, keep: int, ignored: torch.Tensor | None) -> torch.Tensor:
+    """One [B, span, K] comparison: a handful of kernels, best on a GPU."""
+    span = padded.shape[1] - keep
+    before = padded.unfold(1, keep, 1)[:, :span]  # before[b, c, e] = tail[e - (span - c)]
+    equal = before == padded[:, keep:, None]  # padded[b, keep + c] = tail[K - (span - c)]
+    if ignored is not None:
+        equal |= ignored[:, :, None]
+    return equal.all(dim=1)
+
+
+def _prefix_matches_by_shift(padded: torch.Tensor, keep: int, ignored: torch.Tensor | None) -> torch.Tensor:
+    """A loop over the n - 1 shifts (not rows or positions) of [B, K] comparisons.
+
+    On a CPU this is some 50× faster than the broadcast form, whose overlapping strides defeat
+    vectorisation; on a GPU the per-shift kernel launches would dominate instead.
+    """
+    span = padded.shape[1] - keep
+    matches = torch.ones((padded.shape[0], keep), dtype=torch.bool, device=padded.device)
+    for shift in range(span):
+        equal = padded[:, shift : shift + keep] == padded[:, keep + shift, None]
+        if ignored is not None:
+            equal |= ignored[:, shift, None]
+        matches &= equal
+    return matches
 
 
 def _check_shapes(history: torch.Tensor, lengths: torch.Tensor) -> tuple[int, int]:

@@ -18,7 +18,9 @@ from dsocr.ngram import (
     repetition_score,
     validate_ngram_params,
 )
-from dsocr.ngram_torch import apply_ngram_ban, banned_mask, banned_pairs
+from dsocr.ngram_torch import Method, apply_ngram_ban, banned_mask, banned_pairs
+
+METHODS: tuple[Method, ...] = ("broadcast", "by_shift")
 
 # --- the pure rule on hand-worked examples -------------------------------------------------------
 
@@ -124,9 +126,9 @@ def batches(draw: st.DrawFn) -> tuple[list[list[int]], list[int], list[int], set
 
 
 @settings(max_examples=300, deadline=None)
-@given(batches())
+@given(batches(), st.sampled_from(METHODS))
 def test_batched_mask_equals_the_pure_rule(
-    case: tuple[list[list[int]], list[int], list[int], set[int], int, int],
+    case: tuple[list[list[int]], list[int], list[int], set[int], int, int], method: Method
 ) -> None:
     rows, sizes, windows, whitelist, width, junk = case
     history, lengths = _left_aligned(rows, width, junk)
@@ -138,12 +140,14 @@ def test_batched_mask_equals_the_pure_rule(
         ngram_size=sizes[0] if same else sizes,
         window=windows[0] if same else windows,
         whitelist=whitelist,
+        method=method,
     )
     assert mask.shape == (len(rows), 5)
     assert _mask_sets(mask) == _pure_masks(rows, sizes, windows, whitelist)
 
 
-def test_random_batch_of_256_official_settings_equals_the_pure_rule() -> None:
+@pytest.mark.parametrize("method", METHODS)
+def test_random_batch_of_256_official_settings_equals_the_pure_rule(method: Method) -> None:
     rng = random.Random(1234)
     rows = []
     for _ in range(256):
@@ -153,7 +157,9 @@ def test_random_batch_of_256_official_settings_equals_the_pure_rule() -> None:
         # Mix loops of all periods with noise so some rows are blocked and some are not.
         rows.append([loop[t % period] if rng.random() > 0.02 else rng.randrange(50) for t in range(length)])
     history, lengths = _left_aligned(rows, 200, -1)
-    mask = banned_mask(history, lengths, vocab_size=50, ngram_size=30, window=90, whitelist={7, 8})
+    mask = banned_mask(
+        history, lengths, vocab_size=50, ngram_size=30, window=90, whitelist={7, 8}, method=method
+    )
     expected = _pure_masks(rows, [30] * 256, [90] * 256, {7, 8})
     assert _mask_sets(mask) == expected
     assert sum(1 for banned in expected if banned) > 20  # the case exercises real bans
