@@ -25,6 +25,7 @@ _WELL_FORMED = re.compile(
     r"(?:\s*,\s*\[\s*\d+\s*,\s*\d+\s*,\s*\d+\s*,\s*\d+\s*\])*\s*\]\s*"
 )
 _INT = re.compile(r"\d+")
+_SINGLE = re.compile(r"\[\[(\d{1,3}), ?(\d{1,3}), ?(\d{1,3}), ?(\d{1,3})\]\]")
 # One innermost bracket group: ``[...]`` without nested brackets.
 _GROUP = re.compile(r"\[([^\[\]]*)\]")
 
@@ -57,6 +58,12 @@ def parse_coordinates(literal: str) -> tuple[list[Box], list[str]]:
     does not hold exactly four numbers is dropped with a warning (a number cut off by truncation
     could be wrong, so partial groups are never completed by guessing).
     """
+    # Fast path, most boxes on a page: one box, three-digit values, corners in order.
+    single = _SINGLE.fullmatch(literal)
+    if single is not None:
+        x1, y1, x2, y2 = map(int, single.groups())
+        if x1 < x2 and y1 < y2:
+            return [(x1, y1, x2, y2)], []
     warnings: list[str] = []
     boxes: list[Box] = []
     if _WELL_FORMED.fullmatch(literal):

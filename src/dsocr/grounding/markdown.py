@@ -23,7 +23,8 @@ from collections.abc import Iterable
 
 __all__ = ["clean_markdown_text", "image_link", "join_markdown", "markdown_to_text"]
 
-_CENTER = re.compile(r"</?center>", re.IGNORECASE)
+# Exact lowercase tags, as the model writes them and the official eval script removes them.
+_CENTER = re.compile(r"</?center>")
 _BLANK_RUNS = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
 _HEADING = re.compile(r"^[ \t]{0,3}#{1,6}[ \t]+", re.MULTILINE)
 _IMAGE_LINK = re.compile(r"^[ \t]*!\[[^\]\n]*\]\([^)\n]*\)[ \t]*\n?", re.MULTILINE)
@@ -44,7 +45,7 @@ def clean_markdown_text(content: str) -> str:
     """Per-block cleanup: LaTeX macro rewrites and ``<center>`` removal."""
     if "\\" in content:
         content = content.replace("\\coloneqq", ":=").replace("\\eqqcolon", "=:")
-    if "<" in content:
+    if "center>" in content:
         content = _CENTER.sub("", content)
     return content.strip()
 
@@ -57,10 +58,18 @@ def join_markdown(parts: Iterable[str]) -> str:
     return joined
 
 
+def _cell_text(cell: str) -> str:
+    if "<" in cell:
+        cell = _TAG.sub("", cell)
+    if "&" in cell:
+        cell = html.unescape(cell)
+    return cell.strip()
+
+
 def _table_to_text(match: re.Match[str]) -> str:
     rows = []
     for row in _ROW.findall(match.group(1)):
-        cells = [html.unescape(_TAG.sub("", cell)).strip() for cell in _CELL.findall(row)]
+        cells = [_cell_text(cell) for cell in _CELL.findall(row)]
         if cells:
             rows.append("\t".join(cells))
     return "\n".join(rows)
@@ -78,4 +87,6 @@ def markdown_to_text(markdown: str) -> str:
         text = _IMAGE_LINK.sub("", text)
     if "**" in text:
         text = _EMPHASIS.sub(r"\1", text)
-    return _BLANK_RUNS.sub("\n\n", text).strip()
+    if "\n\n\n" in text or "\n \n" in text or "\n\t\n" in text:
+        text = _BLANK_RUNS.sub("\n\n", text)
+    return text.strip()

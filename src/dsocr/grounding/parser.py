@@ -57,7 +57,10 @@ EOS = "<｜end▁of▁sentence｜>"
 MAX_WARNINGS = 100
 
 _OCR_SHAPE_MARKERS = ("Locate <|ref|>", "<|grounding|>OCR this image", "<|grounding|>OCR the image")
-_TAG = re.compile(r"<\|(/?)(ref|det)\|>")
+# A whole well-formed header (label and coordinates without tags inside), else any single tag.
+_TOKEN = re.compile(
+    r"<\|ref\|>(?P<label>[^<]*)<\|/ref\|><\|det\|>(?P<coords>[^<]*)<\|/det\|>|<\|/?(?:ref|det)\|>"
+)
 _REF, _REF_END, _DET, _DET_END = "<|ref|>", "<|/ref|>", "<|det|>", "<|/det|>"
 
 
@@ -93,7 +96,7 @@ class _Segment:
 
 def _scan(raw: str, warnings: list[str]) -> tuple[list[_Segment], bool]:
     """Split ``raw`` into segments. Returns ``(segments, saw_any_tag)``."""
-    tags = list(_TAG.finditer(raw))
+    tags = list(_TOKEN.finditer(raw))
     current = _Segment(label=None)
     segments = [current]
     pos = 0
@@ -101,15 +104,26 @@ def _scan(raw: str, warnings: list[str]) -> tuple[list[_Segment], bool]:
     n = len(tags)
     while i < n:
         tag = tags[i]
-        closing, kind = tag.group(1) == "/", tag.group(2)
         current.content.append(raw[pos : tag.start()])
-        if closing:
-            warnings.append(f"stray {tag.group(0)} at offset {tag.start()} removed")
+        coords = tag.group("coords")
+        if coords is not None:
+            # A complete ref + det header in one token: the common case, one regex match per block.
+            current = _Segment(label=tag.group("label").strip())
+            segments.append(current)
+            current.boxes, box_warnings = parse_coordinates(coords)
+            warnings.extend(box_warnings)
             pos = tag.end()
             i += 1
             continue
 
-        if kind == "ref":
+        token = tag.group(0)
+        if token in (_REF_END, _DET_END):
+            warnings.append(f"stray {token} at offset {tag.start()} removed")
+            pos = tag.end()
+            i += 1
+            continue
+
+        if token == _REF:
             nxt = tags[i + 1] if i + 1 < n else None
             if nxt is not None and nxt.group(0) == _REF_END:
                 label = raw[tag.end() : nxt.start()]
@@ -176,6 +190,8 @@ def _guess_ref_is_text(segments: list[_Segment]) -> bool:
 
 
 def _px(boxes: tuple[Box, ...], width: int, height: int) -> tuple[Box, ...]:
+    if not boxes:
+        return ()
     return tuple(to_pixels(b, width, height) for b in boxes)
 
 
