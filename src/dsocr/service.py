@@ -12,6 +12,8 @@ Everything raises :class:`~dsocr.errors.DsocrError` subclasses naming the field 
 from __future__ import annotations
 
 import asyncio
+import functools
+import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from PIL import Image
 
 from dsocr import grounding
 from dsocr.engine.base import Engine, SamplingOptions
-from dsocr.errors import InvalidInput, UnsupportedMediaType
+from dsocr.errors import EngineError, InvalidInput, UnsupportedMediaType
 from dsocr.inputs.formats import sniff_format
 from dsocr.inputs.images import decode_image
 from dsocr.inputs.pdf import PdfFile
@@ -54,23 +56,48 @@ def new_request_id() -> str:
 
 @dataclass(kw_only=True)
 class Document:
-    """The pages of one input, loaded lazily. Close it when done (releases the PDF)."""
+    """The pages of one input, loaded lazily. Close it when done (releases the PDF).
+
+    Closing waits for page renders already running in worker threads (a cancelled request's
+    thread keeps running), and pages asked for after closing fail cleanly instead of touching
+    a freed PDF.
+    """
 
     kind: Literal["image", "pdf"]
-    pages: Sequence[PageInput]
+    pages: Sequence[PageInput] = ()
     image: Image.Image | None = None  # the decoded image, for kind == "image"
     _pdf: PdfFile | None = field(default=None, repr=False)
+    _renders: int = field(default=0, repr=False)
+    _closed: bool = field(default=False, repr=False)
+    _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
 
     @property
     def page_count(self) -> int:
         """Number of selected pages (1 for an image)."""
         return len(self.pages)
 
+    def render_page(self, index: int) -> Image.Image:
+        """Render PDF page ``index`` (0-based); blocking, for a worker thread."""
+        with self._cond:
+            if self._closed or self._pdf is None:
+                raise EngineError("the document was closed before this page was rendered")
+            self._renders += 1
+            pdf = self._pdf
+        try:
+            return pdf.render(index)
+        finally:
+            with self._cond:
+                self._renders -= 1
+                self._cond.notify_all()
+
     def close(self) -> None:
-        """Release the underlying PDF, if any; idempotent."""
-        if self._pdf is not None:
-            self._pdf.close()
-            self._pdf = None
+        """Release the underlying PDF, if any, once running renders finished; idempotent."""
+        with self._cond:
+            self._closed = True
+            self._cond.wait_for(lambda: self._renders == 0)
+            pdf, self._pdf = self._pdf, None
+        if pdf is not None:
+            pdf.close()
 
 
 async def open_document(
@@ -106,21 +133,16 @@ def _open_raw(raw: RawInput, *, limits: LimitSettings, pages: str | None, allow_
             pages=pages,
             field=raw.field,
         )
-        page_inputs = [
-            PageInput(number=index + 1, load=_pdf_page_loader(pdf, index)) for index in pdf.selected
+        document = Document(kind="pdf", _pdf=pdf)
+        document.pages = [
+            PageInput(number=index + 1, load=functools.partial(document.render_page, index))
+            for index in pdf.selected
         ]
-        return Document(kind="pdf", pages=page_inputs, _pdf=pdf)
+        return document
     if pages is not None:
         raise InvalidInput("a page range applies to PDFs only; this input is an image", field="pages")
     image = decode_image(raw.data, max_pixels=limits.max_image_pixels, field=raw.field)
     return Document(kind="image", pages=[PageInput(number=1, load=lambda: image)], image=image)
-
-
-def _pdf_page_loader(pdf: PdfFile, index: int) -> Callable[[], Image.Image]:
-    def load() -> Image.Image:
-        return pdf.render(index)
-
-    return load
 
 
 def sampling_options(

@@ -319,7 +319,8 @@ async def ocr(
     except ClientGone:
         return _client_gone_response(state)
     finally:
-        document.close()
+        # Waits for renders still running in worker threads, so off the event loop.
+        await asyncio.to_thread(document.close)
     if document.kind == "image" and results[0].error is not None:
         # One image: its failure is the request's failure, with the right status.
         raise results[0].error
