@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=1000, help="generated tokens per row so far")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--method", default="auto", choices=["auto", "broadcast", "by_shift"])
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     args = parser.parse_args()
     if args.threads:
@@ -78,9 +79,10 @@ def main() -> None:
     lengths = torch.full((args.batch,), history.shape[1], dtype=torch.long, device=device)
     logits = torch.zeros((args.batch, VOCAB), device=device)
     options = {"ngram_size": args.ngram, "window": args.window}
+    method = args.method
 
     expected = [banned_tokens(row, whitelist=WHITELIST, **options) for row in rows]
-    mask = banned_mask(history, lengths, vocab_size=VOCAB, whitelist=WHITELIST, **options)
+    mask = banned_mask(history, lengths, vocab_size=VOCAB, whitelist=WHITELIST, method=method, **options)
     got = [set(torch.nonzero(row).flatten().tolist()) for row in mask.cpu()]
     if got != expected:
         raise SystemExit("batched and per-request bans differ")
@@ -93,14 +95,14 @@ def main() -> None:
                 logits[b, list(banned)] = float("-inf")
 
     def batched() -> None:
-        apply_ngram_ban(logits, history, lengths, whitelist=WHITELIST, **options)
+        apply_ngram_ban(logits, history, lengths, whitelist=WHITELIST, method=method, **options)
 
     def mask_only() -> None:
-        banned_mask(history, lengths, vocab_size=VOCAB, whitelist=WHITELIST, **options)
+        banned_mask(history, lengths, vocab_size=VOCAB, whitelist=WHITELIST, method=method, **options)
 
     print(
         f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} batch={args.batch} "
-        f"n={args.ngram} window={args.window} vocab={VOCAB} rows_with_bans={banned_rows}"
+        f"n={args.ngram} window={args.window} vocab={VOCAB} method={method} rows_with_bans={banned_rows}"
     )
     for name, step in [("python per-request loop", python_loop), ("batched apply_ngram_ban", batched),
                        ("batched mask only", mask_only)]:  # fmt: skip

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -308,3 +310,10 @@ def test_detect_loop_rejects_a_bad_threshold() -> None:
     with pytest.raises(InvalidInput) as info:
         detect_loop("x", threshold=0)
     assert info.value.field == "threshold"
+
+
+def test_the_pure_modules_do_not_import_torch() -> None:
+    # ``import dsocr`` must stay light; only dsocr.ngram_torch needs torch.
+    code = "import sys, dsocr.ngram, dsocr.modes, dsocr.prompts; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
