@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, NamedTuple
 
+import numpy as np
+import numpy.typing as npt
 from PIL import Image, ImageOps
 
 from dsocr.errors import InvalidInput, ModelNotFound
@@ -34,6 +36,7 @@ __all__ = [
     "Preprocessed",
     "candidate_grids",
     "gundam_grid",
+    "pixel_values",
     "preprocess",
     "profile_for",
     "vision_tokens",
@@ -251,6 +254,12 @@ def preprocess(image: Image.Image, mode: str | None = None, profile: ModelProfil
         for col in range(across)
     ]
     return Preprocessed(view, tiles, grid)
+
+
+def pixel_values(image: Image.Image) -> npt.NDArray[np.float32]:
+    """One view as the encoder's input: CHW float32 in [-1, 1] (ToTensor, then mean/std 0.5, §2.5)."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return np.ascontiguousarray(((array - 0.5) / 0.5).transpose(2, 0, 1))
 
 
 def _grid_for(width: int, height: int, mode: Mode, profile: ModelProfile) -> tuple[int, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,6 +17,7 @@ from dsocr.modes import (
     V2,
     candidate_grids,
     gundam_grid,
+    pixel_values,
     preprocess,
     profile_for,
     vision_tokens,
@@ -237,3 +239,12 @@ def test_non_rgb_input_is_converted() -> None:
     out = preprocess(Image.new("L", (700, 700), 30), "gundam")
     assert out.global_view.mode == "RGB"
     assert all(tile.mode == "RGB" for tile in out.tiles)
+
+
+def test_pixel_values_are_chw_in_minus_one_to_one() -> None:
+    image = Image.new("RGB", (3, 2), (255, 0, 0))
+    image.putpixel((0, 0), PAD_COLOR)
+    values = pixel_values(image)
+    assert values.shape == (3, 2, 3) and values.dtype == np.float32
+    assert values[0, 1, 1] == 1.0 and values[1, 1, 1] == -1.0  # red: R = 1, G = -1
+    assert values[:, 0, 0] == pytest.approx([127 / 255 * 2 - 1] * 3)  # pad gray ≈ -0.004
