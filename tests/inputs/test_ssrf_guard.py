@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import ssl
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import trustme
 from inputs_support import LoopbackServer, png_bytes, text_page
 
 from dsocr.errors import FetchFailed, InputTooLarge, InvalidInput, UnsupportedMediaType
@@ -315,3 +319,62 @@ async def test_total_timeout_bounds_the_whole_fetch(loopback_server: LoopbackSer
     fetch = FetchSettings(allow_http=True, allow_networks=["127.0.0.0/8"], total_timeout_s=0.2)
     with pytest.raises(FetchFailed, match="TOTAL_TIMEOUT"):
         await fetch_url(loopback_server.url("/slow.png"), fetch=fetch, max_bytes=MiB)
+
+
+# ---------------------------------------------------------------- https: SNI and certificate on the name
+
+
+@pytest.fixture
+def tls_server() -> Iterator[tuple[int, ssl.SSLContext, list[str | None]]]:
+    """An https server on 127.0.0.1 whose certificate names only ``images.test`` (private CA)."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("images.test").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    seen_sni: list[str | None] = []
+    server_context.sni_callback = lambda _sock, name, _ctx: seen_sni.append(name)  # type: ignore[assignment]
+    body = png_bytes(text_page())
+
+    class _Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.socket = server_context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], client_context, seen_sni
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+async def test_https_to_the_pinned_ip_sends_sni_and_checks_the_certificate_for_the_name(
+    tls_server: tuple[int, ssl.SSLContext, list[str | None]],
+) -> None:
+    port, trust, seen_sni = tls_server
+    _, resolve = _resolver({"images.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+    fetch = FetchSettings(allow_networks=["127.0.0.0/8"])
+    raw = await fetch_url(
+        f"https://images.test:{port}/page.png", fetch=fetch, max_bytes=MiB, resolver=resolve, verify=trust
+    )
+    assert raw.data.startswith(b"\x89PNG")
+    assert seen_sni == ["images.test"]  # the name, although the socket went to 127.0.0.1
+    # Same IP, another name: the certificate does not cover it, so the fetch must fail.
+    with pytest.raises(FetchFailed, match="could not fetch"):
+        await fetch_url(
+            f"https://other.test:{port}/page.png", fetch=fetch, max_bytes=MiB, resolver=resolve, verify=trust
+        )
+    # And without the private CA the default trust store refuses it.
+    with pytest.raises(FetchFailed):
+        await fetch_url(f"https://images.test:{port}/page.png", fetch=fetch, max_bytes=MiB, resolver=resolve)

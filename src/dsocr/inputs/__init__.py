@@ -17,6 +17,7 @@ Every failure is a typed ``dsocr.errors.InvalidInput`` subclass naming the field
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,13 +213,14 @@ async def load_document(
     pages: str | None = None,
     dpi: int | None = None,
     resolver: Resolver | None = None,
+    verify: ssl.SSLContext | None = None,
 ) -> Document:
     """Read ``source`` (URL, base64, bytes or confined path) and open it; see ``open_document``.
 
-    Network reads are async; decoding and PDF opening run in a worker thread. ``resolver`` replaces
-    DNS resolution for URLs (tests).
+    Network reads are async; decoding and PDF opening run in a worker thread. For URLs,
+    ``resolver`` replaces DNS resolution (tests) and ``verify`` the trusted CAs.
     """
-    raw = await read_source(source, limits=limits, fetch=fetch, resolver=resolver)
+    raw = await read_source(source, limits=limits, fetch=fetch, resolver=resolver, verify=verify)
     return await asyncio.to_thread(
         open_document, raw.data, limits=limits, pages=pages, dpi=dpi, field=raw.field, name=raw.name
     )

@@ -15,6 +15,7 @@ import ipaddress
 import os
 import re
 import socket
+import ssl
 import stat
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -109,12 +110,16 @@ async def read_source(
     limits: LimitSettings,
     fetch: FetchSettings,
     resolver: Resolver | None = None,
+    verify: ssl.SSLContext | None = None,
 ) -> RawInput:
-    """Read the bytes of ``source``, enforcing ``limits.max_upload_bytes`` and, for URLs, ``fetch``."""
+    """Read the bytes of ``source``, enforcing ``limits.max_upload_bytes`` and, for URLs, ``fetch``.
+
+    ``resolver`` and ``verify`` (trusted CAs for https) are passed to ``fetch_url``.
+    """
     max_bytes = limits.max_upload_bytes
     if isinstance(source, UrlSource):
         return await fetch_url(
-            source.url, fetch=fetch, max_bytes=max_bytes, field=source.field, resolver=resolver
+            source.url, fetch=fetch, max_bytes=max_bytes, field=source.field, resolver=resolver, verify=verify
         )
     if isinstance(source, Base64Source):
         return decode_base64(source.data, max_bytes=max_bytes, field=source.field)
@@ -395,8 +400,13 @@ async def fetch_url(
     max_bytes: int,
     field: str = "image_url",
     resolver: Resolver | None = None,
+    verify: ssl.SSLContext | None = None,
 ) -> RawInput:
     """Fetch ``url`` through the SSRF guard; at most ``max_bytes`` bytes are read.
+
+    ``resolver`` replaces DNS (tests); ``verify`` replaces the trusted CAs (default: certifi's),
+    e.g. for an internal object store with a private CA. Certificates are always checked against
+    the URL's host name, even though the socket goes to the checked IP.
 
     Raises ``FetchFailed`` (refused, unreachable, bad status, timeout), ``InputTooLarge`` and
     ``UnsupportedMediaType`` (a Content-Type that is not an image or PDF).
@@ -408,7 +418,9 @@ async def fetch_url(
     guard = _Guard(fetch, resolver or system_resolver, field)
     try:
         return await asyncio.wait_for(
-            _fetch_with_redirects(parsed, guard, fetch=fetch, max_bytes=max_bytes, field=field),
+            _fetch_with_redirects(
+                parsed, guard, fetch=fetch, max_bytes=max_bytes, field=field, verify=verify
+            ),
             timeout=fetch.total_timeout_s,
         )
     except asyncio.TimeoutError as exc:
@@ -422,7 +434,13 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 async def _fetch_with_redirects(
-    url: httpx.URL, guard: _Guard, *, fetch: FetchSettings, max_bytes: int, field: str
+    url: httpx.URL,
+    guard: _Guard,
+    *,
+    fetch: FetchSettings,
+    max_bytes: int,
+    field: str,
+    verify: ssl.SSLContext | None,
 ) -> RawInput:
     timeout = httpx.Timeout(
         connect=fetch.connect_timeout_s,
@@ -431,7 +449,10 @@ async def _fetch_with_redirects(
         pool=fetch.connect_timeout_s,
     )
     # trust_env=False: an environment proxy would connect to the name, bypassing the pinned IP.
-    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+    tls: ssl.SSLContext | bool = True if verify is None else verify
+    async with httpx.AsyncClient(
+        timeout=timeout, follow_redirects=False, trust_env=False, verify=tls
+    ) as client:
         for _ in range(fetch.max_redirects + 1):
             hop = await guard.check(url)
             extensions = {"sni_hostname": hop.url.host} if hop.url.scheme == "https" else {}
