@@ -171,3 +171,10 @@ async def test_real_scans_read_their_known_words(cpu_engine: CpuEngine) -> None:
         assert word in words(parsed.text), word
     # A 2-column datasheet: the left column's section comes before the right column's.
     assert parsed.text.index("Recording a Sequence") < parsed.text.index("Creating a Song")
+
+
+async def test_blank_and_tiny_images_give_empty_output_not_an_error(cpu_engine: CpuEngine) -> None:
+    for size in ((1, 1), (300, 200)):
+        out = await _read(cpu_engine, Image.new("RGB", size, "white"), PRESETS["document"], f"blank-{size}")
+        assert out.finish_reason == "stop"
+        assert out.text == ""

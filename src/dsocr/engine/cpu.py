@@ -55,7 +55,7 @@ from PIL import Image, ImageDraw, ImageFont
 from dsocr.engine.accounting import estimate_tokens, prompt_tokens, vision_tokens
 from dsocr.engine.base import EngineDelta, EngineInfo, EngineOutput, EngineRequest, FinishReason
 from dsocr.engine.layout import Line, PixelBox, render_pieces
-from dsocr.errors import EngineError, EngineOverloaded, EngineUnavailable, InvalidInput
+from dsocr.errors import DsocrError, EngineError, EngineOverloaded, EngineUnavailable, InvalidInput
 from dsocr.prompts import is_grounded, locate_target, preset_of
 from dsocr.settings import EngineSettings
 
@@ -258,7 +258,13 @@ class CpuEngine:
         if executor is None:
             raise EngineUnavailable("the CPU engine is not started")
         loop = asyncio.get_running_loop()
-        read = await loop.run_in_executor(executor, self._read_page, job, image)
+        try:
+            read = await loop.run_in_executor(executor, self._read_page, job, image)
+        except DsocrError:
+            raise
+        except Exception as exc:  # onnxruntime/OpenCV failures on odd images: one typed error
+            logger.exception("CPU engine failed on request %s", job.request_id)
+            raise EngineError(f"the CPU engine failed to read the page: {type(exc).__name__}: {exc}") from exc
         if read is None:
             return []
         lines, to_output = read
