@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from dsocr.grounding import parse
+from dsocr.grounding import legacy_fields, parse
 
 RAW_DIR = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "raw"
 _TEXT = (
@@ -105,6 +105,20 @@ def main() -> None:
             f" ({len(pages) / cpu:.0f} pages per CPU second)"
         )
     print("target: >= 20 MB/s per page")
+
+    # Adversarial single outputs (looping or garbage text): every one must stay linear.
+    adversarial = {
+        "unmatched <|ref|>": "<|ref|>a<|/ref|>" * 5000,
+        "unclosed <table>": "<table>" * 5000,
+        "unclosed **": "**a " * 10000,
+        "open <|det|>": "<|det|>[[1, 2, " * 5000,
+    }
+    for name, raw in adversarial.items():
+        mb = len(raw.encode("utf-8")) / 1e6
+        _, cpu = _best_seconds(
+            lambda raw=raw: legacy_fields(parse(raw, width=9, height=9), prompt="", model_name=""), 1
+        )
+        print(f"worst case {name}: {mb * 1000:.0f} KB in {cpu * 1000:.1f} ms CPU (parse + legacy_fields)")
 
 
 if __name__ == "__main__":

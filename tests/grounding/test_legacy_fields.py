@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dsocr.grounding import legacy_fields, parse
 
@@ -65,3 +69,27 @@ def test_malformed_coordinates_are_returned_verbatim_not_evaluated() -> None:
     fields = legacy_fields(parse(raw, width=10, height=10), prompt="p", model_name="m")
     assert fields["references"][0][2] == "__import__('os').system('false')"
     assert fields["extracted_text"] == "\nhi"
+
+
+SEED_REGEX = re.compile(r"(<\|ref\|>(.*?)<\|/ref\|><\|det\|>(.*?)<\|/det\|>)", re.DOTALL)
+soup = st.lists(
+    st.sampled_from(
+        ["<|ref|>", "<|/ref|>", "<|det|>", "<|/det|>", "<|/ref|><|det|>", "image", "a", "\n", "[[1"]
+    ),
+    max_size=30,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=soup)
+def test_references_equal_the_seed_regex_findall(raw: str) -> None:
+    fields = legacy_fields(parse(raw, width=1, height=1), prompt="p", model_name="m")
+    if "<|ref|>" in raw:
+        assert fields["references"] == [list(m) for m in SEED_REGEX.findall(raw)]
+
+
+def test_looping_output_of_unmatched_refs_has_no_references() -> None:
+    # 10k unmatched refs: the seed's regex rescans to the end for each (quadratic); ours is linear.
+    raw = "<|ref|>a<|/ref|>" * 10_000
+    fields = legacy_fields(parse(raw, width=1, height=1), prompt="p", model_name="m")
+    assert fields["references"] == [] and fields["extracted_text"] == raw

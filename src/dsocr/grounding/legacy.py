@@ -11,14 +11,36 @@ Its ``eval`` of coordinates is not: nothing here evaluates model text.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from dsocr.types import ParsedOutput
 
 __all__ = ["legacy_fields"]
 
-_SEED_PATTERN = re.compile(r"(<\|ref\|>(.*?)<\|/ref\|><\|det\|>(.*?)<\|/det\|>)", re.DOTALL)
+_REF, _REF_DET, _DET_END = "<|ref|>", "<|/ref|><|det|>", "<|/det|>"
+
+
+def _seed_findall(raw: str) -> list[tuple[str, str, str]]:
+    """What the seed's ``re.findall(r"(<\\|ref\\|>(.*?)<\\|/ref\\|><\\|det\\|>(.*?)<\\|/det\\|>)", raw,
+    re.DOTALL)`` returns, found with ``str.find`` in linear time.
+
+    The lazy groups make each match run from a ``<|ref|>`` to the first ``<|/ref|><|det|>`` after
+    it and then to the first ``<|/det|>`` after that; when either is missing no later ``<|ref|>``
+    can match either. The regex itself rescans to the end for every unmatched ``<|ref|>``, which
+    is quadratic on looping output.
+    """
+    matches = []
+    pos = 0
+    while (start := raw.find(_REF, pos)) >= 0:
+        middle = raw.find(_REF_DET, start + len(_REF))
+        if middle < 0:
+            break
+        end = raw.find(_DET_END, middle + len(_REF_DET))
+        if end < 0:
+            break
+        pos = end + len(_DET_END)
+        matches.append((raw[start:pos], raw[start + len(_REF) : middle], raw[middle + len(_REF_DET) : end]))
+    return matches
 
 
 def legacy_fields(parsed: ParsedOutput, *, prompt: str, model_name: str) -> dict[str, Any]:
@@ -32,13 +54,18 @@ def legacy_fields(parsed: ParsedOutput, *, prompt: str, model_name: str) -> dict
             "prompt_used": prompt,
             "model_name": model_name,
         }
-    matches = _SEED_PATTERN.findall(raw)
+    matches = _seed_findall(raw)
     image_refs = [m[0] for m in matches if "<|ref|>image<|/ref|>" in m[0]]
     other_refs = [m[0] for m in matches if "<|ref|>image<|/ref|>" not in m[0]]
     extracted = raw
+    # Repeating an identical str.replace changes nothing, so duplicates (looping output) are
+    # skipped; k still counts every image match, as the seed's enumerate did.
+    done: set[str] = set()
     for k, match in enumerate(image_refs):
-        extracted = extracted.replace(match, f"![](image_{k}.jpg)\n")
-    for match in other_refs:
+        if match not in done:
+            done.add(match)
+            extracted = extracted.replace(match, f"![](image_{k}.jpg)\n")
+    for match in dict.fromkeys(other_refs):
         extracted = extracted.replace(match, "")
     return {
         "extracted_text": extracted,

@@ -28,12 +28,15 @@ _CENTER = re.compile(r"</?center>")
 _BLANK_RUNS = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
 _HEADING = re.compile(r"^[ \t]{0,3}#{1,6}[ \t]+", re.MULTILINE)
 _IMAGE_LINK = re.compile(r"^[ \t]*!\[[^\]\n]*\]\([^)\n]*\)[ \t]*\n?", re.MULTILINE)
-_TABLE = re.compile(r"<table\b[^>]*>(.*?)</table>", re.IGNORECASE | re.DOTALL)
+# Tempered: the body cannot hold another "<table", so an unclosed table costs one scan to the next
+# one, not to the end of the text (a looping output of "<table>" would otherwise be quadratic).
+_TABLE = re.compile(r"<table\b[^>]*>((?:(?!<table\b)[\s\S])*?)</table>", re.IGNORECASE)
 _ROW = re.compile(r"<tr\b[^>]*>(.*?)(?:</tr>|(?=<tr\b)|$)", re.IGNORECASE | re.DOTALL)
 _CELL = re.compile(r"<t[dh]\b[^>]*>(.*?)(?:</t[dh]>|(?=<t[dh]\b)|$)", re.IGNORECASE | re.DOTALL)
 _TAG = re.compile(r"<[^<>]+>")
 # Only ``**``: underscores are common in LaTeX subscripts, which plain text keeps as written.
-_EMPHASIS = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
+# The body holds no "*", so each "**" scans only to the next star (linear on "**a **a **a ...").
+_EMPHASIS = re.compile(r"\*\*([^\s*](?:[^*\n]*[^\s*])?)\*\*")
 
 
 def image_link(crop_index: int) -> str:
