@@ -25,7 +25,8 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
@@ -218,14 +219,14 @@ async def ocr_document(
     outputs: frozenset[OutputKind] = frozenset(),
     max_in_flight: int = 8,
     timeout_s: float | None = None,
-) -> AsyncIterator[PageResult]:
+) -> AsyncGenerator[PageResult, None]:
     """OCR many pages concurrently; yield one :class:`PageResult` per page, in page order.
 
     A page that fails (cannot be rasterised, over a limit, engine error) yields a result with
     ``error`` set. Raises ``EngineTimeout`` when the whole document runs past ``timeout_s``
     (pages still running are aborted in the engine).
     """
-    async for event in ocr_document_events(
+    events = ocr_document_events(
         engine,
         pages,
         prompt=prompt,
@@ -237,9 +238,12 @@ async def ocr_document(
         max_in_flight=max_in_flight,
         timeout_s=timeout_s,
         stream_blocks=False,
-    ):
-        if isinstance(event, PageResult):
-            yield event
+    )
+    # Closing explicitly: when our consumer stops early, the pages still running are cancelled now.
+    async with aclosing(events):
+        async for event in events:
+            if isinstance(event, PageResult):
+                yield event
 
 
 async def ocr_document_events(
@@ -255,7 +259,7 @@ async def ocr_document_events(
     max_in_flight: int = 8,
     timeout_s: float | None = None,
     stream_blocks: bool = True,
-) -> AsyncIterator[PageEvent]:
+) -> AsyncGenerator[PageEvent, None]:
     """Like :func:`ocr_document`, as a stream of events in page order.
 
     For each page: :class:`PageStarted`, then (with ``stream_blocks``) a :class:`BlockFound`

@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import aclosing
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
@@ -26,6 +27,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
+from starlette.types import Receive, Scope, Send
 
 from dsocr import service
 from dsocr.engine.base import Engine
@@ -299,7 +301,7 @@ async def ocr(
             document.close()
             ticket.release()
 
-        return StreamingResponse(
+        return _ClosingStreamingResponse(
             _sse_events(state, engine, document, run_args, meta, cleanup),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -308,9 +310,10 @@ async def ocr(
 
     async def collect() -> list[PageResult]:
         results: list[PageResult] = []
-        async for result in ocr_document(engine, document.pages, **run_args):
-            state.metrics.observe_page(result)
-            results.append(result)
+        async with aclosing(ocr_document(engine, document.pages, **run_args)) as pages:
+            async for result in pages:
+                state.metrics.observe_page(result)
+                results.append(result)
         return results
 
     try:
@@ -325,6 +328,23 @@ async def ocr(
         # One image: its failure is the request's failure, with the right status.
         raise results[0].error
     return JSONResponse(document_json(results, outputs=outputs, **meta))
+
+
+class _ClosingStreamingResponse(StreamingResponse):
+    """Closes its body generator when the response ends, however it ends.
+
+    Starlette cancels the sending task on client disconnect but leaves the generator suspended;
+    closing it runs its ``finally`` now (cancelling the pages and aborting them in the engine)
+    instead of whenever it is garbage-collected.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
 
 def _sse(event: str, data: Any) -> bytes:
@@ -344,15 +364,18 @@ async def _sse_events(
     outputs = run_args["outputs"]
     results: list[PageResult] = []
     try:
-        async for event in ocr_document_events(engine, document.pages, stream_blocks=True, **run_args):
-            if isinstance(event, PageStarted):
-                yield _sse("page.start", {"page": event.page, "request_id": event.request_id})
-            elif isinstance(event, BlockFound):
-                yield _sse("block", {"page": event.page, "block": block_json(event.block)})
-            else:
-                state.metrics.observe_page(event)
-                results.append(event)
-                yield _sse("page.done", page_json(event, outputs))
+        async with aclosing(
+            ocr_document_events(engine, document.pages, stream_blocks=True, **run_args)
+        ) as events:
+            async for event in events:
+                if isinstance(event, PageStarted):
+                    yield _sse("page.start", {"page": event.page, "request_id": event.request_id})
+                elif isinstance(event, BlockFound):
+                    yield _sse("block", {"page": event.page, "block": block_json(event.block)})
+                else:
+                    state.metrics.observe_page(event)
+                    results.append(event)
+                    yield _sse("page.done", page_json(event, outputs))
         done = document_json(results, outputs=outputs, **meta)
         summary = {key: done[key] for key in ("request_id", "page_count", "failed_pages", "usage")}
         for key in ("markdown", "text"):
