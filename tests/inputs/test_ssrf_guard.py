@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 import ssl
 import threading
 import time
@@ -13,7 +14,7 @@ import pytest
 import trustme
 from inputs_support import LoopbackServer, png_bytes, text_page
 
-from dsocr.errors import FetchFailed, InputTooLarge, InvalidInput, UnsupportedMediaType
+from dsocr.errors import ConfigError, FetchFailed, InputTooLarge, InvalidInput, UnsupportedMediaType
 from dsocr.inputs import UrlSource, load_document
 from dsocr.inputs.sources import IPAddress, Resolver, address_refusal, fetch_url
 from dsocr.settings import FetchSettings, LimitSettings
@@ -378,3 +379,47 @@ async def test_https_to_the_pinned_ip_sends_sni_and_checks_the_certificate_for_t
     # And without the private CA the default trust store refuses it.
     with pytest.raises(FetchFailed):
         await fetch_url(f"https://images.test:{port}/page.png", fetch=fetch, max_bytes=MiB, resolver=resolve)
+
+
+async def test_allow_listed_ipv6_literal_is_fetched_with_a_bracketed_host_header() -> None:
+    seen_hosts: list[str] = []
+    body = png_bytes(text_page())
+
+    class _Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen_hosts.append(self.headers["Host"])
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    class _V6Server(ThreadingHTTPServer):
+        address_family = socket.AF_INET6
+
+    server = _V6Server(("::1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        url = f"http://[::1]:{server.server_address[1]}/page.png"
+        with pytest.raises(FetchFailed, match="loopback"):
+            await fetch_url(url, fetch=FetchSettings(allow_http=True), max_bytes=MiB)
+        raw = await fetch_url(
+            url, fetch=FetchSettings(allow_http=True, allow_networks=["::1/128"]), max_bytes=MiB
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert raw.data == body
+    assert seen_hosts == [f"[::1]:{server.server_address[1]}"]
+
+
+async def test_a_bad_allow_network_setting_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="ALLOW_NETWORKS"):
+        await fetch_url(
+            "https://example.com/x.png", fetch=FetchSettings(allow_networks=["10.0.0.0/33"]), max_bytes=MiB
+        )

@@ -24,7 +24,7 @@ from typing import Literal
 
 import httpx
 
-from dsocr.errors import FetchFailed, InputTooLarge, InvalidInput, UnsupportedMediaType
+from dsocr.errors import ConfigError, FetchFailed, InputTooLarge, InvalidInput, UnsupportedMediaType
 from dsocr.inputs.formats import ACCEPTED_MEDIA_TYPES, normalise_media_type
 from dsocr.settings import FetchSettings, LimitSettings
 
@@ -347,7 +347,7 @@ class _Guard:
         try:
             self._allow_networks = [ipaddress.ip_network(n, strict=False) for n in fetch.allow_networks]
         except ValueError as exc:
-            raise InvalidInput(f"bad DSOCR_FETCH__ALLOW_NETWORKS entry: {exc}") from exc
+            raise ConfigError(f"bad DSOCR_FETCH__ALLOW_NETWORKS entry: {exc}") from exc
 
     def _refuse(self, message: str) -> FetchFailed:
         return FetchFailed(message, field=self._field)
@@ -389,7 +389,8 @@ class _Guard:
                 if reason is not None:
                     raise self._refuse(f"refusing to fetch {host!r}: it resolves to {address}, {reason}")
         pinned = addresses[0]
-        host_header = host if url.port is None else f"{host}:{url.port}"
+        named = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets
+        host_header = named if url.port is None else f"{named}:{url.port}"
         return _Hop(url, url.copy_with(host=str(pinned)), host_header)
 
 
