@@ -28,9 +28,6 @@ _CENTER = re.compile(r"</?center>")
 _BLANK_RUNS = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
 _HEADING = re.compile(r"^[ \t]{0,3}#{1,6}[ \t]+", re.MULTILINE)
 _IMAGE_LINK = re.compile(r"^[ \t]*!\[[^\]\n]*\]\([^)\n]*\)[ \t]*\n?", re.MULTILINE)
-# Tempered: the body cannot hold another "<table", so an unclosed table costs one scan to the next
-# one, not to the end of the text (a looping output of "<table>" would otherwise be quadratic).
-_TABLE = re.compile(r"<table\b[^>]*>((?:(?!<table\b)[\s\S])*?)</table>", re.IGNORECASE)
 _ROW = re.compile(r"<tr\b[^>]*>(.*?)(?:</tr>|(?=<tr\b)|$)", re.IGNORECASE | re.DOTALL)
 _CELL = re.compile(r"<t[dh]\b[^>]*>(.*?)(?:</t[dh]>|(?=<t[dh]\b)|$)", re.IGNORECASE | re.DOTALL)
 _TAG = re.compile(r"<[^<>]+>")
@@ -69,9 +66,31 @@ def _cell_text(cell: str) -> str:
     return cell.strip()
 
 
-def _table_to_text(match: re.Match[str]) -> str:
+def _tables_to_text(text: str) -> str:
+    """Replace each ``<table>…</table>`` (lowercase, as the model writes it) by its rows."""
+    out: list[str] = []
+    pos = 0
+    while (start := text.find("<table", pos)) >= 0:
+        # Search only as far as the next "<table": looping output ("<table><table>…") stays linear.
+        next_open = text.find("<table", start + 6)
+        limit = next_open if next_open >= 0 else len(text)
+        body_start = text.find(">", start, limit) + 1
+        end = text.find("</table>", body_start, limit) if body_start else -1
+        # No closing tag before the next table (or at all): leave this opening as written.
+        if end < 0:
+            out.append(text[pos : start + 6])
+            pos = start + 6
+            continue
+        out.append(text[pos:start])
+        out.append(_table_body_to_text(text[body_start:end]))
+        pos = end + len("</table>")
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _table_body_to_text(body: str) -> str:
     rows = []
-    for row in _ROW.findall(match.group(1)):
+    for row in _ROW.findall(body):
         cells = [_cell_text(cell) for cell in _CELL.findall(row)]
         if cells:
             rows.append("\t".join(cells))
@@ -82,8 +101,8 @@ def markdown_to_text(markdown: str) -> str:
     """Readable plain text: headings without ``#``, image links dropped, HTML tables as
     tab-separated rows, ``**bold**`` markers removed, LaTeX kept as written."""
     text = markdown
-    if "<" in text:
-        text = _TABLE.sub(_table_to_text, text)
+    if "<table" in text:
+        text = _tables_to_text(text)
     if "#" in text:
         text = _HEADING.sub("", text)
     if "![" in text:
