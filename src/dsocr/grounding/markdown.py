@@ -28,8 +28,8 @@ _CENTER = re.compile(r"</?center>")
 _BLANK_RUNS = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
 _HEADING = re.compile(r"^[ \t]{0,3}#{1,6}[ \t]+", re.MULTILINE)
 _IMAGE_LINK = re.compile(r"^[ \t]*!\[[^\]\n]*\]\([^)\n]*\)[ \t]*\n?", re.MULTILINE)
-_ROW = re.compile(r"<tr\b[^>]*>(.*?)(?:</tr>|(?=<tr\b)|$)", re.IGNORECASE | re.DOTALL)
-_CELL = re.compile(r"<t[dh]\b[^>]*>(.*?)(?:</t[dh]>|(?=<t[dh]\b)|$)", re.IGNORECASE | re.DOTALL)
+_ROW_OPEN = re.compile(r"<tr\b[^>]*>", re.IGNORECASE)
+_CELL_OPEN = re.compile(r"<t[dh]\b[^>]*>", re.IGNORECASE)
 _TAG = re.compile(r"<[^<>]+>")
 # Only ``**``: underscores are common in LaTeX subscripts, which plain text keeps as written.
 # The body holds no "*", so each "**" scans only to the next star (linear on "**a **a **a ...").
@@ -59,6 +59,8 @@ def join_markdown(parts: Iterable[str]) -> str:
 
 
 def _cell_text(cell: str) -> str:
+    # A cell runs from its opening tag to its closing tag (or the next cell or row).
+    cell = cell.split("</t", 1)[0]
     if "<" in cell:
         cell = _TAG.sub("", cell)
     if "&" in cell:
@@ -90,8 +92,8 @@ def _tables_to_text(text: str) -> str:
 
 def _table_body_to_text(body: str) -> str:
     rows = []
-    for row in _ROW.findall(body):
-        cells = [_cell_text(cell) for cell in _CELL.findall(row)]
+    for row in _ROW_OPEN.split(body)[1:]:
+        cells = [_cell_text(cell) for cell in _CELL_OPEN.split(row)[1:]]
         if cells:
             rows.append("\t".join(cells))
     return "\n".join(rows)
