@@ -8,7 +8,7 @@ There is no global instance: tests write ``Settings(engine={"kind": "fake"})``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,6 +37,16 @@ class EngineSettings(BaseModel):
     # Repetition control (official 30/90, whitelist <td> </td>).
     ngram_size: int = Field(30, ge=1)
     ngram_window: int = Field(90, ge=1)
+    # vLLM engine: prove at start-up that repetition control is active (see dsocr.engine.vllm).
+    self_test: bool = True
+    # Retry policy for pages that end on ``length`` or score as repetitive: first a smaller n-gram
+    # window, then a temperature schedule (as olmOCR does). 0 attempts = flag only, never retry.
+    retry_attempts: int = Field(0, ge=0, le=8)
+    retry_ngram_window: int = Field(50, ge=1)
+    retry_temperatures: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.5])
+    repetition_threshold: float = Field(0.3, ge=0, le=1)
+    # Extra keyword arguments for vLLM's AsyncEngineArgs (enforce_eager, kv_cache_memory_bytes, ...).
+    vllm_args: dict[str, Any] = Field(default_factory=dict)
     # Fake engine knobs (tests and demos only).
     fake_delay_s: float = Field(0.0, ge=0)
 
@@ -81,6 +91,9 @@ class ServerSettings(BaseModel):
     cors_origins: list[str] = Field(default_factory=list)
     workers: int = Field(1, ge=1)
     max_concurrency: int = Field(256, ge=1)
+    # How long start-up waits for the engine before serving; a slower engine keeps loading in
+    # the background while /health answers and /ready says 503.
+    startup_wait_s: float = Field(5.0, ge=0)
 
 
 class Settings(BaseSettings):

@@ -12,6 +12,8 @@ counted; 413 either way). For uvicorn: ``uvicorn dsocr.server.app:app_from_env -
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -207,8 +209,8 @@ async def _start_engine(state: AppState, engine: Engine | None) -> None:
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
     """Build the HTTP app. ``engine`` overrides ``settings.engine`` (tests pass a ``FakeEngine``).
 
-    The engine is started in the lifespan and closed on shutdown; the app never closes an
-    engine it could not start.
+    The engine is started in the lifespan (in the background past ``startup_wait_s``) and
+    closed on shutdown, also when its start failed or was cut short (``close`` is idempotent).
     """
     settings = settings if settings is not None else Settings()
     state = AppState(
@@ -219,15 +221,22 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await _start_engine(state, engine)
+        # The engine starts in the background so that /health answers while weights load
+        # (vLLM takes a minute or more); /ready and the OCR routes say 503 until it is done.
+        # Fast engines (fake, CPU) are given a moment so the server opens ready.
+        starting = asyncio.create_task(_start_engine(state, engine), name="dsocr-engine-start")
+        await asyncio.wait({starting}, timeout=settings.server.startup_wait_s)
         try:
             yield
         finally:
-            running = state.engine
             state.ready = False
             state.unready_reason = "the server is shutting down"
-            if running is not None:
-                await running.close()
+            if not starting.done():
+                starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            if state.engine is not None:
+                await state.engine.close()
 
     app = FastAPI(
         title="dsocr",
