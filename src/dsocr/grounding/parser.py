@@ -167,19 +167,23 @@ def _read_det(
     """Read the coordinate list opened by ``tags[i]``; return the new ``(pos, i)``."""
     det = tags[i]
     nxt = tags[i + 1] if i + 1 < len(tags) else None
+    truncated = False
     if nxt is not None and nxt.group(0) == _DET_END:
         literal = raw[det.end() : nxt.start()]
         pos, i = nxt.end(), i + 2
     else:
         end = nxt.start() if nxt is not None else len(raw)
         literal, newline, _ = raw[det.end() : end].partition("\n")
-        if nxt is None and not newline:
+        truncated = nxt is None and not newline
+        if truncated:
             warnings.append(f"output ends inside a <|det|> coordinate list (truncated?): {literal[:60]!r}")
         else:
             warnings.append(f"missing <|/det|>; coordinate list ends at the line break: {literal[:60]!r}")
         pos, i = det.end() + len(literal), i + 1
-    boxes, box_warnings = parse_coordinates(literal)
-    segment.boxes = boxes
+    segment.boxes, box_warnings = parse_coordinates(literal)
+    if truncated:
+        # Said once above; the coordinate reader would repeat it for the cut-off group.
+        box_warnings = [w for w in box_warnings if not w.startswith("unterminated")]
     warnings.extend(box_warnings)
     return pos, i
 
