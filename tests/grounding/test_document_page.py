@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from dsocr.grounding import blocks_to_json, parse
+from dsocr.grounding import blocks_to_json, parse, parsed_to_json
 from dsocr.types import ParsedOutput
 
 DOC_PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
+RAW_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "raw"
 
 
 @pytest.fixture
@@ -119,3 +122,10 @@ def test_trailing_end_of_sentence_token_is_not_content() -> None:
     )
     assert parsed.blocks[0].text == "Done."
     assert parsed.markdown == "Done."
+
+
+def test_page_matches_its_reviewed_golden_json(page: ParsedOutput) -> None:
+    # document_page.json was written by `dsocr parse` and checked by hand (pixel maths, links,
+    # table text); any change to the parser's output on this page must be deliberate.
+    golden = json.loads((RAW_DIR / "document_page.json").read_text(encoding="utf-8"))
+    assert parsed_to_json(page) == golden

@@ -63,3 +63,8 @@ def test_ocr_shape_markdown_is_one_line_per_box() -> None:
     )
     parsed = parse(raw, width=100, height=100, prompt="<image>\n<|grounding|>OCR this image.")
     assert parsed.markdown == "Hello\nworld" and parsed.text == "Hello\nworld"
+
+
+def test_plain_text_drops_inline_html_but_not_latex_comparisons() -> None:
+    md = "x<sup>2</sup> and H<sub>2</sub>O, <b>bold</b><br/> \\(a<b\\) and \\(c>d\\)"
+    assert markdown_to_text(md) == "x2 and H2O, bold \\(a<b\\) and \\(c>d\\)"

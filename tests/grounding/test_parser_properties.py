@@ -58,7 +58,12 @@ sizes = st.integers(min_value=-5, max_value=5000)
 
 
 @settings(max_examples=300, deadline=None)
-@given(raw=st.one_of(st.text(), token_soup), width=sizes, height=sizes, prompt=st.sampled_from(PROMPTS))
+@given(
+    raw=st.one_of(st.text(), token_soup),
+    width=sizes,
+    height=sizes,
+    prompt=st.one_of(st.sampled_from(PROMPTS), st.text(), token_soup),
+)
 def test_parse_never_raises_and_boxes_are_valid(
     raw: str, width: int, height: int, prompt: str | None
 ) -> None:

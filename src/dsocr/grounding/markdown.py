@@ -28,6 +28,9 @@ _CENTER = re.compile(r"</?center>")
 _BLANK_RUNS = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
 _HEADING = re.compile(r"^[ \t]{0,3}#{1,6}[ \t]+", re.MULTILINE)
 _IMAGE_LINK = re.compile(r"^[ \t]*!\[[^\]\n]*\]\([^)\n]*\)[ \t]*\n?", re.MULTILINE)
+# Inline HTML the model uses in running text, without attributes: a looser pattern would eat
+# LaTeX comparisons such as ``\(a<b\) and \(c>d\)``.
+_INLINE_TAG = re.compile(r"</?(?:sup|sub|b|i|u|em|strong|br|span|p)\s*/?>", re.IGNORECASE)
 _ROW_OPEN = re.compile(r"<tr\b[^>]*>", re.IGNORECASE)
 _CELL_OPEN = re.compile(r"<t[dh]\b[^>]*>", re.IGNORECASE)
 _TAG = re.compile(r"<[^<>]+>")
@@ -101,7 +104,8 @@ def _table_body_to_text(body: str) -> str:
 
 def markdown_to_text(markdown: str) -> str:
     """Readable plain text: headings without ``#``, image links dropped, HTML tables as
-    tab-separated rows, ``**bold**`` markers removed, LaTeX kept as written."""
+    tab-separated rows, inline tags (``<sup>``, ``<b>``…) and ``**bold**`` markers removed,
+    LaTeX kept as written."""
     text = markdown
     if "<table" in text:
         text = _tables_to_text(text)
@@ -109,6 +113,8 @@ def markdown_to_text(markdown: str) -> str:
         text = _HEADING.sub("", text)
     if "![" in text:
         text = _IMAGE_LINK.sub("", text)
+    if "<" in text:
+        text = _INLINE_TAG.sub("", text)
     if "**" in text:
         text = _EMPHASIS.sub(r"\1", text)
     if "\n\n\n" in text or "\n \n" in text or "\n\t\n" in text:
