@@ -127,6 +127,12 @@ async def _run(job: OcrJob, settings: Settings, *, write_stdout: Callable[[str],
     try:
         async with _started_engine(settings) as engine:
             outcome.engine_name = engine.info.name
+            if job.mode not in engine.info.modes:
+                raise InvalidInput(
+                    f"mode {job.mode!r} is not served by the {engine.info.name} engine; "
+                    f"choose from {', '.join(engine.info.modes)}",
+                    field="mode",
+                )
             pages = ocr_document(
                 engine,
                 document.pages,

@@ -126,6 +126,8 @@ def test_bad_input_exits_2_with_a_message(tmp_path: Path, png: Path) -> None:
     assert code == 2 and "unknown prompt preset" in err
     code, _, err = ocr(str(png), "--preset", "free", "--prompt", "Free OCR.")
     assert code == 2
+    code, out, err = ocr(str(png), "--mode", "huge")
+    assert code == 2 and out == "" and "mode 'huge'" in err
 
 
 def test_engine_failure_exits_3(png: Path) -> None:

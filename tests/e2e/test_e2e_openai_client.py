@@ -32,6 +32,10 @@ def test_models_list_names_the_served_model(client: openai.OpenAI) -> None:
     models = client.models.list()
     assert [model.id for model in models.data] == [MODEL]
     assert models.data[0].object == "model"
+    # The OCR-safe sampling the server enforces is published with each model.
+    enforced = models.data[0].model_extra["dsocr"]  # type: ignore[index]
+    assert enforced["temperature"] == 0.0 and enforced["skip_special_tokens"] is False
+    assert (enforced["ngram_size"], enforced["window_size"]) == (30, 90)
 
 
 def test_document_preset_returns_grounded_markdown_with_usage(client: openai.OpenAI) -> None:
@@ -178,3 +182,12 @@ def test_wrong_api_key_is_an_authentication_error(server: Server) -> None:
             bad.models.list()
         with pytest.raises(openai.AuthenticationError):
             bad.chat.completions.create(model=MODEL, messages=ocr_messages("free", page_data_url()))
+
+
+def test_unknown_mode_is_a_bad_request_naming_mode(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=MODEL, messages=ocr_messages("free", page_data_url()), extra_body={"mode": "huge"}
+        )
+    assert caught.value.param == "mode"
+    assert "gundam" in caught.value.message

@@ -7,7 +7,8 @@ SSRF-guarded fetcher, or a ``data:`` URL) and optionally a text part: a preset n
 (``"document"``, ``"free"`` …, see :data:`dsocr.prompts.PRESETS`) or a prompt, with or without
 ``<image>``. No text part means the official default preset ``document``.
 
-OCR-safe defaults are enforced server-side, whatever the client sends (documented here and in
+``mode`` (an extra field, default ``gundam``) picks the resolution mode. OCR-safe defaults are
+enforced server-side, whatever the client sends (documented here and in
 ``/v1/models``'s ``dsocr`` block):
 
 * ``temperature`` is always 0 and ``top_p`` 1: OCR wants the most likely reading, and sampling
@@ -22,9 +23,10 @@ OCR-safe defaults are enforced server-side, whatever the client sends (documente
 
 ``finish_reason`` is OpenAI's ``stop`` or ``length``; an engine stop for repetition or an engine
 abort is reported as ``length`` (the text is incomplete). Errors use the team envelope, which is
-OpenAI's ``{"error": {"message", "type", "param", "code"}}`` plus ``request_id``; an unknown
-``model`` is 404 ``model_not_found``. In a stream, errors after the first chunk arrive as a final
-``data: {"error": …}`` event before ``data: [DONE]``.
+OpenAI's ``{"error": {"message", "type", "param", "code"}}`` plus ``request_id``. Every invalid
+request is answered 400 (the status OpenAI clients map to ``BadRequestError``) with dsocr's precise
+``code``; an unknown ``model`` is 404 ``model_not_found``. In a stream, errors after the first
+chunk arrive as a final ``data: {"error": …}`` event before ``data: [DONE]``.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from dsocr.settings import EngineSettings, LimitSettings, Settings
 __all__ = [
     "ChatCompletionRequest",
     "ChatJob",
+    "check_mode",
     "router",
     "served_model_names",
     "to_chat_job",
@@ -97,7 +100,7 @@ class _OpenAIRoute(APIRoute):
                     field=field,
                     request_id=request_id,
                 )
-                return JSONResponse(body, status_code=400, headers=error_headers_for(request_id))
+                return JSONResponse(body, status_code=400, headers=_request_id_headers(request_id))
             except InvalidInput as exc:
                 if isinstance(exc, ModelNotFound) or exc.status == 400:
                     raise
@@ -109,8 +112,7 @@ class _OpenAIRoute(APIRoute):
         return openai_handler
 
 
-def error_headers_for(request_id: str | None) -> dict[str, str]:
-    """``X-Request-Id`` when the request has one."""
+def _request_id_headers(request_id: str | None) -> dict[str, str]:
     return {"X-Request-Id": request_id} if request_id else {}
 
 
@@ -316,6 +318,15 @@ def _sampling(
     )
 
 
+def check_mode(mode: str, engine: Engine) -> None:
+    """``InvalidInput`` naming ``mode`` unless the engine serves that resolution mode."""
+    if mode not in engine.info.modes:
+        raise InvalidInput(
+            f"mode {mode!r} is not served by this engine; choose from {', '.join(engine.info.modes)}",
+            field="mode",
+        )
+
+
 def to_chat_job(body: ChatCompletionRequest, *, settings: Settings) -> ChatJob:
     """Validate an OpenAI chat request and translate it; raises ``InvalidInput`` naming the field."""
     engine_model = _route_model(body.model, settings.engine)
@@ -370,12 +381,21 @@ async def load_image(url: str, *, field: str, settings: Settings) -> Image.Image
 
 @router.get("/v1/models", dependencies=[Depends(require_api_key)])
 async def list_models(state: Annotated[AppState, Depends(app_state)]) -> dict[str, Any]:
-    """The served models, in OpenAI's list shape."""
+    """The served models, in OpenAI's list shape, each with the sampling the server enforces."""
+    settings = state.settings
+    enforced = {
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "skip_special_tokens": False,
+        "ngram_size": settings.engine.ngram_size,
+        "window_size": settings.engine.ngram_window,
+        "max_tokens_limit": settings.limits.max_tokens,
+    }
     return {
         "object": "list",
         "data": [
-            {"id": name, "object": "model", "created": _STARTED, "owned_by": _OWNER}
-            for name in served_model_names(state.settings.engine)
+            {"id": name, "object": "model", "created": _STARTED, "owned_by": _OWNER, "dsocr": enforced}
+            for name in served_model_names(settings.engine)
         ],
     }
 
@@ -390,6 +410,7 @@ async def chat_completions(
     settings = state.settings
     job = to_chat_job(body, settings=settings)
     engine = ready_engine(state)
+    check_mode(job.mode, engine)
     request_id = request_id_of(request) or uuid.uuid4().hex
     completion_id = f"chatcmpl-{request_id}"
     admitted = state.admission.admit(1)
