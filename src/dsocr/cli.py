@@ -352,6 +352,93 @@ def ocr_command(
         raise typer.Exit(outcome.exit_code)
 
 
+# --- batch: folders of images and PDFs, resumable, locally or on Ray (src/dsocr/batch/) -------------
+
+
+@app.command("batch")
+def batch_command(
+    inputs: Annotated[
+        list[str], typer.Argument(metavar="INPUT...", help="Folders (recursive), globs, images and PDFs.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created; holds the manifest).")],
+    engine: Annotated[
+        EngineChoice, typer.Option(help="Engine: auto picks vLLM on a GPU host with the model, else cpu.")
+    ] = EngineChoice.auto,
+    model: Annotated[
+        str | None, typer.Option(help="Hugging Face id or local directory of the model.")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="Resolution mode: tiny, small, base, large, gundam.")] = "gundam",
+    preset: Annotated[
+        str | None, typer.Option(help="Prompt preset: document (default), ocr, free, figure, describe.")
+    ] = None,
+    prompt: Annotated[str | None, typer.Option(help="A free prompt instead of a preset.")] = None,
+    dpi: Annotated[
+        int | None, typer.Option(min=36, max=600, help="PDF rendering DPI (default DSOCR_LIMITS__PDF_DPI).")
+    ] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=1, help="Most tokens generated per page.")] = None,
+    crops: Annotated[bool, typer.Option(help="Write figure crops (images/<page>_<i>.png).")] = True,
+    overlays: Annotated[bool, typer.Option(help="Write box overlays (overlays/<page>.png).")] = False,
+    max_in_flight: Annotated[
+        int, typer.Option(min=1, help="Pages rendered and in the engine at once (per actor with --ray).")
+    ] = 8,
+    manifest: Annotated[
+        Path | None, typer.Option(help="SQLite manifest (default OUT/manifest.sqlite).")
+    ] = None,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Run as a Ray Data pipeline (pip install 'dsocr[ray]').")
+    ] = False,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join (implies --ray), e.g. auto or ray://head:10001.")
+    ] = None,
+    ray_actors: Annotated[
+        int | None, typer.Option(min=1, help="OCR actors (default: one per GPU, or per CPU for cpu/fake).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary line.")] = False,
+) -> None:
+    """OCR many files into OUT/<name>/ (markdown, page JSON, crops), resumably.
+
+    Re-running skips finished pages and retries failed ones. Exit codes: 0 done, 2 bad input or
+    usage, 3 engine failure, 4 some pages failed (the rest written; see OUT/summary.json).
+    """
+    from dsocr.batch import BatchJob, run_batch
+    from dsocr.errors import DsocrError
+
+    overrides: dict[str, Any] = {"engine": {"kind": engine.value}}
+    if model is not None:
+        overrides["engine"]["model"] = model
+    settings = _settings_or_exit(overrides)
+    job = BatchJob(
+        inputs=tuple(inputs),
+        out_dir=out,
+        mode=mode,
+        preset=preset,
+        prompt=prompt,
+        dpi=dpi,
+        max_tokens=max_tokens,
+        crops=crops,
+        overlays=overlays,
+        max_in_flight=max_in_flight,
+        manifest_path=manifest,
+        quiet=quiet,
+    )
+    try:
+        if ray or ray_address is not None:
+            from dsocr.batch.ray_pipeline import run_batch_ray
+
+            summary = run_batch_ray(job, settings, address=ray_address, actors=ray_actors)
+        else:
+            summary = run_batch(job, settings)
+    except DsocrError as exc:
+        where = f" ({exc.field})" if exc.field else ""
+        _fail(f"{exc.message}{where}", exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted; finished pages are kept, run the same command again to resume", 130)
+    if not quiet:
+        typer.echo(f"dsocr batch: {summary.describe()}", err=True)
+        typer.echo(f"summary: {out / 'summary.json'}", err=True)
+    raise typer.Exit(summary.exit_code)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

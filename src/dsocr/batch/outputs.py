@@ -1,0 +1,220 @@
+"""Batch output files: atomic writers, per-page files and the per-document assembly.
+
+Layout of one document ``NAME`` under the output folder::
+
+    NAME/NAME.md            pages joined with the official page-split marker; links resolve from here
+    NAME/pages/<page>.json  blocks, usage, warnings, finish_reason, error (one per page)
+    NAME/pages/<page>.md    the page alone (links point at ../images/)
+    NAME/images/<page>_<i>.png   figure crops (crop i of page <page>)
+    NAME/overlays/<page>.png     boxes drawn on the page (on request)
+
+Every file is written to a temporary name in the same folder, flushed to disk, then renamed over
+the target (``os.replace``), so a crash leaves the old file or the new one, never half of one. A
+page's JSON is written last: once it exists, the page's other files are complete.
+
+Page files hold no timings or request ids, so the same page gives the same bytes on every run
+and through every path (local or Ray); timings go to the run summary.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dsocr import service
+from dsocr.errors import DsocrError
+from dsocr.pipeline import PageResult
+
+__all__ = [
+    "PAGE_SPLIT",
+    "PageArtifacts",
+    "assemble_document",
+    "failed_artifacts",
+    "page_artifacts",
+    "page_json_path",
+    "write_atomic",
+    "write_page",
+    "write_text_atomic",
+]
+
+# The official marker between pages (run_dpsk_ocr_pdf.py).
+PAGE_SPLIT = "\n<--- Page Split --->\n"
+
+_CROP_LINK = re.compile(r"!\[([^\]\n]*)\]\(images/(\d+)\.png\)")
+
+
+def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` all at once: a temporary file in the same folder, then a rename.
+
+    With ``durable`` the data is fsynced before the rename, so a page marked done in the
+    manifest after this returns survives a power loss too, not only a killed process.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str, *, durable: bool = True) -> None:
+    """``write_atomic`` for UTF-8 text."""
+    write_atomic(path, text.encode("utf-8"), durable=durable)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PageArtifacts:
+    """Everything written for one page; plain data, so it can cross a Ray boundary as JSON.
+
+    ``record`` is the page JSON (its ``markdown`` links crops as ``images/<page>_<i>.png``,
+    relative to the document folder). ``crops`` and ``overlay`` are PNG bytes.
+    """
+
+    page: int
+    record: dict[str, Any]
+    crops: tuple[bytes, ...] = ()
+    overlay: bytes | None = None
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        """The page error (``type``, ``message``, ``field``), or None when the page has output."""
+        error: dict[str, Any] | None = self.record.get("error")
+        return error
+
+    def to_json(self) -> str:
+        """Serialise (binary parts as base64) for transport between processes."""
+        return json.dumps(
+            {
+                "page": self.page,
+                "record": self.record,
+                "crops": [base64.b64encode(crop).decode("ascii") for crop in self.crops],
+                "overlay": None if self.overlay is None else base64.b64encode(self.overlay).decode("ascii"),
+            },
+            ensure_ascii=False,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> PageArtifacts:
+        """The inverse of ``to_json``."""
+        data = json.loads(text)
+        overlay = data["overlay"]
+        return cls(
+            page=int(data["page"]),
+            record=data["record"],
+            crops=tuple(base64.b64decode(crop) for crop in data["crops"]),
+            overlay=None if overlay is None else base64.b64decode(overlay),
+        )
+
+
+def crop_name(page: int, index: int) -> str:
+    """File name of crop ``index`` of ``page`` inside ``images/``."""
+    return f"{page}_{index}.png"
+
+
+def _relink(markdown: str, page: int, prefix: str) -> str:
+    # The parser numbers crops per page (images/0.png); pages share one images/ folder.
+    return _CROP_LINK.sub(lambda m: f"![{m.group(1)}]({prefix}{crop_name(page, int(m.group(2)))})", markdown)
+
+
+def page_artifacts(result: PageResult, *, page: int) -> PageArtifacts:
+    """The files of one pipeline result, numbered as document page ``page`` (1-based)."""
+    if result.error is not None:
+        return failed_artifacts(page, result.error, image_size=result.image_size)
+    fields = service.typed_page_fields(result)
+    del fields["timings"]  # varies run to run; kept out so page files are reproducible
+    crops = tuple(base64.b64decode(crop) for crop in result.crops)
+    overlay = None if result.visualization is None else base64.b64decode(result.visualization)
+    record: dict[str, Any] = {
+        "page": page,
+        "image_size": None if result.image_size is None else list(result.image_size),
+        **fields,
+        "markdown": _relink(fields["markdown"], page, "images/"),
+        "crops": [f"images/{crop_name(page, i)}" for i in range(len(crops))],
+        "overlay": None if overlay is None else f"overlays/{page}.png",
+        "error": None,
+    }
+    return PageArtifacts(page=page, record=record, crops=crops, overlay=overlay)
+
+
+def failed_artifacts(
+    page: int, error: DsocrError, *, image_size: tuple[int, int] | None = None
+) -> PageArtifacts:
+    """The files of a page that produced no output: a JSON naming the error."""
+    record: dict[str, Any] = {
+        "page": page,
+        "image_size": None if image_size is None else list(image_size),
+        "blocks": [],
+        "markdown": "",
+        "usage": None,
+        "finish_reason": None,
+        "repetitive": False,
+        "warnings": [],
+        "crops": [],
+        "overlay": None,
+        "error": error.to_dict(),
+    }
+    return PageArtifacts(page=page, record=record)
+
+
+def page_json_path(doc_dir: Path, page: int) -> Path:
+    """Where the JSON of ``page`` lives (its presence means the page's files are complete)."""
+    return doc_dir / "pages" / f"{page}.json"
+
+
+def write_page(doc_dir: Path, artifacts: PageArtifacts, *, durable: bool = True) -> None:
+    """Write one page's files atomically; the page JSON goes last."""
+    page = artifacts.page
+    for index, crop in enumerate(artifacts.crops):
+        write_atomic(doc_dir / "images" / crop_name(page, index), crop, durable=durable)
+    if artifacts.overlay is not None:
+        write_atomic(doc_dir / "overlays" / f"{page}.png", artifacts.overlay, durable=durable)
+    # Per-page markdown sits in pages/, one level below the images/ folder.
+    page_md = str(artifacts.record["markdown"]).replace("](images/", "](../images/")
+    write_text_atomic(doc_dir / "pages" / f"{page}.md", _page_markdown(page, artifacts.record, page_md))
+    body = json.dumps(artifacts.record, ensure_ascii=False, indent=2) + "\n"
+    write_text_atomic(page_json_path(doc_dir, page), body, durable=durable)
+
+
+def _page_markdown(page: int, record: dict[str, Any], markdown: str) -> str:
+    error = record.get("error")
+    if error is not None:
+        return f"<!-- page {page} failed: {error['type']}: {error['message']} -->\n"
+    return markdown.strip() + "\n"
+
+
+def assemble_document(doc_dir: Path, name: str, pages: Sequence[int], *, durable: bool = True) -> Path:
+    """Join the pages' markdown (from their JSON files) into ``NAME/NAME.md``; return its path.
+
+    Reads the page files back from disk, so pages finished by an earlier, interrupted run are
+    assembled exactly like pages of this run. A page without a JSON file (never finished) or with
+    an error gets an HTML comment in its place, never silent omission.
+    """
+    parts: list[str] = []
+    for page in pages:
+        path = page_json_path(doc_dir, page)
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            parts.append(f"<!-- page {page} missing: not processed yet -->")
+            continue
+        error = record.get("error")
+        if error is not None:
+            parts.append(f"<!-- page {page} failed: {error['type']}: {error['message']} -->")
+        else:
+            parts.append(str(record["markdown"]).strip())
+    target = doc_dir / f"{name}.md"
+    write_text_atomic(target, PAGE_SPLIT.join(parts) + "\n", durable=durable)
+    return target

@@ -1,0 +1,236 @@
+"""``dsocr batch --ray``: the same job as a Ray Data pipeline, for a cluster (or one big machine).
+
+    documents (one row each) ─flat_map─▶ rendered pages (CPU tasks, raw RGB rows)
+        ─map_batches─▶ OCR in an actor pool (one engine per GPU, or per CPU slot for cpu/fake)
+        ─iter_rows─▶ the driver writes each page's files and commits it to the manifest
+
+Scanning, the manifest and every output file stay on the driver and go through the same code
+as the local runner (:mod:`dsocr.batch.runner`), so the two paths produce the same files and
+resume each other's runs. Ray is imported only when this runs (``pip install 'dsocr[ray]'``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from dsocr.batch.outputs import PageArtifacts, failed_artifacts, page_artifacts
+from dsocr.batch.plan import PageSource
+from dsocr.batch.runner import BatchJob, BatchSummary, PreparedRun, finish_run, prepare_run, progress_bar
+from dsocr.engine.base import Engine, SamplingOptions
+from dsocr.engine.factory import create_engine, select_engine
+from dsocr.errors import ConfigError, DsocrError
+from dsocr.pipeline import OutputKind, ocr_page
+from dsocr.service import new_request_id
+from dsocr.settings import EngineSettings, LimitSettings, Settings
+
+__all__ = ["run_batch_ray"]
+
+logger = logging.getLogger(__name__)
+
+
+def run_batch_ray(
+    job: BatchJob, settings: Settings, *, address: str | None = None, actors: int | None = None
+) -> BatchSummary:
+    """Run ``job`` on Ray: the cluster at ``address`` (``"auto"``, ``ray://host:10001``), the Ray
+    instance this process already joined, or else a fresh local one.
+
+    ``actors`` is the OCR actor pool size; by default one per GPU for vLLM, and one per CPU
+    minus one (left for page rendering) for the CPU and fake engines.
+    """
+    ray = _import_ray()
+    run = prepare_run(job, settings, runner="ray")
+    started_ray = False
+    try:
+        if run.plan.pages_todo:
+            if not ray.is_initialized():
+                _init_ray(ray, address)
+                started_ray = True
+            _run_pipeline(ray, run, job, settings, actors=actors)
+        return finish_run(run, job.out_dir)
+    finally:
+        run.manifest.close()
+        if started_ray:
+            ray.shutdown()
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.data
+    except ImportError as exc:
+        raise ConfigError(
+            "--ray needs Ray Data, which is not installed: pip install 'dsocr[ray]'", field="ray"
+        ) from exc
+    return ray
+
+
+def _init_ray(ray: Any, address: str | None) -> None:
+    # No usage reporting and no dashboard: batch hosts are often offline, and nothing listens
+    # on a port this job did not ask for.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+def _run_pipeline(
+    ray: Any, run: PreparedRun, job: BatchJob, settings: Settings, *, actors: int | None
+) -> None:
+    config = run.config
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # ours is on the driver, in pages
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+    documents = [doc for doc in run.plan.documents if doc.todo]
+    for doc in documents:
+        # Every page is handed to Ray now; a page counts an attempt here even if the run stops first.
+        run.manifest.mark_started(doc.doc_key, doc.todo)
+    items = [
+        {"doc_key": doc.doc_key, "path": str(doc.path), "sha256": doc.sha256, "pages": list(doc.todo)}
+        for doc in documents
+    ]
+    kind = config.engine_kind
+    pool, cpus_per_actor, gpus_per_actor = _actor_shape(ray, kind, actors)
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    pages = dataset.flat_map(
+        functools.partial(_render_document, limits=settings.limits, dpi=config.dpi), num_cpus=1
+    )
+    results = pages.map_batches(
+        _OcrActor,
+        fn_constructor_kwargs={
+            "engine_settings": settings.engine,
+            "threads": max(1, int(cpus_per_actor)),
+            "prompt": config.prompt,
+            "mode": config.mode,
+            "sampling": config.sampling,
+            "outputs": config.outputs,
+        },
+        batch_size=job.max_in_flight,
+        batch_format="pandas",
+        concurrency=pool,
+        num_cpus=cpus_per_actor,
+        num_gpus=gpus_per_actor,
+    )
+    with progress_bar(run.plan.pages_todo, quiet=job.quiet) as advance:
+        for row in results.iter_rows():
+            run.writer.write(str(row["doc_key"]), PageArtifacts.from_json(str(row["artifacts"])))
+            advance()
+
+
+def _actor_shape(ray: Any, kind: str, actors: int | None) -> tuple[int, float, float]:
+    """(pool size, CPUs per actor, GPUs per actor) for the engine kind and the cluster."""
+    resources = ray.cluster_resources()
+    if kind == "vllm":
+        gpus = int(resources.get("GPU", 0))
+        if gpus < 1:
+            raise ConfigError("the vLLM engine on Ray needs GPUs, and the cluster has none", field="engine")
+        return actors or gpus, 1.0, 1.0
+    # CPU slots: keep one CPU free for page rendering, or the actors would starve the renders.
+    cpus = int(resources.get("CPU", 1))
+    return actors or max(1, cpus - 1), 1.0, 0.0
+
+
+def _render_document(row: dict[str, Any], *, limits: LimitSettings, dpi: int) -> Iterator[dict[str, Any]]:
+    """One document row → one row per page to do, rendered (a CPU task; pages stream out one by one).
+
+    A page that cannot be rendered becomes a row carrying its failed artifacts, so it is reported.
+    """
+    source = PageSource(Path(row["path"]), sha256=str(row["sha256"]), limits=limits, dpi=dpi)
+    try:
+        for page in row["pages"]:
+            page = int(page)
+            try:
+                image = source.render(page)
+            except DsocrError as exc:
+                failed = failed_artifacts(page, exc).to_json()
+                yield _page_row(row["doc_key"], page, pixels=b"", size=(0, 0), artifacts=failed)
+                continue
+            rgb = image if image.mode == "RGB" else image.convert("RGB")
+            # Raw RGB, not PNG: no encode/decode CPU on either side, at 3 bytes a pixel in the
+            # object store (about 6.5 MB for an A4 page at 144 dpi).
+            yield _page_row(row["doc_key"], page, pixels=rgb.tobytes(), size=rgb.size, artifacts="")
+    finally:
+        source.close()
+
+
+def _page_row(
+    doc_key: str, page: int, *, pixels: bytes, size: tuple[int, int], artifacts: str
+) -> dict[str, Any]:
+    return {
+        "doc_key": doc_key,
+        "page": page,
+        "width": size[0],
+        "height": size[1],
+        "pixels": pixels,
+        "artifacts": artifacts,
+    }
+
+
+def _actor_engine(settings: EngineSettings, threads: int) -> Engine:
+    if select_engine(settings).kind == "cpu":
+        from dsocr.engine.cpu import CpuEngine
+
+        # onnxruntime would otherwise use every core of the node in every actor.
+        return CpuEngine(settings, threads=threads)
+    return create_engine(settings)
+
+
+class _OcrActor:
+    """One engine per actor, started once; each batch of pages runs concurrently on its loop."""
+
+    def __init__(
+        self,
+        *,
+        engine_settings: EngineSettings,
+        threads: int,
+        prompt: str,
+        mode: str,
+        sampling: SamplingOptions,
+        outputs: frozenset[OutputKind],
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._engine = _actor_engine(engine_settings, threads)
+        self._loop.run_until_complete(self._engine.start())
+        self._prompt = prompt
+        self._mode = mode
+        self._sampling = sampling
+        self._outputs = outputs
+
+    def __call__(self, batch: Any) -> Any:
+        """A pandas batch of rendered pages → the same rows with ``artifacts`` filled, pixels dropped."""
+        rows = batch.to_dict("records")
+        artifacts = self._loop.run_until_complete(asyncio.gather(*(self._page(row) for row in rows)))
+        out = batch.drop(columns=["pixels", "width", "height"])
+        out["artifacts"] = artifacts
+        return out
+
+    async def _page(self, row: dict[str, Any]) -> str:
+        page = int(row["page"])
+        if row["artifacts"]:
+            return str(row["artifacts"])  # failed to render: passed through
+        image = Image.frombytes("RGB", (int(row["width"]), int(row["height"])), row["pixels"])
+        try:
+            result = await ocr_page(
+                self._engine,
+                image,
+                prompt=self._prompt,
+                mode=self._mode,
+                sampling=self._sampling,
+                request_id=f"{new_request_id()}-p{page}",
+                outputs=self._outputs,
+                page=page,
+            )
+        except DsocrError as exc:
+            return failed_artifacts(page, exc).to_json()  # as the local path: no size
+        except Exception:
+            logger.exception("unexpected error on page %d", page)
+            return failed_artifacts(
+                page, DsocrError(f"Internal error while processing page {page}.")
+            ).to_json()
+        return page_artifacts(result, page=page).to_json()

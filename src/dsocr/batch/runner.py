@@ -1,0 +1,444 @@
+"""``dsocr batch`` on one machine: every page of every input through one engine, resumably.
+
+The run: discover files → scan and register them in the manifest (:mod:`dsocr.batch.plan`) →
+stream the pages still to do through :func:`dsocr.pipeline.ocr_document` (at most
+``max_in_flight`` pages rendered and running at once, across documents, so the engine stays fed
+and memory stays bounded) → write each page's files atomically, then commit it to the manifest →
+assemble each document once its last page is in → write ``summary.json``.
+
+The Ray runner (:mod:`dsocr.batch.ray_pipeline`) shares everything here but the middle step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from dsocr import errors, service
+from dsocr.batch.manifest import Manifest, settings_hash
+from dsocr.batch.outputs import (
+    PageArtifacts,
+    assemble_document,
+    page_artifacts,
+    write_page,
+    write_text_atomic,
+)
+from dsocr.batch.plan import DocumentPlan, PageSource, RunPlan, discover_inputs, plan_run
+from dsocr.engine.base import Engine, SamplingOptions
+from dsocr.engine.factory import create_engine, select_engine
+from dsocr.pipeline import OutputKind, PageInput, ocr_document
+from dsocr.prompts import build_prompt
+from dsocr.settings import Settings
+
+__all__ = [
+    "EXIT_PARTIAL",
+    "BatchJob",
+    "BatchSummary",
+    "BatchWriter",
+    "PreparedRun",
+    "RunConfig",
+    "finish_run",
+    "prepare_run",
+    "progress_bar",
+    "resolve_config",
+    "run_batch",
+]
+
+# Same convention as `dsocr ocr`: some pages failed, the rest were written.
+EXIT_PARTIAL = 4
+MANIFEST_NAME = "manifest.sqlite"
+SUMMARY_NAME = "summary.json"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchJob:
+    """What ``dsocr batch`` was asked to do."""
+
+    inputs: tuple[str, ...]
+    out_dir: Path
+    mode: str = "gundam"
+    preset: str | None = None
+    prompt: str | None = None
+    dpi: int | None = None  # PDF rendering; default DSOCR_LIMITS__PDF_DPI
+    max_tokens: int | None = None
+    crops: bool = True
+    overlays: bool = False
+    max_in_flight: int = 8
+    manifest_path: Path | None = None  # default OUT/manifest.sqlite
+    quiet: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunConfig:
+    """A job resolved against the settings: exactly what the pages are run with."""
+
+    prompt: str
+    mode: str
+    sampling: SamplingOptions
+    dpi: int
+    outputs: frozenset[OutputKind]
+    engine_kind: str
+    # The output-affecting settings, and their hash (the manifest key's second half).
+    fingerprint: dict[str, Any]
+    settings_key: str
+
+
+def resolve_config(job: BatchJob, settings: Settings) -> RunConfig:
+    """Validate the job's options (typed errors naming the option) and fix the engine choice."""
+    if job.max_in_flight < 1:
+        raise errors.InvalidInput("max_in_flight must be at least 1", field="max_in_flight")
+    dpi = job.dpi if job.dpi is not None else settings.limits.pdf_dpi
+    if not 36 <= dpi <= 600:
+        raise errors.InvalidInput(f"dpi must be between 36 and 600; got {dpi}", field="dpi")
+    prompt = build_prompt(job.preset, prompt=job.prompt)
+    sampling = service.sampling_options(settings.engine, settings.limits, max_tokens=job.max_tokens)
+    outputs: set[OutputKind] = set()
+    if job.crops:
+        outputs.add("crops")
+    if job.overlays:
+        outputs.add("visualization")
+    kind = select_engine(settings.engine).kind
+    sampling_fields = asdict(sampling)
+    sampling_fields["whitelist_token_ids"] = sorted(sampling.whitelist_token_ids)
+    fingerprint: dict[str, Any] = {
+        "engine": kind,
+        "model": None if kind == "fake" else settings.engine.model,
+        "revision": None if kind == "fake" else settings.engine.revision,
+        "prompt": prompt,
+        "mode": job.mode,
+        "dpi": dpi,
+        "sampling": sampling_fields,
+        "outputs": sorted(outputs),
+        "layout": 1,  # bump when the output file layout changes
+    }
+    return RunConfig(
+        prompt=prompt,
+        mode=job.mode,
+        sampling=sampling,
+        dpi=dpi,
+        outputs=frozenset(outputs),
+        engine_kind=kind,
+        fingerprint=fingerprint,
+        settings_key=settings_hash(fingerprint),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class BatchSummary:
+    """How a run went. ``failures`` counts failed pages and unopenable documents by error code."""
+
+    runner: Literal["local", "ray"]
+    engine: str
+    documents: int = 0
+    documents_failed: int = 0
+    duplicates: int = 0
+    pages_total: int = 0
+    pages_done: int = 0  # finished by this run
+    pages_skipped: int = 0  # finished by an earlier run
+    pages_failed: int = 0  # failed in this run (retried on the next)
+    failures: dict[str, int] = field(default_factory=dict)
+    scan_s: float = 0.0
+    elapsed_s: float = 0.0
+    first_failure_exit: int = 0
+
+    @property
+    def pages_per_s(self) -> float:
+        """Pages this run processed (done or failed) per second of the whole run."""
+        processed = self.pages_done + self.pages_failed
+        return processed / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """0 all done; 4 some failed; the failure's own code (2 input, 3 engine) if nothing is done."""
+        if not self.failures:
+            return 0
+        if self.pages_done + self.pages_skipped > 0:
+            return EXIT_PARTIAL
+        return self.first_failure_exit or 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (``summary.json``)."""
+        return {
+            "runner": self.runner,
+            "engine": self.engine,
+            "documents": self.documents,
+            "documents_failed": self.documents_failed,
+            "duplicates": self.duplicates,
+            "pages_total": self.pages_total,
+            "pages_done": self.pages_done,
+            "pages_skipped": self.pages_skipped,
+            "pages_failed": self.pages_failed,
+            "failures": dict(sorted(self.failures.items())),
+            "scan_s": round(self.scan_s, 3),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "pages_per_s": round(self.pages_per_s, 3),
+            "exit_code": self.exit_code,
+        }
+
+    def describe(self) -> str:
+        """One human line, e.g. for the CLI."""
+        failures = ", ".join(f"{code}: {count}" for code, count in sorted(self.failures.items())) or "none"
+        return (
+            f"{self.documents} document(s), {self.pages_total} page(s): {self.pages_done} done, "
+            f"{self.pages_skipped} skipped (already done), {self.pages_failed} failed; "
+            f"{self.elapsed_s:.1f} s, {self.pages_per_s:.2f} pages/s; failures: {failures}"
+        )
+
+
+def _exit_code_of(code: str) -> int:
+    """The CLI exit code of an error code, from the error tree (a page error crossed as JSON)."""
+    pending: list[type[errors.DsocrError]] = [errors.DsocrError]
+    while pending:
+        cls = pending.pop()
+        if cls.code == code:
+            return cls.exit_code
+        pending.extend(cls.__subclasses__())
+    return 1
+
+
+class BatchWriter:
+    """Writes pages as they come in (any order), commits them, and assembles finished documents.
+
+    Used by both runners, so the local and the Ray path produce the same files and manifest.
+    """
+
+    def __init__(
+        self, *, plan: RunPlan, manifest: Manifest, out_dir: Path, summary: BatchSummary, durable: bool = True
+    ) -> None:
+        self._manifest = manifest
+        self._out_dir = out_dir
+        self._summary = summary
+        self._durable = durable
+        self._documents = {doc.doc_key: doc for doc in plan.documents}
+        self._remaining = {doc.doc_key: set(doc.todo) for doc in plan.documents if doc.error is None}
+        for doc in plan.failed_documents:
+            assert doc.error is not None
+            self._count_failure(doc.error.code)
+
+    def write(self, doc_key: str, artifacts: PageArtifacts) -> None:
+        """Write one page's files, commit it and assemble its document when complete (blocking)."""
+        self.write_files(doc_key, artifacts)
+        if self.commit(doc_key, artifacts):
+            self.assemble(self._documents[doc_key])
+
+    def write_files(self, doc_key: str, artifacts: PageArtifacts) -> None:
+        """Write one page's files atomically (blocking; any thread)."""
+        write_page(self._out_dir / self._documents[doc_key].out_name, artifacts, durable=self._durable)
+
+    def commit(self, doc_key: str, artifacts: PageArtifacts) -> bool:
+        """Mark a written page in the manifest (the manifest's thread); True when its document is complete."""
+        error = artifacts.error
+        if error is None:
+            self._manifest.mark_page(doc_key, artifacts.page, "done")
+            self._summary.pages_done += 1
+        else:
+            self._manifest.mark_page(
+                doc_key, artifacts.page, "failed", reason=str(error["type"]), message=str(error["message"])
+            )
+            self._summary.pages_failed += 1
+            self._count_failure(str(error["type"]))
+        remaining = self._remaining[doc_key]
+        remaining.discard(artifacts.page)
+        return not remaining
+
+    def assemble(self, doc: DocumentPlan) -> None:
+        """(Re)write the document's joined markdown from its page files."""
+        assemble_document(self._out_dir / doc.out_name, doc.out_name, doc.pages, durable=self._durable)
+
+    def finish(self) -> None:
+        """Assemble documents this run had nothing to do for, if their markdown is missing."""
+        for doc in self._documents.values():
+            if (
+                doc.error is None
+                and not doc.todo
+                and not (self._out_dir / doc.out_name / f"{doc.out_name}.md").exists()
+            ):
+                self.assemble(doc)
+
+    def _count_failure(self, code: str) -> None:
+        self._summary.failures[code] = self._summary.failures.get(code, 0) + 1
+        if not self._summary.first_failure_exit:
+            self._summary.first_failure_exit = _exit_code_of(code)
+
+
+@dataclass(slots=True, kw_only=True)
+class PreparedRun:
+    """Everything before the OCR step: config, open manifest, plan, writer, summary so far."""
+
+    config: RunConfig
+    manifest: Manifest
+    plan: RunPlan
+    writer: BatchWriter
+    summary: BatchSummary
+    started: float
+
+
+def prepare_run(job: BatchJob, settings: Settings, *, runner: Literal["local", "ray"]) -> PreparedRun:
+    """Resolve the job, find and scan the inputs, open the manifest and plan the pages."""
+    started = time.perf_counter()
+    config = resolve_config(job, settings)
+    paths = discover_inputs(job.inputs, exclude=job.out_dir)
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(job.manifest_path or job.out_dir / MANIFEST_NAME)
+    try:
+        manifest.record_settings(config.settings_key, config.fingerprint)
+        plan = plan_run(
+            paths,
+            manifest=manifest,
+            settings_key=config.settings_key,
+            out_dir=job.out_dir,
+            limits=settings.limits,
+            dpi=config.dpi,
+        )
+    except BaseException:
+        manifest.close()
+        raise
+    summary = BatchSummary(
+        runner=runner,
+        engine=config.engine_kind,
+        documents=len(plan.documents),
+        documents_failed=len(plan.failed_documents),
+        duplicates=len(plan.duplicates),
+        pages_total=plan.pages_total,
+        pages_skipped=plan.pages_total - plan.pages_todo,
+        scan_s=time.perf_counter() - started,
+    )
+    writer = BatchWriter(plan=plan, manifest=manifest, out_dir=job.out_dir, summary=summary)
+    return PreparedRun(
+        config=config, manifest=manifest, plan=plan, writer=writer, summary=summary, started=started
+    )
+
+
+def finish_run(run: PreparedRun, out_dir: Path) -> BatchSummary:
+    """Assemble what is left, stamp the time and write ``summary.json``."""
+    run.writer.finish()
+    run.summary.elapsed_s = time.perf_counter() - run.started
+    write_text_atomic(out_dir / SUMMARY_NAME, json.dumps(run.summary.to_dict(), indent=2) + "\n")
+    return run.summary
+
+
+def run_batch(job: BatchJob, settings: Settings) -> BatchSummary:
+    """Run ``job`` on this machine with the engine ``settings.engine`` selects.
+
+    Raises ``DsocrError`` only when nothing can run (bad option, no input, engine cannot start);
+    page and document failures are in the summary. Interrupting it loses no finished page.
+    """
+    run = prepare_run(job, settings, runner="local")
+    try:
+        if run.plan.pages_todo:
+            asyncio.run(_ocr_pages(run, job, settings))
+        return finish_run(run, job.out_dir)
+    finally:
+        run.manifest.close()
+
+
+async def _ocr_pages(run: PreparedRun, job: BatchJob, settings: Settings) -> None:
+    config = run.config
+    # Sequence number → (document, page): ocr_document numbers pages across the whole run.
+    slots: dict[int, tuple[DocumentPlan, int, PageSource]] = {}
+    sources: list[PageSource] = []
+
+    def page_inputs() -> Iterator[PageInput]:
+        sequence = 0
+        for doc in run.plan.documents:
+            if not doc.todo:
+                continue
+            source = PageSource(doc.path, sha256=doc.sha256, limits=settings.limits, dpi=config.dpi)
+            sources.append(source)
+            # Runs on the event loop thread, like every manifest write.
+            run.manifest.mark_started(doc.doc_key, doc.todo)
+            for page in doc.todo:
+                sequence += 1
+                slots[sequence] = (doc, page, source)
+                yield PageInput(number=sequence, load=functools.partial(source.render, page))
+
+    engine = create_engine(settings.engine)
+    try:
+        await engine.start()
+        with progress_bar(run.plan.pages_todo, quiet=job.quiet) as advance:
+            await _consume(engine, page_inputs(), slots, run, job, config, advance)
+    finally:
+        await engine.close()
+        for source in sources:
+            await asyncio.to_thread(source.close)
+
+
+async def _consume(
+    engine: Engine,
+    pages: Iterator[PageInput],
+    slots: dict[int, tuple[DocumentPlan, int, PageSource]],
+    run: PreparedRun,
+    job: BatchJob,
+    config: RunConfig,
+    advance: Callable[[], None],
+) -> None:
+    results = ocr_document(
+        engine,
+        pages,
+        prompt=config.prompt,
+        mode=config.mode,
+        sampling=config.sampling,
+        request_id=service.new_request_id(),
+        outputs=config.outputs,
+        max_in_flight=job.max_in_flight,
+        timeout_s=None,
+    )
+    async with contextlib.aclosing(results):
+        async for result in results:
+            doc, page, source = slots.pop(result.page)
+            artifacts = page_artifacts(result, page=page)
+            # File writes (fsync) off the loop, so pages in flight keep running meanwhile; the
+            # manifest commit follows on this thread, only once the files are on disk.
+            await asyncio.to_thread(run.writer.write_files, doc.doc_key, artifacts)
+            if run.writer.commit(doc.doc_key, artifacts):
+                await asyncio.to_thread(source.close)
+                await asyncio.to_thread(run.writer.assemble, doc)
+            advance()
+
+
+class _RateColumn(ProgressColumn):
+    """Pages per second since the start."""
+
+    def render(self, task: Task) -> Text:
+        elapsed = task.elapsed or 0.0
+        rate = task.completed / elapsed if elapsed > 0 else 0.0
+        return Text(f"{rate:.2f} pages/s", style="progress.data.speed")
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, *, quiet: bool) -> Iterator[Callable[[], None]]:
+    """A progress bar on stderr (done/total, pages/s, ETA); silent with --quiet or off a terminal."""
+    console = Console(stderr=True)
+    if quiet or not console.is_terminal:
+        yield lambda: None
+        return
+    columns = (
+        TextColumn("OCR"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("pages", total=total)
+        yield lambda: progress.advance(task)
