@@ -56,7 +56,7 @@ def run_batch_ray(
             _run_pipeline(ray, run, job, settings, actors=actors)
         return finish_run(run, job.out_dir)
     finally:
-        run.manifest.close()
+        run.close()
         if started_ray:
             ray.shutdown()
 
@@ -113,7 +113,7 @@ def _run_pipeline(
         },
         batch_size=job.max_in_flight,
         batch_format="pandas",
-        concurrency=pool,
+        compute=ray.data.ActorPoolStrategy(size=pool),
         num_cpus=cpus_per_actor,
         num_gpus=gpus_per_actor,
     )
@@ -205,10 +205,14 @@ class _OcrActor:
     def __call__(self, batch: Any) -> Any:
         """A pandas batch of rendered pages → the same rows with ``artifacts`` filled, pixels dropped."""
         rows = batch.to_dict("records")
-        artifacts = self._loop.run_until_complete(asyncio.gather(*(self._page(row) for row in rows)))
+        # Ray calls this from its own worker thread: hand the loop a coroutine, not futures.
+        artifacts = self._loop.run_until_complete(self._pages(rows))
         out = batch.drop(columns=["pixels", "width", "height"])
         out["artifacts"] = artifacts
         return out
+
+    async def _pages(self, rows: list[dict[str, Any]]) -> list[str]:
+        return list(await asyncio.gather(*(self._page(row) for row in rows)))
 
     async def _page(self, row: dict[str, Any]) -> str:
         page = int(row["page"])

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from rich.console import Console
 from rich.progress import (
@@ -66,6 +67,7 @@ __all__ = [
 # Same convention as `dsocr ocr`: some pages failed, the rest were written.
 EXIT_PARTIAL = 4
 MANIFEST_NAME = "manifest.sqlite"
+LOCK_NAME = ".dsocr-batch.lock"
 SUMMARY_NAME = "summary.json"
 
 
@@ -290,6 +292,12 @@ class PreparedRun:
     writer: BatchWriter
     summary: BatchSummary
     started: float
+    lock: IO[bytes]
+
+    def close(self) -> None:
+        """Close the manifest and release the output folder."""
+        self.manifest.close()
+        self.lock.close()
 
 
 def prepare_run(job: BatchJob, settings: Settings, *, runner: Literal["local", "ray"]) -> PreparedRun:
@@ -298,6 +306,7 @@ def prepare_run(job: BatchJob, settings: Settings, *, runner: Literal["local", "
     config = resolve_config(job, settings)
     paths = discover_inputs(job.inputs, exclude=job.out_dir)
     job.out_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock_out_dir(job.out_dir)
     manifest = Manifest(job.manifest_path or job.out_dir / MANIFEST_NAME)
     try:
         manifest.record_settings(config.settings_key, config.fingerprint)
@@ -309,8 +318,10 @@ def prepare_run(job: BatchJob, settings: Settings, *, runner: Literal["local", "
             limits=settings.limits,
             dpi=config.dpi,
         )
+        _remove_stale_temporaries(job.out_dir, plan)
     except BaseException:
         manifest.close()
+        lock.close()
         raise
     summary = BatchSummary(
         runner=runner,
@@ -324,8 +335,39 @@ def prepare_run(job: BatchJob, settings: Settings, *, runner: Literal["local", "
     )
     writer = BatchWriter(plan=plan, manifest=manifest, out_dir=job.out_dir, summary=summary)
     return PreparedRun(
-        config=config, manifest=manifest, plan=plan, writer=writer, summary=summary, started=started
+        config=config,
+        manifest=manifest,
+        plan=plan,
+        writer=writer,
+        summary=summary,
+        started=started,
+        lock=lock,
     )
+
+
+def _lock_out_dir(out_dir: Path) -> IO[bytes]:
+    """Hold an exclusive lock on OUT for the run: two runs into one folder would redo each other's
+    pages. The kernel drops the lock when the process dies, even by kill -9."""
+    handle = (out_dir / LOCK_NAME).open("ab")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise errors.InvalidInput(
+            f"another dsocr batch run is writing to {out_dir}; wait for it or choose another --out",
+            field="out",
+        ) from None
+    return handle
+
+
+def _remove_stale_temporaries(out_dir: Path, plan: RunPlan) -> None:
+    """Delete half-written temporary files a killed run left behind (never a finished file)."""
+    for doc in plan.documents:
+        doc_dir = out_dir / doc.out_name
+        for stale in doc_dir.glob("*/.*.tmp"):
+            stale.unlink(missing_ok=True)
+        for stale in doc_dir.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
 
 
 def finish_run(run: PreparedRun, out_dir: Path) -> BatchSummary:
@@ -348,7 +390,7 @@ def run_batch(job: BatchJob, settings: Settings) -> BatchSummary:
             asyncio.run(_ocr_pages(run, job, settings))
         return finish_run(run, job.out_dir)
     finally:
-        run.manifest.close()
+        run.close()
 
 
 async def _ocr_pages(run: PreparedRun, job: BatchJob, settings: Settings) -> None:
