@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.resources
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -21,8 +22,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dsocr import __version__
@@ -176,6 +178,29 @@ def _include_openai_routes(app: FastAPI) -> None:
     app.include_router(routes_openai.router, dependencies=[Depends(require_api_key)])
 
 
+# --- web playground (GET / and /static) -------------------------------------------------------
+# The page loads only its own files and talks only to this server: model output shown in it is
+# untrusted, so the policy blocks inline and remote scripts even if the sanitiser missed something.
+_PLAYGROUND_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def _mount_playground(app: FastAPI) -> None:
+    """``GET /`` serves the playground page; ``/static`` its scripts and styles (shipped in the package)."""
+    index = importlib.resources.files("dsocr").joinpath("static", "index.html")
+
+    async def playground() -> HTMLResponse:
+        return HTMLResponse(
+            index.read_text(encoding="utf-8"),
+            headers={"Content-Security-Policy": _PLAYGROUND_CSP, "Cache-Control": "no-cache"},
+        )
+
+    app.add_api_route("/", playground, methods=["GET"], include_in_schema=False)
+    app.mount("/static", StaticFiles(packages=[("dsocr", "static")]), name="static")
+
+
 async def _start_engine(state: AppState, engine: Engine | None) -> None:
     settings = state.settings
     if engine is None:
@@ -251,6 +276,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.include_router(routes_health.router)
     app.include_router(routes_ocr.router)
     _include_openai_routes(app)
+    _mount_playground(app)
 
     # add_middleware wraps: the last added is the outermost.
     app.add_middleware(BodyLimitMiddleware, max_bytes=body_limit_for(settings))

@@ -1,0 +1,210 @@
+// Browser tests of the dsocr playground: playwright-core driving Debian's chromium.
+//
+// Run by tests/web/test_playground.py, which starts the servers and passes them in:
+//   DSOCR_CPU_URL    a dsocr server with the CPU engine (a real OCR engine on a real page)
+//   DSOCR_FAKE_URL   a server whose fake engine streams slowly, emits hostile markup and needs a key
+//   DSOCR_FAKE_KEY   that server's API key
+//   DSOCR_SAMPLE     the document uploaded to the CPU server (examples/sample-page.png)
+//   DSOCR_SHOTS      where the screenshots go (docs/img)
+//   CHROMIUM         the browser binary (default /usr/bin/chromium)
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { basename, join } from "node:path";
+import { after, before, test } from "node:test";
+import { chromium } from "playwright-core";
+
+const env = (name) => {
+  const value = process.env[name];
+  assert.ok(value, `${name} must be set (run through tests/web/test_playground.py)`);
+  return value;
+};
+const CPU_URL = env("DSOCR_CPU_URL");
+const FAKE_URL = env("DSOCR_FAKE_URL");
+const FAKE_KEY = env("DSOCR_FAKE_KEY");
+const SAMPLE = env("DSOCR_SAMPLE");
+const SHOTS = env("DSOCR_SHOTS");
+const RESULT_TIMEOUT_MS = 120_000;
+
+let browser;
+
+before(async () => {
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    // Without the background-networking flags Debian's chromium gets its connections refused here.
+    args: [
+      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+});
+
+async function openPage(url, viewport = { width: 1280, height: 1000 }) {
+  const context = await browser.newContext({ viewport, deviceScaleFactor: 1 });
+  const page = await context.newPage();
+  const problems = [];
+  page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
+  page.on("console", (message) => {
+    if (message.type() === "error") problems.push(`console error: ${message.text()}`);
+  });
+  await page.goto(url);
+  return { context, page, problems };
+}
+
+async function waitForEnd(page) {
+  await page.waitForFunction(() => ["done", "error"].includes(document.body.dataset.state), null, {
+    timeout: RESULT_TIMEOUT_MS,
+  });
+  return page.evaluate(() => document.body.dataset.state);
+}
+
+/** Types the key as a user does: open the "API key" box, type, leave the field. */
+async function enterKey(page, key) {
+  if (!(await page.locator("#key-box").evaluate((box) => box.open))) await page.click("#key-box summary");
+  await page.fill("#api-key", key);
+  await page.press("#api-key", "Tab");
+}
+
+/** The same document through the API directly (no stream), as the playground's reference. */
+async function apiResult(baseUrl, path, fields, headers = {}) {
+  const form = new FormData();
+  form.append("file", new Blob([readFileSync(path)], { type: "image/png" }), basename(path));
+  for (const [name, value] of Object.entries(fields)) form.append(name, value);
+  const response = await fetch(`${baseUrl}/v1/ocr`, { method: "POST", body: form, headers });
+  assert.equal(response.status, 200, await response.clone().text());
+  return response.json();
+}
+
+test("a real page through the CPU engine: markdown and boxes match the API, screenshots", async () => {
+  const { context, page, problems } = await openPage(CPU_URL);
+  await page.waitForFunction(() => /engine/.test(document.getElementById("engine-status").textContent));
+  await page.setInputFiles("#file-input", SAMPLE);
+  await page.selectOption("#preset", "document");
+  await page.click("#run");
+  assert.equal(await waitForEnd(page), "done", await page.textContent("#error"));
+
+  const expected = await apiResult(CPU_URL, SAMPLE, { preset: "document", outputs: "markdown,blocks" });
+  const [apiPage] = expected.pages;
+  assert.ok(apiPage.blocks.length > 0, "the CPU engine finds blocks on the sample page");
+  const expectedBoxes = apiPage.blocks.reduce((sum, block) => sum + block.boxes.length, 0);
+
+  await page.click('[data-tab="source"]');
+  assert.equal(await page.textContent("#tab-source"), apiPage.markdown);
+  assert.equal(await page.locator("#boxes .box").count(), expectedBoxes);
+
+  // The rendered markdown: every markdown heading became a heading element with its text.
+  await page.click('[data-tab="rendered"]');
+  const headings = apiPage.markdown.split("\n").filter((line) => /^#{1,6} /.test(line));
+  assert.ok(headings.length > 0);
+  const rendered = await page.locator("#tab-rendered :is(h1,h2,h3,h4,h5,h6)").allTextContents();
+  assert.deepEqual(rendered, headings.map((line) => line.replace(/^#+ /, "").trim()));
+
+  // Boxes sit where the API's 0–999 grid puts them on the displayed image.
+  const image = await page.locator("#page-image").boundingBox();
+  const first = await page.locator("#boxes .box").first().boundingBox();
+  const [x1, y1] = apiPage.blocks[0].boxes[0];
+  assert.ok(Math.abs(first.x - (image.x + (x1 / 999) * image.width)) <= 2, "left edge of box 0");
+  assert.ok(Math.abs(first.y - (image.y + (y1 / 999) * image.height)) <= 2, "top edge of box 0");
+
+  // Hovering a box highlights its block in the list, and the other way round.
+  await page.click('[data-tab="blocks"]');
+  const lastIndex = apiPage.blocks.at(-1).index;
+  await page.hover(`#boxes .box[data-block="${lastIndex}"]`);
+  assert.deepEqual(await page.locator(".block-list li.hl").evaluateAll((items) => items.map((li) => li.dataset.block)), [
+    String(lastIndex),
+  ]);
+  await page.hover(`.block-list li[data-block="${apiPage.blocks[0].index}"]`);
+  assert.equal(await page.locator(`#boxes .box.hl`).count(), apiPage.blocks[0].boxes.length);
+
+  // Downloads carry the API's markdown.
+  const [markdownDownload] = await Promise.all([page.waitForEvent("download"), page.click("#dl-md")]);
+  assert.equal(markdownDownload.suggestedFilename(), "sample-page.md");
+  assert.equal(readFileSync(await markdownDownload.path(), "utf8"), expected.markdown);
+  const [pngDownload] = await Promise.all([page.waitForEvent("download"), page.click("#dl-png")]);
+  assert.deepEqual([...readFileSync(await pngDownload.path()).subarray(1, 4)], [0x50, 0x4e, 0x47]);
+
+  // The README's screenshot: rendered markdown, with the title's box hovered to show its tag.
+  await page.click('[data-tab="rendered"]');
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.hover(`#boxes .box[data-block="${apiPage.blocks[0].index}"]`);
+  await page.screenshot({ path: join(SHOTS, "playground.png") });
+  await page.mouse.move(0, 0);
+
+  // Phone width: the layout stacks and nothing is wider than the screen.
+  await page.setViewportSize({ width: 390, height: 844 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `page is ${overflow}px wider than a 390px screen`);
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({ path: join(SHOTS, "playground-phone.png") });
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
+test("blocks appear while the page is still being read", async () => {
+  const { context, page } = await openPage(FAKE_URL);
+  await enterKey(page, FAKE_KEY);
+  await page.setInputFiles("#file-input", SAMPLE);
+  await page.click("#run");
+  // The fake engine spreads its output over seconds: a box shows before the run is done.
+  await page.waitForSelector("#boxes .box", { timeout: RESULT_TIMEOUT_MS });
+  assert.equal(await page.evaluate(() => document.body.dataset.state), "running");
+  assert.equal(await waitForEnd(page), "done");
+  await context.close();
+});
+
+test("API errors are shown as readable messages, and the key is kept only in this tab", async () => {
+  const { context, page } = await openPage(FAKE_URL);
+  await page.setInputFiles("#file-input", SAMPLE);
+  await page.click("#run");
+  assert.equal(await waitForEnd(page), "error");
+  const message = await page.textContent("#error");
+  assert.match(message, /unauthorized/i);
+  assert.match(message, /HTTP 401/);
+  assert.match(message, /API key/);
+
+  // A locate prompt without a target is caught before sending.
+  await enterKey(page, FAKE_KEY);
+  await page.selectOption("#preset", "locate");
+  await page.click("#run");
+  assert.match(await page.textContent("#error"), /needs something to find/);
+
+  // A typed API error (unsupported file type) shows the server's message and field.
+  await page.selectOption("#preset", "document");
+  await page.setInputFiles("#file-input", { name: "notes.txt", mimeType: "text/plain", buffer: Buffer.from("hello") });
+  await page.click("#run");
+  assert.equal(await waitForEnd(page), "error");
+  assert.match(await page.textContent("#error"), /HTTP 4\d\d/);
+  assert.match(await page.textContent("#error"), /\[[a-z_]+, field file\]/);
+
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("dsocr.apiKey")), FAKE_KEY);
+  assert.equal(await page.evaluate(() => localStorage.length), 0);
+  // A new tab (new session) starts without the key.
+  const second = await context.newPage();
+  await second.goto(FAKE_URL);
+  assert.equal(await second.inputValue("#api-key"), "");
+  await context.close();
+});
+
+test("model output is never executed: scripts, handlers and javascript: links are stripped", async () => {
+  const { context, page, problems } = await openPage(FAKE_URL);
+  await enterKey(page, FAKE_KEY);
+  await page.setInputFiles("#file-input", SAMPLE);
+  await page.selectOption("#preset", "free");
+  await page.click("#run");
+  assert.equal(await waitForEnd(page), "done", await page.textContent("#error"));
+  assert.equal(await page.evaluate(() => window.__pwned), undefined);
+  const html = await page.innerHTML("#tab-rendered");
+  for (const bad of ["<script", "onerror", "onclick", "javascript:", "<iframe", "style="]) {
+    assert.ok(!html.toLowerCase().includes(bad), `rendered markdown contains ${bad}: ${html}`);
+  }
+  // The whitelisted table tags survive, with their text.
+  assert.equal(await page.textContent("#tab-rendered table td"), "cell");
+  // The raw view shows the hostile text literally.
+  await page.click('[data-tab="raw"]');
+  assert.match(await page.textContent("#tab-raw"), /<script>window.__pwned=2<\/script>/);
+  assert.deepEqual(problems.filter((p) => !p.includes("Content Security Policy")), []);
+  await context.close();
+});

@@ -1,0 +1,160 @@
+"""The web playground in a real browser: tests/web/playground.test.mjs, run by node against real servers.
+
+Two servers on loopback: ``dsocr serve --engine cpu`` (a subprocess, as users start it) reads the
+shipped sample page for real; an in-process uvicorn with a fake engine that streams slowly, emits
+hostile markup for the ``free`` preset and requires an API key covers streaming, errors and escaping.
+The node script drives Debian's chromium through playwright-core and writes docs/img/playground.png
+and docs/img/playground-phone.png.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from dsocr.engine.fake import FakeEngine
+from dsocr.server.app import create_app
+from dsocr.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "tests" / "web" / "playground.test.mjs"
+SAMPLE = ROOT / "examples" / "sample-page.png"
+SHOTS = ROOT / "docs" / "img"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+FAKE_KEY = "playground-test-key"
+
+# Model output a browser must show as text, never run: every classic way to get script into a page.
+HOSTILE_OUTPUT = (
+    '# Title <img src=x onerror="window.__pwned=1">\n\n'
+    "<script>window.__pwned=2</script>\n\n"
+    "[click](javascript:window.__pwned=3)\n\n"
+    '<iframe src="javascript:window.__pwned=4"></iframe>\n\n'
+    '<table><tr><td onclick="window.__pwned=5" style="color:red">cell</td></tr></table>\n'
+)
+
+
+class HostileFakeEngine(FakeEngine):
+    """The fake engine, except that the ``free`` preset answers with script-bearing markup."""
+
+    def _pieces(self, prompt: str, size: tuple[int, int], looping: bool, max_tokens: int) -> list[str]:
+        if prompt.endswith("Free OCR."):
+            return [HOSTILE_OUTPUT]
+        return super()._pieces(prompt, size, looping, max_tokens)
+
+
+def _missing_tools() -> str | None:
+    if shutil.which("node") is None:
+        return "node is not installed (apt-get install nodejs)"
+    if not Path(CHROMIUM).exists():
+        return f"chromium is not at {CHROMIUM} (apt-get install chromium, or set CHROMIUM)"
+    if not (ROOT / "node_modules" / "playwright-core").is_dir():
+        return "playwright-core is not installed (run `npm ci` in the repository root)"
+    return None
+
+
+_MISSING = _missing_tools()
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_ready(
+    base: str, process: subprocess.Popen[bytes] | None = None, log: Path | None = None, timeout_s: float = 180
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            output = log.read_text(errors="replace") if log is not None else ""
+            raise AssertionError(f"dsocr serve exited with {process.returncode}: {output}")
+        try:
+            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{base} did not become ready in {timeout_s} s")
+
+
+@pytest.fixture
+def cpu_server(tmp_path: Path) -> Iterator[str]:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSOCR_")}
+    log = tmp_path / "serve.log"
+    with log.open("w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dsocr", "serve", "--engine", "cpu", "--port", str(port),
+             "--log-level", "warning"],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(base, process, log)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def fake_server() -> Iterator[str]:
+    settings = Settings(server={"api_keys": [FAKE_KEY]})
+    app = create_app(settings, engine=HostileFakeEngine(delay_s=3.0))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none"))
+    thread = threading.Thread(target=server.run, name="fake-playground-server", daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(base, timeout_s=30)
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+def test_playground_in_chromium_matches_the_api_streams_and_escapes(
+    cpu_server: str, fake_server: str
+) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "DSOCR_CPU_URL": cpu_server,
+        "DSOCR_FAKE_URL": fake_server,
+        "DSOCR_FAKE_KEY": FAKE_KEY,
+        "DSOCR_SAMPLE": str(SAMPLE),
+        "DSOCR_SHOTS": str(SHOTS),
+        "CHROMIUM": CHROMIUM,
+    }
+    result = subprocess.run(
+        ["node", "--test", "--test-reporter=spec", str(SCRIPT)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, f"browser tests failed:\n{result.stdout}\n{result.stderr}"
+    for name in ("playground.png", "playground-phone.png"):
+        shot = SHOTS / name
+        assert shot.stat().st_size > 10_000, f"{name} looks empty"
