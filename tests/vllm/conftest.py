@@ -1,0 +1,89 @@
+"""Real vLLM (vllm-cpu 0.32.0) running DeepSeek-OCR's own code on a tiny model, in this process.
+
+Run with the venv from ``scripts/setup_vllm_cpu.sh``; in any other venv this folder is skipped.
+Costs (ref vllm-cpu.md §4): ~15 s to build the engine, well under 1 s per image request with the
+test-only vision-tower shrink (support/tiny_vision_patch.py), images ≤ 640×640.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+if importlib.util.find_spec("vllm") is None:  # the main venv has no vLLM: skip the folder cleanly
+    collect_ignore_glob = ["test_*.py"]
+else:
+    # Must be set before vLLM builds anything (ref vllm-cpu.md §7): 1 GiB of KV cache instead of
+    # 90 % of RAM, the engine core in this process, both cores for torch, no hub access.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # AsyncLLM always runs its engine core in a child process: give its worker every core
+    # (the default binding reserves one of CI's two cores for the scheduler).
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 2) - 1}")
+
+SUPPORT = Path(__file__).parent / "support"
+
+# vLLM and torch warn about their own internals at import and engine start; ours stay errors.
+THIRD_PARTY_WARNINGS = [
+    "ignore::DeprecationWarning:torch.*",
+    "ignore::DeprecationWarning:vllm.*",
+    "ignore::FutureWarning:torch.*",
+    "ignore::UserWarning:torch.*",
+    "ignore::DeprecationWarning:transformers.*",
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
+            item.add_marker(pytest.mark.vllm)
+            item.add_marker(pytest.mark.slow)
+            for spec in THIRD_PARTY_WARNINGS:
+                item.add_marker(pytest.mark.filterwarnings(spec))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny-deepseek-ocr")
+    subprocess.run([sys.executable, str(SUPPORT / "make_tiny_deepseek_ocr.py"), str(out)], check=True)
+    return out
+
+
+def tiny_settings(model_dir: Path, **overrides: object) -> object:
+    from dsocr.settings import EngineSettings
+
+    values: dict[str, object] = {
+        "kind": "vllm",
+        "model": str(model_dir),
+        "served_model_name": "deepseek-ocr-tiny",
+        "load_format": "dummy",
+        "max_model_len": 1024,
+        "max_num_seqs": 4,
+        "vllm_args": {"enforce_eager": True, "seed": 0},
+    }
+    values.update(overrides)
+    return EngineSettings.model_validate(values)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def engine(tiny_model_dir: Path) -> AsyncIterator[object]:
+    """One started engine for the whole session (its loop is the session loop)."""
+    sys.path.insert(0, str(SUPPORT))
+    import tiny_vision_patch
+
+    tiny_vision_patch.apply()
+    from dsocr.engine.vllm import VLLMEngine
+
+    eng = VLLMEngine(tiny_settings(tiny_model_dir))  # type: ignore[arg-type]
+    await eng.start()
+    yield eng
+    await eng.close()

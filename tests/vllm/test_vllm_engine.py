@@ -1,0 +1,140 @@
+"""The VLLMEngine adapter against real vLLM on CPU: start, generate, stream, abort, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from PIL import Image, ImageDraw
+
+from dsocr.engine.base import EngineRequest, SamplingOptions
+from dsocr.errors import InvalidInput, ModelNotFound
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+PROMPT = "<image>\nFree OCR."
+
+
+def page(w: int = 320, h: int = 240) -> Image.Image:
+    img = Image.new("RGB", (w, h), "white")
+    ImageDraw.Draw(img).text((10, 10), "Hello DeepSeek-OCR", fill="black")
+    return img
+
+
+def request(**sampling: Any) -> EngineRequest:
+    opts = SamplingOptions(**{"max_tokens": 16, **sampling})
+    return EngineRequest(request_id=uuid.uuid4().hex, prompt=PROMPT, image=page(), sampling=opts)
+
+
+async def test_start_proves_repetition_control_is_active(engine: Any) -> None:
+    # Dummy weights loop under greedy decoding; the self-test saw the loop without the ban and none with it.
+    assert engine.info.details["ngram_self_test"] == "passed"
+    assert engine.info.name == "vllm" and engine.info.model_id == "deepseek-ocr-tiny"
+    await engine.check_health()
+
+
+async def test_generate_counts_vision_tokens_and_reports_length(engine: Any) -> None:
+    out = await engine.generate(request(max_tokens=12, ignore_eos=True))
+    # A ≤640 px page is one padded 1024² global view: 16×17 grid + view separator (ref §2.1).
+    assert out.vision_tokens == 273
+    assert out.prompt_tokens > out.vision_tokens  # BOS and the prompt text come on top
+    assert out.completion_tokens == 12
+    assert out.finish_reason == "length"
+    assert out.text
+
+
+async def test_greedy_output_is_deterministic(engine: Any) -> None:
+    a = await engine.generate(request())
+    b = await engine.generate(request())
+    assert a.text == b.text
+
+
+async def test_per_request_ngram_override_changes_the_looping_output(engine: Any) -> None:
+    looping = await engine.generate(request(max_tokens=24, ngram_size=None, ignore_eos=True))
+    banned = await engine.generate(request(max_tokens=24, ngram_size=2, ngram_window=90, ignore_eos=True))
+    assert looping.text != banned.text
+
+
+async def test_length_pages_are_retried_then_flagged(
+    engine: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One retry for this test only (the session engine runs without, to keep the suite short).
+    monkeypatch.setattr(engine, "_settings", engine._settings.model_copy(update={"retry_attempts": 1}))
+    with caplog.at_level(logging.INFO, logger="dsocr.engine.vllm"):
+        req = request(max_tokens=8, ignore_eos=True)
+        out = await engine.generate(req)
+    assert out.finish_reason == "length"  # still flagged after the retry: nothing is hidden
+    assert out.request_id == req.request_id
+    assert sum("retrying" in r.getMessage() for r in caplog.records) == 1  # retry_attempts=1
+
+
+async def test_stream_yields_deltas_then_the_final_output(engine: Any) -> None:
+    deltas = [d async for d in engine.stream(request(max_tokens=10, ignore_eos=True))]
+    final = deltas[-1]
+    assert final.output is not None and final.finish_reason == "length"
+    assert "".join(d.text for d in deltas[:-1]) == final.output.text
+    assert final.output.completion_tokens == 10
+
+
+def _unfinished(engine: Any) -> int:
+    return sum(s.llm.output_processor.get_num_unfinished_requests() for s in engine._served.values())
+
+
+async def test_cancelling_a_request_aborts_it_in_vllm(engine: Any) -> None:
+    task = asyncio.create_task(engine.generate(request(max_tokens=600, ignore_eos=True)))
+    for _ in range(200):  # wait until vLLM has the request
+        await asyncio.sleep(0.05)
+        if _unfinished(engine):
+            break
+    assert _unfinished(engine) == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.1)
+    assert _unfinished(engine) == 0
+    out = await engine.generate(request(max_tokens=4))  # and the engine still serves
+    assert out.completion_tokens == 4
+
+
+async def test_closing_a_stream_early_aborts_the_request(engine: Any) -> None:
+    stream = engine.stream(request(max_tokens=600, ignore_eos=True))
+    first = await anext(stream)
+    assert first.text
+    await stream.aclose()
+    await asyncio.sleep(0.1)
+    assert _unfinished(engine) == 0
+
+
+async def test_abort_by_id_ends_the_request(engine: Any) -> None:
+    req = request(max_tokens=600, ignore_eos=True)
+    task = asyncio.create_task(engine.generate(req))
+    for _ in range(200):
+        await asyncio.sleep(0.05)
+        if _unfinished(engine):
+            break
+    await engine.abort(req.request_id)
+    out = await asyncio.wait_for(task, 60)
+    assert out.finish_reason == "abort"
+    assert out.completion_tokens < 600
+
+
+async def test_modes_other_than_gundam_are_rejected_naming_the_field(engine: Any) -> None:
+    with pytest.raises(InvalidInput) as err:
+        await engine.generate(replace(request(), mode="tiny"))
+    assert err.value.field == "mode" and "gundam" in err.value.message
+
+
+async def test_unknown_model_is_model_not_found(engine: Any) -> None:
+    with pytest.raises(ModelNotFound) as err:
+        await engine.generate(replace(request(), model="deepseek-ocr-99"))
+    assert err.value.field == "model"
+
+
+async def test_bad_ngram_arguments_are_invalid_input_naming_the_field(engine: Any) -> None:
+    with pytest.raises(InvalidInput) as err:
+        await engine.generate(request(ngram_size=-3))
+    assert err.value.field == "ngram_size"

@@ -1,0 +1,175 @@
+"""The batched n-gram processors against the reference rule (dsocr.ngram.banned_tokens), torch CPU.
+
+They are driven exactly as vLLM's runners drive them (BatchUpdate for V1, slot states and a
+LogitsContext for V2), over random histories with many repeats, and must ban the same tokens.
+"""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from dsocr.ngram import banned_tokens
+
+VOCAB = 12  # a small vocabulary makes repeated n-grams, hence bans, frequent
+MAX_REQS, MAX_LEN = 8, 256
+
+
+def config() -> Any:
+    return SimpleNamespace(
+        scheduler_config=SimpleNamespace(max_num_seqs=MAX_REQS),
+        model_config=SimpleNamespace(max_model_len=MAX_LEN),
+    )
+
+
+def params(**extra: Any) -> Any:
+    from vllm import SamplingParams
+
+    return SamplingParams(extra_args=extra or None)
+
+
+def reference(generated: list[int], extra: dict[str, Any]) -> set[int]:
+    return set(
+        banned_tokens(
+            generated,
+            ngram_size=extra["ngram_size"],
+            window=extra.get("window_size", 100),
+            whitelist=extra.get("whitelist_token_ids", ()),
+        )
+    )
+
+
+def banned_in(row: torch.Tensor) -> set[int]:
+    return {int(t) for t in torch.nonzero(torch.isinf(row) & (row < 0)).flatten()}
+
+
+def test_v1_processor_bans_exactly_the_reference_tokens_over_a_changing_batch() -> None:
+    from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+
+    from dsocr.engine.vllm_ngram import NGramBanV1
+
+    rng = random.Random(7)
+    proc = NGramBanV1(config(), torch.device("cpu"), False)
+    settings = [
+        {"ngram_size": 3, "window_size": 20},
+        {"ngram_size": 2, "window_size": 90, "whitelist_token_ids": [1, 2]},
+        {"ngram_size": 4},  # window defaults to 100, as in the recipe class
+        {"ngram_size": 2, "window_size": 5},
+    ]
+    outputs: list[list[int]] = [[] for _ in settings]
+    added = [(i, params(**s), [0, 1], outputs[i]) for i, s in enumerate(settings)]
+    added.append((4, params(), [0], []))  # no ngram_size: this row must never be touched
+    proc.update_state(BatchUpdate(batch_size=5, removed=[], added=added, moved=[]))
+    extras: list[dict[str, Any] | None] = [*settings, None]
+    lists: list[list[int]] = [*outputs, added[4][3]]
+    checked = 0
+    for step in range(120):
+        if step == 60:  # swap two rows, as the persistent batch does when it condenses
+            proc.update_state(
+                BatchUpdate(batch_size=5, removed=[], added=[], moved=[(0, 3, MoveDirectionality.SWAP)])
+            )
+            extras[0], extras[3] = extras[3], extras[0]
+            lists[0], lists[3] = lists[3], lists[0]
+        logits = torch.zeros(5, VOCAB)
+        proc.apply(logits)
+        for row in range(5):
+            extra = extras[row]
+            want = reference(lists[row], extra) if extra else set()
+            assert banned_in(logits[row]) == want, (step, row)
+            checked += bool(want)
+        for ids in lists:  # the runner appends each row's sampled token to its live list
+            ids.append(rng.randrange(VOCAB) if rng.random() < 0.5 else (ids[-2] if len(ids) > 1 else 0))
+        proc.update_state(None)
+    assert checked > 100  # the comparison really exercised bans, not just empty sets
+
+
+def test_v1_processor_ignores_async_placeholders_until_filled() -> None:
+    from vllm.v1.sample.logits_processor import BatchUpdate
+
+    from dsocr.engine.vllm_ngram import NGramBanV1
+
+    proc = NGramBanV1(config(), torch.device("cpu"), False)
+    out = [5, 6, 5, -1]  # -1: the async scheduler's placeholder for a token still on the GPU
+    proc.update_state(
+        BatchUpdate(batch_size=1, removed=[], added=[(0, params(ngram_size=2), [], out)], moved=[])
+    )
+    logits = torch.zeros(1, VOCAB)
+    proc.apply(logits)
+    assert banned_in(logits[0]) == reference([5, 6, 5], {"ngram_size": 2})  # {6}
+    out[-1] = 6  # filled in before the next step
+    out.append(-1)
+    logits = torch.zeros(1, VOCAB)
+    proc.apply(logits)
+    assert banned_in(logits[0]) == reference([5, 6, 5, 6], {"ngram_size": 2})
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"ngram_size": 0},
+        {"ngram_size": 1},  # the official code silently bans nothing for 1: refused, not ignored
+        {"ngram_size": 3, "window_size": -1},
+        {"ngram_size": 30, "window_size": 20},
+        {"ngram_size": "3"},
+        {"ngram_size": 3, "whitelist_token_ids": 5},
+    ],
+)
+def test_bad_arguments_are_rejected_at_admission(extra: dict[str, Any]) -> None:
+    from dsocr.engine.vllm_ngram import NGramBanV1
+
+    with pytest.raises(ValueError):
+        NGramBanV1.validate_params(params(**extra))
+
+
+def test_v2_processor_bans_exactly_the_reference_tokens() -> None:
+    vllm_ngram = pytest.importorskip("dsocr.engine.vllm_ngram")
+    if not hasattr(vllm_ngram, "NGramBanV2"):
+        pytest.skip("this vLLM has no Model Runner V2 logits-processor interface")
+    from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsContext
+
+    rng = random.Random(3)
+    prompts = [7, 3, 11]
+    all_ids = torch.zeros(MAX_REQS, MAX_LEN, dtype=torch.int32)
+    generated = [[rng.randrange(VOCAB) for _ in range(40 + 9 * k)] for k in range(3)]
+    # slots 5, 2, 6 hold the requests; the batch rows come in another order
+    slots = [5, 2, 6]
+    prompt_len = torch.zeros(MAX_REQS, dtype=torch.int32)
+    total_len = torch.zeros(MAX_REQS, dtype=torch.int32)
+    for k, slot in enumerate(slots):
+        seq = [1] * prompts[k] + generated[k]
+        all_ids[slot, : len(seq) - 1] = torch.tensor(seq[:-1])  # last token not committed yet
+        prompt_len[slot], total_len[slot] = prompts[k], len(seq) - 1
+    states = SimpleNamespace(
+        all_token_ids=SimpleNamespace(gpu=all_ids),
+        prompt_len=SimpleNamespace(gpu=prompt_len),
+        total_len=SimpleNamespace(gpu=total_len),
+    )
+    proc = vllm_ngram.NGramBanV2(config(), states)
+    extras = [
+        {"ngram_size": 2, "window_size": 30},
+        {"ngram_size": 3},
+        {"ngram_size": 2, "whitelist_token_ids": [4]},
+    ]
+    for k, slot in enumerate(slots):
+        assert proc.add_request(slot, params(**extras[k]))
+    assert not proc.add_request(0, params())
+    order = [2, 0, 1]  # row r holds request order[r]
+    idx = np.array([slots[k] for k in order])
+    ctx = LogitsContext(
+        expanded_idx_mapping=torch.tensor(idx),
+        idx_mapping=torch.tensor(idx),
+        idx_mapping_np=idx,
+        expanded_local_pos=torch.zeros(3, dtype=torch.int32),
+        input_ids=torch.tensor([generated[k][-1] for k in order]),
+        pos=torch.tensor([prompts[k] + len(generated[k]) - 1 for k in order]),
+        seq_lens_upper_bound_np=np.array([prompts[k] + len(generated[k]) for k in order]),
+    )
+    logits = torch.zeros(3, VOCAB)
+    proc.apply(logits, ctx)
+    for row, k in enumerate(order):
+        assert banned_in(logits[row]) == reference(generated[k], extras[k])
