@@ -169,3 +169,10 @@ def test_progress_bar_is_hidden_when_not_a_terminal(pdf: Path) -> None:
     code, _, err = ocr(str(pdf))
     assert code == 0
     assert "pages/s" not in err and "━" not in err
+
+
+def test_url_source_goes_through_the_fetch_guard() -> None:
+    # Plain http and loopback addresses are refused by default (SSRF guard): a clean exit 2.
+    code, out, err = ocr("http://127.0.0.1:9/page.png")
+    assert code == 2 and out == ""
+    assert "error:" in err and "source" in err

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import importlib.util
 import io
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -154,3 +155,15 @@ def test_failed_load_raises_and_stays_unhealthy(monkeypatch: pytest.MonkeyPatch)
         asyncio.run(instance.predict({"image_base64": _page_png(300, 200, "x")}))
     assert caught.value.status_code == 503
     assert "failed to load" in caught.value.detail["error"]["message"]
+
+
+def test_hf_access_token_secret_is_exported_for_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DSOCR_ENGINE__KIND", "fake")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    instance = _import_truss_model(monkeypatch).Model(secrets={"hf_access_token": "hf_secret_value"})
+    try:
+        instance.load()
+        assert os.environ["HF_TOKEN"] == "hf_secret_value"
+    finally:
+        instance.close()
+        monkeypatch.delenv("HF_TOKEN", raising=False)
