@@ -5,6 +5,7 @@
 //   DSOCR_FAKE_URL   a server whose fake engine streams slowly, emits hostile markup and needs a key
 //   DSOCR_FAKE_KEY   that server's API key
 //   DSOCR_SAMPLE     the document uploaded to the CPU server (examples/sample-page.png)
+//   DSOCR_PDF        a three-page PDF (uploaded to the fake server)
 //   DSOCR_SHOTS      where the screenshots go (docs/img)
 //   CHROMIUM         the browser binary (default /usr/bin/chromium)
 import assert from "node:assert/strict";
@@ -22,6 +23,7 @@ const CPU_URL = env("DSOCR_CPU_URL");
 const FAKE_URL = env("DSOCR_FAKE_URL");
 const FAKE_KEY = env("DSOCR_FAKE_KEY");
 const SAMPLE = env("DSOCR_SAMPLE");
+const PDF = env("DSOCR_PDF");
 const SHOTS = env("DSOCR_SHOTS");
 const RESULT_TIMEOUT_MS = 120_000;
 
@@ -152,6 +154,13 @@ test("blocks appear while the page is still being read", async () => {
   await page.waitForSelector("#boxes .box", { timeout: RESULT_TIMEOUT_MS });
   assert.equal(await page.evaluate(() => document.body.dataset.state), "running");
   assert.equal(await waitForEnd(page), "done");
+
+  // The finished page: the figure crop inline (as data, never a URL the model wrote), TeX verbatim,
+  // the model's HTML table as a table.
+  const crop = await page.getAttribute("#tab-rendered img", "src");
+  assert.match(crop, /^data:image\/png;base64,iVBOR/);
+  assert.ok((await page.locator("#tab-rendered code").allTextContents()).some((t) => /^\\\[.*\\\]$/.test(t)));
+  assert.ok((await page.locator("#tab-rendered table td").count()) > 0);
   await context.close();
 });
 
@@ -206,5 +215,34 @@ test("model output is never executed: scripts, handlers and javascript: links ar
   await page.click('[data-tab="raw"]');
   assert.match(await page.textContent("#tab-raw"), /<script>window.__pwned=2<\/script>/);
   assert.deepEqual(problems.filter((p) => !p.includes("Content Security Policy")), []);
+  await context.close();
+});
+
+test("a PDF: pages are navigable, each shows its own boxes, the JSON download has every page", async () => {
+  const { context, page, problems } = await openPage(FAKE_URL);
+  await enterKey(page, FAKE_KEY);
+  await page.setInputFiles("#file-input", PDF);
+  await page.click("#run");
+  assert.equal(await waitForEnd(page), "done", await page.textContent("#error"));
+  const [download] = await Promise.all([page.waitForEvent("download"), page.click("#dl-json")]);
+  const document = JSON.parse(readFileSync(await download.path(), "utf8"));
+  assert.deepEqual(document.pages.map((p) => p.page), [1, 2, 3]);
+  assert.equal(document.page_count, 3);
+
+  for (const number of [1, 2, 3]) {
+    assert.match(await page.textContent("#page-label"), new RegExp(`${number} of 3`));
+    const expected = document.pages[number - 1];
+    const boxes = expected.blocks.reduce((sum, block) => sum + block.boxes.length, 0);
+    assert.equal(await page.locator("#boxes .box").count(), boxes);
+    // A PDF page is shown as the server's rendering of it.
+    assert.equal(await page.getAttribute("#page-image", "src"), `data:image/png;base64,${expected.visualization}`);
+    await page.click('[data-tab="source"]');
+    assert.equal(await page.textContent("#tab-source"), expected.markdown);
+    if (number < 3) await page.click("#next-page");
+  }
+  assert.ok(await page.isDisabled("#next-page"));
+  await page.click("#prev-page");
+  assert.match(await page.textContent("#page-label"), /2 of 3/);
+  assert.deepEqual(problems, []);
   await context.close();
 });

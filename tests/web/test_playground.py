@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from PIL import Image, ImageDraw
 
 from dsocr.engine.fake import FakeEngine
 from dsocr.server.app import create_app
@@ -65,6 +66,23 @@ def _missing_tools() -> str | None:
 
 _MISSING = _missing_tools()
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")]
+
+
+def _three_page_pdf(path: Path) -> Path:
+    pages = []
+    for number in range(1, 4):
+        page = Image.new("RGB", (620, 877), "white")
+        ImageDraw.Draw(page).text((60, 60), f"Page {number} of the playground test", fill="black")
+        pages.append(page)
+    pages[0].save(path, format="PDF", save_all=True, append_images=pages[1:], resolution=72)
+    return path
+
+
+def _shrink_png(path: Path) -> None:
+    """Re-save a screenshot with a 256-colour palette: the docs keep it under 400 KB."""
+    with Image.open(path) as shot:
+        small = shot.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    small.save(path, format="PNG", optimize=True)
 
 
 def _free_port() -> int:
@@ -134,7 +152,7 @@ def fake_server() -> Iterator[str]:
 
 
 def test_playground_in_chromium_matches_the_api_streams_and_escapes(
-    cpu_server: str, fake_server: str
+    cpu_server: str, fake_server: str, tmp_path: Path
 ) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     env = {
@@ -143,6 +161,7 @@ def test_playground_in_chromium_matches_the_api_streams_and_escapes(
         "DSOCR_FAKE_URL": fake_server,
         "DSOCR_FAKE_KEY": FAKE_KEY,
         "DSOCR_SAMPLE": str(SAMPLE),
+        "DSOCR_PDF": str(_three_page_pdf(tmp_path / "three-pages.pdf")),
         "DSOCR_SHOTS": str(SHOTS),
         "CHROMIUM": CHROMIUM,
     }
@@ -157,4 +176,5 @@ def test_playground_in_chromium_matches_the_api_streams_and_escapes(
     assert result.returncode == 0, f"browser tests failed:\n{result.stdout}\n{result.stderr}"
     for name in ("playground.png", "playground-phone.png"):
         shot = SHOTS / name
-        assert shot.stat().st_size > 10_000, f"{name} looks empty"
+        _shrink_png(shot)
+        assert 10_000 < shot.stat().st_size < 400_000, f"{name} is {shot.stat().st_size} bytes"

@@ -52,6 +52,27 @@ const ALLOWED_TAGS = [
 const ALLOWED_ATTR = ["href", "src", "alt", "title", "colspan", "rowspan", "align", "start"];
 const CROP_LINK = /^images\/(\d+)\.png$/;
 const markdownParser = new Marked({ gfm: true, async: false });
+
+function escapeHtml(text) {
+  return text.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+}
+
+// The model writes TeX as \( … \) and \[ … \]. Markdown would read "\[" as an escaped bracket and
+// drop the backslash, so math is kept verbatim, delimiters included, as code (no TeX renderer here).
+markdownParser.use({
+  extensions: [
+    {
+      name: "tex",
+      level: "inline",
+      start: (src) => src.match(/\\[([]/)?.index,
+      tokenizer(src) {
+        const match = /^\\\(([\s\S]+?)\\\)|^\\\[([\s\S]+?)\\\]/.exec(src);
+        return match ? { type: "tex", raw: match[0] } : undefined;
+      },
+      renderer: (token) => `<code>${escapeHtml(token.raw)}</code>`,
+    },
+  ],
+});
 let cropsForSanitiser = [];
 
 function installSanitiserHooks() {
@@ -559,7 +580,9 @@ function blockItem(block, crops) {
   label.textContent = block.label === block.text ? `#${block.index}` : `#${block.index} ${block.label}`;
   const text = document.createElement("div");
   text.className = "block-text";
-  text.textContent = block.text;
+  // OCR-shaped blocks are plain lines; layout blocks hold markdown (headings, tables, TeX).
+  if (block.label === block.text) text.textContent = block.text;
+  else text.append(renderMarkdown(block.text, crops));
   item.append(label, text);
   if (block.crop_index !== undefined && crops[block.crop_index]) {
     const image = document.createElement("img");
