@@ -154,3 +154,18 @@ def test_data_url_payload_round_trips_the_image_size() -> None:
     assert request.image is not None and request.image.size == (333, 444)
     # No text part: the official default document prompt.
     assert request.prompt == "<image>\n<|grounding|>Convert the document to markdown."
+
+
+def test_client_leaving_a_plain_completion_aborts_the_engine_request() -> None:
+    engine = FakeEngine(delay_s=4.0)
+    with running_server(Settings(engine={"kind": "fake", "model": MODEL}), engine) as server:
+        body = {"model": MODEL, "messages": ocr_messages("document", page_data_url())}
+        with (
+            httpx.Client(base_url=server.base_url, timeout=0.8) as http,
+            pytest.raises(httpx.ReadTimeout),
+        ):
+            http.post("/chat/completions", json=body)
+        deadline = time.monotonic() + 10
+        while not engine.aborted and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert engine.aborted == [engine.requests[-1].request_id]

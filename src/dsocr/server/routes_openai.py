@@ -46,6 +46,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import Receive, Scope, Send
 
 from dsocr import prompts
 from dsocr.engine.base import Engine, EngineDelta, EngineRequest, FinishReason, SamplingOptions
@@ -62,6 +63,7 @@ from dsocr.server.errors import (
     request_id_of,
     validation_error_message,
 )
+from dsocr.server.routes_ocr import CLIENT_CLOSED_REQUEST, ClientGone, run_watching_disconnect
 from dsocr.settings import EngineSettings, LimitSettings, Settings
 
 __all__ = [
@@ -405,7 +407,7 @@ async def chat_completions(
     body: ChatCompletionRequest,
     request: Request,
     state: Annotated[AppState, Depends(app_state)],
-) -> JSONResponse | StreamingResponse:
+) -> Response:
     """OCR one image, answered as an OpenAI chat completion (or a stream of chunks)."""
     settings = state.settings
     job = to_chat_job(body, settings=settings)
@@ -424,8 +426,8 @@ async def chat_completions(
                 stream, job, completion_id=completion_id, request_id=request_id, state=state, ticket=admitted
             )
             ticket = None
-            return StreamingResponse(body_iter, media_type="text/event-stream", headers=_SSE_HEADERS)
-        result = await ocr_page(
+            return _ClosingStreamingResponse(body_iter, media_type="text/event-stream", headers=_SSE_HEADERS)
+        work = ocr_page(
             engine,
             image,
             prompt=job.prompt,
@@ -435,6 +437,12 @@ async def chat_completions(
             model=job.engine_model,
             timeout_s=settings.limits.request_timeout_s,
         )
+        try:
+            result = await run_watching_disconnect(request, work)
+        except ClientGone:
+            # Nobody is listening; the engine request was aborted when the work was cancelled.
+            state.metrics.aborts.labels(reason="client_disconnect").inc()
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
     finally:
         if ticket is not None:
             ticket.release()
@@ -463,6 +471,22 @@ async def chat_completions(
 # ---------------------------------------------------------------- streaming
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class _ClosingStreamingResponse(StreamingResponse):
+    """Closes the event generator however the response ends.
+
+    On a client disconnect Starlette cancels the sending task but may leave the generator suspended
+    at a ``yield``; closing it runs its ``finally`` now, which aborts the engine request.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
 
 @dataclass(slots=True)
