@@ -1,0 +1,108 @@
+"""Pages/s of `dsocr batch` on this machine: the local runner vs. the Ray Data pipeline (local Ray).
+
+    .venv/bin/python bench/bench_batch.py [--pages 12] [--engine cpu|fake] [--runners local,ray]
+                                          [--max-in-flight 8] [--ray-cpus 2]
+
+Input: one PDF holding ``--pages`` copies of the real Huckleberry Finn scan (examples/sample.pdf,
+rendered at 144 dpi) and the same page as a PNG (examples/sample-page.png). Each runner writes to a
+fresh output folder, so no page is skipped. Printed per runner: pages, wall seconds of the whole
+`run_batch` call (scan + engine start + OCR + writes; for Ray also actor start-up, not `ray.init`),
+pages/s, and for Ray the `ray.init` time separately. Ray runs on a local instance with
+``--ray-cpus`` CPUs: one OCR actor per CPU minus one (kept for page rendering).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pypdfium2 as pdfium
+
+from dsocr.batch import BatchJob, BatchSummary, run_batch
+from dsocr.settings import Settings
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def make_inputs(folder: Path, pages: int) -> int:
+    """Write the benchmark inputs; return their page count."""
+    source = pdfium.PdfDocument(EXAMPLES / "sample.pdf")
+    target = pdfium.PdfDocument.new()
+    try:
+        target.import_pages(source, [0] * pages)
+        target.save(folder / "book.pdf")
+    finally:
+        target.close()
+        source.close()
+    shutil.copy(EXAMPLES / "sample-page.png", folder / "page.png")
+    return pages + 1
+
+
+def report(name: str, summary: BatchSummary, seconds: float, extra: str = "") -> None:
+    processed = summary.pages_done + summary.pages_failed
+    print(
+        f"{name:6s} engine={summary.engine} pages={processed} failed={summary.pages_failed} "
+        f"wall={seconds:.2f}s pages/s={processed / seconds:.3f}{extra}",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--pages", type=int, default=12)
+    parser.add_argument("--engine", choices=("cpu", "fake"), default="cpu")
+    parser.add_argument("--runners", default="local,ray")
+    parser.add_argument("--max-in-flight", type=int, default=8)
+    parser.add_argument("--ray-cpus", type=int, default=2)
+    args = parser.parse_args()
+    settings = Settings(engine={"kind": args.engine})
+    print(f"cpus={os.cpu_count()} python={sys.version.split()[0]}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="dsocr-bench-batch-") as tmp:
+        inputs = Path(tmp) / "in"
+        inputs.mkdir()
+        total = make_inputs(inputs, args.pages)
+        print(f"inputs: {total} pages (book.pdf x{args.pages} + page.png)", flush=True)
+        for runner in args.runners.split(","):
+            job = BatchJob(
+                inputs=(str(inputs),),
+                out_dir=Path(tmp) / f"out-{runner}",
+                max_in_flight=args.max_in_flight,
+                quiet=True,
+            )
+            if runner == "local":
+                started = time.perf_counter()
+                summary = run_batch(job, settings)
+                report("local", summary, time.perf_counter() - started)
+            elif runner == "ray":
+                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+                import ray
+
+                from dsocr.batch.ray_pipeline import run_batch_ray
+
+                started = time.perf_counter()
+                ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False)
+                init_s = time.perf_counter() - started
+                try:
+                    started = time.perf_counter()
+                    summary = run_batch_ray(job, settings)
+                    report(
+                        "ray",
+                        summary,
+                        time.perf_counter() - started,
+                        f" (ray.init {init_s:.2f}s not counted)",
+                    )
+                finally:
+                    ray.shutdown()
+            else:
+                parser.error(f"unknown runner {runner!r}")
+
+
+if __name__ == "__main__":
+    main()
