@@ -75,20 +75,21 @@ class NGramParams:
 
 
 def last_window(
-    tokens: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, window: int
+    tokens: torch.Tensor, rows: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, window: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The last ``window`` generated tokens of each row, left-aligned, and how many are valid.
+    """The last ``window`` generated tokens of ``tokens[rows]``, left-aligned, and how many are valid.
 
-    Row b's generated tokens are ``tokens[b, starts[b] : starts[b] + lengths[b]]``. The rule only
-    looks at n-grams starting inside the last ``window`` tokens, all of which end inside them, so
-    this compact view gives exactly the same banned set as the whole history.
+    Row r's generated tokens are ``tokens[rows[r], starts[r] : starts[r] + lengths[r]]``. The rule
+    only looks at n-grams starting inside the last ``window`` tokens, all of which end inside them,
+    so this compact ``[len(rows), window]`` view gives exactly the banned set of the whole history;
+    it is gathered directly, never copying whole ``max_model_len`` rows.
     """
     kept = torch.clamp(lengths, max=window)
     first = starts + lengths - kept
-    cols = first.unsqueeze(1) + torch.arange(window, device=tokens.device).unsqueeze(0)
-    cols = torch.clamp(cols, max=tokens.shape[1] - 1)
-    view = torch.gather(tokens, 1, cols)
-    valid = torch.arange(window, device=tokens.device).unsqueeze(0) < kept.unsqueeze(1)
+    offsets = torch.arange(window, device=tokens.device)
+    cols = torch.clamp(first.unsqueeze(1) + offsets.unsqueeze(0), max=tokens.shape[1] - 1)
+    view = tokens[rows.unsqueeze(1), cols]
+    valid = offsets.unsqueeze(0) < kept.unsqueeze(1)
     return torch.where(valid, view, torch.zeros_like(view)), kept
 
 
@@ -115,7 +116,6 @@ class NGramBanV1(LogitsProcessor):  # type: ignore[misc]  # vllm is untyped here
         self._device = device
         self._pin = is_pin_memory
         self._tokens = torch.zeros((max_reqs, max_len), dtype=torch.long, device=device)
-        self._zeros = torch.zeros(max_reqs, dtype=torch.long, device=device)
         self._params: dict[int, NGramParams] = {}
         self._outputs: dict[int, list[int]] = {}  # live references to vLLM's output lists
         self._copied: dict[int, int] = {}  # tokens of each slot already in self._tokens
@@ -143,14 +143,14 @@ class NGramBanV1(LogitsProcessor):  # type: ignore[misc]  # vllm is untyped here
                 self._swap(a, b)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        """Copy this step's new tokens to the device in one transfer, then ban in batch."""
+        """One host→device copy of this step's new tokens and row lengths, then a batched ban."""
         if not self._params:
             return logits
         slots: list[int] = []
         cols: list[int] = []
         values: list[int] = []
-        lengths = [0] * self._tokens.shape[0]
-        groups: dict[NGramParams, list[int]] = {}
+        group_rows: dict[NGramParams, list[int]] = {}
+        group_lengths: dict[NGramParams, list[int]] = {}
         for slot, params in self._params.items():
             ids = self._outputs[slot]
             end = len(ids)
@@ -162,19 +162,38 @@ class NGramBanV1(LogitsProcessor):  # type: ignore[misc]  # vllm is untyped here
                 cols.extend(range(start, end))
                 values.extend(ids[start:end])
                 self._copied[slot] = end
-            lengths[slot] = end
             if end >= params.ngram_size:
-                groups.setdefault(params, []).append(slot)
-        if slots:
-            flat = torch.tensor([slots, cols, values], dtype=torch.long, pin_memory=self._pin)
-            flat = flat.to(self._device, non_blocking=True)
-            self._tokens[flat[0], flat[1]] = flat[2]
-        if groups:
-            length_t = torch.tensor(lengths, dtype=torch.long, pin_memory=self._pin).to(self._device)
-            for params, group in groups.items():
-                # In the V1 runner, logits row i is persistent-batch slot i.
-                rows = torch.tensor(group, dtype=torch.long, pin_memory=self._pin).to(self._device)
-                hist, kept = last_window(self._tokens[rows], self._zeros[rows], length_t[rows], params.window)
+                group_rows.setdefault(params, []).append(slot)
+                group_lengths.setdefault(params, []).append(end)
+        payload = slots + cols + values
+        for params, rows_list in group_rows.items():
+            payload += rows_list + group_lengths[params]
+        if not payload:
+            return logits
+        flat = torch.tensor(payload, dtype=torch.long, pin_memory=self._pin).to(
+            self._device, non_blocking=True
+        )
+        n = len(slots)
+        if n:
+            self._tokens[flat[:n], flat[n : 2 * n]] = flat[2 * n : 3 * n]
+        offset = 3 * n
+        for params, rows_list in group_rows.items():
+            k = len(rows_list)
+            # In the V1 runner, logits row i is persistent-batch slot i.
+            rows, lengths = flat[offset : offset + k], flat[offset + k : offset + 2 * k]
+            offset += 2 * k
+            hist, kept = last_window(self._tokens, rows, torch.zeros_like(lengths), lengths, params.window)
+            if k == logits.shape[0] and rows_list == list(range(k)):
+                # the whole batch, in order (the common case): ban in place, no row copies
+                apply_ngram_ban(
+                    logits,
+                    hist,
+                    kept,
+                    ngram_size=params.ngram_size,
+                    window=params.window,
+                    whitelist=params.whitelist,
+                )
+            else:
                 _ban(logits, rows, hist, kept, params)
         return logits
 
@@ -242,7 +261,7 @@ if _V2Base is not None:
                 # pos + 1 tokens are visible to the token being sampled; the last of them is this
                 # step's input token, which may not be committed to all_token_ids yet.
                 lengths = ctx.pos[rows].to(torch.long) + 1 - starts
-                hist, kept = last_window(states.all_token_ids.gpu[slots], starts, lengths, params.window)
+                hist, kept = last_window(states.all_token_ids.gpu, slots, starts, lengths, params.window)
                 last = torch.clamp(kept - 1, min=0).unsqueeze(1)
                 hist = hist.scatter(1, last, ctx.input_ids[rows].to(hist.dtype).unsqueeze(1))
                 hist = torch.where(kept.unsqueeze(1) > 0, hist, torch.zeros_like(hist))
