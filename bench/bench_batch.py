@@ -1,13 +1,15 @@
 """Pages/s of `dsocr batch` on this machine: the local runner vs. the Ray Data pipeline (local Ray).
 
-    .venv/bin/python bench/bench_batch.py [--pages 12] [--engine cpu|fake] [--runners local,ray]
+    .venv/bin/python bench/bench_batch.py [--pages 12] [--engine cpu|fake] [--runners local,ray,writer]
                                           [--max-in-flight 8] [--ray-cpus 2]
 
 Input: one PDF holding ``--pages`` copies of the real Huckleberry Finn scan (examples/sample.pdf,
 rendered at 144 dpi) and the same page as a PNG (examples/sample-page.png). Each runner writes to a
 fresh output folder, so no page is skipped. Printed per runner: pages, wall seconds of the whole
 `run_batch` call (scan + engine start + OCR + writes; for Ray also actor start-up, not `ray.init`),
-pages/s, and for Ray the `ray.init` time separately. Ray runs on a local instance with
+pages/s, and for Ray the `ray.init` time separately. ``writer`` times the driver's own work per page
+(atomic files + manifest commit), the ceiling of the Ray path however many GPUs it has.
+Ray runs on a local instance with
 ``--ray-cpus`` CPUs: one OCR actor per CPU minus one (kept for page rendering).
 """
 
@@ -48,6 +50,66 @@ def report(name: str, summary: BatchSummary, seconds: float, extra: str = "") ->
     print(
         f"{name:6s} engine={summary.engine} pages={processed} failed={summary.pages_failed} "
         f"wall={seconds:.2f}s pages/s={processed / seconds:.3f}{extra}",
+        flush=True,
+    )
+
+
+def bench_writer(out: Path, *, pages: int) -> None:
+    """The driver's share per page: files written atomically (fsync) + manifest commit.
+
+    One fake-engine page result (blocks, markdown, one figure crop) is written ``pages`` times as
+    pages of one document; this is what the Ray driver does for every page, whatever the cluster size.
+    """
+    import asyncio
+
+    from PIL import Image
+
+    from dsocr.batch.manifest import Manifest
+    from dsocr.batch.outputs import page_artifacts
+    from dsocr.batch.plan import DocumentPlan, RunPlan
+    from dsocr.batch.runner import BatchSummary, BatchWriter
+    from dsocr.engine.base import SamplingOptions
+    from dsocr.engine.fake import FakeEngine
+    from dsocr.pipeline import ocr_page
+    from dsocr.prompts import build_prompt
+
+    async def one_result() -> object:
+        engine = FakeEngine()
+        await engine.start()
+        image = Image.open(EXAMPLES / "sample-page.png").convert("RGB")
+        return await ocr_page(
+            engine,
+            image,
+            prompt=build_prompt(),
+            mode="gundam",
+            sampling=SamplingOptions(),
+            request_id="bench",
+            outputs=frozenset({"crops"}),
+        )
+
+    result = asyncio.run(one_result())
+    numbers = tuple(range(1, pages + 1))
+    doc = DocumentPlan(
+        doc_key="k", path=Path("x.pdf"), sha256="s", out_name="doc", pages=numbers, todo=numbers
+    )
+    with Manifest(out / "manifest.sqlite") as manifest:
+        manifest.register_document(
+            doc_key="k", sha256="s", settings_key="b", path="x.pdf", out_name="doc", pages=numbers
+        )
+        writer = BatchWriter(
+            plan=RunPlan(settings_key="b", documents=[doc]),
+            manifest=manifest,
+            out_dir=out,
+            summary=BatchSummary(runner="local", engine="fake"),
+        )
+        artifacts = [page_artifacts(result, page=n) for n in numbers]  # type: ignore[arg-type]
+        started = time.perf_counter()
+        for item in artifacts:
+            writer.write("k", item)
+        seconds = time.perf_counter() - started
+    print(
+        f"writer pages={pages} wall={seconds:.2f}s pages/s={pages / seconds:.1f} "
+        f"ms/page={1000 * seconds / pages:.2f} (files + fsync + manifest commit, assembly once)",
         flush=True,
     )
 
@@ -100,6 +162,8 @@ def main() -> None:
                     )
                 finally:
                     ray.shutdown()
+            elif runner == "writer":
+                bench_writer(Path(tmp) / "out-writer", pages=200)
             else:
                 parser.error(f"unknown runner {runner!r}")
 
