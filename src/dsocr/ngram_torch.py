@@ -22,6 +22,7 @@ This module imports torch; ``import dsocr`` does not import it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Sequence
 from typing import Literal
 
@@ -62,21 +63,22 @@ def banned_pairs(
     if max_n < 2 or keep == 0:
         nothing = torch.zeros((batch, 0), dtype=torch.bool, device=device)
         return nothing, history[:, :0]
-    sizes = torch.tensor(size_list, dtype=torch.long).to(device, non_blocking=True)
-    windows = torch.tensor(window_list, dtype=torch.long).to(device, non_blocking=True)
     lengths = lengths.to(device=device, dtype=torch.long)
+    uniform = isinstance(ngram_size, int) and isinstance(window, int)
+    # Per-row settings travel to the device; a single setting stays a Python number (fewer copies
+    # and kernels per step, which is what a sampler step at batch 256 is bound by on a GPU).
+    sizes = None if uniform else torch.tensor(size_list, dtype=torch.long).to(device, non_blocking=True)
 
     # tail[b, k] = token at position lengths[b] - K + k (right-aligned; junk where that is < 0).
-    offsets = torch.arange(keep, device=device)
-    index = lengths[:, None] - keep + offsets[None, :]
-    tail = history.gather(1, index.clamp(min=0, max=width - 1))
+    index = lengths[:, None] + torch.arange(-keep, 0, device=device)[None, :]
+    tail = history.gather(1, index.clamp_(min=0, max=width - 1))
 
     # Pad on the left so that every position has ``span`` earlier slots (junk before the start).
     span = max_n - 1
     padded = torch.cat([tail.new_full((batch, span), -1), tail], dim=1)
     # Rows with a smaller n ignore the earliest shifts; None when every row uses the largest n.
     ignored = None
-    if not isinstance(ngram_size, int):
+    if sizes is not None:
         ignored = torch.arange(span, device=device)[None, :] < (span - (sizes - 1))[:, None]
     if method == "auto":
         method = "by_shift" if device.type == "cpu" else "broadcast"
@@ -85,12 +87,21 @@ def banned_pairs(
 
     # The n-gram ending at e starts at s = e - n + 1, which must be a real token inside the window:
     # s >= K - min(lengths, window), i.e. start >= max(L - w, 0) in sequence positions.
-    starts = offsets[None, :] - (sizes[:, None] - 1)
-    lowest = keep - torch.minimum(lengths, windows).clamp(max=keep)
-    banned = matches & (starts >= lowest[:, None]) & (sizes[:, None] >= 2)
+    if sizes is None:
+        starts = torch.arange(1 - max_n, keep + 1 - max_n, device=device)[None, :]
+        lowest = keep - lengths.clamp(max=min(window_list[0], keep))
+        banned = matches & (starts >= lowest[:, None])
+    else:
+        windows = torch.tensor(window_list, dtype=torch.long).to(device, non_blocking=True)
+        starts = torch.arange(keep, device=device)[None, :] - (sizes[:, None] - 1)
+        lowest = keep - torch.minimum(lengths, windows).clamp(max=keep)
+        banned = matches & (starts >= lowest[:, None]) & (sizes[:, None] >= 2)
     if len(whitelist) > 0:
-        allowed = whitelist if isinstance(whitelist, torch.Tensor) else torch.tensor(sorted(whitelist))
-        banned &= ~torch.isin(tail, allowed.to(device=device, dtype=tail.dtype))
+        if isinstance(whitelist, torch.Tensor):
+            allowed = whitelist.to(device=device, dtype=tail.dtype)
+        else:
+            allowed = _whitelist_tensor(tuple(sorted(whitelist)), device, tail.dtype)
+        banned &= ~torch.isin(tail, allowed)
     return banned, tail
 
 
@@ -140,8 +151,8 @@ def apply_ngram_ban(
     banned &= (tokens >= 0) & (tokens < vocab_size)
     # O(batch · window), never O(batch · vocab): a min-scatter of -inf (banned) or +inf (a no-op),
     # so a token that occurs both banned and not banned in one row still ends up banned.
-    infinity = torch.tensor(float("inf"), dtype=logits.dtype, device=logits.device)
-    values = torch.where(banned, -infinity, infinity)
+    values = torch.full(banned.shape, float("inf"), dtype=logits.dtype, device=logits.device)
+    values.masked_fill_(banned, float("-inf"))
     return logits.scatter_reduce_(1, tokens.clamp(0, vocab_size - 1), values, reduce="amin")
 
 
@@ -174,6 +185,13 @@ def _prefix_matches_by_shift(padded: torch.Tensor, keep: int, ignored: torch.Ten
             equal |= ignored[:, shift, None]
         matches &= equal
     return matches
+
+
+@functools.lru_cache(maxsize=16)
+def _whitelist_tensor(ids: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # Built once per (whitelist, device): a fresh host-to-device copy every step costs more than
+    # the check itself.
+    return torch.tensor(ids, dtype=dtype, device=device)
 
 
 def _check_shapes(history: torch.Tensor, lengths: torch.Tensor) -> tuple[int, int]:
