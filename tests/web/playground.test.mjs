@@ -135,10 +135,15 @@ test("a real page through the CPU engine: markdown and boxes match the API, scre
   await page.screenshot({ path: join(SHOTS, "playground.png") });
   await page.mouse.move(0, 0);
 
-  // Phone width: the layout stacks and nothing is wider than the screen.
+  // Phone width: the layout stacks, nothing is wider than the screen, boxes follow the smaller image.
   await page.setViewportSize({ width: 390, height: 844 });
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   assert.ok(overflow <= 0, `page is ${overflow}px wider than a 390px screen`);
+  const small = await page.locator("#page-image").boundingBox();
+  assert.ok(small.width < image.width, "the image shrank with the screen");
+  const moved = await page.locator("#boxes .box").first().boundingBox();
+  assert.ok(Math.abs(moved.x - (small.x + (x1 / 999) * small.width)) <= 2, "left edge of box 0 on a phone");
+  assert.ok(Math.abs(moved.y - (small.y + (y1 / 999) * small.height)) <= 2, "top edge of box 0 on a phone");
   await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path: join(SHOTS, "playground-phone.png") });
   assert.deepEqual(problems, []);
@@ -187,6 +192,13 @@ test("API errors are shown as readable messages, and the key is kept only in thi
   assert.equal(await waitForEnd(page), "error");
   assert.match(await page.textContent("#error"), /HTTP 4\d\d/);
   assert.match(await page.textContent("#error"), /\[[a-z_]+, field file\]/);
+
+  // A URL the server refuses to fetch (loopback: the SSRF guard) names the field.
+  await page.fill("#url-input", "http://127.0.0.1:9/page.png");
+  assert.equal(await page.inputValue("#file-input"), "", "a URL replaces the picked file");
+  await page.click("#run");
+  assert.equal(await waitForEnd(page), "error");
+  assert.match(await page.textContent("#error"), /field image_url\]/);
 
   assert.equal(await page.evaluate(() => sessionStorage.getItem("dsocr.apiKey")), FAKE_KEY);
   assert.equal(await page.evaluate(() => localStorage.length), 0);
@@ -244,5 +256,19 @@ test("a PDF: pages are navigable, each shows its own boxes, the JSON download ha
   await page.click("#prev-page");
   assert.match(await page.textContent("#page-label"), /2 of 3/);
   assert.deepEqual(problems, []);
+  await context.close();
+});
+
+test("Cancel stops a running request", async () => {
+  const { context, page } = await openPage(FAKE_URL);
+  await enterKey(page, FAKE_KEY);
+  await page.setInputFiles("#file-input", SAMPLE);
+  await page.click("#run");
+  await page.waitForSelector("#boxes .box", { timeout: RESULT_TIMEOUT_MS });
+  await page.click("#cancel");
+  assert.equal(await waitForEnd(page), "error");
+  assert.equal(await page.textContent("#error"), "Cancelled.");
+  assert.ok(await page.isHidden("#cancel"));
+  assert.ok(await page.isEnabled("#run"));
   await context.close();
 });

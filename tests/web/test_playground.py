@@ -65,7 +65,11 @@ def _missing_tools() -> str | None:
 
 
 _MISSING = _missing_tools()
-pytestmark = [pytest.mark.browser, pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(_MISSING is not None, reason=_MISSING or ""),
+]
 
 
 def _three_page_pdf(path: Path) -> Path:
