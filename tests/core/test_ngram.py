@@ -23,6 +23,8 @@ from dsocr.ngram import (
 from dsocr.ngram_torch import Method, apply_ngram_ban, banned_mask, banned_pairs
 
 METHODS: tuple[Method, ...] = ("broadcast", "by_shift")
+# The batched rule runs on a GPU in production; where one is present, check it there too.
+DEVICES = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
 
 # --- the pure rule on hand-worked examples -------------------------------------------------------
 
@@ -106,7 +108,7 @@ def _left_aligned(rows: list[list[int]], width: int, junk: int) -> tuple[torch.T
 
 
 def _mask_sets(mask: torch.Tensor) -> list[set[int]]:
-    return [set(torch.nonzero(row).flatten().tolist()) for row in mask]
+    return [set(torch.nonzero(row).flatten().tolist()) for row in mask.cpu()]
 
 
 @st.composite
@@ -128,12 +130,12 @@ def batches(draw: st.DrawFn) -> tuple[list[list[int]], list[int], list[int], set
 
 
 @settings(max_examples=300, deadline=None)
-@given(batches(), st.sampled_from(METHODS))
+@given(batches(), st.sampled_from(METHODS), st.sampled_from(DEVICES))
 def test_batched_mask_equals_the_pure_rule(
-    case: tuple[list[list[int]], list[int], list[int], set[int], int, int], method: Method
+    case: tuple[list[list[int]], list[int], list[int], set[int], int, int], method: Method, device: str
 ) -> None:
     rows, sizes, windows, whitelist, width, junk = case
-    history, lengths = _left_aligned(rows, width, junk)
+    history, lengths = (tensor.to(device) for tensor in _left_aligned(rows, width, junk))
     same = len(set(zip(sizes, windows, strict=True))) == 1
     mask = banned_mask(
         history,
@@ -148,8 +150,9 @@ def test_batched_mask_equals_the_pure_rule(
     assert _mask_sets(mask) == _pure_masks(rows, sizes, windows, whitelist)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", METHODS)
-def test_random_batch_of_256_official_settings_equals_the_pure_rule(method: Method) -> None:
+def test_random_batch_of_256_official_settings_equals_the_pure_rule(method: Method, device: str) -> None:
     rng = random.Random(1234)
     rows = []
     for _ in range(256):
@@ -158,7 +161,7 @@ def test_random_batch_of_256_official_settings_equals_the_pure_rule(method: Meth
         loop = [rng.randrange(50) for _ in range(period)]
         # Mix loops of all periods with noise so some rows are blocked and some are not.
         rows.append([loop[t % period] if rng.random() > 0.02 else rng.randrange(50) for t in range(length)])
-    history, lengths = _left_aligned(rows, 200, -1)
+    history, lengths = (tensor.to(device) for tensor in _left_aligned(rows, 200, -1))
     mask = banned_mask(
         history, lengths, vocab_size=50, ngram_size=30, window=90, whitelist={7, 8}, method=method
     )
@@ -179,12 +182,15 @@ def test_history_holding_only_the_last_window_tokens_gives_the_same_bans() -> No
     assert _mask_sets(full) == _pure_masks(rows, [5] * 64, [90] * 64, set())
 
 
-def test_apply_sets_banned_logits_to_minus_infinity_and_keeps_the_rest() -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("device", DEVICES)
+def test_apply_bans_to_minus_infinity_and_keeps_the_rest(device: str, dtype: torch.dtype) -> None:
     rows = [[1, 2, 3, 1, 2], [5, 6, 1, 5, 6, 2, 5, 6], [0, 1]]
-    history, lengths = _left_aligned(rows, 8, 0)
-    logits = torch.randn(3, 10)
+    history, lengths = (tensor.to(device) for tensor in _left_aligned(rows, 8, 0))
+    logits = torch.randn(3, 10).to(device=device, dtype=dtype)
     before = logits.clone()
-    out = apply_ngram_ban(logits, history, lengths, ngram_size=3, window=10, whitelist=torch.tensor([2]))
+    whitelist = torch.tensor([2], device=device)
+    out = apply_ngram_ban(logits, history, lengths, ngram_size=3, window=10, whitelist=whitelist)
     assert out is logits
     banned = torch.isinf(out)
     assert _mask_sets(banned) == [{3}, {1}, set()]
