@@ -230,10 +230,21 @@ test("model output is never executed: scripts, handlers and javascript: links ar
   await context.close();
 });
 
-test("a PDF: pages are navigable, each shows its own boxes, the JSON download has every page", async () => {
+test("a dropped PDF: pages are navigable, each shows its own boxes, the JSON download has every page", async () => {
   const { context, page, problems } = await openPage(FAKE_URL);
   await enterKey(page, FAKE_KEY);
-  await page.setInputFiles("#file-input", PDF);
+  // Dropped onto the drop zone, as from a file manager.
+  const dataTransfer = await page.evaluateHandle(
+    ([name, base64]) => {
+      const transfer = new DataTransfer();
+      const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+      transfer.items.add(new File([bytes], name, { type: "application/pdf" }));
+      return transfer;
+    },
+    [basename(PDF), readFileSync(PDF).toString("base64")],
+  );
+  await page.dispatchEvent("#drop-zone", "drop", { dataTransfer });
+  assert.match(await page.textContent("#file-name"), new RegExp(basename(PDF).replace(".", "\\.")));
   await page.click("#run");
   assert.equal(await waitForEnd(page), "done", await page.textContent("#error"));
   const [download] = await Promise.all([page.waitForEvent("download"), page.click("#dl-json")]);
