@@ -411,7 +411,7 @@ async def chat_completions(
     """OCR one image, answered as an OpenAI chat completion (or a stream of chunks)."""
     settings = state.settings
     job = to_chat_job(body, settings=settings)
-    engine = ready_engine(state)
+    engine = await ready_engine(state)
     check_mode(job.mode, engine)
     request_id = request_id_of(request) or uuid.uuid4().hex
     completion_id = f"chatcmpl-{request_id}"
