@@ -24,5 +24,6 @@ if [ -f package.json ]; then npm ci --no-audit --no-fund; fi
 if [ "${DSOCR_SKIP_VLLM:-0}" != 1 ]; then
   bash scripts/setup_vllm_cpu.sh .venv-vllm
   VLLM_CPU_KVCACHE_SPACE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 \
-    .venv-vllm/bin/python -m pytest tests/vllm -m vllm -p no:cacheprovider
+    .venv-vllm/bin/python -m pytest tests/vllm -m vllm -p no:cacheprovider \
+    -W "ignore::pytest.PytestUnraisableExceptionWarning"  # zmq Context.__del__ at exit, after shutdown
 fi

@@ -1,0 +1,401 @@
+"""GPU throughput: the vLLM recipe vs dsocr's VLLMEngine, and dsocr's HTTP server vs offline.
+
+One command, three measurements on the same dummy full-size DeepSeek-OCR and the same synthetic
+A4 pages (1190×1684, Gundam, 910 prompt tokens), output forced to ``--tokens`` per page, with
+repetition control on everywhere (recipe: vLLM's ``NGramPerReqLogitsProcessor`` 30/90; ours: the
+batched processor with the same parameters):
+
+1. ``recipe``  vLLM ``LLM.generate`` configured as the recipe (ref §4.2), in its own process;
+2. ``engine``  ``VLLMEngine.generate`` for every page concurrently (offline, in-process);
+3. ``http``    the same engine behind ``create_app`` on uvicorn on 127.0.0.1, driven by a client
+               process posting ``/v1/chat/completions`` (base64 PNG pages) concurrently.
+
+Each phase runs a warm-up, then one timed pass of all pages. Prints one ``RESULT {json}`` line per
+phase, then a summary with the ratios.
+
+Optional phases: ``engine-plain`` (our engine, repetition control off: the ceiling) and
+``processor`` (per-step cost of our processor vs the recipe's alone, batch ``--max-seqs``).
+
+usage: python bench/gpu_throughput.py MODEL_DIR [--pages 256] [--tokens 1000] [--phases recipe,engine]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
+RECIPE_NGRAM = {"ngram_size": 30, "window_size": 90, "whitelist_token_ids": [128821, 128822]}
+
+
+def page(i: int, w: int = 1190, h: int = 1684) -> Image.Image:
+    """The baseline's synthetic A4 page (same as ../shared/gpu/bench_recipe_baseline.py)."""
+    im = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(im)
+    for k, y in enumerate(range(60, h - 60, 26)):
+        d.text((60, y), f"{i}-{k} The quick brown fox jumps over the lazy dog 0123456789", fill="black")
+    return im
+
+
+def result(**fields: Any) -> dict[str, Any]:
+    print("RESULT", json.dumps(fields), flush=True)
+    return fields
+
+
+# ---------------------------------------------------------------------------------------- recipe
+
+
+def run_recipe(model: str, n: int, tokens: int, max_seqs: int) -> None:
+    from vllm.model_executor.models.deepseek_ocr import NGramPerReqLogitsProcessor
+
+    from vllm import LLM, SamplingParams
+
+    t0 = time.monotonic()
+    llm = LLM(
+        model=model,
+        load_format="dummy",
+        max_model_len=8192,
+        enable_prefix_caching=False,
+        mm_processor_cache_gb=0,
+        gpu_memory_utilization=0.85,
+        max_num_seqs=max_seqs,
+        limit_mm_per_prompt={"image": 1},
+        logits_processors=[NGramPerReqLogitsProcessor],
+    )
+    start_s = time.monotonic() - t0
+    sp = SamplingParams(
+        temperature=0.0,
+        max_tokens=tokens,
+        ignore_eos=True,
+        skip_special_tokens=False,
+        extra_args=RECIPE_NGRAM,
+    )
+    reqs = [{"prompt": PROMPT, "multi_modal_data": {"image": page(i)}} for i in range(n)]
+    llm.generate(reqs[:8], sp, use_tqdm=False)
+    t0 = time.monotonic()
+    outs = llm.generate(reqs, sp, use_tqdm=False)
+    wall = time.monotonic() - t0
+    out_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    result(
+        phase="recipe",
+        pages=n,
+        engine_start_s=round(start_s, 1),
+        wall_s=round(wall, 2),
+        pages_per_s=round(n / wall, 3),
+        out_tok_per_s=round(out_tokens / wall),
+        prompt_tokens_per_page=sum(len(o.prompt_token_ids) for o in outs) // n,
+    )
+
+
+# ---------------------------------------------------------------------------------------- engine
+
+
+class ForcedLength:
+    """Benchmark harness around an engine: every request runs exactly ``tokens`` output tokens.
+
+    Dummy weights emit EOS at random, so throughput is only comparable with a forced length; the
+    HTTP API has no ``ignore_eos`` (a benchmark-only knob), hence this wrapper.
+    """
+
+    def __init__(self, engine: Any, tokens: int) -> None:
+        self._engine = engine
+        self._tokens = tokens
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def _force(self, request: Any) -> Any:
+        return replace(request, sampling=replace(request.sampling, max_tokens=self._tokens, ignore_eos=True))
+
+    async def generate(self, request: Any) -> Any:
+        return await self._engine.generate(self._force(request))
+
+    def stream(self, request: Any) -> Any:
+        return self._engine.stream(self._force(request))
+
+
+async def _offline_pass(engine: Any, images: list[Image.Image]) -> tuple[float, int]:
+    from dsocr.engine.base import EngineRequest, SamplingOptions
+
+    sampling = SamplingOptions(ngram_size=30, ngram_window=90)
+    reqs = [
+        EngineRequest(
+            request_id=f"bench-{time.monotonic_ns()}-{i}", prompt=PROMPT, image=im, sampling=sampling
+        )
+        for i, im in enumerate(images)
+    ]
+    t0 = time.monotonic()
+    outs = await asyncio.gather(*(engine.generate(r) for r in reqs))
+    return time.monotonic() - t0, sum(o.completion_tokens for o in outs)
+
+
+def _png_b64(im: Image.Image) -> str:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+async def _smoke_routes(base: str, b64: str) -> None:
+    """One request on each public route, logged: the 'serves on the GPU' evidence."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=base, timeout=600) as client:
+        calls = [
+            ("GET", "/ready", None),
+            ("GET", "/v1/models", None),
+            ("POST", "/predict", {"image_base64": b64, "prompt": "<image>\nFree OCR."}),
+            ("POST", "/v1/ocr", {"image_base64": b64, "preset": "document", "max_tokens": 64}),
+            (
+                "POST",
+                "/v1/chat/completions",
+                {
+                    "model": "deepseek-ocr",
+                    "max_tokens": 64,
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": [
+                                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64}"}},
+                                {"type": "text", "text": "<|grounding|>Convert the document to markdown."},
+                            ],
+                        }
+                    ],
+                },
+            ),
+        ]
+        for method, path, body in calls:
+            t0 = time.monotonic()
+            r = await client.request(method, path, json=body)
+            print(
+                f"ROUTE {method} {path} -> {r.status_code} in {time.monotonic() - t0:.2f}s: {r.text[:300]!r}"
+            )
+
+
+CLIENT = r"""
+import asyncio, json, sys, time, httpx
+base, n, tokens, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+pngs = json.load(open(path))
+def body(b64):
+    return {"model": "deepseek-ocr", "max_tokens": tokens, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64}},
+        {"type": "text", "text": "<|grounding|>Convert the document to markdown."}]}]}
+async def main():
+    limits = httpx.Limits(max_connections=n + 8, max_keepalive_connections=n + 8)
+    async with httpx.AsyncClient(base_url=base, timeout=1200, limits=limits) as c:
+        async def one(i):
+            r = await c.post("/v1/chat/completions", json=body(pngs[i % len(pngs)]))
+            r.raise_for_status()
+            return r.json()["usage"]["completion_tokens"]
+        await asyncio.gather(*(one(i) for i in range(8)))
+        t0 = time.monotonic()
+        toks = await asyncio.gather(*(one(i) for i in range(n)))
+        print(json.dumps({"wall_s": time.monotonic() - t0, "out_tokens": sum(toks)}))
+asyncio.run(main())
+"""
+
+
+async def run_engine_plain(model: str, n: int, tokens: int, max_seqs: int) -> None:
+    """Our engine with repetition control off: the ceiling the processor's cost is measured against."""
+    from dsocr.engine.base import EngineRequest, SamplingOptions
+    from dsocr.engine.vllm import VLLMEngine
+    from dsocr.settings import EngineSettings
+
+    settings = EngineSettings(
+        kind="vllm", model=model, load_format="dummy", max_num_seqs=max_seqs, gpu_memory_utilization=0.85
+    )
+    engine = VLLMEngine(settings)
+    await engine.start()
+    forced = ForcedLength(engine, tokens)
+    images = [page(i) for i in range(n)]
+    sampling = SamplingOptions(ngram_size=None)
+
+    async def one_pass(ims: list[Image.Image]) -> tuple[float, int]:
+        reqs = [
+            EngineRequest(
+                request_id=f"plain-{time.monotonic_ns()}-{i}", prompt=PROMPT, image=im, sampling=sampling
+            )
+            for i, im in enumerate(ims)
+        ]
+        t0 = time.monotonic()
+        outs = await asyncio.gather(*(forced.generate(r) for r in reqs))
+        return time.monotonic() - t0, sum(o.completion_tokens for o in outs)
+
+    await one_pass(images[:8])
+    wall, out_tokens = await one_pass(images)
+    result(
+        phase="engine-plain",
+        pages=n,
+        wall_s=round(wall, 2),
+        pages_per_s=round(n / wall, 3),
+        out_tok_per_s=round(out_tokens / wall),
+    )
+    await engine.close()
+
+
+def run_processor(batch: int, steps: int) -> None:
+    """Per-step cost of the n-gram processors alone on this GPU: ours vs the recipe's, same histories."""
+    import random
+    from types import SimpleNamespace
+
+    import torch
+    from vllm.model_executor.models.deepseek_ocr import NGramPerReqLogitsProcessor
+    from vllm.v1.sample.logits_processor import BatchUpdate
+
+    from dsocr.engine.vllm_ngram import NGramBanV1
+    from vllm import SamplingParams
+
+    dev = torch.device("cuda")
+    cfg = SimpleNamespace(
+        scheduler_config=SimpleNamespace(max_num_seqs=batch), model_config=SimpleNamespace(max_model_len=8192)
+    )
+    sp = SamplingParams(extra_args=RECIPE_NGRAM)
+    rng = random.Random(0)
+    timings: dict[str, float] = {}
+    for name, proc in (
+        ("dsocr_batched", NGramBanV1(cfg, dev, True)),
+        ("recipe_per_request", NGramPerReqLogitsProcessor(cfg, dev, True)),
+    ):
+        outs = [[rng.randrange(50) for _ in range(400)] for _ in range(batch)]
+        proc.update_state(
+            BatchUpdate(
+                batch_size=batch, removed=[], added=[(i, sp, [0], outs[i]) for i in range(batch)], moved=[]
+            )
+        )
+        logits = torch.zeros(batch, 129280, device=dev)
+        for step in range(steps + 5):
+            if step == 5:
+                torch.cuda.synchronize()
+                t0 = time.monotonic()
+            for o in outs:
+                o.append(rng.randrange(50))
+            proc.update_state(None)
+            proc.apply(logits)
+        torch.cuda.synchronize()
+        timings[name] = (time.monotonic() - t0) / steps * 1000
+    result(
+        phase="processor",
+        batch=batch,
+        steps=steps,
+        **{f"{k}_ms_per_step": round(v, 3) for k, v in timings.items()},
+    )
+
+
+async def run_engine(model: str, n: int, tokens: int, max_seqs: int, port: int) -> None:
+    import uvicorn
+
+    from dsocr.engine.vllm import VLLMEngine
+    from dsocr.server.app import create_app
+    from dsocr.settings import Settings
+
+    settings = Settings(
+        engine={
+            "kind": "vllm",
+            "model": model,
+            "served_model_name": "deepseek-ocr",
+            "load_format": "dummy",
+            "max_num_seqs": max_seqs,
+            "gpu_memory_utilization": 0.85,
+        },
+        server={"max_concurrency": max(n + 16, 256)},
+        limits={"max_queue": max(2 * n, 512)},
+    )
+    engine = VLLMEngine(settings.engine)
+    t0 = time.monotonic()
+    await engine.start()
+    start_s = time.monotonic() - t0
+    print("ENGINE", json.dumps({"start_s": round(start_s, 1), **engine.info.details}), flush=True)
+    forced = ForcedLength(engine, tokens)
+    images = [page(i) for i in range(n)]
+    await _offline_pass(forced, images[:8])
+    wall, out_tokens = await _offline_pass(forced, images)
+    offline = result(
+        phase="engine",
+        pages=n,
+        engine_start_s=round(start_s, 1),
+        wall_s=round(wall, 2),
+        pages_per_s=round(n / wall, 3),
+        out_tok_per_s=round(out_tokens / wall),
+    )
+
+    app = create_app(settings, engine=forced)  # type: ignore[arg-type]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no "started" event
+        await asyncio.sleep(0.1)
+    base = f"http://127.0.0.1:{port}"
+    pngs = [_png_b64(im) for im in images[:16]]
+    await _smoke_routes(base, pngs[0])
+    path = "/tmp/dsocr-bench-pngs.json"
+    await asyncio.to_thread(Path(path).write_text, json.dumps(pngs))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CLIENT, base, str(n), str(tokens), path, stdout=subprocess.PIPE
+    )
+    stdout, _ = await proc.communicate()
+    client = json.loads(stdout.decode().strip().splitlines()[-1])
+    result(
+        phase="http",
+        pages=n,
+        wall_s=round(client["wall_s"], 2),
+        pages_per_s=round(n / client["wall_s"], 3),
+        out_tok_per_s=round(client["out_tokens"] / client["wall_s"]),
+        ratio_to_offline=round((n / client["wall_s"]) / offline["pages_per_s"], 3),
+    )
+    server.should_exit = True
+    await serving
+    await engine.close()
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model")
+    ap.add_argument("--pages", type=int, default=256)
+    ap.add_argument("--tokens", type=int, default=1000)
+    ap.add_argument("--max-seqs", type=int, default=256)
+    ap.add_argument("--phases", default="recipe,engine")
+    ap.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one phase in this process
+    ap.add_argument("--port", type=int, default=8765)
+    a = ap.parse_args()
+    if a.phase == "recipe":
+        return run_recipe(a.model, a.pages, a.tokens, a.max_seqs)
+    if a.phase == "engine":
+        return asyncio.run(run_engine(a.model, a.pages, a.tokens, a.max_seqs, a.port))
+    if a.phase == "engine-plain":
+        return asyncio.run(run_engine_plain(a.model, a.pages, a.tokens, a.max_seqs))
+    if a.phase == "processor":
+        return run_processor(a.max_seqs, 200)
+    results: dict[str, dict[str, Any]] = {}
+    for phase in a.phases.split(","):
+        # One process per phase: each vLLM engine gets the whole GPU and frees it on exit.
+        cmd = [sys.executable, __file__, a.model, "--phase", phase, "--pages", str(a.pages)]
+        cmd += ["--tokens", str(a.tokens), "--max-seqs", str(a.max_seqs), "--port", str(a.port)]
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+        for line in proc.stdout.splitlines():
+            print(line, flush=True)
+            if line.startswith("RESULT "):
+                r = json.loads(line[7:])
+                results[r["phase"]] = r
+    print("\nSUMMARY", json.dumps(results))
+    if "recipe" in results and "engine" in results:
+        ratio = results["engine"]["pages_per_s"] / results["recipe"]["pages_per_s"]
+        print(f"engine / recipe: {ratio:.2f}x pages/s (target >= 2x)")
+    if "http" in results:
+        print(f"http / offline: {results['http']['ratio_to_offline']:.3f} (target >= 0.95)")
+
+
+if __name__ == "__main__":
+    main()
