@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--method", default="auto", choices=["auto", "broadcast", "by_shift"])
+    parser.add_argument("--profile", action="store_true", help="also print kernels and device time per step")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     args = parser.parse_args()
     if args.threads:
@@ -107,6 +108,29 @@ def main() -> None:
     for name, step in [("python per-request loop", python_loop), ("batched apply_ngram_ban", batched),
                        ("batched mask only", mask_only)]:  # fmt: skip
         print(f"{name:26s} {timed(step, args.steps, sync):10.1f} us/step")
+    if args.profile:
+        profile_step(batched, device, sync)
+
+
+def profile_step(
+    step: Callable[[], None], device: torch.device, sync: Callable[[], None], steps: int = 20
+) -> None:
+    """Kernels launched and device time per batched step: shows whether launches or work dominate."""
+    from torch.profiler import DeviceType, ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        sync()
+    events = prof.key_averages()
+    if device.type == "cuda":
+        on_gpu = [e for e in events if e.device_type == DeviceType.CUDA]
+        kernels = sum(e.count for e in on_gpu)
+        device_us = sum(e.self_device_time_total for e in on_gpu) / steps
+        print(f"profile: {kernels / steps:.0f} kernels/step, {device_us:.1f} us GPU time/step")
+    ops = sum(e.count for e in events if e.key.startswith("aten::"))
+    print(f"profile: {ops / steps:.0f} aten ops/step")
 
 
 if __name__ == "__main__":
