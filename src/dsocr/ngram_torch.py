@@ -17,6 +17,12 @@ loop over the ``n - 1`` shifts on a CPU (see ``_prefix_matches_by_shift``); both
 per row (a Python sequence, so the kernel's shapes are known without reading the GPU; ``0`` as a
 row's ``ngram_size`` turns the rule off for that row). The cost is set by the largest values.
 
+**CUDA graphs.** With one ``int`` setting per call (and a tensor or previously used whitelist) a
+step reads nothing back from the device and copies nothing to it, so it can be captured in a CUDA
+graph and replayed each step: on a GPU an eager step is bound by its ~27 kernel launches, a replay
+only by device time (``bench/bench_ngram.py`` prints both). Per-row settings copy their values to
+the device each call, which capture does not allow.
+
 This module imports torch; ``import dsocr`` does not import it.
 """
 
