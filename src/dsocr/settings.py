@@ -7,10 +7,11 @@ There is no global instance: tests write ``Settings(engine={"kind": "fake"})``.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["EngineSettings", "FetchSettings", "LimitSettings", "ServerSettings", "Settings"]
@@ -47,6 +48,8 @@ class EngineSettings(BaseModel):
     repetition_threshold: float = Field(0.3, ge=0, le=1)
     # Extra keyword arguments for vLLM's AsyncEngineArgs (enforce_eager, kv_cache_memory_bytes, ...).
     vllm_args: dict[str, Any] = Field(default_factory=dict)
+    # CPU engine: inference threads (default: one per core).
+    cpu_threads: int | None = Field(None, ge=1)
     # Fake engine knobs (tests and demos only).
     fake_delay_s: float = Field(0.0, ge=0)
 
@@ -62,6 +65,20 @@ class FetchSettings(BaseModel):
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(15.0, gt=0)
     total_timeout_s: float = Field(30.0, gt=0)
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _check_networks(cls, networks: list[str]) -> list[str]:
+        # Checked here so that a typo stops start-up, not the first fetch hours later.
+        for entry in networks:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as exc:
+                raise ValueError(
+                    f"DSOCR_FETCH__ALLOW_NETWORKS entry {entry!r} is not a network "
+                    f"(write CIDR such as 10.0.0.0/8 or fd00::/8): {exc}"
+                ) from exc
+        return networks
 
 
 class LimitSettings(BaseModel):

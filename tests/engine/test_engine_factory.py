@@ -53,6 +53,15 @@ def test_fake_is_built_only_when_named_and_takes_its_delay() -> None:
     assert select_engine(EngineSettings(kind="auto")).kind != "fake"
 
 
+def test_cpu_threads_setting_reaches_the_cpu_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DSOCR_ENGINE__CPU_THREADS", "3")
+    engine = create_engine(Settings(engine={"kind": "cpu"}).engine)
+    assert isinstance(engine, CpuEngine)
+    assert engine.info.details["onnxruntime_threads"] == "3"
+    with pytest.raises(ValueError, match="cpu_threads"):
+        EngineSettings(cpu_threads=0)
+
+
 def test_explicit_cpu_is_chosen_by_configuration() -> None:
     selection = select_engine(EngineSettings(kind="cpu"))
     assert selection.kind == "cpu" and "configured" in selection.reason

@@ -13,11 +13,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import trustme
 from inputs_support import LoopbackServer, png_bytes, text_page
+from pydantic import ValidationError
 
-from dsocr.errors import ConfigError, FetchFailed, InputTooLarge, InvalidInput, UnsupportedMediaType
+from dsocr.errors import FetchFailed, InputTooLarge, InvalidInput, UnsupportedMediaType
 from dsocr.inputs import UrlSource, load_document
 from dsocr.inputs.sources import IPAddress, Resolver, address_refusal, fetch_url
-from dsocr.settings import FetchSettings, LimitSettings
+from dsocr.settings import FetchSettings, LimitSettings, Settings
 
 MiB = 1024 * 1024
 
@@ -418,8 +419,12 @@ async def test_allow_listed_ipv6_literal_is_fetched_with_a_bracketed_host_header
     assert seen_hosts == [f"[::1]:{server.server_address[1]}"]
 
 
-async def test_a_bad_allow_network_setting_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="ALLOW_NETWORKS"):
-        await fetch_url(
-            "https://example.com/x.png", fetch=FetchSettings(allow_networks=["10.0.0.0/33"]), max_bytes=MiB
-        )
+def test_a_bad_allow_network_setting_fails_at_start_up_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # At start-up (building Settings), not at the first fetch.
+    monkeypatch.setenv("DSOCR_FETCH__ALLOW_NETWORKS", '["127.0.0.0/8", "10.0.0.0/33"]')
+    with pytest.raises(ValidationError, match=r"DSOCR_FETCH__ALLOW_NETWORKS entry '10\.0\.0\.0/33'"):
+        Settings()
+    with pytest.raises(ValidationError, match="ALLOW_NETWORKS"):
+        FetchSettings(allow_networks=["not-a-network"])

@@ -92,7 +92,7 @@ def create_engine(settings: EngineSettings) -> Engine:
                 "the CPU engine needs rapidocr, which is not installed: pip install 'dsocr[cpu]' "
                 f"({selection.reason})"
             )
-        return CpuEngine(settings)
+        return CpuEngine(settings, threads=settings.cpu_threads)
     if not vllm_installed():
         raise EngineUnavailable(
             "the vLLM engine was requested but vllm is not installed: pip install 'dsocr[vllm]' on a GPU "

@@ -24,7 +24,7 @@ from typing import Literal
 
 import httpx
 
-from dsocr.errors import ConfigError, FetchFailed, InputTooLarge, InvalidInput, UnsupportedMediaType
+from dsocr.errors import FetchFailed, InputTooLarge, InvalidInput, UnsupportedMediaType
 from dsocr.inputs.formats import ACCEPTED_MEDIA_TYPES, normalise_media_type
 from dsocr.settings import FetchSettings, LimitSettings
 
@@ -344,10 +344,8 @@ class _Guard:
         self._resolver = resolver
         self._field = field
         self._allow_hosts = {h.lower().rstrip(".") for h in fetch.allow_hosts}
-        try:
-            self._allow_networks = [ipaddress.ip_network(n, strict=False) for n in fetch.allow_networks]
-        except ValueError as exc:
-            raise ConfigError(f"bad DSOCR_FETCH__ALLOW_NETWORKS entry: {exc}") from exc
+        # FetchSettings validated every entry at start-up.
+        self._allow_networks = [ipaddress.ip_network(n, strict=False) for n in fetch.allow_networks]
 
     def _refuse(self, message: str) -> FetchFailed:
         return FetchFailed(message, field=self._field)
