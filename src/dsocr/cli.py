@@ -270,7 +270,9 @@ def serve_command(
     )
     url = f"http://{shown_host}:{server.port}"
     typer.echo(
-        f"dsocr: serving on {url} (OpenAI base URL {url}/v1; {auth}; {server.workers} worker(s))", err=True
+        f"dsocr: serving on {url} (playground {url}/; OpenAI base URL {url}/v1; {auth}; "
+        f"{server.workers} worker(s))",
+        err=True,
     )
     uvicorn.run(
         "dsocr.server.app:app_from_env",

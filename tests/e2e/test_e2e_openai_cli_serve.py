@@ -64,7 +64,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
             process.wait()
 
 
-def test_serve_prints_engine_and_url_and_requires_the_file_keys(
+def test_serve_prints_engine_urls_and_requires_the_file_keys(
     served: tuple[str, subprocess.Popen[str]],
 ) -> None:
     base, process = served
@@ -99,5 +99,6 @@ def test_serve_prints_engine_and_url_and_requires_the_file_keys(
     _, stderr = process.communicate(timeout=20)
     assert "engine fake" in stderr
     assert f"OpenAI base URL {base}/v1" in stderr
+    assert f"playground {base}/;" in stderr
     assert "2 API key(s)" in stderr
     assert KEY not in stderr, "keys are never printed"
