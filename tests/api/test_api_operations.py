@@ -218,3 +218,31 @@ async def test_openapi_docs_are_served(client: httpx.AsyncClient) -> None:
     schema = (await client.get("/openapi.json")).json()
     assert {"/predict", "/v1/ocr", "/health", "/ready"} <= set(schema["paths"])
     assert (await client.get("/docs")).status_code == 200
+
+
+def _metric(text: str, name: str) -> float:
+    return float(next(line for line in text.splitlines() if line.startswith(name + " ")).split()[1])
+
+
+async def test_streamed_chat_completions_count_in_page_metrics_like_plain_ones(
+    client: httpx.AsyncClient,
+) -> None:
+    url = "data:image/png;base64," + b64(png_bytes())
+    body: dict[str, Any] = {
+        "model": "deepseek-ai/DeepSeek-OCR",
+        "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}],
+    }
+    plain = await client.post("/v1/chat/completions", json=body)
+    assert plain.status_code == 200
+    after_plain = (await client.get("/metrics")).text
+    streamed = await client.post("/v1/chat/completions", json={**body, "stream": True})
+    assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
+    after_both = (await client.get("/metrics")).text
+
+    assert 'dsocr_pages_total{outcome="ok"} 1.0' in after_plain
+    assert 'dsocr_pages_total{outcome="ok"} 2.0' in after_both
+    # The same page on the same fake engine: the stream adds the same token counts again.
+    for name in ("dsocr_prompt_tokens_total", "dsocr_vision_tokens_total", "dsocr_output_tokens_total"):
+        assert _metric(after_plain, name) > 0
+        assert _metric(after_both, name) == 2 * _metric(after_plain, name)
+    assert _metric(after_both, "dsocr_page_duration_seconds_count") == 2

@@ -12,7 +12,8 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dsocr.pipeline import PageResult
+from dsocr.engine.base import EngineOutput
+from dsocr.pipeline import PageResult, Usage
 
 __all__ = ["Metrics", "MetricsMiddleware"]
 
@@ -64,15 +65,34 @@ class Metrics:
 
     def observe_page(self, result: PageResult) -> None:
         """Record one page's outcome and token usage."""
-        if result.error is not None:
+        self._observe(
+            error_code=result.error.code if result.error is not None else None,
+            finish_reason=result.finish_reason,
+            total_s=result.timings.total_s,
+            usage=result.usage,
+        )
+
+    def observe_streamed_page(self, output: EngineOutput, *, total_s: float) -> None:
+        """Record a page streamed straight from the engine (OpenAI streams), like ``observe_page``."""
+        usage = Usage(
+            prompt_tokens=output.prompt_tokens,
+            vision_tokens=output.vision_tokens,
+            completion_tokens=output.completion_tokens,
+        )
+        self._observe(error_code=None, finish_reason=output.finish_reason, total_s=total_s, usage=usage)
+
+    def _observe(
+        self, *, error_code: str | None, finish_reason: str | None, total_s: float, usage: Usage
+    ) -> None:
+        if error_code is not None:
             self.pages.labels(outcome="error").inc()
-            self.errors.labels(code=result.error.code, scope="page").inc()
+            self.errors.labels(code=error_code, scope="page").inc()
         else:
-            self.pages.labels(outcome="truncated" if result.finish_reason == "length" else "ok").inc()
-        self.page_latency.observe(result.timings.total_s)
-        self.prompt_tokens.inc(result.usage.prompt_tokens)
-        self.vision_tokens.inc(result.usage.vision_tokens)
-        self.output_tokens.inc(result.usage.completion_tokens)
+            self.pages.labels(outcome="truncated" if finish_reason == "length" else "ok").inc()
+        self.page_latency.observe(total_s)
+        self.prompt_tokens.inc(usage.prompt_tokens)
+        self.vision_tokens.inc(usage.vision_tokens)
+        self.output_tokens.inc(usage.completion_tokens)
 
     def observe_error(self, code: str) -> None:
         """Record a request-level error."""

@@ -497,6 +497,7 @@ class _OpenStream:
     first: EngineDelta | None
     engine: Engine
     request_id: str
+    started: float
     deadline: float
 
 
@@ -509,7 +510,8 @@ async def _open_stream(engine: Engine, job: ChatJob, image: Image.Image, *, requ
         mode=job.mode,
         model=job.engine_model,
     )
-    deadline = asyncio.get_running_loop().time() + job.timeout_s
+    started = asyncio.get_running_loop().time()
+    deadline = started + job.timeout_s
     deltas = engine.stream(request)
     try:
         first = await asyncio.wait_for(anext(deltas), job.timeout_s)
@@ -521,7 +523,9 @@ async def _open_stream(engine: Engine, job: ChatJob, image: Image.Image, *, requ
     except BaseException:
         await _close(deltas)
         raise
-    return _OpenStream(deltas=deltas, first=first, engine=engine, request_id=request_id, deadline=deadline)
+    return _OpenStream(
+        deltas=deltas, first=first, engine=engine, request_id=request_id, started=started, deadline=deadline
+    )
 
 
 async def _sse_events(
@@ -571,6 +575,7 @@ async def _sse_events(
                 raise EngineTimeout(_timeout_message(job.timeout_s)) from None
         if output is None:
             raise EngineError(f"The engine stream for request {request_id} ended without a result.")
+        state.metrics.observe_streamed_page(output, total_s=loop.time() - stream.started)
         yield chunk({}, _FINISH_REASONS[output.finish_reason])
         if job.include_usage:
             usage = _usage(output.prompt_tokens, output.vision_tokens, output.completion_tokens)
