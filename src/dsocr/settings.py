@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,8 +36,9 @@ class EngineSettings(BaseModel):
     kv_cache_dtype: str = "auto"
     load_format: str = "auto"
     # Repetition control (official 30/90, whitelist <td> </td>).
-    ngram_size: int = Field(30, ge=1)
-    ngram_window: int = Field(90, ge=1)
+    # n = 1 would ban nothing (the official rule needs an (n-1)-token prefix); window >= n.
+    ngram_size: int = Field(30, ge=2)
+    ngram_window: int = Field(90, ge=2)
     # vLLM engine: prove at start-up that repetition control is active (see dsocr.engine.vllm).
     self_test: bool = True
     # Retry policy for pages that end on ``length`` or score as repetitive: first a smaller n-gram
@@ -52,6 +53,34 @@ class EngineSettings(BaseModel):
     cpu_threads: int | None = Field(None, ge=1)
     # Fake engine knobs (tests and demos only).
     fake_delay_s: float = Field(0.0, ge=0)
+    # Several GPUs of one host (docs/serving.md, "Multi-GPU"); "all" = every visible GPU.
+    # replicas: N independent engines behind one pool (dsocr.engine.pool), least in-flight first;
+    # for vLLM each is pinned to its own GPU. data_parallel_size: vLLM's own data parallelism.
+    replicas: Annotated[int, Field(ge=1)] | Literal["all"] = 1
+    data_parallel_size: Annotated[int, Field(ge=1)] | Literal["all"] = 1
+
+    @model_validator(mode="after")
+    def _window_holds_an_ngram(self) -> EngineSettings:
+        if self.ngram_window < self.ngram_size:
+            raise ValueError(
+                f"DSOCR_ENGINE__NGRAM_WINDOW ({self.ngram_window}) must be at least "
+                f"DSOCR_ENGINE__NGRAM_SIZE ({self.ngram_size}): no n-gram fits in a shorter window"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_multi_gpu_strategy(self) -> EngineSettings:
+        if self.replicas != 1 and self.data_parallel_size != 1:
+            raise ValueError(
+                "set either replicas (DSOCR_ENGINE__REPLICAS) or data_parallel_size "
+                "(DSOCR_ENGINE__DATA_PARALLEL_SIZE) above 1, not both"
+            )
+        if self.data_parallel_size != 1 and self.kind in ("cpu", "fake"):
+            raise ValueError(
+                f"data_parallel_size is a vLLM setting; the {self.kind} engine scales with replicas "
+                "(DSOCR_ENGINE__REPLICAS)"
+            )
+        return self
 
 
 class FetchSettings(BaseModel):
