@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Literal
 
 from dsocr.engine.base import Engine
-from dsocr.errors import EngineUnavailable
+from dsocr.engine.gpus import disable_nvlink_multicast, resolve_gpu_count
+from dsocr.errors import ConfigError, EngineUnavailable
 from dsocr.settings import EngineSettings
 
 __all__ = [
@@ -77,9 +78,52 @@ def select_engine(settings: EngineSettings) -> EngineSelection:
 
 
 def create_engine(settings: EngineSettings) -> Engine:
-    """Build (not start) the engine ``settings`` selects; raise ``EngineUnavailable`` if it cannot exist."""
+    """Build (not start) the engine ``settings`` selects; raise ``EngineUnavailable`` if it cannot exist.
+
+    ``settings.replicas`` above 1 builds an ``EnginePool`` of that many engines; vLLM replicas are
+    each pinned to their own GPU (vLLM's ``device_ids``), CPU replicas share the cores.
+    """
     selection = select_engine(settings)
     logger.info("engine: %s (%s)", selection.kind, selection.reason)
+    if selection.kind == "vllm":
+        # Before any vLLM process exists, so that engine cores and their workers inherit them.
+        disable_nvlink_multicast()
+    replicas = _replica_count(settings, selection.kind)
+    if replicas == 1:
+        return _create_one(settings, selection)
+    from dsocr.engine.pool import EnginePool
+
+    engines: list[Engine] = []
+    for index in range(replicas):
+        if selection.kind == "vllm":
+            pinned = {**settings.vllm_args, "device_ids": [index]}
+            one = settings.model_copy(update={"replicas": 1, "vllm_args": pinned})
+        elif selection.kind == "cpu" and settings.cpu_threads is None:
+            # N onnxruntime pools each sized to every core would only fight over the cores.
+            one = settings.model_copy(
+                update={"replicas": 1, "cpu_threads": max(1, (os.cpu_count() or 1) // replicas)}
+            )
+        else:
+            one = settings.model_copy(update={"replicas": 1})
+        engines.append(_create_one(one, selection))
+    logger.info("engine: a pool of %d %s replicas, least in-flight first", replicas, selection.kind)
+    # vLLM starts one engine after another (see EnginePool); the others start together.
+    return EnginePool(engines, start_together=selection.kind != "vllm")
+
+
+def _replica_count(settings: EngineSettings, kind: str) -> int:
+    if kind == "vllm":
+        return resolve_gpu_count(settings.replicas, field="engine.replicas")
+    if settings.replicas == "all":
+        raise ConfigError(
+            f"replicas=all counts GPUs, and the {kind} engine uses none: give a number "
+            "(DSOCR_ENGINE__REPLICAS)",
+            field="engine.replicas",
+        )
+    return settings.replicas
+
+
+def _create_one(settings: EngineSettings, selection: EngineSelection) -> Engine:
     if selection.kind == "fake":
         from dsocr.engine.fake import FakeEngine
 

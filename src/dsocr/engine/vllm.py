@@ -26,6 +26,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from dsocr.engine.base import EngineDelta, EngineInfo, EngineOutput, EngineRequest, FinishReason
+from dsocr.engine.gpus import disable_nvlink_multicast, resolve_gpu_count, vllm_parallel_args
 from dsocr.errors import (
     ConfigError,
     DsocrError,
@@ -248,6 +249,11 @@ class VLLMEngine:
         }
         if s.max_num_batched_tokens is not None:
             args["max_num_batched_tokens"] = s.max_num_batched_tokens
+        # Several GPUs through vLLM's own data parallelism (one engine core per GPU, requests
+        # balanced by queue depth); an explicit DSOCR_ENGINE__VLLM_ARGS entry still wins.
+        args.update(
+            vllm_parallel_args(resolve_gpu_count(s.data_parallel_size, field="engine.data_parallel_size"))
+        )
         args.update(s.vllm_args)
         known = {f for f in inspect.signature(AsyncEngineArgs).parameters}
         unknown = sorted(set(args) - known)
@@ -472,3 +478,5 @@ def _prepare_environment() -> None:
     # Newer vLLM defaults some models to Model Runner V2, which takes a different processor
     # interface; pick V1 unless the operator chose otherwise (vllm_ngram follows the choice).
     os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+    # NVLink multicast stays off in every process vLLM starts (dsocr.engine.gpus says why).
+    disable_nvlink_multicast()
