@@ -6,7 +6,7 @@
 //   DSOCR_FAKE_KEY   that server's API key
 //   DSOCR_SAMPLE     the document uploaded to the CPU server (examples/sample-page.png)
 //   DSOCR_PDF        a three-page PDF (uploaded to the fake server)
-//   DSOCR_SHOTS      where the screenshots go (docs/img)
+//   DSOCR_SHOTS      where the screenshots go (a temporary folder; docs/img with DSOCR_UPDATE_SCREENSHOTS=1)
 //   CHROMIUM         the browser binary (default /usr/bin/chromium)
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";

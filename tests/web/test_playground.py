@@ -3,8 +3,9 @@
 Two servers on loopback: ``dsocr serve --engine cpu`` (a subprocess, as users start it) reads the
 shipped sample page for real; an in-process uvicorn with a fake engine that streams slowly, emits
 hostile markup for the ``free`` preset and requires an API key covers streaming, errors and escaping.
-The node script drives Debian's chromium through playwright-core and writes docs/img/playground.png
-and docs/img/playground-phone.png.
+The node script drives Debian's chromium through playwright-core and takes two screenshots
+(playground.png, playground-phone.png) into the test's temporary folder; with
+``DSOCR_UPDATE_SCREENSHOTS=1`` it writes them to docs/img instead, so a plain run leaves the tree clean.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from dsocr.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "web" / "playground.test.mjs"
 SAMPLE = ROOT / "examples" / "sample-page.png"
-SHOTS = ROOT / "docs" / "img"
+DOCS_SHOTS = ROOT / "docs" / "img"
+# Read at import: the suite's autouse fixture removes DSOCR_* variables before each test runs.
+UPDATE_SHOTS = os.environ.get("DSOCR_UPDATE_SCREENSHOTS") == "1"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 FAKE_KEY = "playground-test-key"
 
@@ -158,7 +161,8 @@ def fake_server() -> Iterator[str]:
 def test_playground_in_chromium_matches_the_api_streams_and_escapes(
     cpu_server: str, fake_server: str, tmp_path: Path
 ) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    shots = DOCS_SHOTS if UPDATE_SHOTS else tmp_path / "shots"
+    shots.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
         "DSOCR_CPU_URL": cpu_server,
@@ -166,7 +170,7 @@ def test_playground_in_chromium_matches_the_api_streams_and_escapes(
         "DSOCR_FAKE_KEY": FAKE_KEY,
         "DSOCR_SAMPLE": str(SAMPLE),
         "DSOCR_PDF": str(_three_page_pdf(tmp_path / "three-pages.pdf")),
-        "DSOCR_SHOTS": str(SHOTS),
+        "DSOCR_SHOTS": str(shots),
         "CHROMIUM": CHROMIUM,
     }
     result = subprocess.run(
@@ -179,6 +183,6 @@ def test_playground_in_chromium_matches_the_api_streams_and_escapes(
     )
     assert result.returncode == 0, f"browser tests failed:\n{result.stdout}\n{result.stderr}"
     for name in ("playground.png", "playground-phone.png"):
-        shot = SHOTS / name
+        shot = shots / name
         _shrink_png(shot)
         assert 10_000 < shot.stat().st_size < 400_000, f"{name} is {shot.stat().st_size} bytes"
