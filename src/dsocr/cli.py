@@ -226,6 +226,7 @@ def serve_command(
     import uvicorn
 
     from dsocr.engine.factory import select_engine
+    from dsocr.engine.gpus import disable_nvlink_multicast
 
     # Flags become DSOCR_* variables so that every uvicorn worker process builds the same Settings.
     env: dict[str, str] = {}
@@ -258,6 +259,8 @@ def serve_command(
     if keys:
         env["DSOCR_SERVER__API_KEYS"] = json.dumps(keys)
     os.environ.update(env)
+    # Every process the server starts (uvicorn workers, vLLM engine cores) inherits these.
+    disable_nvlink_multicast()
     settings = _settings_or_exit({})
     selection = select_engine(settings.engine)
     server = settings.server

@@ -26,6 +26,7 @@ from dsocr.batch.plan import PageSource
 from dsocr.batch.runner import BatchJob, BatchSummary, PreparedRun, finish_run, prepare_run, progress_bar
 from dsocr.engine.base import Engine, SamplingOptions
 from dsocr.engine.factory import create_engine, select_engine
+from dsocr.engine.gpus import disable_nvlink_multicast
 from dsocr.errors import ConfigError, DsocrError
 from dsocr.pipeline import OutputKind, ocr_page
 from dsocr.service import new_request_id
@@ -76,6 +77,8 @@ def _init_ray(ray: Any, address: str | None) -> None:
     # No usage reporting and no dashboard: batch hosts are often offline, and nothing listens
     # on a port this job did not ask for.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # A local Ray instance starts its workers from this environment: NVLink multicast off there too.
+    disable_nvlink_multicast()
     ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
@@ -96,7 +99,10 @@ def _run_pipeline(
         for doc in documents
     ]
     kind = config.engine_kind
-    pool, cpus_per_actor, gpus_per_actor = _actor_shape(ray, kind, actors)
+    engine_settings = _actor_engine_settings(settings.engine)
+    pool, cpus_per_actor, gpus_per_actor = _actor_shape(
+        ray, kind, actors, gpus_per_engine=int(engine_settings.data_parallel_size)
+    )
     dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     pages = dataset.flat_map(
         functools.partial(_render_document, limits=settings.limits, dpi=config.dpi), num_cpus=1
@@ -104,7 +110,7 @@ def _run_pipeline(
     results = pages.map_batches(
         _OcrActor,
         fn_constructor_kwargs={
-            "engine_settings": settings.engine,
+            "engine_settings": engine_settings,
             "threads": max(1, int(cpus_per_actor)),
             "prompt": config.prompt,
             "mode": config.mode,
@@ -123,14 +129,33 @@ def _run_pipeline(
             advance()
 
 
-def _actor_shape(ray: Any, kind: str, actors: int | None) -> tuple[int, float, float]:
-    """(pool size, CPUs per actor, GPUs per actor) for the engine kind and the cluster."""
+def _actor_engine_settings(settings: EngineSettings) -> EngineSettings:
+    """The engine each actor runs: on Ray the actor pool is what spreads work over the GPUs.
+
+    ``replicas`` becomes 1 (one engine per actor) and ``data_parallel_size="all"`` becomes 1 (one
+    GPU per actor); an explicit ``data_parallel_size`` N gives each actor N GPUs.
+    """
+    dp = 1 if settings.data_parallel_size == "all" else settings.data_parallel_size
+    return settings.model_copy(update={"replicas": 1, "data_parallel_size": dp})
+
+
+def _actor_shape(
+    ray: Any, kind: str, actors: int | None, *, gpus_per_engine: int = 1
+) -> tuple[int, float, float]:
+    """(pool size, CPUs per actor, GPUs per actor) for the engine kind and the cluster.
+
+    vLLM: one actor per ``gpus_per_engine`` GPUs of the cluster (one per GPU by default), each
+    actor reserving its GPUs (Ray sets its ``CUDA_VISIBLE_DEVICES``).
+    """
     resources = ray.cluster_resources()
     if kind == "vllm":
         gpus = int(resources.get("GPU", 0))
-        if gpus < 1:
-            raise ConfigError("the vLLM engine on Ray needs GPUs, and the cluster has none", field="engine")
-        return actors or gpus, 1.0, 1.0
+        if gpus < gpus_per_engine:
+            raise ConfigError(
+                f"the vLLM engine on Ray needs {gpus_per_engine} GPU(s) per actor; the cluster has {gpus}",
+                field="engine",
+            )
+        return actors or gpus // gpus_per_engine, 1.0, float(gpus_per_engine)
     # CPU slots: keep one CPU free for page rendering, or the actors would starve the renders.
     cpus = int(resources.get("CPU", 1))
     return actors or max(1, cpus - 1), 1.0, 0.0
@@ -195,6 +220,8 @@ class _OcrActor:
         outputs: frozenset[OutputKind],
     ) -> None:
         self._loop = asyncio.new_event_loop()
+        # Workers of a cluster joined by address do not inherit the driver's environment.
+        disable_nvlink_multicast()
         self._engine = _actor_engine(engine_settings, threads)
         self._loop.run_until_complete(self._engine.start())
         self._prompt = prompt
