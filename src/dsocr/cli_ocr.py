@@ -1,7 +1,7 @@
 """The work behind ``dsocr ocr``: one file or URL through the same pipeline the server uses.
 
 No HTTP hop: the source is read (local file or SSRF-guarded URL), opened as an image or a PDF
-(:func:`dsocr.service.open_document`), its pages run through :func:`dsocr.pipeline.ocr_document`
+(:func:`dsocr.inputs.load_document`), its pages run through :func:`dsocr.pipeline.ocr_document`
 on an engine started in this process, and the results are written as markdown, text or JSON.
 Figure crops and box overlays are written to files on request. Typer types stay in ``cli.py``.
 """
@@ -13,7 +13,7 @@ import base64
 import json
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +36,9 @@ from dsocr import service
 from dsocr.engine.base import Engine
 from dsocr.engine.factory import create_engine
 from dsocr.errors import InvalidInput
-from dsocr.inputs.sources import Source, UrlSource, read_local_file
-from dsocr.pipeline import OutputKind, PageResult, ocr_document
+from dsocr.inputs import Source, UrlSource, load_document
+from dsocr.inputs.sources import read_local_file
+from dsocr.pipeline import OutputKind, PageInput, PageResult, document_pages, ocr_document
 from dsocr.prompts import build_prompt
 from dsocr.render.overlay import layout_pdf
 from dsocr.settings import Settings
@@ -115,9 +116,9 @@ async def _run(job: OcrJob, settings: Settings, *, write_stdout: Callable[[str],
     prompt = build_prompt(job.preset, prompt=job.prompt)
     sampling = service.sampling_options(settings.engine, settings.limits, max_tokens=job.max_tokens)
     source = await asyncio.to_thread(source_of, job.source, settings)
-    document = await service.open_document(
-        source, limits=settings.limits, fetch=settings.fetch, pages=job.pages
-    )
+    document = await load_document(source, limits=settings.limits, fetch=settings.fetch, pages=job.pages)
+    service.check_page_range(document, job.pages)
+    page_inputs = document_pages(document)
     outputs: set[OutputKind] = set()
     if job.crops_dir is not None:
         outputs.add("crops")
@@ -135,7 +136,7 @@ async def _run(job: OcrJob, settings: Settings, *, write_stdout: Callable[[str],
                 )
             pages = ocr_document(
                 engine,
-                document.pages,
+                page_inputs,
                 prompt=prompt,
                 mode=job.mode,
                 sampling=sampling,
@@ -144,7 +145,7 @@ async def _run(job: OcrJob, settings: Settings, *, write_stdout: Callable[[str],
                 max_in_flight=_MAX_IN_FLIGHT,
                 timeout_s=None,
             )
-            with _progress(document.page_count, quiet=job.quiet) as advance:
+            with _progress(len(page_inputs), quiet=job.quiet) as advance:
                 async for result in pages:
                     outcome.results.append(result)
                     advance()
@@ -162,11 +163,11 @@ async def _run(job: OcrJob, settings: Settings, *, write_stdout: Callable[[str],
         if job.viz is not None:
             outcome.written.extend(
                 await asyncio.to_thread(
-                    write_viz, outcome.results, job.viz, document.pages, many=document.kind == "pdf"
+                    write_viz, outcome.results, job.viz, page_inputs, many=document.kind == "pdf"
                 )
             )
     finally:
-        document.close()
+        await document.aclose()
     return outcome
 
 
@@ -324,7 +325,9 @@ def write_crops(results: list[PageResult], directory: Path) -> list[Path]:
     return written
 
 
-def write_viz(results: list[PageResult], target: Path, pages: Any, *, many: bool) -> list[Path]:
+def write_viz(
+    results: list[PageResult], target: Path, pages: Sequence[PageInput], *, many: bool
+) -> list[Path]:
     """Box overlays: one PNG (``NAME-pN.png`` per page for a PDF), or one layout PDF for ``*.pdf``."""
     if target.suffix.lower() == ".pdf":
         by_number = {page.number: page for page in pages}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import io
 import logging
 import re
@@ -35,6 +36,7 @@ from PIL import Image
 from dsocr import grounding
 from dsocr.engine.base import Engine, EngineOutput, EngineRequest, FinishReason, SamplingOptions
 from dsocr.errors import DsocrError, EngineError, EngineTimeout
+from dsocr.inputs import Document
 from dsocr.render.overlay import draw_blocks
 from dsocr.types import Block, ParsedOutput
 
@@ -48,6 +50,7 @@ __all__ = [
     "PageStarted",
     "PageTimings",
     "Usage",
+    "document_pages",
     "ocr_document",
     "ocr_document_events",
     "ocr_page",
@@ -140,6 +143,14 @@ class PageInput:
 
     number: int
     load: Callable[[], Image.Image]
+
+
+def document_pages(document: Document) -> list[PageInput]:
+    """The selected pages of an opened document, each rendered only when the pipeline reaches it."""
+    return [
+        PageInput(number=index + 1, load=functools.partial(document.page_image, index))
+        for index in document.page_indices
+    ]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -2,8 +2,7 @@
 
 * :func:`predict` — the seed Truss server's ``/predict`` contract, byte for byte, plus typed
   additions under new keys. The Truss adapter calls exactly this.
-* :func:`open_document` — bytes of an image or a PDF → a :class:`Document` of lazily loaded
-  pages (images are decoded at once so a bad image fails the request, not a page).
+* :func:`check_page_range` — a page range is for PDFs only.
 * :func:`sampling_options` — the engine sampling for a request, from settings and its own limits.
 
 Everything raises :class:`~dsocr.errors.DsocrError` subclasses naming the field at fault.
@@ -11,33 +10,23 @@ Everything raises :class:`~dsocr.errors.DsocrError` subclasses naming the field 
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
-
-from PIL import Image
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from dsocr import grounding
 from dsocr.engine.base import Engine, SamplingOptions
-from dsocr.errors import EngineError, InvalidInput, UnsupportedMediaType
-from dsocr.inputs.formats import sniff_format
-from dsocr.inputs.images import decode_image
-from dsocr.inputs.pdf import PdfFile
-from dsocr.inputs.sources import Base64Source, BytesSource, RawInput, Source, UrlSource, read_source
-from dsocr.pipeline import PageInput, PageResult, ocr_page
+from dsocr.errors import InvalidInput
+from dsocr.inputs import Base64Source, BytesSource, Document, Source, UrlSource, load_image
+from dsocr.pipeline import PageResult, ocr_page
 from dsocr.prompts import PRESETS, build_prompt
-from dsocr.settings import EngineSettings, FetchSettings, LimitSettings, Settings
+from dsocr.settings import EngineSettings, LimitSettings, Settings
 
 __all__ = [
     "PREDICT_SOURCE_FIELDS",
-    "Document",
+    "check_page_range",
     "model_name",
     "new_request_id",
-    "open_document",
     "predict",
     "predict_source",
     "sampling_options",
@@ -47,6 +36,7 @@ __all__ = [
 # The seed's input fields, in the order it looked at them.
 PREDICT_SOURCE_FIELDS = ("image_url", "image_base64", "image")
 DEFAULT_MODE = "gundam"
+_PDF_ADVICE = "send PDFs to POST /v1/ocr (one result per page)"
 
 
 def new_request_id() -> str:
@@ -54,95 +44,10 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-@dataclass(kw_only=True)
-class Document:
-    """The pages of one input, loaded lazily. Close it when done (releases the PDF).
-
-    Closing waits for page renders already running in worker threads (a cancelled request's
-    thread keeps running), and pages asked for after closing fail cleanly instead of touching
-    a freed PDF.
-    """
-
-    kind: Literal["image", "pdf"]
-    pages: Sequence[PageInput] = ()
-    image: Image.Image | None = None  # the decoded image, for kind == "image"
-    _pdf: PdfFile | None = field(default=None, repr=False)
-    _renders: int = field(default=0, repr=False)
-    _closed: bool = field(default=False, repr=False)
-    _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
-
-    @property
-    def page_count(self) -> int:
-        """Number of selected pages (1 for an image)."""
-        return len(self.pages)
-
-    def render_page(self, index: int) -> Image.Image:
-        """Render PDF page ``index`` (0-based); blocking, for a worker thread."""
-        with self._cond:
-            if self._closed or self._pdf is None:
-                raise EngineError("the document was closed before this page was rendered")
-            self._renders += 1
-            pdf = self._pdf
-        try:
-            return pdf.render(index)
-        finally:
-            with self._cond:
-                self._renders -= 1
-                self._cond.notify_all()
-
-    def close(self) -> None:
-        """Release the underlying PDF, if any, once running renders finished; idempotent."""
-        with self._cond:
-            self._closed = True
-            self._cond.wait_for(lambda: self._renders == 0)
-            pdf, self._pdf = self._pdf, None
-        if pdf is not None:
-            pdf.close()
-
-
-async def open_document(
-    source: Source,
-    *,
-    limits: LimitSettings,
-    fetch: FetchSettings,
-    pages: str | None = None,
-    allow_pdf: bool = True,
-) -> Document:
-    """Read ``source`` and open it as an image or a PDF.
-
-    An image is decoded now (size and format errors surface before any engine work); a PDF is
-    opened (page count, range and per-page pixel limits checked) and its pages are rendered only
-    when the pipeline reaches them. ``pages`` (``"1-3,5"``) applies to PDFs only.
-    """
-    raw = await read_source(source, limits=limits, fetch=fetch)
-    return await asyncio.to_thread(_open_raw, raw, limits=limits, pages=pages, allow_pdf=allow_pdf)
-
-
-def _open_raw(raw: RawInput, *, limits: LimitSettings, pages: str | None, allow_pdf: bool) -> Document:
-    if sniff_format(raw.data) == "PDF":
-        if not allow_pdf:
-            raise UnsupportedMediaType(
-                "this endpoint takes one image; send PDFs to POST /v1/ocr (one result per page)",
-                field=raw.field,
-            )
-        pdf = PdfFile(
-            raw.data,
-            max_pages=limits.max_pdf_pages,
-            max_page_pixels=limits.max_page_pixels,
-            dpi=limits.pdf_dpi,
-            pages=pages,
-            field=raw.field,
-        )
-        document = Document(kind="pdf", _pdf=pdf)
-        document.pages = [
-            PageInput(number=index + 1, load=functools.partial(document.render_page, index))
-            for index in pdf.selected
-        ]
-        return document
-    if pages is not None:
+def check_page_range(document: Document, pages: str | None) -> None:
+    """The front ends' rule: a page range applies to PDFs only (an image has nothing to close)."""
+    if pages is not None and document.kind != "pdf":
         raise InvalidInput("a page range applies to PDFs only; this input is an image", field="pages")
-    image = decode_image(raw.data, max_pixels=limits.max_image_pixels, field=raw.field)
-    return Document(kind="image", pages=[PageInput(number=1, load=lambda: image)], image=image)
 
 
 def sampling_options(
@@ -222,11 +127,10 @@ async def predict(
     prompt = build_prompt(prompt=user_prompt) if user_prompt is not None else build_prompt()
     prompt_used = user_prompt if user_prompt is not None else PRESETS["document"]
 
-    document = await open_document(source, limits=settings.limits, fetch=settings.fetch, allow_pdf=False)
-    assert document.image is not None
+    image = await load_image(source, limits=settings.limits, fetch=settings.fetch, pdf_advice=_PDF_ADVICE)
     result = await ocr_page(
         engine,
-        document.image,
+        image,
         prompt=prompt,
         mode=DEFAULT_MODE,
         sampling=sampling_options(settings.engine, settings.limits),

@@ -29,7 +29,8 @@ from PIL import Image
 
 from dsocr.errors import InvalidInput
 from dsocr.grounding import GeometryFigure, parse, parse_coordinates
-from dsocr.inputs.images import decode_image, normalise_image
+from dsocr.inputs import open_image
+from dsocr.inputs.images import normalise_image
 from dsocr.render.figure import draw_geometry
 from dsocr.render.overlay import draw_blocks, label_colour, layout_pdf, scale_box
 from dsocr.settings import LimitSettings
@@ -50,6 +51,9 @@ __all__ = [
 ]
 
 ImageInput = Image.Image | bytes | str | os.PathLike[str]
+
+# A result is drawn on the page image it came from; a PDF page is rasterised first.
+_PDF_ADVICE = "pass the page image (dsocr ocr --viz draws on PDF pages)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +80,9 @@ def load_image(image: ImageInput, *, max_pixels: int | None = None, field: str =
     """
     if isinstance(image, Image.Image):
         return normalise_image(image)
-    limit = max_pixels if max_pixels is not None else LimitSettings().max_image_pixels
+    limits = LimitSettings() if max_pixels is None else LimitSettings(max_image_pixels=max_pixels)
     if isinstance(image, bytes | bytearray):
-        return decode_image(bytes(image), max_pixels=limit, field=field)
+        return open_image(bytes(image), limits=limits, field=field, pdf_advice=_PDF_ADVICE)
     if isinstance(image, str | os.PathLike):
         path = os.fspath(image)
         try:
@@ -88,7 +92,7 @@ def load_image(image: ImageInput, *, max_pixels: int | None = None, field: str =
             raise InvalidInput(f"image file not found: {path}", field=field) from exc
         except OSError as exc:
             raise InvalidInput(f"cannot read image file {path}: {exc.strerror or exc}", field=field) from exc
-        return decode_image(data, max_pixels=limit, field=field)
+        return open_image(data, limits=limits, field=field, pdf_advice=_PDF_ADVICE)
     raise InvalidInput(
         f"image must be a PIL image, bytes or a file path, not {type(image).__name__}", field=field
     )

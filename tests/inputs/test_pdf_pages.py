@@ -12,8 +12,8 @@ from PIL import Image
 from pypdf import PdfReader, PdfWriter
 from pypdf.generic import DecodedStreamObject, NameObject
 
-from dsocr.errors import InputTooLarge, InvalidInput, UndecodableInput
-from dsocr.inputs import BytesSource, load_document, open_document, parse_page_range
+from dsocr.errors import DsocrError, InputTooLarge, InvalidInput, UndecodableInput, UnsupportedMediaType
+from dsocr.inputs import BytesSource, load_document, open_document, open_image, parse_page_range
 from dsocr.inputs.pdf import PdfFile
 from dsocr.settings import FetchSettings, LimitSettings
 
@@ -232,3 +232,40 @@ async def test_concurrent_documents_render_safely_under_the_pdfium_lock(limits: 
 
     results = await asyncio.gather(*(columns() for _ in range(6)))
     assert results == [[40, 120, 200, 280]] * 6
+
+
+def test_closing_waits_for_a_render_in_flight_and_later_pages_fail_cleanly(limits: LimitSettings) -> None:
+    # A cancelled request closes its document while a worker thread may still be rendering.
+    document = open_document(_pdf_with_marks(3), limits=limits)
+    rendering = threading.Event()
+    real_render = PdfFile.render
+    rendered: list[Image.Image] = []
+
+    def slow_render(pdf: PdfFile, index: int) -> Image.Image:
+        rendering.set()
+        image = real_render(pdf, index)
+        rendered.append(image)
+        return image
+
+    PdfFile.render = slow_render  # type: ignore[method-assign]
+    try:
+        worker = threading.Thread(target=document.page_image, args=(0,))
+        worker.start()
+        assert rendering.wait(10)
+        document.close()  # must not free the PDF under the running render
+        worker.join(10)
+    finally:
+        PdfFile.render = real_render  # type: ignore[method-assign]
+    assert len(rendered) == 1 and rendered[0].size[0] > 0
+    with pytest.raises(DsocrError, match="closed before page 2"):
+        document.page_image(1)
+    document.close()  # idempotent
+
+
+def test_open_image_refuses_a_pdf_before_opening_it_and_says_where_pdfs_go(limits: LimitSettings) -> None:
+    with pytest.raises(UnsupportedMediaType, match="not a PDF; use /v1/ocr") as caught:
+        open_image(_blank_pdf(1), limits=limits, field="image_url", pdf_advice="use /v1/ocr")
+    assert caught.value.field == "image_url"
+    png = io.BytesIO()
+    Image.new("RGB", (40, 30), "white").save(png, format="PNG")
+    assert open_image(png.getvalue(), limits=limits).size == (40, 30)

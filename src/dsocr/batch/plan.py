@@ -22,9 +22,9 @@ from PIL import Image
 from dsocr.batch.manifest import Manifest
 from dsocr.batch.outputs import page_json_path
 from dsocr.errors import DsocrError, InvalidInput, UndecodableInput
+from dsocr.inputs import Document, open_document
 from dsocr.inputs.formats import sniff_format
-from dsocr.inputs.images import decode_image, image_header_size
-from dsocr.inputs.pdf import PdfFile
+from dsocr.inputs.images import image_header_size
 from dsocr.inputs.sources import read_local_file
 from dsocr.settings import LimitSettings
 
@@ -107,13 +107,11 @@ def scan_file(path: Path, *, limits: LimitSettings, dpi: int) -> FileScan:
     digest = _sha256(data)
     try:
         if sniff_format(data) == "PDF":
-            pdf = _open_pdf(data, limits=limits, dpi=dpi)
-            try:
+            with open_document(data, limits=limits, dpi=dpi, field=_FIELD) as pdf:
                 return FileScan(
-                    path=path, sha256=digest, kind="pdf", pages=tuple(i + 1 for i in pdf.selected)
+                    path=path, sha256=digest, kind="pdf", pages=tuple(i + 1 for i in pdf.page_indices)
                 )
-            finally:
-                pdf.close()
+        # An image is checked by its header only: no pixels are decoded for the plan.
         image_header_size(data, field=_FIELD)
         return FileScan(path=path, sha256=digest, kind="image", pages=(1,))
     except DsocrError as exc:
@@ -122,12 +120,6 @@ def scan_file(path: Path, *, limits: LimitSettings, dpi: int) -> FileScan:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _open_pdf(data: bytes, *, limits: LimitSettings, dpi: int) -> PdfFile:
-    return PdfFile(
-        data, max_pages=limits.max_pdf_pages, max_page_pixels=limits.max_page_pixels, dpi=dpi, field=_FIELD
-    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -241,41 +233,34 @@ class PageSource:
         self._limits = limits
         self._dpi = dpi
         self._lock = threading.Lock()
-        self._pdf: PdfFile | None = None
-        self._image: Image.Image | None = None
+        self._document: Document | None = None
         self._closed = False
 
     def render(self, page: int) -> Image.Image:
         """Page ``page`` (1-based) as an RGB image (blocking)."""
-        # Held while rendering, so close() never frees a PDF mid-render; pdfium renders one page
-        # at a time process-wide anyway (PDFIUM_LOCK), so this costs no parallelism.
         with self._lock:
             if self._closed:
                 raise UndecodableInput(
                     f"{self._path} was closed before page {page} was rendered", field=_FIELD
                 )
-            if self._pdf is None and self._image is None:
-                self._open()
-            if self._pdf is not None:
-                return self._pdf.render(page - 1)
-            assert self._image is not None
-            return self._image
+            if self._document is None:
+                self._document = self._open()
+            # Rendering under the lock costs no parallelism: pdfium renders one page at a time
+            # process-wide anyway (PDFIUM_LOCK).
+            return self._document.page_image(page - 1)
 
-    def _open(self) -> None:
+    def _open(self) -> Document:
         data = read_local_file(self._path, limits=self._limits, field=_FIELD).data
         if _sha256(data) != self._sha256:
             raise UndecodableInput(
                 f"{self._path} changed since the run started; run the batch again", field=_FIELD
             )
-        if sniff_format(data) == "PDF":
-            self._pdf = _open_pdf(data, limits=self._limits, dpi=self._dpi)
-        else:
-            self._image = decode_image(data, max_pixels=self._limits.max_image_pixels, field=_FIELD)
+        return open_document(data, limits=self._limits, dpi=self._dpi, field=_FIELD)
 
     def close(self) -> None:
-        """Release the PDF; idempotent."""
+        """Release the PDF once running renders finished; idempotent."""
         with self._lock:
             self._closed = True
-            pdf, self._pdf, self._image = self._pdf, None, None
-        if pdf is not None:
-            pdf.close()
+            document, self._document = self._document, None
+        if document is not None:
+            document.close()

@@ -11,6 +11,8 @@ The whole API in two calls::
         for page in doc.iter_pages():
             ...
 
+    image = await load_image(source, limits=s.limits, fetch=s.fetch)  # one picture, never a PDF
+
 Every failure is a typed ``dsocr.errors.InvalidInput`` subclass naming the field at fault.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +29,7 @@ from typing import Literal
 
 from PIL import Image
 
-from dsocr.errors import InvalidInput, UnsupportedMediaType
+from dsocr.errors import DsocrError, InvalidInput, UnsupportedMediaType
 from dsocr.inputs.formats import media_type_of, sniff_format
 from dsocr.inputs.images import decode_image
 from dsocr.inputs.pdf import PdfFile, parse_page_range
@@ -51,8 +54,10 @@ __all__ = [
     "Source",
     "UrlSource",
     "load_document",
+    "load_image",
     "open_document",
     "open_file",
+    "open_image",
     "parse_page_range",
 ]
 
@@ -78,6 +83,10 @@ class Document:
     ``page_count`` is the number of pages in the source (1 for an image); ``page_indices`` the
     selected ones, 0-based, in document order. A PDF page is rendered only when iterated, so a
     500-page PDF never sits in memory at once. Close the document (or use ``with``/``async with``).
+
+    Pages may be rendered from several threads. Closing waits for renders already running (a
+    cancelled request's worker thread keeps going), and a page asked for after closing fails with
+    a ``DsocrError`` instead of touching a freed PDF.
     """
 
     def __init__(
@@ -98,12 +107,29 @@ class Document:
         self.name = name
         self._image = image
         self._pdf = pdf
+        self._renders = 0
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def page_image(self, index: int) -> Image.Image:
+        """Page ``index`` (0-based) as an RGB image; blocking (renders a PDF page), thread-safe."""
+        if self.kind == "image":
+            assert self._image is not None
+            return self._image
+        with self._cond:
+            if self._closed or self._pdf is None:
+                raise DsocrError(f"the document was closed before page {index + 1} was rendered")
+            self._renders += 1
+            pdf = self._pdf
+        try:
+            return pdf.render(index)
+        finally:
+            with self._cond:
+                self._renders -= 1
+                self._cond.notify_all()
 
     def _page(self, index: int) -> Page:
-        if self._pdf is not None:
-            return Page(index, self._pdf.render(index))
-        assert self._image is not None
-        return Page(index, self._image)
+        return Page(index, self.page_image(index))
 
     def iter_pages(self) -> Iterator[Page]:
         """Yield the selected pages, rendering each in the calling thread (CLI, batch workers)."""
@@ -113,15 +139,19 @@ class Document:
     async def pages(self) -> AsyncIterator[Page]:
         """Yield the selected pages, rendering each in a worker thread so the event loop stays free."""
         for index in self.page_indices:
-            if self._pdf is None:
+            if self.kind == "image":
                 yield self._page(index)
             else:
                 yield await asyncio.to_thread(self._page, index)
 
     def close(self) -> None:
-        """Release the PDF (no-op for images)."""
-        if self._pdf is not None:
-            self._pdf.close()
+        """Release the PDF once running renders finished (no-op for images); idempotent."""
+        with self._cond:
+            self._closed = True
+            self._cond.wait_for(lambda: self._renders == 0)
+            pdf, self._pdf = self._pdf, None
+        if pdf is not None:
+            pdf.close()
 
     async def aclose(self) -> None:
         """``close`` from async code: waits for the pdfium lock in a worker thread."""
@@ -223,6 +253,34 @@ async def load_document(
     raw = await read_source(source, limits=limits, fetch=fetch, resolver=resolver, verify=verify)
     return await asyncio.to_thread(
         open_document, raw.data, limits=limits, pages=pages, dpi=dpi, field=raw.field, name=raw.name
+    )
+
+
+def open_image(
+    data: bytes, *, limits: LimitSettings, field: str = "image", pdf_advice: str = "send one page as an image"
+) -> Image.Image:
+    """Open bytes that must be one image (PNG, JPEG, WebP, TIFF, BMP or GIF), never a PDF.
+
+    For inputs that take one picture (``/predict``, OpenAI chat, the visualizer): decoded now,
+    upright and RGB, within ``limits.max_image_pixels``. A PDF is refused, before pdfium sees it,
+    with ``pdf_advice`` saying where PDFs go. Blocking: call it from a worker thread in async code.
+    """
+    if sniff_format(data) == "PDF":
+        raise UnsupportedMediaType(f"{field} takes one image, not a PDF; {pdf_advice}", field=field)
+    return decode_image(data, max_pixels=limits.max_image_pixels, field=field)
+
+
+async def load_image(
+    source: Source,
+    *,
+    limits: LimitSettings,
+    fetch: FetchSettings,
+    pdf_advice: str = "send one page as an image",
+) -> Image.Image:
+    """Read ``source`` and open it as one image; see ``open_image``."""
+    raw = await read_source(source, limits=limits, fetch=fetch)
+    return await asyncio.to_thread(
+        open_image, raw.data, limits=limits, field=raw.field, pdf_advice=pdf_advice
     )
 
 

@@ -32,8 +32,16 @@ from starlette.types import Receive, Scope, Send
 from dsocr import service
 from dsocr.engine.base import Engine
 from dsocr.errors import DsocrError, InvalidInput, UnsupportedMediaType
-from dsocr.inputs.sources import Base64Source, BytesSource, PathSource, Source, UrlSource
-from dsocr.pipeline import BlockFound, PageResult, PageStarted, ocr_document, ocr_document_events
+from dsocr.inputs import Base64Source, BytesSource, PathSource, Source, UrlSource, load_document
+from dsocr.pipeline import (
+    BlockFound,
+    PageInput,
+    PageResult,
+    PageStarted,
+    document_pages,
+    ocr_document,
+    ocr_document_events,
+)
 from dsocr.prompts import build_prompt
 from dsocr.server.deps import AppState, app_state, ready_engine, require_api_key
 from dsocr.server.errors import dsocr_error_body, error_body, request_id_of
@@ -268,13 +276,13 @@ async def ocr(
     outputs = frozenset(body.outputs)
     model = service.model_name(engine, settings.engine) if body.model is None else body.model
 
-    document = await service.open_document(
-        source, limits=settings.limits, fetch=settings.fetch, pages=body.pages
-    )
+    document = await load_document(source, limits=settings.limits, fetch=settings.fetch, pages=body.pages)
+    service.check_page_range(document, body.pages)
+    pages = document_pages(document)
     try:
-        ticket = state.admission.admit(min(document.page_count, DOCUMENT_WINDOW))
+        ticket = state.admission.admit(min(len(pages), DOCUMENT_WINDOW))
     except DsocrError:
-        document.close()
+        await document.aclose()
         raise
     window = ticket.slots
     run_args: dict[str, Any] = {
@@ -302,7 +310,7 @@ async def ocr(
             ticket.release()
 
         return _ClosingStreamingResponse(
-            _sse_events(state, engine, document, run_args, meta, cleanup),
+            _sse_events(state, engine, pages, run_args, meta, cleanup),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             background=BackgroundTask(cleanup),
@@ -310,8 +318,8 @@ async def ocr(
 
     async def collect() -> list[PageResult]:
         results: list[PageResult] = []
-        async with aclosing(ocr_document(engine, document.pages, **run_args)) as pages:
-            async for result in pages:
+        async with aclosing(ocr_document(engine, pages, **run_args)) as results_so_far:
+            async for result in results_so_far:
                 state.metrics.observe_page(result)
                 results.append(result)
         return results
@@ -323,7 +331,7 @@ async def ocr(
         return _client_gone_response(state)
     finally:
         # Waits for renders still running in worker threads, so off the event loop.
-        await asyncio.to_thread(document.close)
+        await document.aclose()
     if document.kind == "image" and results[0].error is not None:
         # One image: its failure is the request's failure, with the right status.
         raise results[0].error
@@ -354,7 +362,7 @@ def _sse(event: str, data: Any) -> bytes:
 async def _sse_events(
     state: AppState,
     engine: Engine,
-    document: service.Document,
+    pages: list[PageInput],
     run_args: dict[str, Any],
     meta: dict[str, Any],
     cleanup: Callable[[], None],
@@ -364,9 +372,7 @@ async def _sse_events(
     outputs = run_args["outputs"]
     results: list[PageResult] = []
     try:
-        async with aclosing(
-            ocr_document_events(engine, document.pages, stream_blocks=True, **run_args)
-        ) as events:
+        async with aclosing(ocr_document_events(engine, pages, stream_blocks=True, **run_args)) as events:
             async for event in events:
                 if isinstance(event, PageStarted):
                     yield _sse("page.start", {"page": event.page, "request_id": event.request_id})

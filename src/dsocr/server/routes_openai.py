@@ -50,9 +50,14 @@ from starlette.types import Receive, Scope, Send
 
 from dsocr import prompts
 from dsocr.engine.base import Engine, EngineDelta, EngineRequest, FinishReason, SamplingOptions
-from dsocr.errors import DsocrError, EngineError, EngineTimeout, InvalidInput, ModelNotFound
-from dsocr.inputs.images import decode_image
-from dsocr.inputs.sources import Base64Source, UrlSource, read_source
+from dsocr.errors import (
+    DsocrError,
+    EngineError,
+    EngineTimeout,
+    InvalidInput,
+    ModelNotFound,
+)
+from dsocr.inputs import Base64Source, UrlSource, load_image
 from dsocr.pipeline import ocr_page
 from dsocr.server.admission import Ticket
 from dsocr.server.deps import AppState, app_state, ready_engine, require_api_key
@@ -119,6 +124,9 @@ def _request_id_headers(request_id: str | None) -> dict[str, str]:
 
 
 router = APIRouter(tags=["openai"], route_class=_OpenAIRoute)
+
+# Where a chat request that sent a PDF is pointed (a chat completion reads one image).
+_PDF_ADVICE = "send PDFs to POST /v1/ocr (one result per page)"
 
 _OWNER = "dsocr"
 # When the process started: the ``created`` of every served model.
@@ -362,7 +370,7 @@ def to_chat_job(body: ChatCompletionRequest, *, settings: Settings) -> ChatJob:
 # ---------------------------------------------------------------- image loading (I/O)
 
 
-async def load_image(url: str, *, field: str, settings: Settings) -> Image.Image:
+async def chat_image(url: str, *, field: str, settings: Settings) -> Image.Image:
     """Fetch (SSRF-guarded) or decode the chat request's image; the blocking decode runs in a thread."""
     scheme = url.partition(":")[0].strip().lower()
     source: UrlSource | Base64Source
@@ -372,10 +380,7 @@ async def load_image(url: str, *, field: str, settings: Settings) -> Image.Image
         source = UrlSource(url, field=field)
     else:
         raise InvalidInput("image_url must be an http(s) URL or a base64 data: URL.", field=field)
-    raw = await read_source(source, limits=settings.limits, fetch=settings.fetch)
-    return await asyncio.to_thread(
-        decode_image, raw.data, max_pixels=settings.limits.max_image_pixels, field=field
-    )
+    return await load_image(source, limits=settings.limits, fetch=settings.fetch, pdf_advice=_PDF_ADVICE)
 
 
 # ---------------------------------------------------------------- routes
@@ -418,7 +423,7 @@ async def chat_completions(
     admitted = state.admission.admit(1)
     ticket: Ticket | None = admitted
     try:
-        image = await load_image(job.image_url, field=job.image_field, settings=settings)
+        image = await chat_image(job.image_url, field=job.image_field, settings=settings)
         if job.stream:
             stream = await _open_stream(engine, job, image, request_id=request_id)
             # The ticket now belongs to the stream, released when it ends or the client leaves.
