@@ -14,23 +14,11 @@ import json
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from PIL import Image
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
 from dsocr import service
 from dsocr.engine.base import Engine
@@ -39,6 +27,7 @@ from dsocr.errors import InvalidInput
 from dsocr.inputs import Source, UrlSource, load_document
 from dsocr.inputs.sources import read_local_file
 from dsocr.pipeline import OutputKind, PageInput, PageResult, document_pages, ocr_document
+from dsocr.progress import progress_bar
 from dsocr.prompts import build_prompt
 from dsocr.render.overlay import layout_pdf
 from dsocr.settings import Settings
@@ -145,7 +134,8 @@ async def _run(job: OcrJob, settings: Settings, *, write_stdout: Callable[[str],
                 max_in_flight=_MAX_IN_FLIGHT,
                 timeout_s=None,
             )
-            with _progress(len(page_inputs), quiet=job.quiet) as advance:
+            # One page needs no bar.
+            with progress_bar(len(page_inputs), quiet=job.quiet or len(page_inputs) < 2) as advance:
                 async for result in pages:
                     outcome.results.append(result)
                     advance()
@@ -193,35 +183,6 @@ class _EngineContext:
 
 def _started_engine(settings: Settings) -> _EngineContext:
     return _EngineContext(settings)
-
-
-class _RateColumn(ProgressColumn):
-    """Pages per second since the start."""
-
-    def render(self, task: Task) -> Text:
-        elapsed = task.elapsed or 0.0
-        rate = task.completed / elapsed if elapsed > 0 else 0.0
-        return Text(f"{rate:.2f} pages/s", style="progress.data.speed")
-
-
-@contextmanager
-def _progress(total: int, *, quiet: bool) -> Iterator[Callable[[], None]]:
-    """A progress bar on stderr for multi-page work; hidden with --quiet or when not a terminal."""
-    console = Console(stderr=True)
-    if quiet or total < 2 or not console.is_terminal:
-        yield lambda: None
-        return
-    columns = (
-        TextColumn("OCR"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _RateColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("pages", total=total)
-        yield lambda: progress.advance(task)
 
 
 def _report_failures(outcome: OcrOutcome) -> None:

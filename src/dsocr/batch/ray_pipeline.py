@@ -23,12 +23,13 @@ from PIL import Image
 
 from dsocr.batch.outputs import PageArtifacts, failed_artifacts, page_artifacts
 from dsocr.batch.plan import PageSource
-from dsocr.batch.runner import BatchJob, BatchSummary, PreparedRun, finish_run, prepare_run, progress_bar
+from dsocr.batch.runner import BatchJob, BatchSummary, PreparedRun, finish_run, prepare_run
 from dsocr.engine.base import Engine, SamplingOptions
 from dsocr.engine.factory import create_engine, select_engine
 from dsocr.engine.gpus import disable_nvlink_multicast
 from dsocr.errors import ConfigError, DsocrError
 from dsocr.pipeline import OutputKind, ocr_page
+from dsocr.progress import progress_bar
 from dsocr.service import new_request_id
 from dsocr.settings import EngineSettings, LimitSettings, Settings
 

@@ -22,18 +22,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
-
 from dsocr import errors, service
 from dsocr.batch.manifest import Manifest, settings_hash
 from dsocr.batch.outputs import (
@@ -47,6 +35,7 @@ from dsocr.batch.plan import DocumentPlan, PageSource, RunPlan, discover_inputs,
 from dsocr.engine.base import Engine, SamplingOptions
 from dsocr.engine.factory import create_engine, select_engine
 from dsocr.pipeline import OutputKind, PageInput, ocr_document
+from dsocr.progress import progress_bar
 from dsocr.prompts import build_prompt
 from dsocr.settings import Settings
 
@@ -59,7 +48,6 @@ __all__ = [
     "RunConfig",
     "finish_run",
     "prepare_run",
-    "progress_bar",
     "resolve_config",
     "run_batch",
 ]
@@ -455,32 +443,3 @@ async def _consume(
                 await asyncio.to_thread(source.close)
                 await asyncio.to_thread(run.writer.assemble, doc)
             advance()
-
-
-class _RateColumn(ProgressColumn):
-    """Pages per second since the start."""
-
-    def render(self, task: Task) -> Text:
-        elapsed = task.elapsed or 0.0
-        rate = task.completed / elapsed if elapsed > 0 else 0.0
-        return Text(f"{rate:.2f} pages/s", style="progress.data.speed")
-
-
-@contextlib.contextmanager
-def progress_bar(total: int, *, quiet: bool) -> Iterator[Callable[[], None]]:
-    """A progress bar on stderr (done/total, pages/s, ETA); silent with --quiet or off a terminal."""
-    console = Console(stderr=True)
-    if quiet or not console.is_terminal:
-        yield lambda: None
-        return
-    columns = (
-        TextColumn("OCR"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _RateColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("pages", total=total)
-        yield lambda: progress.advance(task)
