@@ -175,6 +175,17 @@ class BlockFound:
 PageEvent: TypeAlias = PageStarted | BlockFound | PageResult
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Job:
+    """What every page of one call shares (so the page helpers take one argument, not five)."""
+
+    prompt: str
+    mode: str
+    sampling: SamplingOptions
+    model: str | None
+    outputs: frozenset[OutputKind]
+
+
 async def ocr_page(
     engine: Engine,
     image: Image.Image,
@@ -196,19 +207,9 @@ async def ocr_page(
     engine is streamed and each grounded block is passed to it as soon as it is complete.
     """
     started = time.perf_counter()
+    job = _Job(prompt=prompt, mode=mode, sampling=sampling, model=model, outputs=outputs)
     work = _ocr_loaded_page(
-        engine,
-        image,
-        prompt=prompt,
-        mode=mode,
-        sampling=sampling,
-        request_id=request_id,
-        model=model,
-        outputs=outputs,
-        page=page,
-        on_block=on_block,
-        started=started,
-        load_s=0.0,
+        engine, image, job, request_id=request_id, page=page, on_block=on_block, started=started, load_s=0.0
     )
     if timeout_s is None:
         return await work
@@ -284,6 +285,7 @@ async def ocr_document_events(
     loop = asyncio.get_running_loop()
     deadline = None if timeout_s is None else loop.time() + timeout_s
     page_iter = iter(pages)
+    job = _Job(prompt=prompt, mode=mode, sampling=sampling, model=model, outputs=outputs)
     window: deque[tuple[PageInput, str, asyncio.Queue[PageEvent], asyncio.Task[None]]] = deque()
 
     def start_next() -> None:
@@ -293,18 +295,7 @@ async def ocr_document_events(
         page_request_id = f"{request_id}-p{page.number}"
         queue: asyncio.Queue[PageEvent] = asyncio.Queue()
         task = asyncio.create_task(
-            _document_page(
-                engine,
-                page,
-                queue,
-                prompt=prompt,
-                mode=mode,
-                sampling=sampling,
-                request_id=page_request_id,
-                model=model,
-                outputs=outputs,
-                stream_blocks=stream_blocks,
-            ),
+            _document_page(engine, page, queue, job, request_id=page_request_id, stream_blocks=stream_blocks),
             name=f"dsocr-page-{page_request_id}",
         )
         window.append((page, page_request_id, queue, task))
@@ -343,13 +334,9 @@ async def _document_page(
     engine: Engine,
     page: PageInput,
     queue: asyncio.Queue[PageEvent],
+    job: _Job,
     *,
-    prompt: str,
-    mode: str,
-    sampling: SamplingOptions,
     request_id: str,
-    model: str | None,
-    outputs: frozenset[OutputKind],
     stream_blocks: bool,
 ) -> None:
     """Load and OCR one page, putting its events on ``queue``; never raises a page failure."""
@@ -364,12 +351,8 @@ async def _document_page(
         result = await _ocr_loaded_page(
             engine,
             image,
-            prompt=prompt,
-            mode=mode,
-            sampling=sampling,
+            job,
             request_id=request_id,
-            model=model,
-            outputs=outputs,
             page=page.number,
             on_block=put_block if stream_blocks else None,
             started=started,
@@ -401,20 +384,21 @@ def _failed(page: int, request_id: str, error: DsocrError, started: float) -> Pa
 async def _ocr_loaded_page(
     engine: Engine,
     image: Image.Image,
+    job: _Job,
     *,
-    prompt: str,
-    mode: str,
-    sampling: SamplingOptions,
     request_id: str,
-    model: str | None,
-    outputs: frozenset[OutputKind],
     page: int,
     on_block: BlockCallback | None,
     started: float,
     load_s: float,
 ) -> PageResult:
     request = EngineRequest(
-        request_id=request_id, prompt=prompt, image=image, sampling=sampling, mode=mode, model=model
+        request_id=request_id,
+        prompt=job.prompt,
+        image=image,
+        sampling=job.sampling,
+        mode=job.mode,
+        model=job.model,
     )
     width, height = image.size
     engine_started = time.perf_counter()
@@ -423,7 +407,7 @@ async def _ocr_loaded_page(
 
     post_started = time.perf_counter()
     parsed, crops, visualization = await asyncio.to_thread(
-        _postprocess, image, output.text, prompt=prompt, outputs=outputs
+        _postprocess, image, output.text, prompt=job.prompt, outputs=job.outputs
     )
     post_s = time.perf_counter() - post_started
 
@@ -433,7 +417,7 @@ async def _ocr_loaded_page(
     warnings: list[str] = []
     if output.finish_reason == "length":
         warnings.append(
-            f"output truncated at max_tokens ({sampling.max_tokens}); "
+            f"output truncated at max_tokens ({job.sampling.max_tokens}); "
             "raise max_tokens or use a smaller mode for this page"
         )
     if repetitive:
