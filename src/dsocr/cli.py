@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 if TYPE_CHECKING:
+    from dsocr.errors import DsocrError
     from dsocr.settings import Settings
 
 app = typer.Typer(
@@ -159,9 +160,34 @@ class FormatChoice(str, Enum):
     json = "json"
 
 
+# Options that `dsocr ocr` and `dsocr batch` share.
+EngineOption = Annotated[
+    EngineChoice, typer.Option(help="Engine: auto picks vLLM on a GPU host with the model, else cpu.")
+]
+ModelOption = Annotated[str | None, typer.Option(help="Hugging Face id or local directory of the model.")]
+ModeOption = Annotated[str, typer.Option(help="Resolution mode: tiny, small, base, large, gundam.")]
+PresetOption = Annotated[
+    str | None, typer.Option(help="Prompt preset: document (default), ocr, free, figure, describe.")
+]
+PromptOption = Annotated[str | None, typer.Option(help="A free prompt instead of a preset.")]
+MaxTokensOption = Annotated[int | None, typer.Option(min=1, help="Most tokens generated per page.")]
+
+
 def _fail(message: str, exit_code: int = 2) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(exit_code)
+
+
+def _fail_with(exc: DsocrError) -> NoReturn:
+    where = f" ({exc.field})" if exc.field else ""
+    _fail(f"{exc.message}{where}", exc.exit_code)
+
+
+def _engine_settings_or_exit(engine: EngineChoice, model: str | None) -> Settings:
+    overrides: dict[str, Any] = {"engine": {"kind": engine.value}}
+    if model is not None:
+        overrides["engine"]["model"] = model
+    return _settings_or_exit(overrides)
 
 
 def _settings_or_exit(overrides: dict[str, Any]) -> Settings:
@@ -290,17 +316,11 @@ def serve_command(
 @app.command("ocr")
 def ocr_command(
     source: Annotated[str, typer.Argument(help="An image or PDF file, or an http(s) URL of one.")],
-    engine: Annotated[
-        EngineChoice, typer.Option(help="Engine: auto picks vLLM on a GPU host with the model, else cpu.")
-    ] = EngineChoice.auto,
-    model: Annotated[
-        str | None, typer.Option(help="Hugging Face id or local directory of the model.")
-    ] = None,
-    mode: Annotated[str, typer.Option(help="Resolution mode: tiny, small, base, large, gundam.")] = "gundam",
-    preset: Annotated[
-        str | None, typer.Option(help="Prompt preset: document (default), ocr, free, figure, describe.")
-    ] = None,
-    prompt: Annotated[str | None, typer.Option(help="A free prompt instead of a preset.")] = None,
+    engine: EngineOption = EngineChoice.auto,
+    model: ModelOption = None,
+    mode: ModeOption = "gundam",
+    preset: PresetOption = None,
+    prompt: PromptOption = None,
     pages: Annotated[str | None, typer.Option(help="PDF pages, e.g. 1-3,5 (default: all).")] = None,
     output_format: Annotated[
         FormatChoice, typer.Option("--format", help="Output: md, txt or json.")
@@ -314,7 +334,7 @@ def ocr_command(
         Path | None,
         typer.Option(help="Box overlay PNG (NAME-pN.png per PDF page), or a layout PDF if it ends in .pdf."),
     ] = None,
-    max_tokens: Annotated[int | None, typer.Option(min=1, help="Most tokens generated per page.")] = None,
+    max_tokens: MaxTokensOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or warnings.")] = False,
 ) -> None:
     """OCR an image or PDF into markdown, text or JSON (no server needed).
@@ -324,10 +344,7 @@ def ocr_command(
     from dsocr.cli_ocr import OcrJob, run_ocr
     from dsocr.errors import DsocrError
 
-    overrides: dict[str, Any] = {"engine": {"kind": engine.value}}
-    if model is not None:
-        overrides["engine"]["model"] = model
-    settings = _settings_or_exit(overrides)
+    settings = _engine_settings_or_exit(engine, model)
     job = OcrJob(
         source=source,
         mode=mode,
@@ -344,8 +361,7 @@ def ocr_command(
     try:
         outcome = run_ocr(job, settings, write_stdout=lambda text: typer.echo(text, nl=False))
     except DsocrError as exc:
-        where = f" ({exc.field})" if exc.field else ""
-        _fail(f"{exc.message}{where}", exc.exit_code)
+        _fail_with(exc)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     if not quiet:
@@ -366,21 +382,15 @@ def batch_command(
         list[str], typer.Argument(metavar="INPUT...", help="Folders (recursive), globs, images and PDFs.")
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created; holds the manifest).")],
-    engine: Annotated[
-        EngineChoice, typer.Option(help="Engine: auto picks vLLM on a GPU host with the model, else cpu.")
-    ] = EngineChoice.auto,
-    model: Annotated[
-        str | None, typer.Option(help="Hugging Face id or local directory of the model.")
-    ] = None,
-    mode: Annotated[str, typer.Option(help="Resolution mode: tiny, small, base, large, gundam.")] = "gundam",
-    preset: Annotated[
-        str | None, typer.Option(help="Prompt preset: document (default), ocr, free, figure, describe.")
-    ] = None,
-    prompt: Annotated[str | None, typer.Option(help="A free prompt instead of a preset.")] = None,
+    engine: EngineOption = EngineChoice.auto,
+    model: ModelOption = None,
+    mode: ModeOption = "gundam",
+    preset: PresetOption = None,
+    prompt: PromptOption = None,
     dpi: Annotated[
         int | None, typer.Option(min=36, max=600, help="PDF rendering DPI (default DSOCR_LIMITS__PDF_DPI).")
     ] = None,
-    max_tokens: Annotated[int | None, typer.Option(min=1, help="Most tokens generated per page.")] = None,
+    max_tokens: MaxTokensOption = None,
     crops: Annotated[bool, typer.Option(help="Write figure crops (images/<page>_<i>.png).")] = True,
     overlays: Annotated[bool, typer.Option(help="Write box overlays (overlays/<page>.png).")] = False,
     max_in_flight: Annotated[
@@ -408,10 +418,7 @@ def batch_command(
     from dsocr.batch import BatchJob, run_batch
     from dsocr.errors import DsocrError
 
-    overrides: dict[str, Any] = {"engine": {"kind": engine.value}}
-    if model is not None:
-        overrides["engine"]["model"] = model
-    settings = _settings_or_exit(overrides)
+    settings = _engine_settings_or_exit(engine, model)
     job = BatchJob(
         inputs=tuple(inputs),
         out_dir=out,
@@ -434,8 +441,7 @@ def batch_command(
         else:
             summary = run_batch(job, settings)
     except DsocrError as exc:
-        where = f" ({exc.field})" if exc.field else ""
-        _fail(f"{exc.message}{where}", exc.exit_code)
+        _fail_with(exc)
     except KeyboardInterrupt:
         _fail("interrupted; finished pages are kept, run the same command again to resume", 130)
     if not quiet:
