@@ -33,6 +33,7 @@ __all__ = [
     "field_from_loc",
     "install_error_handlers",
     "request_id_of",
+    "validation_error_body",
 ]
 
 logger = logging.getLogger(__name__)
@@ -118,6 +119,20 @@ def validation_error_message(errors: Sequence[Mapping[str, Any]]) -> tuple[str, 
     return text, field
 
 
+def validation_error_body(
+    errors: Sequence[Mapping[str, Any]], request_id: str | None
+) -> dict[str, dict[str, str | None]]:
+    """The envelope for a request that failed validation (``code`` ``validation_error``)."""
+    message, field = validation_error_message(errors)
+    return error_body(
+        type_="invalid_request_error",
+        code="validation_error",
+        message=message,
+        field=field,
+        request_id=request_id,
+    )
+
+
 def _count_error(request: Request, code: str) -> None:
     metrics = getattr(getattr(request.app.state, "dsocr", None), "metrics", None)
     if metrics is not None:
@@ -143,14 +158,7 @@ def install_error_handlers(app: FastAPI, *, debug: bool) -> None:
         assert isinstance(exc, RequestValidationError)
         request_id = request_id_of(request)
         _count_error(request, "validation_error")
-        message, field = validation_error_message(list(exc.errors()))
-        body = error_body(
-            type_="invalid_request_error",
-            code="validation_error",
-            message=message,
-            field=field,
-            request_id=request_id,
-        )
+        body = validation_error_body(list(exc.errors()), request_id)
         return JSONResponse(body, status_code=422, headers={"X-Request-Id": request_id or ""})
 
     async def on_http_exception(request: Request, exc: Exception) -> JSONResponse:

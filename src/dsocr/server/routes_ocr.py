@@ -55,7 +55,14 @@ from dsocr.server.schemas import (
     parse_outputs,
 )
 
-__all__ = ["CLIENT_CLOSED_REQUEST", "read_json", "router", "run_watching_disconnect"]
+__all__ = [
+    "CLIENT_CLOSED_REQUEST",
+    "SSE_HEADERS",
+    "ClosingStreamingResponse",
+    "read_json",
+    "router",
+    "run_watching_disconnect",
+]
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["ocr"], dependencies=[Depends(require_api_key)])
@@ -65,6 +72,8 @@ CLIENT_CLOSED_REQUEST = 499
 # Pages of one document kept loaded and running at once: enough to keep a batching engine busy
 # alongside other requests, few enough that a 500-page PDF is never all in memory.
 DOCUMENT_WINDOW = 16
+# Server-sent events must reach the client as produced: no caching, no proxy buffering (nginx).
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # Multipart: one file plus the handful of fields OcrRequest has.
 _MAX_FORM_FIELDS = 32
 
@@ -309,10 +318,10 @@ async def ocr(
             document.close()
             ticket.release()
 
-        return _ClosingStreamingResponse(
+        return ClosingStreamingResponse(
             _sse_events(state, engine, pages, run_args, meta, cleanup),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers=SSE_HEADERS,
             background=BackgroundTask(cleanup),
         )
 
@@ -338,7 +347,7 @@ async def ocr(
     return JSONResponse(document_json(results, outputs=outputs, **meta))
 
 
-class _ClosingStreamingResponse(StreamingResponse):
+class ClosingStreamingResponse(StreamingResponse):
     """Closes its body generator when the response ends, however it ends.
 
     Starlette cancels the sending task on client disconnect but leaves the generator suspended;

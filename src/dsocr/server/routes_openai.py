@@ -42,11 +42,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.types import Receive, Scope, Send
 
 from dsocr import prompts
 from dsocr.engine.base import Engine, EngineDelta, EngineRequest, FinishReason, SamplingOptions
@@ -63,12 +62,17 @@ from dsocr.server.admission import Ticket
 from dsocr.server.deps import AppState, app_state, ready_engine, require_api_key
 from dsocr.server.errors import (
     dsocr_error_body,
-    error_body,
     error_headers,
     request_id_of,
-    validation_error_message,
+    validation_error_body,
 )
-from dsocr.server.routes_ocr import CLIENT_CLOSED_REQUEST, ClientGone, run_watching_disconnect
+from dsocr.server.routes_ocr import (
+    CLIENT_CLOSED_REQUEST,
+    SSE_HEADERS,
+    ClientGone,
+    ClosingStreamingResponse,
+    run_watching_disconnect,
+)
 from dsocr.settings import EngineSettings, LimitSettings, Settings
 
 __all__ = [
@@ -98,15 +102,8 @@ class _OpenAIRoute(APIRoute):
             try:
                 return await handler(request)
             except RequestValidationError as exc:
-                message, field = validation_error_message(list(exc.errors()))
                 request_id = request_id_of(request)
-                body = error_body(
-                    type_="invalid_request_error",
-                    code="validation_error",
-                    message=message,
-                    field=field,
-                    request_id=request_id,
-                )
+                body = validation_error_body(list(exc.errors()), request_id)
                 return JSONResponse(body, status_code=400, headers=_request_id_headers(request_id))
             except InvalidInput as exc:
                 if isinstance(exc, ModelNotFound) or exc.status == 400:
@@ -431,7 +428,7 @@ async def chat_completions(
                 stream, job, completion_id=completion_id, request_id=request_id, state=state, ticket=admitted
             )
             ticket = None
-            return _ClosingStreamingResponse(body_iter, media_type="text/event-stream", headers=_SSE_HEADERS)
+            return ClosingStreamingResponse(body_iter, media_type="text/event-stream", headers=SSE_HEADERS)
         work = ocr_page(
             engine,
             image,
@@ -474,24 +471,6 @@ async def chat_completions(
 
 
 # ---------------------------------------------------------------- streaming
-
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-class _ClosingStreamingResponse(StreamingResponse):
-    """Closes the event generator however the response ends.
-
-    On a client disconnect Starlette cancels the sending task but may leave the generator suspended
-    at a ``yield``; closing it runs its ``finally`` now, which aborts the engine request.
-    """
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            aclose = getattr(self.body_iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()
 
 
 @dataclass(slots=True)
