@@ -26,17 +26,21 @@ import base64
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 from PIL import Image, ImageDraw
 from starlette.requests import Request
+
+# The loopback-server helpers shared with the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from server_support import free_port, wait_ready
 
 SERVER_TIME_HEADER = "x-bench-server-ms"
 # Requests sent before each measured run (connections opened, code paths warm); their CPU time is
@@ -254,26 +258,6 @@ async def open_loop(
         return list(samples), loop.time() - started
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(base: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("the bench server exited")
-        try:
-            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("the bench server did not become ready")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -304,7 +288,7 @@ def main() -> None:
         cmd.append("--async-deps")
     server = subprocess.Popen(cmd, env=env)
     try:
-        wait_ready(base, server)
+        wait_ready(base, process=server)
         print(
             f"server: uvicorn, 1 worker, {base}; engine latency {args.latency_ms:g} ms; {os.cpu_count()} CPUs"
         )

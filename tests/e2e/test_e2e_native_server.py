@@ -10,25 +10,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import socket
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from PIL import Image, ImageDraw
 
 from dsocr.engine.base import EngineDelta, EngineRequest
 from dsocr.engine.fake import FakeEngine
 from dsocr.errors import EngineError, EngineUnavailable
-from dsocr.server.app import create_app
 from dsocr.settings import Settings
+from server_support import Server, running_server
 
 API_KEY = "e2e-native-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -43,37 +38,6 @@ class FailsOnPageTwo(FakeEngine):
             raise EngineError("the engine crashed on this page")
         async for delta in super().stream(request):
             yield delta
-
-
-@dataclass
-class Server:
-    url: str
-    engine: FakeEngine
-
-
-@contextmanager
-def running_server(settings: Settings, engine: FakeEngine) -> Iterator[Server]:
-    """uvicorn in a thread on a free loopback port; stopped and joined on exit."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(settings, engine=engine), log_level="warning", lifespan="on", ws="none"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield Server(url=f"http://127.0.0.1:{port}", engine=engine)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
-        sock.close()
 
 
 @pytest.fixture(scope="module")

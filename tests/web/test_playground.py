@@ -12,22 +12,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-import uvicorn
 from PIL import Image, ImageDraw
 
 from dsocr.engine.fake import FakeEngine
-from dsocr.server.app import create_app
 from dsocr.settings import Settings
+from server_support import dsocr_serve, running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "web" / "playground.test.mjs"
@@ -92,70 +86,25 @@ def _shrink_png(path: Path) -> None:
     small.save(path, format="PNG", optimize=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_ready(
-    base: str, process: subprocess.Popen[bytes] | None = None, log: Path | None = None, timeout_s: float = 180
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            output = log.read_text(errors="replace") if log is not None else ""
-            raise AssertionError(f"dsocr serve exited with {process.returncode}: {output}")
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{base} did not become ready in {timeout_s} s")
-
-
 @pytest.fixture
 def cpu_server(tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DSOCR_")}
     log = tmp_path / "serve.log"
-    with log.open("w") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dsocr", "serve", "--engine", "cpu", "--port", str(port),
-             "--log-level", "warning"],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(base, process, log)
+    with (
+        log.open("w") as log_file,
+        dsocr_serve(
+            "--engine", "cpu", "--log-level", "warning",
+            stdout=log_file, stderr=subprocess.STDOUT,
+            output=lambda: log.read_text(errors="replace"), timeout_s=180,
+        ) as (base, _),
+    ):  # fmt: skip
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture
 def fake_server() -> Iterator[str]:
     settings = Settings(server={"api_keys": [FAKE_KEY]})
-    app = create_app(settings, engine=HostileFakeEngine(delay_s=3.0))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none"))
-    thread = threading.Thread(target=server.run, name="fake-playground-server", daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(base, timeout_s=30)
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
+    with running_server(settings, HostileFakeEngine(delay_s=3.0)) as server:
+        yield server.url
 
 
 def test_playground_in_chromium_matches_the_api_streams_and_escapes(
