@@ -8,29 +8,7 @@ import httpx
 from api_support import b64, pdf_bytes, png_bytes
 
 from dsocr.prompts import PRESETS
-
-SEED_LONG_KEYS = [
-    "extracted_text",
-    "raw_output",
-    "references",
-    "image_references",
-    "other_references",
-    "image_size",
-    "prompt_used",
-    "model_name",
-    "has_bounding_boxes",
-]
-SEED_SHORT_KEYS = ["extracted_text", "image_size", "prompt_used", "model_name"]
-TYPED_ADDITIONS = {
-    "blocks",
-    "markdown",
-    "usage",
-    "finish_reason",
-    "repetitive",
-    "warnings",
-    "timings",
-    "request_id",
-}
+from predict_contract import SEED_LONG_KEYS, SEED_SHORT_KEYS, TYPED_ADDITIONS
 
 
 async def test_default_prompt_returns_seed_long_form_in_seed_key_order(client: httpx.AsyncClient) -> None:

@@ -10,22 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dsocr.grounding import legacy_fields, parse
+from predict_contract import SEED_LONG_KEYS, SEED_SHORT_KEYS
 
 
 def test_grounded_output_gets_the_long_form(raw_fixture: Callable[[str], str]) -> None:
     raw = raw_fixture("document_page.txt")
     fields = legacy_fields(parse(raw, width=1654, height=2339), prompt="P <image>", model_name="m")
-    assert list(fields) == [
-        "extracted_text",
-        "raw_output",
-        "references",
-        "image_references",
-        "other_references",
-        "image_size",
-        "prompt_used",
-        "model_name",
-        "has_bounding_boxes",
-    ]
+    assert list(fields) == SEED_LONG_KEYS
     assert fields["raw_output"] == raw
     assert fields["image_size"] == [1654, 2339]
     assert fields["prompt_used"] == "P <image>" and fields["model_name"] == "m"
@@ -49,6 +40,7 @@ def test_grounded_output_gets_the_long_form(raw_fixture: Callable[[str], str]) -
 def test_untagged_output_gets_the_short_form(raw_fixture: Callable[[str], str]) -> None:
     raw = raw_fixture("free_ocr.txt")
     fields = legacy_fields(parse(raw, width=10, height=20), prompt="Free OCR.", model_name="m")
+    assert list(fields) == SEED_SHORT_KEYS
     assert fields == {
         "extracted_text": raw,
         "image_size": [10, 20],
