@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import AsyncIterator
 
 import httpx
 from api_support import ClientFactory, b64, parse_sse, pdf_bytes, png_bytes
 from PIL import Image
 
-from dsocr.engine.base import EngineDelta, EngineRequest
 from dsocr.engine.fake import FakeEngine
-from dsocr.errors import EngineError
 from dsocr.settings import Settings
-
-
-class FailsOnPageTwo(FakeEngine):
-    """The fake engine, except that page 2 of any document fails in the engine."""
-
-    async def stream(self, request: EngineRequest) -> AsyncIterator[EngineDelta]:
-        if request.request_id.endswith("-p2"):
-            raise EngineError("the engine crashed on this page")
-        async for delta in super().stream(request):
-            yield delta
+from fake_engines import FailsOnPageTwo
 
 
 async def test_json_image_returns_requested_outputs(client: httpx.AsyncClient) -> None:

@@ -19,26 +19,16 @@ import httpx
 import pytest
 from PIL import Image, ImageDraw
 
-from dsocr.engine.base import EngineDelta, EngineRequest
 from dsocr.engine.fake import FakeEngine
-from dsocr.errors import EngineError, EngineUnavailable
+from dsocr.errors import EngineUnavailable
 from dsocr.settings import Settings
+from fake_engines import FailsOnPageTwo
 from predict_contract import SEED_LONG_KEYS
 from server_support import Server, running_server
 
 API_KEY = "e2e-native-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MAX_UPLOAD = 300_000
-
-
-class FailsOnPageTwo(FakeEngine):
-    """The fake engine, except that page 2 of any PDF fails in the engine."""
-
-    async def stream(self, request: EngineRequest) -> AsyncIterator[EngineDelta]:
-        if request.request_id.endswith("-p2"):
-            raise EngineError("the engine crashed on this page")
-        async for delta in super().stream(request):
-            yield delta
 
 
 @pytest.fixture(scope="module")
