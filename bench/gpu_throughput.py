@@ -13,7 +13,8 @@ batched processor with the same parameters):
 Each phase runs a warm-up, then one timed pass of all pages. Prints one ``RESULT {json}`` line per
 phase, then a summary with the ratios.
 
-Optional phases: ``engine-plain`` (our engine, repetition control off: the ceiling) and
+Optional phases: ``engine-plain`` (our engine, repetition control off: the ceiling),
+``engine-hostwait`` (our engine and processor without the device-history switch) and
 ``processor`` (per-step cost of our processor vs the recipe's alone, batch ``--max-seqs``).
 
 usage: python bench/gpu_throughput.py MODEL_DIR [--pages 256] [--tokens 1000] [--phases recipe,engine]
@@ -206,20 +207,38 @@ asyncio.run(main())
 """
 
 
-async def run_engine_plain(model: str, n: int, tokens: int, max_seqs: int) -> None:
-    """Our engine with repetition control off: the ceiling the processor's cost is measured against."""
+async def run_engine_plain(
+    model: str, n: int, tokens: int, max_seqs: int, phase: str = "engine-plain"
+) -> None:
+    """Offline-only variants of our engine.
+
+    ``engine-plain``: repetition control off (the ceiling the processor's cost is measured
+    against). ``engine-hostwait``: repetition control on (30/90) but without the worker extension,
+    so vLLM's runner waits each step for the previous step's tokens on the host (the behaviour
+    before ``enable_device_history``).
+    """
     from dsocr.engine.base import EngineRequest, SamplingOptions
     from dsocr.engine.vllm import VLLMEngine
     from dsocr.settings import EngineSettings
 
+    hostwait = phase == "engine-hostwait"
     settings = EngineSettings(
-        kind="vllm", model=model, load_format="dummy", max_num_seqs=max_seqs, gpu_memory_utilization=0.85
+        kind="vllm",
+        model=model,
+        load_format="dummy",
+        max_num_seqs=max_seqs,
+        gpu_memory_utilization=0.85,
+        vllm_args={"worker_extension_cls": ""} if hostwait else {},
     )
     engine = VLLMEngine(settings)
+    t0 = time.monotonic()
     await engine.start()
+    start_s = time.monotonic() - t0
+    details = {"phase": phase, "start_s": round(start_s, 1), **engine.info.details}
+    print("ENGINE", json.dumps(details), flush=True)
     forced = ForcedLength(engine, tokens)
     images = [page(i) for i in range(n)]
-    sampling = SamplingOptions(ngram_size=None)
+    sampling = SamplingOptions() if hostwait else SamplingOptions(ngram_size=None)
 
     async def one_pass(ims: list[Image.Image]) -> tuple[float, int]:
         reqs = [
@@ -235,7 +254,7 @@ async def run_engine_plain(model: str, n: int, tokens: int, max_seqs: int) -> No
     await one_pass(images[:8])
     wall, out_tokens = await one_pass(images)
     result(
-        phase="engine-plain",
+        phase=phase,
         pages=n,
         wall_s=round(wall, 2),
         pages_per_s=round(n / wall, 3),
@@ -374,8 +393,8 @@ def main() -> None:
         return run_recipe(a.model, a.pages, a.tokens, a.max_seqs)
     if a.phase == "engine":
         return asyncio.run(run_engine(a.model, a.pages, a.tokens, a.max_seqs, a.port))
-    if a.phase == "engine-plain":
-        return asyncio.run(run_engine_plain(a.model, a.pages, a.tokens, a.max_seqs))
+    if a.phase in ("engine-plain", "engine-hostwait"):
+        return asyncio.run(run_engine_plain(a.model, a.pages, a.tokens, a.max_seqs, a.phase))
     if a.phase == "processor":
         return run_processor(a.max_seqs, 200)
     results: dict[str, dict[str, Any]] = {}

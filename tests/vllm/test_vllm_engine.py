@@ -140,3 +140,9 @@ async def test_bad_ngram_arguments_are_invalid_input_naming_the_field(engine: An
     with pytest.raises(InvalidInput) as err:
         await engine.generate(request(ngram_size=-3))
     assert err.value.field == "ngram_size"
+
+
+async def test_the_ngram_processor_reads_tokens_without_the_host_wait(engine: Any) -> None:
+    # start() switched the runner's per-step token wait off for our processor (vllm_ngram);
+    # the self-test above then proved the ban still holds.
+    assert engine.info.details["ngram_device_history[deepseek-ocr-tiny]"] == "on"

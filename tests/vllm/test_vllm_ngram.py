@@ -175,3 +175,125 @@ def test_v2_processor_bans_exactly_the_reference_tokens() -> None:
     proc.apply(logits, ctx)
     for row, k in enumerate(order):
         assert banned_in(logits[row]) == reference(generated[k], extras[k])
+
+
+def _fake_runner(proc: Any) -> Any:
+    """The V1 runner's attributes device history reads, shaped as vLLM 0.26.0 keeps them."""
+    from vllm.v1.sample.logits_processor.state import LogitsProcessors
+
+    batch = SimpleNamespace(
+        logitsprocs=LogitsProcessors([proc]),
+        logitsprocs_need_output_token_ids=True,
+        prev_sampled_token_ids=None,
+    )
+    return SimpleNamespace(input_batch=batch, prev_positions=SimpleNamespace(np=np.full(MAX_REQS, -1)))
+
+
+def test_v1_device_history_bans_exactly_the_reference_tokens_under_async_scheduling() -> None:
+    """With the runner's host wait off, vLLM never repairs the ``-1`` placeholders: the processor
+    takes last step's tokens from ``prev_sampled_token_ids`` (previous row order) through
+    ``prev_positions``, across row swaps, finished requests, new ones and resumed ones."""
+    from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+
+    from dsocr.engine.vllm_ngram import NGramBanV1, enable_device_history
+
+    rng = random.Random(11)
+    proc = NGramBanV1(config(), torch.device("cpu"), False)
+    runner = _fake_runner(proc)
+    assert enable_device_history(runner) == 1
+    assert runner.input_batch.logitsprocs_need_output_token_ids is False
+    extra = {"ngram_size": 3, "window_size": 40, "whitelist_token_ids": [1]}
+    rows: list[dict[str, Any] | None] = [None] * 4  # row -> {"true": tokens, "live": vLLM's list}
+    prev_tokens: torch.Tensor | None = None
+    prev_row_of: dict[int, int] = {}  # request id -> its row last step
+    next_id = 0
+    checked = 0
+    for step in range(200):
+        added, removed, moved = [], [], []
+        for r in range(4):
+            req = rows[r]
+            if req is not None and rng.random() < 0.03:  # finished
+                removed.append(r)
+                rows[r] = None
+            elif req is None and rng.random() < 0.5:  # new, or resumed with real tokens
+                true = [rng.randrange(VOCAB) for _ in range(rng.choice([0, 0, 7]))]
+                rows[r] = {"id": next_id, "true": true, "live": list(true)}
+                next_id += 1
+                added.append((r, params(**extra), [0], rows[r]["live"]))  # type: ignore[index]
+        if step % 17 == 5:
+            moved.append((0, 2, MoveDirectionality.SWAP))
+            rows[0], rows[2] = rows[2], rows[0]
+        proc.update_state(BatchUpdate(batch_size=4, removed=removed, added=added, moved=moved))
+        # the runner's view at sampling time: last step's tokens and this step's row -> last row
+        runner.input_batch.prev_sampled_token_ids = prev_tokens
+        for r in range(4):
+            req = rows[r]
+            runner.prev_positions.np[r] = prev_row_of.get(req["id"], -1) if req else -1
+        logits = torch.zeros(4, VOCAB)
+        proc.apply(logits)
+        for r in range(4):
+            req = rows[r]
+            want = reference(req["true"], extra) if req else set()
+            assert banned_in(logits[r]) == want, (step, r)
+            checked += bool(want)
+        # sample on the "device": the host list only gets a placeholder
+        sampled = torch.zeros(4, 1, dtype=torch.int32)
+        prev_row_of = {}
+        for r in range(4):
+            req = rows[r]
+            if req is None:
+                continue
+            true = req["true"]
+            token = rng.randrange(VOCAB) if rng.random() < 0.5 or len(true) < 2 else true[-2]
+            true.append(token)
+            req["live"].append(-1)
+            sampled[r, 0] = token
+            prev_row_of[req["id"]] = r
+        prev_tokens = sampled
+    assert checked > 150
+
+
+def test_device_history_refuses_a_changed_runner_and_foreign_processors() -> None:
+    from vllm.v1.sample.logits_processor import LogitsProcessor
+    from vllm.v1.sample.logits_processor.state import LogitsProcessors
+
+    from dsocr.engine.vllm_ngram import NGramBanV1, enable_device_history
+
+    proc = NGramBanV1(config(), torch.device("cpu"), False)
+    changed = _fake_runner(proc)
+    del changed.prev_positions
+    with pytest.raises(RuntimeError, match="prev_positions"):
+        enable_device_history(changed)
+
+    class NeedsHostTokens(LogitsProcessor):  # type: ignore[misc]
+        def __init__(self) -> None:
+            pass
+
+        def is_argmax_invariant(self) -> bool:
+            return False
+
+        def update_state(self, batch_update: Any) -> None:
+            pass
+
+        def apply(self, logits: torch.Tensor) -> torch.Tensor:
+            return logits
+
+    runner = _fake_runner(proc)
+    runner.input_batch.logitsprocs = LogitsProcessors([proc, NeedsHostTokens()])
+    assert enable_device_history(runner) == 0  # another processor may read the host lists
+    assert runner.input_batch.logitsprocs_need_output_token_ids is True
+
+
+def test_device_history_matches_the_installed_vllm_runner() -> None:
+    """Fails loudly when vLLM renames what enable_device_history relies on."""
+    import inspect
+
+    from vllm.v1.worker.gpu_input_batch import InputBatch
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    batch_src = inspect.getsource(InputBatch)
+    runner_src = inspect.getsource(GPUModelRunner)
+    assert "self.logitsprocs_need_output_token_ids" in batch_src
+    assert "self.prev_sampled_token_ids" in batch_src
+    assert "self.prev_positions" in runner_src
+    assert "logitsprocs_need_output_token_ids=bool(custom_logitsprocs)" in runner_src

@@ -232,6 +232,7 @@ class VLLMEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         s = self._settings
+        processor = _ngram_processor()
         args: dict[str, Any] = {
             "model": model,
             "revision": s.revision,
@@ -244,9 +245,12 @@ class VLLMEngine:
             "enable_prefix_caching": False,
             "mm_processor_cache_gb": 0,
             "limit_mm_per_prompt": {"image": 1},
-            "logits_processors": [_ngram_processor()],
+            "logits_processors": [processor],
             "disable_log_stats": True,
         }
+        if processor.__name__ == "NGramBanV1":
+            # Lets _build switch the V1 runner's per-step host wait off for it (vllm_ngram).
+            args["worker_extension_cls"] = _WORKER_EXTENSION
         if s.max_num_batched_tokens is not None:
             args["max_num_batched_tokens"] = s.max_num_batched_tokens
         # Several GPUs through vLLM's own data parallelism (one engine core per GPU, requests
@@ -271,6 +275,14 @@ class VLLMEngine:
         if inspect.isawaitable(tokenizer):  # older AsyncLLM had an async get_tokenizer
             tokenizer = await tokenizer
         image_token_id = int(tokenizer.convert_tokens_to_ids("<image>"))
+        if args.get("worker_extension_cls") == _WORKER_EXTENSION:
+            try:
+                switched = await llm.collective_rpc("dsocr_enable_device_ngram_history")
+            except Exception as exc:
+                llm.shutdown()
+                raise EngineUnavailable(f"vLLM could not start {model}: {type(exc).__name__}: {exc}") from exc
+            on = bool(switched) and all(switched)
+            self._details[f"ngram_device_history[{name}]"] = "on" if on else "off"
         logger.info("vLLM %s serving %s as %s", self._version, model, name)
         return _Served(name=name, model=model, llm=llm, image_token_id=image_token_id)
 
@@ -447,6 +459,9 @@ class VLLMEngine:
             temps = s.retry_temperatures or [0.2]
             sampling = replace(sampling, temperature=temps[min(attempt - 1, len(temps) - 1)])
         return replace(request, request_id=f"{request.request_id}-retry{attempt + 1}", sampling=sampling)
+
+
+_WORKER_EXTENSION = "dsocr.engine.vllm_ngram.NGramWorkerExtension"
 
 
 def _ngram_processor() -> type[Any]:

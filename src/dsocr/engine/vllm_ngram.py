@@ -19,6 +19,7 @@ This module imports vllm at the top: only dsocr.engine.vllm imports it, after vl
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -36,7 +37,16 @@ if TYPE_CHECKING:
 
     from vllm import SamplingParams
 
-__all__ = ["NGramBanV1", "NGramParams", "last_window", "processor_class"]
+__all__ = [
+    "NGramBanV1",
+    "NGramParams",
+    "NGramWorkerExtension",
+    "enable_device_history",
+    "last_window",
+    "processor_class",
+]
+
+logger = logging.getLogger(__name__)
 
 _DEFAULT_WINDOW = 100  # the recipe class's default when only ngram_size is given
 
@@ -119,6 +129,14 @@ class NGramBanV1(LogitsProcessor):  # type: ignore[misc]  # vllm is untyped here
         self._params: dict[int, NGramParams] = {}
         self._outputs: dict[int, list[int]] = {}  # live references to vLLM's output lists
         self._copied: dict[int, int] = {}  # tokens of each slot already in self._tokens
+        # Set by enable_device_history: the V1 model runner whose last sampled tokens (on the
+        # device) replace the host placeholders vLLM then no longer repairs for us.
+        self._runner: Any = None
+        self._warned_gap = False
+
+    def read_sampled_tokens_from(self, runner: Any) -> None:
+        """Take each step's previous tokens from ``runner`` on the device (see enable_device_history)."""
+        self._runner = runner
 
     def is_argmax_invariant(self) -> bool:
         """Not invariant: it changes the argmax (else greedy decoding would skip it, vllm#28617)."""
@@ -143,29 +161,51 @@ class NGramBanV1(LogitsProcessor):  # type: ignore[misc]  # vllm is untyped here
                 self._swap(a, b)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        """One host→device copy of this step's new tokens and row lengths, then a batched ban."""
+        """One host→device copy of this step's indices, then a batched ban; no device→host wait.
+
+        A slot's output list holds real tokens (vLLM's own, or repaired by vLLM before this call)
+        and, under async scheduling with device history on, a ``-1`` placeholder for the token
+        sampled last step, which is still on the device: it is gathered from the runner's
+        ``prev_sampled_token_ids`` by the previous-row map, never read back to the host.
+        """
         if not self._params:
             return logits
+        prev, prev_rows = self._previous_step()
         slots: list[int] = []
         cols: list[int] = []
         values: list[int] = []
+        dev_slots: list[int] = []
+        dev_cols: list[int] = []
+        dev_src: list[int] = []
         group_rows: dict[NGramParams, list[int]] = {}
         group_lengths: dict[NGramParams, list[int]] = {}
         for slot, params in self._params.items():
             ids = self._outputs[slot]
             end = len(ids)
-            while end > 0 and ids[end - 1] < 0:  # async scheduling placeholders (-1)
-                end -= 1
-            start = self._copied[slot]
-            if end > start:
-                slots.extend([slot] * (end - start))
-                cols.extend(range(start, end))
-                values.extend(ids[start:end])
-                self._copied[slot] = end
-            if end >= params.ngram_size:
+            known = self._copied[slot]
+            first = known
+            while known < end and ids[known] >= 0:  # real tokens not yet on the device
+                known += 1
+            if known > first:
+                slots.extend([slot] * (known - first))
+                cols.extend(range(first, known))
+                values.extend(ids[first:known])
+            if known == end - 1 and prev is not None and prev_rows is not None:
+                source = int(prev_rows[slot])
+                if source >= 0:  # the one placeholder: last step's token, still on the device
+                    dev_slots.append(slot)
+                    dev_cols.append(known)
+                    dev_src.append(source)
+                    known = end
+            if known < end and prev is not None and not self._warned_gap:
+                # Never seen: vLLM's runner contract changed. Ban on the known prefix, loudly.
+                self._warned_gap = True
+                logger.warning("n-gram ban: slot %d has %d unresolved placeholders", slot, end - known)
+            self._copied[slot] = known
+            if known >= params.ngram_size:
                 group_rows.setdefault(params, []).append(slot)
-                group_lengths.setdefault(params, []).append(end)
-        payload = slots + cols + values
+                group_lengths.setdefault(params, []).append(known)
+        payload = slots + cols + values + dev_slots + dev_cols + dev_src
         for params, rows_list in group_rows.items():
             payload += rows_list + group_lengths[params]
         if not payload:
@@ -173,10 +213,17 @@ class NGramBanV1(LogitsProcessor):  # type: ignore[misc]  # vllm is untyped here
         flat = torch.tensor(payload, dtype=torch.long, pin_memory=self._pin).to(
             self._device, non_blocking=True
         )
-        n = len(slots)
+        n, d = len(slots), len(dev_slots)
         if n:
             self._tokens[flat[:n], flat[n : 2 * n]] = flat[2 * n : 3 * n]
         offset = 3 * n
+        if d:
+            assert prev is not None
+            src = flat[offset + 2 * d : offset + 3 * d]
+            self._tokens[flat[offset : offset + d], flat[offset + d : offset + 2 * d]] = prev[src, 0].to(
+                torch.long
+            )
+        offset += 3 * d
         for params, rows_list in group_rows.items():
             k = len(rows_list)
             # In the V1 runner, logits row i is persistent-batch slot i.
@@ -197,6 +244,17 @@ class NGramBanV1(LogitsProcessor):  # type: ignore[misc]  # vllm is untyped here
                 _ban(logits, rows, hist, kept, params)
         return logits
 
+    def _previous_step(self) -> tuple[torch.Tensor | None, Any]:
+        """Last step's sampled tokens ``[rows, 1]`` on the device and this step's row → previous row
+        map (``-1``: not sampled last step), when the runner keeps them (async scheduling)."""
+        runner = self._runner
+        if runner is None:
+            return None, None
+        prev = runner.input_batch.prev_sampled_token_ids
+        if prev is None:  # synchronous scheduling, or the first step: host lists are complete
+            return None, None
+        return prev, runner.prev_positions.np
+
     def _drop(self, index: int) -> None:
         self._params.pop(index, None)
         self._outputs.pop(index, None)
@@ -210,6 +268,54 @@ class NGramBanV1(LogitsProcessor):  # type: ignore[misc]  # vllm is untyped here
             if vb is not None:
                 table[a] = vb  # type: ignore[assignment]
         self._tokens[[a, b]] = self._tokens[[b, a]]
+
+
+def enable_device_history(runner: Any) -> int:
+    """Stop the V1 runner's per-step host wait for our processors; return how many now read the
+    previous step's tokens on the device instead (0: nothing changed).
+
+    vLLM 0.26.0 cannot tell whether a custom V1 processor reads output token ids, so it assumes
+    one does (``gpu_model_runner.py``: ``logitsprocs_need_output_token_ids=bool(custom_logitsprocs)``)
+    and, under async scheduling, each step blocks on the previous step's token copy and rewrites
+    every request's placeholder in Python (``gpu_input_batch.py``: ``update_async_output_token_ids``).
+    Ours needs no host tokens: it gathers them from ``input_batch.prev_sampled_token_ids`` through
+    ``prev_positions``, both of which the runner already keeps for its own inputs. There is no
+    public switch for this, so this one function touches the runner's internals; it refuses (and
+    tests/vllm fail) when they change, and leaves the flag alone when any other custom processor
+    (which might need the host lists) is registered, or with speculative decoding.
+    """
+    batch = runner.input_batch
+    missing = [
+        name
+        for obj, name in (
+            (batch, "logitsprocs_need_output_token_ids"),
+            (batch, "prev_sampled_token_ids"),
+            (batch, "logitsprocs"),
+            (runner, "prev_positions"),
+        )
+        if not hasattr(obj, name)
+    ]
+    if missing:
+        raise RuntimeError(f"vLLM's V1 model runner changed: no {missing}; update dsocr.engine.vllm_ngram")
+    ours = [p for p in batch.logitsprocs.all if isinstance(p, NGramBanV1)]
+    others = [p for p in batch.logitsprocs.all if not type(p).__module__.startswith("vllm.")]
+    speculative = int(getattr(runner, "num_spec_tokens", 0)) > 0
+    if not ours or len(others) > len(ours) or speculative:
+        return 0
+    for processor in ours:
+        processor.read_sampled_tokens_from(runner)
+    batch.logitsprocs_need_output_token_ids = False
+    return len(ours)
+
+
+class NGramWorkerExtension:
+    """Mixed into vLLM's worker (``worker_extension_cls``) so the engine can reach the runner."""
+
+    model_runner: Any
+
+    def dsocr_enable_device_ngram_history(self) -> int:
+        """Called once through ``collective_rpc`` after start, before any request."""
+        return enable_device_history(self.model_runner)
 
 
 try:  # Model Runner V2's interface exists only in newer vLLM (not in 0.26.0)
