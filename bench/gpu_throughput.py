@@ -14,7 +14,7 @@ Each phase runs a warm-up, then one timed pass of all pages. Prints one ``RESULT
 phase, then a summary with the ratios.
 
 Optional phases: ``engine-plain`` (our engine, repetition control off: the ceiling),
-``engine-hostwait`` (our engine and processor without the device-history switch) and
+``engine-devhist`` (our engine with ``ngram_device_history`` on: the processor reads tokens on the GPU) and
 ``processor`` (per-step cost of our processor vs the recipe's alone, batch ``--max-seqs``).
 
 usage: python bench/gpu_throughput.py MODEL_DIR [--pages 256] [--tokens 1000] [--phases recipe,engine]
@@ -213,22 +213,22 @@ async def run_engine_plain(
     """Offline-only variants of our engine.
 
     ``engine-plain``: repetition control off (the ceiling the processor's cost is measured
-    against). ``engine-hostwait``: repetition control on (30/90) but without the worker extension,
-    so vLLM's runner waits each step for the previous step's tokens on the host (the behaviour
-    before ``enable_device_history``).
+    against). ``engine-devhist``: repetition control on (30/90) with ``ngram_device_history``, so
+    vLLM's runner does not wait each step for the previous step's tokens on the host
+    (``enable_device_history``; the ``engine`` phase runs the default, which waits).
     """
     from dsocr.engine.base import EngineRequest, SamplingOptions
     from dsocr.engine.vllm import VLLMEngine
     from dsocr.settings import EngineSettings
 
-    hostwait = phase == "engine-hostwait"
+    devhist = phase == "engine-devhist"
     settings = EngineSettings(
         kind="vllm",
         model=model,
         load_format="dummy",
         max_num_seqs=max_seqs,
         gpu_memory_utilization=0.85,
-        vllm_args={"worker_extension_cls": ""} if hostwait else {},
+        ngram_device_history=devhist,
     )
     engine = VLLMEngine(settings)
     t0 = time.monotonic()
@@ -238,7 +238,7 @@ async def run_engine_plain(
     print("ENGINE", json.dumps(details), flush=True)
     forced = ForcedLength(engine, tokens)
     images = [page(i) for i in range(n)]
-    sampling = SamplingOptions() if hostwait else SamplingOptions(ngram_size=None)
+    sampling = SamplingOptions() if devhist else SamplingOptions(ngram_size=None)
 
     async def one_pass(ims: list[Image.Image]) -> tuple[float, int]:
         reqs = [
@@ -393,7 +393,7 @@ def main() -> None:
         return run_recipe(a.model, a.pages, a.tokens, a.max_seqs)
     if a.phase == "engine":
         return asyncio.run(run_engine(a.model, a.pages, a.tokens, a.max_seqs, a.port))
-    if a.phase in ("engine-plain", "engine-hostwait"):
+    if a.phase in ("engine-plain", "engine-devhist"):
         return asyncio.run(run_engine_plain(a.model, a.pages, a.tokens, a.max_seqs, a.phase))
     if a.phase == "processor":
         return run_processor(a.max_seqs, 200)

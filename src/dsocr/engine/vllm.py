@@ -248,7 +248,7 @@ class VLLMEngine:
             "logits_processors": [processor],
             "disable_log_stats": True,
         }
-        if processor.__name__ == "NGramBanV1":
+        if processor.__name__ == "NGramBanV1" and s.ngram_device_history:
             # Lets _build switch the V1 runner's per-step host wait off for it (vllm_ngram).
             args["worker_extension_cls"] = _WORKER_EXTENSION
         if s.max_num_batched_tokens is not None:
