@@ -202,30 +202,23 @@ def _mount_playground(app: FastAPI) -> None:
 
 
 async def _start_engine(state: AppState, engine: Engine | None) -> None:
-    settings = state.settings
-    if engine is None:
-        try:
-            from dsocr.engine.factory import create_engine  # type: ignore[import-not-found,unused-ignore]
-
-            engine = create_engine(settings.engine)
-        except DsocrError as exc:
-            state.unready_reason = f"the engine could not be created: {exc.message}"
-            logger.error("engine creation failed: %s", exc.message)
-            return
-        except Exception as exc:
-            state.unready_reason = f"the engine could not be created: {type(exc).__name__}: {exc}"
-            logger.exception("engine creation failed")
-            return
-    state.engine = engine
+    """Create (unless given) and start the engine; on failure record why and stay unready."""
+    stage = "created"
     try:
+        if engine is None:
+            from dsocr.engine.factory import create_engine
+
+            engine = create_engine(state.settings.engine)
+        state.engine = engine
+        stage = "started"
         await engine.start()
     except DsocrError as exc:
-        state.unready_reason = f"the engine failed to start: {exc.message}"
-        logger.error("engine start failed: %s", exc.message)
+        state.unready_reason = f"the engine could not be {stage}: {exc.message}"
+        logger.error("engine could not be %s: %s", stage, exc.message)
         return
     except Exception as exc:
-        state.unready_reason = f"the engine failed to start: {type(exc).__name__}: {exc}"
-        logger.exception("engine start failed")
+        state.unready_reason = f"the engine could not be {stage}: {type(exc).__name__}: {exc}"
+        logger.exception("engine could not be %s", stage)
         return
     state.ready = True
     state.unready_reason = ""
