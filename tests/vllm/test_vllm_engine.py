@@ -124,9 +124,10 @@ async def test_abort_by_id_ends_the_request(engine: Any) -> None:
     assert out.completion_tokens < 600
 
 
-async def test_modes_other_than_gundam_are_rejected_naming_the_field(engine: Any) -> None:
+async def test_unknown_mode_is_rejected_naming_the_field(engine: Any) -> None:
+    # Tiny/Small/Base/Large are served (tests/vllm/test_vllm_modes.py); Gundam-M is not.
     with pytest.raises(InvalidInput) as err:
-        await engine.generate(replace(request(), mode="tiny"))
+        await engine.generate(replace(request(), mode="gundam-m"))
     assert err.value.field == "mode" and "gundam" in err.value.message
 
 

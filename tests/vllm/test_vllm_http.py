@@ -90,7 +90,7 @@ async def test_a_page_through_predict(client: httpx.AsyncClient) -> None:
     assert 0 < body["usage"]["completion_tokens"] <= 16
 
 
-async def test_non_gundam_mode_is_a_400_naming_the_field(client: httpx.AsyncClient) -> None:
-    r = await client.post("/v1/ocr", json={"image_base64": png_b64(), "mode": "tiny", "max_tokens": 8})
+async def test_unserved_mode_is_a_400_naming_the_field(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/ocr", json={"image_base64": png_b64(), "mode": "gundam-m", "max_tokens": 8})
     assert r.status_code in (400, 422), r.text
     assert "mode" in r.text

