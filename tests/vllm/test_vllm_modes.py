@@ -152,3 +152,18 @@ def test_only_deepseek_ocr_v1_is_switched_to_the_dsocr_architecture() -> None:
     v2.architectures = ["DeepseekOCR2ForCausalLM"]
     assert vllm_modes().use_mode_architecture(v1).architectures == [ARCHITECTURE]
     assert vllm_modes().use_mode_architecture(v2).architectures == ["DeepseekOCR2ForCausalLM"]
+
+
+def test_without_the_installed_plugin_the_engine_stays_on_upstream_gundam(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # dsocr used from a source tree (PYTHONPATH, Truss bundles): vLLM's engine-core process could
+    # not resolve our architecture, so the engine must not ask for it.
+    from dsocr.engine import vllm as engine_module
+
+    assert engine_module._modes_module() is not None  # installed here (scripts/setup_vllm_cpu.sh)
+    monkeypatch.setenv("VLLM_PLUGINS", "some_other_plugin")
+    assert engine_module._modes_module() is None
+    monkeypatch.delenv("VLLM_PLUGINS")
+    monkeypatch.setattr("importlib.metadata.entry_points", lambda group: [])
+    assert engine_module._modes_module() is None

@@ -488,13 +488,30 @@ _WORKER_EXTENSION = "dsocr.engine.vllm_ngram.NGramWorkerExtension"
 
 
 def _modes_module() -> Any:
-    """dsocr.engine.vllm_modes, or ``None`` where this vLLM lacks the classes it subclasses."""
+    """dsocr.engine.vllm_modes, or ``None`` where it cannot work: this vLLM lacks the classes it
+    subclasses, or dsocr's vLLM plugin is not installed — vLLM's engine-core process learns our
+    model class only through that entry point, so without it (dsocr used from a source tree on
+    ``PYTHONPATH``, or ``VLLM_PLUGINS`` leaving it out) the engine would fail to start."""
+    if not _modes_plugin_installed():
+        logger.warning(
+            "resolution modes other than gundam are off: the 'dsocr_modes' vLLM plugin is not "
+            "installed (pip install dsocr, or add it to VLLM_PLUGINS)"
+        )
+        return None
     try:
         from dsocr.engine import vllm_modes
     except ImportError as exc:
         logger.warning("resolution modes other than gundam are off: %s", exc)
         return None
     return vllm_modes
+
+
+def _modes_plugin_installed() -> bool:
+    from importlib.metadata import entry_points
+
+    names = {ep.name for ep in entry_points(group="vllm.general_plugins")}
+    allowed = os.environ.get("VLLM_PLUGINS")
+    return "dsocr_modes" in names and (allowed is None or "dsocr_modes" in allowed.split(","))
 
 
 def _ngram_processor() -> type[Any]:
