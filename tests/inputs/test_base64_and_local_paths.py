@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from inputs_support import png_bytes, text_page
+from PIL import Image
 
 from dsocr.errors import InputTooLarge, InvalidInput, UnsupportedMediaType
 from dsocr.inputs import Base64Source, BytesSource, PathSource, load_document, open_file
@@ -33,6 +36,30 @@ async def test_line_wrapped_base64_loads(page_png: bytes, limits: LimitSettings)
     wrapped = base64.encodebytes(page_png).decode()  # 76-column lines, as the base64 tool writes
     assert "\n" in wrapped
     assert await _load(Base64Source(wrapped), limits) == (120, 80)
+
+
+async def test_page_sized_base64_is_decoded_off_the_event_loop(
+    limits: LimitSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dsocr.inputs import sources
+
+    threads: list[str] = []
+    decode = sources.decode_base64
+
+    def recording_decode(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(sources, "decode_base64", recording_decode)
+    small = base64.b64encode(png_bytes(text_page((120, 80)))).decode()
+    noisy = Image.effect_noise((400, 400), 64).convert("RGB")  # incompressible: a real page's size
+    large = base64.b64encode(png_bytes(noisy)).decode()
+    assert len(small) < sources._INLINE_BASE64_CHARS < len(large)
+    assert await _load(Base64Source(small), limits) == (120, 80)
+    assert await _load(Base64Source(large), limits) == (400, 400)
+    main = threading.main_thread().name
+    assert threads[0] == main  # tiny payloads stay inline: the thread hop would cost more
+    assert threads[1] != main
 
 
 async def test_data_uri_loads(page_png: bytes, limits: LimitSettings) -> None:
