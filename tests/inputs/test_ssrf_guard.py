@@ -301,25 +301,21 @@ async def test_unreachable_host_is_fetch_failed(loopback_fetch: FetchSettings) -
         await fetch_url("http://127.0.0.1:1/x.png", fetch=loopback_fetch, max_bytes=MiB)
 
 
-async def test_stalled_server_hits_the_read_timeout(loopback_server: LoopbackServer) -> None:
+@pytest.mark.parametrize(
+    ("limit", "message"),
+    [("read_timeout_s", "timed out"), ("total_timeout_s", "TOTAL_TIMEOUT")],
+    ids=["read-timeout", "total-timeout-bounds-the-whole-fetch"],
+)
+async def test_stalled_server_hits_the_timeout(
+    loopback_server: LoopbackServer, limit: str, message: str
+) -> None:
     def stall(_path: str, _headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         time.sleep(1.0)
         return 200, {"Content-Type": "image/png"}, b"late"
 
     loopback_server.routes["/slow.png"] = stall
-    fetch = FetchSettings(allow_http=True, allow_networks=["127.0.0.0/8"], read_timeout_s=0.2)
-    with pytest.raises(FetchFailed, match="timed out"):
-        await fetch_url(loopback_server.url("/slow.png"), fetch=fetch, max_bytes=MiB)
-
-
-async def test_total_timeout_bounds_the_whole_fetch(loopback_server: LoopbackServer) -> None:
-    def stall(_path: str, _headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-        time.sleep(1.0)
-        return 200, {"Content-Type": "image/png"}, b"late"
-
-    loopback_server.routes["/slow.png"] = stall
-    fetch = FetchSettings(allow_http=True, allow_networks=["127.0.0.0/8"], total_timeout_s=0.2)
-    with pytest.raises(FetchFailed, match="TOTAL_TIMEOUT"):
+    fetch = FetchSettings(allow_http=True, allow_networks=["127.0.0.0/8"], **{limit: 0.2})
+    with pytest.raises(FetchFailed, match=message):
         await fetch_url(loopback_server.url("/slow.png"), fetch=fetch, max_bytes=MiB)
 
 
