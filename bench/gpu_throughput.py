@@ -13,9 +13,19 @@ batched processor with the same parameters):
 Each phase runs a warm-up, then one timed pass of all pages. Prints one ``RESULT {json}`` line per
 phase, then a summary with the ratios.
 
-Optional phases: ``engine-plain`` (our engine, repetition control off: the ceiling),
+Optional phases: ``engine-offline`` (the ``engine`` phase without its HTTP pass),
+``engine-plain`` (our engine, repetition control off: the ceiling),
 ``engine-devhist`` (our engine with ``ngram_device_history`` on: the processor reads tokens on the GPU) and
-``processor`` (per-step cost of our processor vs the recipe's alone, batch ``--max-seqs``).
+``processor`` (per-step cost of our processor vs the recipe's alone, batch ``--max-seqs``),
+``profile`` (our engine under vLLM's torch profiler for ``--profile-steps`` decode steps of the
+timed pass: the kernels' GPU time per step against the wall time per step), ``modes`` (one page
+in each resolution mode: vision tokens against the official formula; needs dsocr installed so
+vLLM loads its ``dsocr_modes`` plugin).
+
+``--engine-args JSON`` overrides dsocr ``EngineSettings`` fields for our engine's phases (e.g.
+``'{"max_num_seqs": 512, "kv_cache_dtype": "fp8"}'``); ``--max-seqs`` sets both engines' batch
+size unless ``--engine-args`` names ``max_num_seqs``; ``--recipe-max-seqs`` sets the recipe's alone.
+``--log-stats`` turns vLLM's periodic throughput / KV-cache log on for our engine.
 
 usage: python bench/gpu_throughput.py MODEL_DIR [--pages 256] [--tokens 1000] [--phases recipe,engine]
 """
@@ -207,8 +217,30 @@ asyncio.run(main())
 """
 
 
+def engine_settings(model: str, max_seqs: int, overrides: dict[str, Any], log_stats: bool) -> dict[str, Any]:
+    """Our engine's settings in every engine phase: the bench's fixed parts, then the overrides."""
+    values: dict[str, Any] = {
+        "kind": "vllm",
+        "model": model,
+        "served_model_name": "deepseek-ocr",
+        "load_format": "dummy",
+        "max_num_seqs": max_seqs,
+        "gpu_memory_utilization": 0.85,
+    }
+    values.update(overrides)
+    if log_stats:
+        values["vllm_args"] = {**values.get("vllm_args", {}), "disable_log_stats": False}
+    return values
+
+
 async def run_engine_plain(
-    model: str, n: int, tokens: int, max_seqs: int, phase: str = "engine-plain"
+    model: str,
+    n: int,
+    tokens: int,
+    max_seqs: int,
+    phase: str = "engine-plain",
+    overrides: dict[str, Any] | None = None,
+    log_stats: bool = False,
 ) -> None:
     """Offline-only variants of our engine.
 
@@ -222,23 +254,18 @@ async def run_engine_plain(
     from dsocr.settings import EngineSettings
 
     devhist = phase == "engine-devhist"
-    settings = EngineSettings(
-        kind="vllm",
-        model=model,
-        load_format="dummy",
-        max_num_seqs=max_seqs,
-        gpu_memory_utilization=0.85,
-        ngram_device_history=devhist,
-    )
+    values = engine_settings(model, max_seqs, overrides or {}, log_stats)
+    values["ngram_device_history"] = devhist
+    settings = EngineSettings(**values)
     engine = VLLMEngine(settings)
     t0 = time.monotonic()
     await engine.start()
     start_s = time.monotonic() - t0
-    details = {"phase": phase, "start_s": round(start_s, 1), **engine.info.details}
+    details = {"phase": phase, "start_s": round(start_s, 1), **engine_config(engine)}
     print("ENGINE", json.dumps(details), flush=True)
     forced = ForcedLength(engine, tokens)
     images = [page(i) for i in range(n)]
-    sampling = SamplingOptions() if devhist else SamplingOptions(ngram_size=None)
+    sampling = SamplingOptions(ngram_size=None) if phase == "engine-plain" else SamplingOptions()
 
     async def one_pass(ims: list[Image.Image]) -> tuple[float, int]:
         reqs = [
@@ -311,7 +338,9 @@ def run_processor(batch: int, steps: int) -> None:
     )
 
 
-async def run_engine(model: str, n: int, tokens: int, max_seqs: int, port: int) -> None:
+async def run_engine(
+    model: str, n: int, tokens: int, max_seqs: int, port: int, overrides: dict[str, Any], log_stats: bool
+) -> None:
     import uvicorn
 
     from dsocr.engine.vllm import VLLMEngine
@@ -319,14 +348,7 @@ async def run_engine(model: str, n: int, tokens: int, max_seqs: int, port: int) 
     from dsocr.settings import Settings
 
     settings = Settings(
-        engine={
-            "kind": "vllm",
-            "model": model,
-            "served_model_name": "deepseek-ocr",
-            "load_format": "dummy",
-            "max_num_seqs": max_seqs,
-            "gpu_memory_utilization": 0.85,
-        },
+        engine=engine_settings(model, max_seqs, overrides, log_stats),
         server={"max_concurrency": max(n + 16, 256)},
         limits={"max_queue": max(2 * n, 512)},
     )
@@ -334,7 +356,7 @@ async def run_engine(model: str, n: int, tokens: int, max_seqs: int, port: int) 
     t0 = time.monotonic()
     await engine.start()
     start_s = time.monotonic() - t0
-    print("ENGINE", json.dumps({"start_s": round(start_s, 1), **engine.info.details}), flush=True)
+    print("ENGINE", json.dumps({"start_s": round(start_s, 1), **engine_config(engine)}), flush=True)
     forced = ForcedLength(engine, tokens)
     images = [page(i) for i in range(n)]
     await _offline_pass(forced, images[:8])
@@ -376,6 +398,124 @@ async def run_engine(model: str, n: int, tokens: int, max_seqs: int, port: int) 
     await engine.close()
 
 
+def engine_config(engine: Any) -> dict[str, Any]:
+    """What the engine really runs with (vLLM's resolved config), for the log."""
+    (served,) = engine._served.values()
+    config = served.llm.vllm_config
+    return {
+        **engine.info.details,
+        "max_num_seqs": config.scheduler_config.max_num_seqs,
+        "max_num_batched_tokens": config.scheduler_config.max_num_batched_tokens,
+        "kv_cache_dtype": config.cache_config.cache_dtype,
+        "num_gpu_blocks": config.cache_config.num_gpu_blocks,
+        "block_size": config.cache_config.block_size,
+    }
+
+
+async def run_profile(
+    model: str,
+    n: int,
+    tokens: int,
+    max_seqs: int,
+    overrides: dict[str, Any],
+    steps: int,
+    delay_steps: int | None = None,
+) -> None:
+    """Our engine's timed pass with vLLM's torch profiler on ``steps`` iterations of steady decode.
+
+    Prints the kernel table vLLM writes (sorted by GPU time) and the GPU time per profiled step
+    next to the wall time per decode step of the whole pass: a GPU-bound step has the two close.
+    """
+    from vllm.config import ProfilerConfig
+
+    from dsocr.engine.vllm import VLLMEngine
+    from dsocr.settings import EngineSettings
+
+    out_dir = Path(os.environ.get("OUT", "/tmp")) / "profile"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Default: skip the prefill ramp and profile the middle of the decode phase; 0 profiles the
+    # first steps of the pass (pages entering: vision encoder and prefill).
+    delay = max(tokens // 2, 1) if delay_steps is None else delay_steps
+    profiler = ProfilerConfig(
+        profiler="torch",
+        torch_profiler_dir=str(out_dir),
+        torch_profiler_with_stack=False,
+        delay_iterations=delay,  # 0 = start at once
+        max_iterations=steps,
+        ignore_frontend=True,
+    )
+    values = engine_settings(model, max_seqs, overrides, False)
+    values["vllm_args"] = {**values.get("vllm_args", {}), "profiler_config": profiler}
+    engine = VLLMEngine(EngineSettings(**values))
+    await engine.start()
+    print("ENGINE", json.dumps({"phase": "profile", **engine_config(engine)}), flush=True)
+    (served,) = engine._served.values()
+    forced = ForcedLength(engine, tokens)
+    images = [page(i) for i in range(n)]
+    await _offline_pass(forced, images[:8])
+    await served.llm.start_profile()
+    wall, _ = await _offline_pass(forced, images)
+    await served.llm.stop_profile()
+    await asyncio.sleep(5)  # the worker writes its table after the last profiled step
+    tables = sorted(out_dir.glob("profiler_out_*.txt"))
+    table = tables[0].read_text() if tables else ""
+    print("\n".join(table.splitlines()[:45]))
+    gpu_total_ms = _self_cuda_total_ms(table)
+    result(
+        phase="profile",
+        pages=n,
+        wall_s=round(wall, 2),
+        pages_per_s=round(n / wall, 3),
+        wall_ms_per_decode_step=round(wall / tokens * 1000, 2),
+        profiled_steps=steps,
+        gpu_ms_per_profiled_step=round(gpu_total_ms / steps, 2) if gpu_total_ms else None,
+    )
+    await engine.close()
+
+
+async def run_modes(model: str, overrides: dict[str, Any]) -> None:
+    """Every resolution mode on this GPU: one page each, vision tokens vs the official formula."""
+    from dsocr.engine.base import EngineRequest, SamplingOptions
+    from dsocr.engine.vllm import VLLMEngine
+    from dsocr.modes import vision_tokens
+    from dsocr.settings import EngineSettings
+
+    engine = VLLMEngine(EngineSettings(**engine_settings(model, 16, overrides, False)))
+    await engine.start()
+    print("ENGINE", json.dumps({"phase": "modes", "modes": engine.info.modes, **engine_config(engine)}))
+    im = page(0)
+    rows = {}
+    for mode in ("tiny", "small", "base", "large", "gundam"):
+        req = EngineRequest(
+            request_id=f"mode-{mode}",
+            prompt=PROMPT,
+            image=im,
+            mode=mode,
+            sampling=SamplingOptions(max_tokens=16, ignore_eos=True),
+        )
+        out = await engine.generate(req)
+        expected = vision_tokens(*im.size, mode)
+        rows[mode] = {
+            "vision_tokens": out.vision_tokens,
+            "formula": expected,
+            "tokens": out.completion_tokens,
+        }
+        print(f"MODE {mode}: vision tokens {out.vision_tokens} (formula {expected})", flush=True)
+    result(phase="modes", all_match=all(r["vision_tokens"] == r["formula"] for r in rows.values()), **rows)
+    await engine.close()
+
+
+def _self_cuda_total_ms(table: str) -> float | None:
+    """``Self CUDA time total: 1.234s`` (or ``ms``/``us``) at the foot of torch's table, in ms."""
+    for line in table.splitlines():
+        if line.startswith("Self CUDA time total:"):
+            value = line.split(":", 1)[1].strip()
+            for unit, scale in (("ms", 1.0), ("us", 1e-3), ("s", 1000.0)):
+                if value.endswith(unit):
+                    return float(value[: -len(unit)]) * scale
+    return None
+
+
 # ------------------------------------------------------------------------------------------- main
 
 
@@ -385,16 +525,30 @@ def main() -> None:
     ap.add_argument("--pages", type=int, default=256)
     ap.add_argument("--tokens", type=int, default=1000)
     ap.add_argument("--max-seqs", type=int, default=256)
+    ap.add_argument("--recipe-max-seqs", type=int)
+    ap.add_argument("--engine-args", default="{}", help="JSON: EngineSettings overrides for our engine")
+    ap.add_argument("--log-stats", action="store_true")
+    ap.add_argument("--profile-steps", type=int, default=20)
+    ap.add_argument("--profile-delay", type=int, help="engine steps before profiling (default tokens/2)")
     ap.add_argument("--phases", default="recipe,engine")
     ap.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one phase in this process
     ap.add_argument("--port", type=int, default=8765)
     a = ap.parse_args()
+    overrides = json.loads(a.engine_args)
     if a.phase == "recipe":
-        return run_recipe(a.model, a.pages, a.tokens, a.max_seqs)
+        return run_recipe(a.model, a.pages, a.tokens, a.recipe_max_seqs or a.max_seqs)
     if a.phase == "engine":
-        return asyncio.run(run_engine(a.model, a.pages, a.tokens, a.max_seqs, a.port))
-    if a.phase in ("engine-plain", "engine-devhist"):
-        return asyncio.run(run_engine_plain(a.model, a.pages, a.tokens, a.max_seqs, a.phase))
+        return asyncio.run(run_engine(a.model, a.pages, a.tokens, a.max_seqs, a.port, overrides, a.log_stats))
+    if a.phase in ("engine-plain", "engine-devhist", "engine-offline"):
+        return asyncio.run(
+            run_engine_plain(a.model, a.pages, a.tokens, a.max_seqs, a.phase, overrides, a.log_stats)
+        )
+    if a.phase == "profile":
+        return asyncio.run(
+            run_profile(a.model, a.pages, a.tokens, a.max_seqs, overrides, a.profile_steps, a.profile_delay)
+        )
+    if a.phase == "modes":
+        return asyncio.run(run_modes(a.model, overrides))
     if a.phase == "processor":
         return run_processor(a.max_seqs, 200)
     results: dict[str, dict[str, Any]] = {}
@@ -402,6 +556,10 @@ def main() -> None:
         # One process per phase: each vLLM engine gets the whole GPU and frees it on exit.
         cmd = [sys.executable, __file__, a.model, "--phase", phase, "--pages", str(a.pages)]
         cmd += ["--tokens", str(a.tokens), "--max-seqs", str(a.max_seqs), "--port", str(a.port)]
+        cmd += ["--engine-args", a.engine_args, "--profile-steps", str(a.profile_steps)]
+        cmd += ["--recipe-max-seqs", str(a.recipe_max_seqs)] if a.recipe_max_seqs else []
+        cmd += ["--profile-delay", str(a.profile_delay)] if a.profile_delay is not None else []
+        cmd += ["--log-stats"] if a.log_stats else []
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
         for line in proc.stdout.splitlines():
             print(line, flush=True)

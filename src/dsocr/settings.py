@@ -32,8 +32,14 @@ class EngineSettings(BaseModel):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     max_model_len: int = Field(8192, ge=512)
     max_num_seqs: int = Field(256, ge=1)
-    max_num_batched_tokens: int | None = None
+    # Tokens per engine step, which is also vLLM's vision-encoder budget per step. ``None``: 16384
+    # on a GPU (vLLM's own offline default on H100/H200; AsyncLLM would otherwise get 2048, which
+    # lets only two Gundam pages through the vision encoder per step), vLLM's default elsewhere.
+    max_num_batched_tokens: int | None = Field(None, ge=1)
     kv_cache_dtype: str = "auto"
+    # vLLM engine: threads that turn pages into model inputs (image tiling and normalising) in
+    # parallel, off the event loop. ``None``: one per core, at most 8.
+    preprocess_workers: int | None = Field(None, ge=1)
     load_format: str = "auto"
     # Repetition control (official 30/90, whitelist <td> </td>).
     # n = 1 would ban nothing (the official rule needs an (n-1)-token prefix); window >= n.

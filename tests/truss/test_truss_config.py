@@ -50,7 +50,8 @@ def test_weights_come_from_the_model_cache_the_engine_is_pointed_at() -> None:
     config = _config()
     (cache,) = config["model_cache"]
     assert cache["repo_id"] == "deepseek-ai/DeepSeek-OCR"
-    assert cache["revision"]
+    # A commit id, not a branch: a moving `main` would change the weights under a deployment.
+    assert re.fullmatch(r"[0-9a-f]{40}", cache["revision"])
     env = config["environment_variables"]
     assert env["DSOCR_ENGINE__MODEL"] == f"/app/model_cache/{cache['volume_folder']}"
     assert env["DSOCR_ENGINE__REVISION"] == cache["revision"]

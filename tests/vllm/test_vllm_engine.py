@@ -163,3 +163,38 @@ async def test_device_token_history_bans_exactly_like_the_default_path(engine: A
         assert (await devhist.generate(req)).text == (await engine.generate(req)).text
     finally:
         await devhist.close()
+
+
+async def test_gpu_engines_get_a_batch_budget_that_encodes_many_pages_per_step(
+    engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vllm.platforms import current_platform
+
+    from dsocr.engine import vllm as vllm_engine
+
+    # AsyncLLM alone would get 2048 tokens per step, two Gundam pages of vision encoding.
+    monkeypatch.setattr(type(current_platform), "is_cuda_alike", lambda self: True)
+    assert vllm_engine._default_batched_tokens() == vllm_engine.GPU_BATCHED_TOKENS == 16384
+    monkeypatch.setattr(type(current_platform), "is_cuda_alike", lambda self: False)
+    assert vllm_engine._default_batched_tokens() is None
+    # This CPU engine was built without the override: vLLM chose its own (smaller) budget.
+    (served,) = engine._served.values()
+    assert served.llm.vllm_config.scheduler_config.max_num_batched_tokens < 16384
+
+
+async def test_pages_are_preprocessed_off_the_event_loop_into_the_same_model_input(engine: Any) -> None:
+    (served,) = engine._served.values()
+    # vLLM's renderer preprocesses pages on its thread pool, several at once.
+    assert served.llm.vllm_config.model_config.renderer_num_workers >= 1
+    req = request(max_tokens=8, ignore_eos=True)
+    rendered = await engine._engine_input(served, req)
+    # What AsyncLLM builds itself from the raw prompt: same tokens, same image placeholders.
+    raw: Any = None
+    async for out in served.llm.generate(
+        engine._prompt(req), engine._sampling(req, delta=False), uuid.uuid4().hex
+    ):
+        raw = out
+    assert rendered["prompt_token_ids"] == list(raw.prompt_token_ids)
+    ours = await engine.generate(req)
+    assert ours.prompt_tokens == len(raw.prompt_token_ids)
+    assert ours.text == raw.outputs[0].text

@@ -196,8 +196,9 @@ class VLLMEngine:
         pieces: list[str] = []
         token_ids: list[int] = []
         with map_engine_errors(request.request_id):
+            engine_input = await self._engine_input(served, request)
             async for out in served.llm.generate(
-                self._prompt(request), self._sampling(request, delta=True), request.request_id
+                engine_input, self._sampling(request, delta=True), request.request_id
             ):
                 final = out
                 text = out.outputs[0].text if out.outputs else ""
@@ -260,8 +261,11 @@ class VLLMEngine:
         if processor.__name__ == "NGramBanV1" and s.ngram_device_history:
             # Lets _build switch the V1 runner's per-step host wait off for it (vllm_ngram).
             args["worker_extension_cls"] = _WORKER_EXTENSION
-        if s.max_num_batched_tokens is not None:
-            args["max_num_batched_tokens"] = s.max_num_batched_tokens
+        # Image preprocessing threads (see _engine_input); needs the processor cache off (it is).
+        args["renderer_num_workers"] = s.preprocess_workers or min(8, os.cpu_count() or 1)
+        batched_tokens = s.max_num_batched_tokens or _default_batched_tokens()
+        if batched_tokens is not None:
+            args["max_num_batched_tokens"] = batched_tokens
         # Several GPUs through vLLM's own data parallelism (one engine core per GPU, requests
         # balanced by queue depth); an explicit DSOCR_ENGINE__VLLM_ARGS entry still wins.
         args.update(
@@ -342,8 +346,9 @@ class VLLMEngine:
         served = self._route(request)
         final: Any = None
         with map_engine_errors(request.request_id):
+            engine_input = await self._engine_input(served, request)
             async for out in served.llm.generate(
-                self._prompt(request), self._sampling(request, delta=False), request.request_id
+                engine_input, self._sampling(request, delta=False), request.request_id
             ):
                 final = out
         return list(final.outputs[0].token_ids) if final is not None else []
@@ -357,9 +362,8 @@ class VLLMEngine:
         start = time.monotonic()
         final: Any = None
         with map_engine_errors(request.request_id):
-            async for out in served.llm.generate(
-                self._prompt(request), self._sampling(request, delta=False), vllm_id
-            ):
+            engine_input = await self._engine_input(served, request)
+            async for out in served.llm.generate(engine_input, self._sampling(request, delta=False), vllm_id):
                 final = out  # FINAL_ONLY: one output, so no first-token time here
         text = final.outputs[0].text if final is not None and final.outputs else ""
         return self._to_output(request, served, final, start, None, text)
@@ -381,6 +385,23 @@ class VLLMEngine:
                 field="mode",
             )
         return served
+
+    async def _engine_input(self, served: _Served, request: EngineRequest) -> Any:
+        """The request as vLLM's engine input, built off the event loop.
+
+        Building it runs the model's image processor (Gundam tiling, resizing, normalising: about
+        0.2 s of CPU per A4 page). Left to ``AsyncLLM.generate`` it runs on the event loop, one page
+        after another, and on the H100 that serial step, not the GPU, capped throughput near
+        5 pages/s (bench/README.md). vLLM's renderer runs it on its thread pool
+        (``renderer_num_workers``, our ``preprocess_workers``), several pages at once; vLLM builds
+        exactly the same input from the raw prompt when it has no async renderer.
+        """
+        prompt = await asyncio.to_thread(self._prompt, request)
+        render = getattr(getattr(served.llm, "renderer", None), "render_cmpl_async", None)
+        if render is None:
+            return prompt
+        (engine_input,) = await render([prompt])
+        return engine_input
 
     def _prompt(self, request: EngineRequest) -> dict[str, Any]:
         prompt: dict[str, Any] = {"prompt": request.prompt}
@@ -518,6 +539,23 @@ def _ngram_processor() -> type[Any]:
     from dsocr.engine.vllm_ngram import processor_class
 
     return processor_class()
+
+
+GPU_BATCHED_TOKENS = 16384
+
+
+def _default_batched_tokens() -> int | None:
+    """``max_num_batched_tokens`` when the operator set none: 16384 on a GPU, else vLLM's own.
+
+    vLLM sizes it by who builds the engine: its offline ``LLM`` class gets 16384 on H100/H200, but
+    ``AsyncLLM.from_engine_args`` (this engine) gets the generic 2048. That number is also the
+    vision encoder's budget per step, so 2048 encodes at most two Gundam pages (up to 933 image
+    tokens each) per step and starves the batch while pages arrive (bench/README.md measures it).
+    On vLLM's CPU build the larger budget only lengthens the start-up profiling run.
+    """
+    from vllm.platforms import current_platform
+
+    return GPU_BATCHED_TOKENS if current_platform.is_cuda_alike() else None
 
 
 def _finish_reason(reason: str | None) -> FinishReason:
