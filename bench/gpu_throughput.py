@@ -137,10 +137,14 @@ class ForcedLength:
         return self._engine.stream(self._force(request))
 
 
-async def _offline_pass(engine: Any, images: list[Image.Image]) -> tuple[float, int]:
+async def _offline_pass(engine: Any, images: list[Image.Image], sampling: Any = None) -> tuple[float, int]:
+    """Every page at once through ``engine.generate``; (wall seconds, output tokens).
+
+    ``sampling`` defaults to repetition control on with the recipe's 30 / 90.
+    """
     from dsocr.engine.base import EngineRequest, SamplingOptions
 
-    sampling = SamplingOptions(ngram_size=30, ngram_window=90)
+    sampling = sampling or SamplingOptions(ngram_size=30, ngram_window=90)
     reqs = [
         EngineRequest(
             request_id=f"bench-{time.monotonic_ns()}-{i}", prompt=PROMPT, image=im, sampling=sampling
@@ -249,7 +253,7 @@ async def run_engine_plain(
     vLLM's runner does not wait each step for the previous step's tokens on the host
     (``enable_device_history``; the ``engine`` phase runs the default, which waits).
     """
-    from dsocr.engine.base import EngineRequest, SamplingOptions
+    from dsocr.engine.base import SamplingOptions
     from dsocr.engine.vllm import VLLMEngine
     from dsocr.settings import EngineSettings
 
@@ -266,20 +270,8 @@ async def run_engine_plain(
     forced = ForcedLength(engine, tokens)
     images = [page(i) for i in range(n)]
     sampling = SamplingOptions(ngram_size=None) if phase == "engine-plain" else SamplingOptions()
-
-    async def one_pass(ims: list[Image.Image]) -> tuple[float, int]:
-        reqs = [
-            EngineRequest(
-                request_id=f"plain-{time.monotonic_ns()}-{i}", prompt=PROMPT, image=im, sampling=sampling
-            )
-            for i, im in enumerate(ims)
-        ]
-        t0 = time.monotonic()
-        outs = await asyncio.gather(*(forced.generate(r) for r in reqs))
-        return time.monotonic() - t0, sum(o.completion_tokens for o in outs)
-
-    await one_pass(images[:8])
-    wall, out_tokens = await one_pass(images)
+    await _offline_pass(forced, images[:8], sampling)
+    wall, out_tokens = await _offline_pass(forced, images, sampling)
     result(
         phase=phase,
         pages=n,
