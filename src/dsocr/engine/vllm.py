@@ -390,9 +390,9 @@ class VLLMEngine:
         """The request as vLLM's engine input, built off the event loop.
 
         Building it runs the model's image processor (Gundam tiling, resizing, normalising: about
-        0.2 s of CPU per A4 page). Left to ``AsyncLLM.generate`` it runs on the event loop, one page
-        after another, and on the H100 that serial step, not the GPU, capped throughput near
-        5 pages/s (bench/README.md). vLLM's renderer runs it on its thread pool
+        70 ms of CPU per A4 page, bench/bench_preprocess.py). Left to ``AsyncLLM.generate`` it runs
+        on the event loop, one page after another, which starved the H100 (4.7 pages/s; 8.3 with
+        this, bench/README.md). vLLM's renderer runs it on its thread pool
         (``renderer_num_workers``, our ``preprocess_workers``), several pages at once; vLLM builds
         exactly the same input from the raw prompt when it has no async renderer.
         """
@@ -550,8 +550,8 @@ def _default_batched_tokens() -> int | None:
     vLLM sizes it by who builds the engine: its offline ``LLM`` class gets 16384 on H100/H200, but
     ``AsyncLLM.from_engine_args`` (this engine) gets the generic 2048. That number is also the
     vision encoder's budget per step, so 2048 encodes at most two Gundam pages (up to 933 image
-    tokens each) per step and starves the batch while pages arrive (bench/README.md measures it).
-    On vLLM's CPU build the larger budget only lengthens the start-up profiling run.
+    tokens each) per step; 16384 takes about 17 (bench/README.md, "Current state", step 1). On
+    vLLM's CPU build the larger budget only lengthens the start-up profiling run.
     """
     from vllm.platforms import current_platform
 
