@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -184,8 +185,8 @@ async def test_gpu_engines_get_a_batch_budget_that_encodes_many_pages_per_step(
 
 async def test_pages_are_preprocessed_off_the_event_loop_into_the_same_model_input(engine: Any) -> None:
     (served,) = engine._served.values()
-    # vLLM's renderer preprocesses pages on its thread pool, several at once.
-    assert served.llm.vllm_config.model_config.renderer_num_workers >= 1
+    # vLLM's renderer preprocesses pages on its thread pool, one thread per core (at most 8).
+    assert served.llm.vllm_config.model_config.renderer_num_workers == min(8, os.cpu_count() or 1)
     req = request(max_tokens=8, ignore_eos=True)
     rendered = await engine._engine_input(served, req)
     # What AsyncLLM builds itself from the raw prompt: same tokens, same image placeholders.
