@@ -20,7 +20,9 @@ Optional phases: ``engine-offline`` (the ``engine`` phase without its HTTP pass)
 ``profile`` (our engine under vLLM's torch profiler for ``--profile-steps`` decode steps of the
 timed pass: the kernels' GPU time per step against the wall time per step), ``modes`` (one page
 in each resolution mode: vision tokens against the official formula; needs dsocr installed so
-vLLM loads its ``dsocr_modes`` plugin).
+vLLM loads its ``dsocr_modes`` plugin), ``ingest`` (where a page's way into the engine goes: the
+vision encoder alone per page, upstream's vs ours; the image processor alone; ``--pages`` pages
+with 2 output tokens; then the usual timed pass on the same engine).
 
 ``--engine-args JSON`` overrides dsocr ``EngineSettings`` fields for our engine's phases (e.g.
 ``'{"max_num_seqs": 512, "kv_cache_dtype": "fp8"}'``); ``--max-seqs`` sets both engines' batch
@@ -465,6 +467,97 @@ async def run_profile(
     await engine.close()
 
 
+def _time_encoder(worker: Any, batches: list[int], reps: int) -> dict[str, Any]:
+    """In vLLM's worker: the vision encoder per A4 Gundam page (2×3 tiles), upstream vs dsocr.
+
+    Sent by ``collective_rpc`` (cloudpickled; the phase sets VLLM_ALLOW_INSECURE_SERIALIZATION).
+    Also times one page's pixel tensors host → GPU from pageable and from pinned memory.
+    """
+    import torch
+    from vllm.model_executor.models.deepseek_ocr import DeepseekOCRForCausalLM
+
+    model = worker.model_runner.get_model()
+    weight = next(model.sam_model.parameters())
+    dev, dtype = weight.device, weight.dtype
+    rows: dict[str, Any] = {"model": type(model).__name__}
+
+    def timed(fn: Any) -> float:
+        fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / reps
+
+    with torch.inference_mode():
+        for b in batches:
+            pages = {
+                "pixel_values": torch.randn(b, 3, 1024, 1024, device=dev, dtype=dtype),
+                "images_crop": torch.randn(6 * b, 3, 640, 640, device=dev, dtype=dtype),
+                "images_spatial_crop": torch.tensor([[2, 3]] * b, device=dev),
+            }
+            for name, fn in (
+                ("upstream", DeepseekOCRForCausalLM.embed_multimodal),
+                ("dsocr", type(model).embed_multimodal),
+            ):
+                seconds = timed(lambda fn=fn, pages=pages: fn(model, **pages))
+                rows[f"{name}_ms_per_page_at_{b}"] = round(seconds / b * 1000, 2)
+            del pages
+            torch.cuda.empty_cache()
+        host = torch.randn(3 * 1024 * 1024 + 6 * 3 * 640 * 640)  # one page, float32 as vLLM sends it
+        pinned = host.pin_memory()
+        rows["page_mb"] = round(host.numel() * 4 / 2**20, 1)
+        rows["h2d_pageable_ms"] = round(timed(lambda: host.to(dev)) * 1000, 2)
+        rows["h2d_pinned_ms"] = round(timed(lambda: pinned.to(dev, non_blocking=True)) * 1000, 2)
+    return rows
+
+
+async def run_ingest(model: str, n: int, tokens: int, max_seqs: int, overrides: dict[str, Any]) -> None:
+    """Where pages spend their way into the engine, then the usual timed pass, on one engine.
+
+    1. the vision encoder alone, in the worker, per page: upstream's page-by-page loop vs ours;
+    2. the front end alone: ``n`` pages rendered (image processor) with nothing sent to the engine;
+    3. ingest: ``n`` pages with 2 output tokens each (encoder + prefill, no decode to speak of);
+    4. the usual pass: ``n`` pages × ``tokens``.
+    """
+    os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # for _time_encoder, bench only
+    from dsocr.engine.base import EngineRequest
+    from dsocr.engine.vllm import VLLMEngine
+    from dsocr.settings import EngineSettings
+
+    engine = VLLMEngine(EngineSettings(**engine_settings(model, max_seqs, overrides, False)))
+    t0 = time.monotonic()
+    await engine.start()
+    print(
+        "ENGINE",
+        json.dumps({"phase": "ingest", "start_s": round(time.monotonic() - t0, 1), **engine_config(engine)}),
+    )
+    (served,) = engine._served.values()
+    (encoder,) = await served.llm.collective_rpc(_time_encoder, args=([1, 8, 18], 5))
+    print("ENCODER", json.dumps(encoder), flush=True)
+    images = [page(i) for i in range(n)]
+    reqs = [EngineRequest(request_id=f"render-{i}", prompt=PROMPT, image=im) for i, im in enumerate(images)]
+    await asyncio.gather(*(engine._engine_input(served, r) for r in reqs[:8]))
+    t0 = time.monotonic()
+    await asyncio.gather(*(engine._engine_input(served, r) for r in reqs))
+    render_s = time.monotonic() - t0
+    two = ForcedLength(engine, 2)
+    await _offline_pass(two, images[:8])
+    ingest_s = [(await _offline_pass(two, images))[0] for _ in range(2)]
+    wall, out_tokens = await _offline_pass(ForcedLength(engine, tokens), images)
+    result(
+        phase="ingest",
+        pages=n,
+        render_only_pages_per_s=round(n / render_s, 2),
+        ingest_2_tokens_pages_per_s=[round(n / s, 2) for s in ingest_s],
+        pages_per_s=round(n / wall, 3),
+        out_tok_per_s=round(out_tokens / wall),
+        encoder=encoder,
+    )
+    await engine.close()
+
+
 async def run_modes(model: str, overrides: dict[str, Any]) -> None:
     """Every resolution mode on this GPU: one page each, vision tokens vs the official formula."""
     from dsocr.engine.base import EngineRequest, SamplingOptions
@@ -539,6 +632,8 @@ def main() -> None:
         return asyncio.run(
             run_profile(a.model, a.pages, a.tokens, a.max_seqs, overrides, a.profile_steps, a.profile_delay)
         )
+    if a.phase == "ingest":
+        return asyncio.run(run_ingest(a.model, a.pages, a.tokens, a.max_seqs, overrides))
     if a.phase == "modes":
         return asyncio.run(run_modes(a.model, overrides))
     if a.phase == "processor":

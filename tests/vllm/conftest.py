@@ -91,7 +91,9 @@ async def engine(tiny_model_dir: Path) -> AsyncIterator[object]:
     tiny_vision_patch.apply()
     from dsocr.engine.vllm import VLLMEngine
 
-    eng = VLLMEngine(tiny_settings(tiny_model_dir))  # type: ignore[arg-type]
+    # encoder_probe lets tests run upstream's vision encoder next to ours inside the worker.
+    probe = {"enforce_eager": True, "seed": 0, "worker_extension_cls": "encoder_probe.EncoderProbe"}
+    eng = VLLMEngine(tiny_settings(tiny_model_dir, vllm_args=probe))  # type: ignore[arg-type]
     await eng.start()
     yield eng
     await eng.close()

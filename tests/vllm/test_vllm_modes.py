@@ -6,6 +6,7 @@ differed from the features the encoder produces, vLLM would fail the request whi
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,32 @@ async def test_same_image_in_two_modes_is_not_served_from_the_other_modes_encode
     gundam = await engine.generate(request(image, "gundam", max_tokens=2))
     again = await engine.generate(request(image, "base", max_tokens=2))
     assert (base.vision_tokens, gundam.vision_tokens, again.vision_tokens) == (273, 693, 273)
+
+
+@on_session_loop
+async def test_pages_of_different_modes_in_one_step_are_each_encoded_in_their_own_mode(engine: Any) -> None:
+    # Concurrent requests share an engine step, so their views reach the encoder together: a
+    # Tiny view (512²), a Large one (1280²) and a tiled Gundam page. Upstream's encoder takes one
+    # view size per call and failed such a step, taking the engine down with it.
+    modes = ("tiny", "large", "gundam", "small")
+    outs = await asyncio.gather(*(engine.generate(request(page(800, 600), m, max_tokens=2)) for m in modes))
+    assert (
+        [o.vision_tokens for o in outs] == [vision_tokens(800, 600, m) for m in modes] == [73, 421, 893, 111]
+    )
+    assert all(o.completion_tokens == 2 for o in outs)
+
+
+@on_session_loop
+async def test_batched_encoder_matches_upstreams_page_by_page_encoder(engine: Any) -> None:
+    served = engine._served[engine.info.model_id]
+    (probe,) = await served.llm.collective_rpc("dsocr_probe_batched_encoder", args=(0,))
+    assert probe["type"] == ARCHITECTURE
+    # 3×2 tiles → 20 rows of 30 + newline, then 272 global + separator; untiled → 273; 2×1 → 10·21 + 273.
+    assert probe["shapes"] == probe["upstream_shapes"] and [s[0] for s in probe["shapes"]] == [893, 273, 483]
+    for diff, scale in zip(probe["max_abs_diff"], probe["scale"], strict=True):
+        assert scale > 0 and diff <= 1e-2 * scale
+    assert [s[0] for s in probe["mixed_shapes"]] == [s[0] for s in probe["alone_shapes"]] == [73, 273]
+    assert max(probe["mixed_max_abs_diff"]) <= 1e-2 * max(probe["scale"])
 
 
 @on_session_loop

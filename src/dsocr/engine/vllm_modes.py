@@ -28,9 +28,11 @@ dsocr.engine.vllm imports it, after vllm is known present.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+import torch
 from PIL import Image
 from vllm.model_executor.models.deepseek_ocr import (
     DeepseekOCRDummyInputsBuilder,
@@ -162,4 +164,86 @@ class DsocrDeepseekOCRMultiModalProcessor(DeepseekOCRMultiModalProcessor):  # ty
     dummy_inputs=DeepseekOCRDummyInputsBuilder,
 )
 class DsocrDeepseekOCRForCausalLM(DeepseekOCRForCausalLM):  # type: ignore[misc]
-    """Upstream's DeepSeek-OCR model; only its multimodal processor differs (module docstring)."""
+    """Upstream's DeepSeek-OCR model with per-request modes and a batched vision encoder.
+
+    Upstream's eager ``embed_multimodal`` encodes the pages of an engine step one at a time
+    (SAM + CLIP on the global view, then on the page's tiles, with host syncs in between), and
+    fails on a step that mixes view sizes (e.g. a Tiny and a Gundam page: vLLM then hands the
+    views over as a list). This one encodes all views of one size, and all tiles, in a few
+    batched calls, then assembles each page exactly as upstream does: tiles in their grid with a
+    newline column, the global view with a newline column, the view separator.
+    """
+
+    # Views per SAM call, as input patches (a 1024² view is 4096): bounds the encoder's
+    # activation memory (the global-attention layers build a heads × n² bias per view).
+    encoder_batch_patches: int = 8 * 4096
+
+    def embed_multimodal(self, **kwargs: object) -> list[torch.Tensor] | None:
+        pixel_values = kwargs.get("pixel_values")
+        if pixel_values is None:
+            return None
+        views = _as_list(pixel_values)
+        grids = [(int(w), int(h)) for w, h in _as_stacked(kwargs["images_spatial_crop"]).tolist()]
+        tiles_per_view = [w * h if w > 1 or h > 1 else 0 for w, h in grids]
+        global_features = self._encode_by_size(views)
+        tiles = _as_list(kwargs.get("images_crop")) if sum(tiles_per_view) else []
+        if len(tiles) != sum(tiles_per_view):
+            raise ValueError(f"{len(tiles)} tiles for tile grids {grids}")
+        tile_features = self._encode_by_size(tiles)
+        pages, next_tile = [], 0
+        for features, (w, h), count in zip(global_features, grids, tiles_per_view, strict=True):
+            parts = []
+            if count:
+                grid = torch.stack(tile_features[next_tile : next_tile + count])
+                parts.append(self._assemble_patch_grid(grid, torch.tensor([w, h])))
+                next_tile += count
+            parts += [self._with_newline_column(features), self.view_seperator[None, :]]
+            pages.append(torch.cat(parts, dim=0))
+        return pages
+
+    def _encode_by_size(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Projected vision features ``[side², dim]`` per view, batched over views of one size."""
+        out: list[torch.Tensor | None] = [None] * len(views)
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for i, view in enumerate(views):
+            by_size.setdefault(tuple(view.shape), []).append(i)
+        for shape, indices in by_size.items():
+            per_call = max(1, self.encoder_batch_patches // ((shape[-1] // 16) * (shape[-2] // 16)))
+            for start in range(0, len(indices), per_call):
+                chunk = indices[start : start + per_call]
+                batch = torch.stack([views[i] for i in chunk])
+                sam = self.sam_model(batch)
+                clip = self.vision_model(batch, sam)
+                features = self.projector(torch.cat((clip[:, 1:], sam.flatten(2).permute(0, 2, 1)), dim=-1))
+                for i, feature in zip(chunk, features, strict=True):
+                    out[i] = feature
+        return [f for f in out if f is not None]
+
+    def _with_newline_column(self, features: torch.Tensor) -> torch.Tensor:
+        """A global view's ``side × side`` grid with the newline embedding closing each row."""
+        side = math.isqrt(features.shape[0])
+        grid = features.view(side, side, -1)
+        newline = self.image_newline[None, None, :].expand(side, 1, grid.shape[-1])
+        return torch.cat([grid, newline], dim=1).view(-1, grid.shape[-1])
+
+
+def _as_list(value: object) -> list[torch.Tensor]:
+    """An image field as one ``[3, H, W]`` tensor per view or tile.
+
+    vLLM stacks a step's items into one tensor when their shapes agree and hands over a list of
+    per-item tensors (a view, or a page's tiles) when they do not.
+    """
+    if isinstance(value, torch.Tensor):
+        return [value] if value.dim() == 3 else [t for item in value.unbind(0) for t in _as_list(item)]
+    if isinstance(value, list | tuple):
+        return [t for item in value for t in _as_list(item)]
+    raise TypeError(f"unexpected multimodal field {type(value).__name__}")
+
+
+def _as_stacked(value: object) -> torch.Tensor:
+    """``images_spatial_crop`` as one ``[pages, 2]`` tensor."""
+    if isinstance(value, torch.Tensor):
+        return value.reshape(-1, 2)
+    if isinstance(value, list | tuple):
+        return torch.stack([torch.as_tensor(v).reshape(2) for v in value])
+    raise TypeError(f"unexpected images_spatial_crop {type(value).__name__}")
