@@ -194,3 +194,45 @@ def test_without_the_installed_plugin_the_engine_stays_on_upstream_gundam(
     monkeypatch.delenv("VLLM_PLUGINS")
     monkeypatch.setattr("importlib.metadata.entry_points", lambda group: [])
     assert engine_module._modes_module() is None
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "bfloat16", "float16"])
+def test_table_transform_is_bit_identical_to_upstreams_transform(dtype_name: str) -> None:
+    import numpy as np
+    import torch
+    from vllm.transformers_utils.processors.deepseek_ocr import ImageTransform
+
+    dtype = getattr(torch, dtype_name)
+    rng = np.random.default_rng(7)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((640, 640), (300, 517))]
+    for upstream in (ImageTransform(), ImageTransform(mean=(0.48, 0.46, 0.41), std=(0.27, 0.26, 0.28))):
+        table = vllm_modes().TableImageTransform(upstream, dtype)
+        assert table.mean == upstream.mean  # the processor pads views with this colour
+        for image in images:
+            expected = upstream(image).to(dtype)
+            got = table(image).to(dtype)
+            assert got.shape == expected.shape and torch.equal(got, expected)
+        # Anything but RGB (vLLM converts pages to RGB first) is left to upstream's code, which
+        # refuses a grayscale page as it always did.
+        with pytest.raises(RuntimeError, match="broadcast"):
+            table(images[1].convert("L"))
+
+
+@on_session_loop
+async def test_served_pages_carry_upstreams_pixels_in_the_model_dtype(engine: Any, tiny_model_dir: Path) -> None:
+    import torch
+    from vllm.transformers_utils.processors.deepseek_ocr import DeepseekOCRProcessor
+
+    served = engine._served[engine.info.model_id]
+    processor = served.llm.renderer.mm_processor.info.get_hf_processor()
+    assert isinstance(processor.image_transform, vllm_modes().TableImageTransform)
+    req = request(page(800, 600), "gundam")
+    rendered = await engine._engine_input(served, req)
+    (item,) = rendered["mm_kwargs"]["image"]
+    dtype = served.llm.vllm_config.model_config.dtype
+    upstream = DeepseekOCRProcessor(tokenizer=AutoTokenizer.from_pretrained(str(tiny_model_dir)))
+    expected = upstream(prompt=req.prompt, images=[req.image.convert("RGB")])
+    for key in ("pixel_values", "images_crop"):
+        got = item[key].data
+        assert got.dtype == dtype
+        assert torch.equal(got, expected[key].to(dtype).reshape(got.shape)), key
