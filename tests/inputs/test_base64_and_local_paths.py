@@ -36,6 +36,9 @@ async def test_line_wrapped_base64_loads(page_png: bytes, limits: LimitSettings)
     wrapped = base64.encodebytes(page_png).decode()  # 76-column lines, as the base64 tool writes
     assert "\n" in wrapped
     assert await _load(Base64Source(wrapped), limits) == (120, 80)
+    # CRLF line ends, and spaces or tabs from pasting, are ignored too.
+    pasted = wrapped.replace("\n", "\r\n").replace("A", " A\t")
+    assert await _load(Base64Source(pasted), limits) == (120, 80)
 
 
 async def test_page_sized_base64_is_decoded_off_the_event_loop(
