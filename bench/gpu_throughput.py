@@ -22,7 +22,9 @@ timed pass: the kernels' GPU time per step against the wall time per step), ``mo
 in each resolution mode: vision tokens against the official formula; needs dsocr installed so
 vLLM loads its ``dsocr_modes`` plugin), ``ingest`` (where a page's way into the engine goes: the
 vision encoder alone per page, upstream's vs ours; the image processor alone; ``--pages`` pages
-with 2 output tokens; then the usual timed pass on the same engine).
+with 2 output tokens; then the usual timed pass on the same engine), ``logits`` (greedy top-20
+logprobs of ``--pages`` pages × ``--tokens`` steps, saved per KV-cache dtype) and ``compare-logits``
+(FP8 KV cache against the model dtype: token agreement and |Δ logprob| on identical contexts).
 
 ``--engine-args JSON`` overrides dsocr ``EngineSettings`` fields for our engine's phases (e.g.
 ``'{"max_num_seqs": 512, "kv_cache_dtype": "fp8"}'``); ``--max-seqs`` sets both engines' batch
@@ -558,6 +560,73 @@ async def run_ingest(model: str, n: int, tokens: int, max_seqs: int, overrides: 
     await engine.close()
 
 
+async def run_logits(model: str, n: int, tokens: int, overrides: dict[str, Any]) -> None:
+    """Greedy top-20 logprobs of ``n`` pages × ``tokens`` steps, saved for ``compare_logits``.
+
+    Run once per KV-cache dtype (``--engine-args '{"kv_cache_dtype": "fp8"}'``); the file is named
+    after the dtype vLLM resolved. Repetition control is off: the model's own logits are compared.
+    """
+    from dsocr.engine.base import EngineRequest
+    from dsocr.engine.vllm import VLLMEngine
+    from dsocr.settings import EngineSettings
+    from vllm import SamplingParams
+
+    engine = VLLMEngine(EngineSettings(**engine_settings(model, 256, overrides, False)))
+    await engine.start()
+    config = engine_config(engine)
+    print("ENGINE", json.dumps({"phase": "logits", **config}), flush=True)
+    (served,) = engine._served.values()
+    sampling = SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True, logprobs=20)
+
+    async def one(i: int) -> list[dict[str, Any]]:
+        prompt = engine._prompt(EngineRequest(request_id=f"logits-{i}", prompt=PROMPT, image=page(i)))
+        final: Any = None
+        async for out in served.llm.generate(prompt, sampling, f"logits-{i}-{time.monotonic_ns()}"):
+            final = out
+        completion = final.outputs[0]
+        return [
+            {"token": tok, "top": {str(t): lp.logprob for t, lp in step.items()}}
+            for tok, step in zip(completion.token_ids, completion.logprobs, strict=True)
+        ]
+
+    pages = await asyncio.gather(*(one(i) for i in range(n)))
+    path = Path(os.environ.get("OUT", "/tmp")) / f"logits_{config['kv_cache_dtype']}.json"
+    path.write_text(json.dumps(pages))
+    result(phase=f"logits-{config['kv_cache_dtype']}", pages=n, steps=tokens, saved=str(path))
+    await engine.close()
+
+
+def compare_logits(reference: Path, candidate: Path) -> dict[str, Any]:
+    """How far ``candidate``'s greedy logprobs stray from ``reference``'s, page by page.
+
+    Both runs see the same context until their first differing token, so only steps up to it are
+    compared: agreement of the chosen token, and |Δ logprob| over the reference's top-20 tokens
+    that the candidate also ranks in its top 20.
+    """
+    ref_pages, cand_pages = json.loads(reference.read_text()), json.loads(candidate.read_text())
+    same_context_steps, first_divergence, deltas = 0, [], []
+    for ref, cand in zip(ref_pages, cand_pages, strict=True):
+        diverged = len(ref)
+        for i, (r, c) in enumerate(zip(ref, cand, strict=True)):
+            same_context_steps += 1
+            deltas += [abs(lp - c["top"][t]) for t, lp in r["top"].items() if t in c["top"]]
+            if r["token"] != c["token"]:
+                diverged = i
+                break
+        first_divergence.append(diverged)
+    deltas.sort()
+    return {
+        "pages": len(ref_pages),
+        "steps_per_page": len(ref_pages[0]) if ref_pages else 0,
+        "pages_identical": sum(d == len(p) for d, p in zip(first_divergence, ref_pages, strict=True)),
+        "first_divergence_step_median": sorted(first_divergence)[len(first_divergence) // 2],
+        "compared_steps": same_context_steps,
+        "abs_dlogprob_mean": round(sum(deltas) / len(deltas), 5) if deltas else None,
+        "abs_dlogprob_p99": round(deltas[int(0.99 * (len(deltas) - 1))], 5) if deltas else None,
+        "abs_dlogprob_max": round(deltas[-1], 5) if deltas else None,
+    }
+
+
 async def run_modes(model: str, overrides: dict[str, Any]) -> None:
     """Every resolution mode on this GPU: one page each, vision tokens vs the official formula."""
     from dsocr.engine.base import EngineRequest, SamplingOptions
@@ -634,6 +703,12 @@ def main() -> None:
         )
     if a.phase == "ingest":
         return asyncio.run(run_ingest(a.model, a.pages, a.tokens, a.max_seqs, overrides))
+    if a.phase == "logits":
+        return asyncio.run(run_logits(a.model, a.pages, a.tokens, overrides))
+    if a.phase == "compare-logits":
+        out = Path(os.environ.get("OUT", "/tmp"))
+        result(phase="compare-logits", **compare_logits(out / "logits_auto.json", out / "logits_fp8.json"))
+        return None
     if a.phase == "modes":
         return asyncio.run(run_modes(a.model, overrides))
     if a.phase == "processor":
