@@ -15,10 +15,12 @@ def _configs() -> list[tuple[str, dict[str, Any]]]:
     return [(f.name, json.loads(f.read_text())) for f in folder.iterdir() if f.name.endswith(".json")]
 
 
-def test_h100_config_for_deepseek_ocr_moe_is_shipped_under_the_name_vllm_looks_for() -> None:
+def test_h100_and_h200_configs_for_deepseek_ocr_moe_are_shipped_under_the_names_vllm_looks_for() -> None:
     names = [name for name, _ in _configs()]
-    # The exact file vLLM 0.26.0 reported missing on the H100 (bench/logs/gpu_throughput_h100_*.log).
+    # The exact files vLLM 0.26.0 reported missing (bench/logs/gpu_throughput_h100_*.log,
+    # bench/logs/gpu_s3_6_h200_moe_default.log).
     assert "E=64,N=896,device_name=NVIDIA_H100_80GB_HBM3.json" in names
+    assert "E=64,N=896,device_name=NVIDIA_H200.json" in names
 
 
 def test_every_shipped_config_parses_the_way_vllm_reads_it() -> None:
