@@ -152,7 +152,11 @@ async def test_device_token_history_is_off_by_default(engine: Any) -> None:
 async def test_device_token_history_bans_exactly_like_the_default_path(engine: Any) -> None:
     from dsocr.engine.vllm import VLLMEngine
 
-    devhist = VLLMEngine(engine._settings.model_copy(update={"ngram_device_history": True}))
+    # The session engine's test probe extension would take the worker-extension slot.
+    vllm_args = {k: v for k, v in engine._settings.vllm_args.items() if k != "worker_extension_cls"}
+    devhist = VLLMEngine(
+        engine._settings.model_copy(update={"ngram_device_history": True, "vllm_args": vllm_args})
+    )
     await devhist.start()
     try:
         # start() switched the runner's per-step token wait off, and the self-test then proved

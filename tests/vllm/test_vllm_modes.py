@@ -204,7 +204,9 @@ def test_table_transform_is_bit_identical_to_upstreams_transform(dtype_name: str
 
     dtype = getattr(torch, dtype_name)
     rng = np.random.default_rng(7)
-    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((640, 640), (300, 517))]
+    images = [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((640, 640), (300, 517))
+    ]
     for upstream in (ImageTransform(), ImageTransform(mean=(0.48, 0.46, 0.41), std=(0.27, 0.26, 0.28))):
         table = vllm_modes().TableImageTransform(upstream, dtype)
         assert table.mean == upstream.mean  # the processor pads views with this colour
@@ -219,7 +221,9 @@ def test_table_transform_is_bit_identical_to_upstreams_transform(dtype_name: str
 
 
 @on_session_loop
-async def test_served_pages_carry_upstreams_pixels_in_the_model_dtype(engine: Any, tiny_model_dir: Path) -> None:
+async def test_served_pages_carry_upstreams_pixels_in_the_model_dtype(
+    engine: Any, tiny_model_dir: Path
+) -> None:
     import torch
     from vllm.transformers_utils.processors.deepseek_ocr import DeepseekOCRProcessor
 
