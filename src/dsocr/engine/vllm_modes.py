@@ -272,7 +272,7 @@ class DsocrDeepseekOCRForCausalLM(DeepseekOCRForCausalLM):  # type: ignore[misc]
 
     def _encode_by_size(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
         """Projected vision features ``[side², dim]`` per view, batched over views of one size."""
-        out: list[torch.Tensor | None] = [None] * len(views)
+        out: dict[int, torch.Tensor] = {}
         by_size: dict[tuple[int, ...], list[int]] = {}
         for i, view in enumerate(views):
             by_size.setdefault(tuple(view.shape), []).append(i)
@@ -286,7 +286,7 @@ class DsocrDeepseekOCRForCausalLM(DeepseekOCRForCausalLM):  # type: ignore[misc]
                 features = self.projector(torch.cat((clip[:, 1:], sam.flatten(2).permute(0, 2, 1)), dim=-1))
                 for i, feature in zip(chunk, features, strict=True):
                     out[i] = feature
-        return [f for f in out if f is not None]
+        return [out[i] for i in range(len(views))]
 
     def _with_newline_column(self, features: torch.Tensor) -> torch.Tensor:
         """A global view's ``side × side`` grid with the newline embedding closing each row."""
