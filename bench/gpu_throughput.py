@@ -507,7 +507,8 @@ def _time_encoder(worker: Any, batches: list[int], reps: int) -> dict[str, Any]:
                 rows[f"{name}_ms_per_page_at_{b}"] = round(seconds / b * 1000, 2)
             del pages
             torch.cuda.empty_cache()
-        host = torch.randn(3 * 1024 * 1024 + 6 * 3 * 640 * 640)  # one page, float32 as vLLM sends it
+        # One page in float32 (vLLM itself sends the model dtype, half the bytes).
+        host = torch.randn(3 * 1024 * 1024 + 6 * 3 * 640 * 640)
         pinned = host.pin_memory()
         rows["page_mb"] = round(host.numel() * 4 / 2**20, 1)
         rows["h2d_pageable_ms"] = round(timed(lambda: host.to(dev)) * 1000, 2)
