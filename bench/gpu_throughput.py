@@ -8,7 +8,10 @@ batched processor with the same parameters):
 1. ``recipe``  vLLM ``LLM.generate`` configured as the recipe (ref §4.2), in its own process;
 2. ``engine``  ``VLLMEngine.generate`` for every page concurrently (offline, in-process);
 3. ``http``    the same engine behind ``create_app`` on uvicorn on 127.0.0.1, driven by a client
-               process posting ``/v1/chat/completions`` (base64 PNG pages) concurrently.
+               process posting ``/v1/chat/completions`` (base64 PNG pages) concurrently;
+   ``http-N``  with ``--http-frontends`` listing N > 1: the same load on ``dsocr serve --workers N``
+               (N front-end processes over one engine core, dsocr.server.frontends), started
+               after the in-process engine is closed.
 
 Each phase runs a warm-up, then one timed pass of all pages. Prints one ``RESULT {json}`` line per
 phase, then a summary with the ratios.
@@ -139,6 +142,13 @@ class ForcedLength:
 
     def stream(self, request: Any) -> Any:
         return self._engine.stream(self._force(request))
+
+
+def forced_app(settings: Any, *, engine: Any, tokens: int) -> Any:
+    """App factory of the ``http-N`` front ends: dsocr's app over a ``ForcedLength`` engine."""
+    from dsocr.server.app import create_app
+
+    return create_app(settings, engine=ForcedLength(engine, tokens))
 
 
 async def _offline_pass(engine: Any, images: list[Image.Image], sampling: Any = None) -> tuple[float, int]:
@@ -335,7 +345,14 @@ def run_processor(batch: int, steps: int) -> None:
 
 
 async def run_engine(
-    model: str, n: int, tokens: int, max_seqs: int, port: int, overrides: dict[str, Any], log_stats: bool
+    model: str,
+    n: int,
+    tokens: int,
+    max_seqs: int,
+    port: int,
+    overrides: dict[str, Any],
+    log_stats: bool,
+    frontends: list[int],
 ) -> None:
     import uvicorn
 
@@ -345,7 +362,7 @@ async def run_engine(
 
     settings = Settings(
         engine=engine_settings(model, max_seqs, overrides, log_stats),
-        server={"max_concurrency": max(n + 16, 256)},
+        server={"max_concurrency": max(n + 16, 256), "port": port},
         limits={"max_queue": max(2 * n, 512)},
     )
     engine = VLLMEngine(settings.engine)
@@ -374,6 +391,17 @@ async def run_engine(
     base = f"http://127.0.0.1:{port}"
     pngs = [_png_b64(im) for im in images[:16]]
     await _smoke_routes(base, pngs[0])
+    if 1 in frontends:
+        await _http_pass("http", base, pngs, n, tokens, offline["pages_per_s"])
+    server.should_exit = True
+    await serving
+    await engine.close()
+    for count in (f for f in frontends if f > 1):
+        await _frontends_pass(count, settings, port, pngs, n, tokens, offline["pages_per_s"])
+
+
+async def _http_pass(phase: str, base: str, pngs: list[str], n: int, tokens: int, offline: float) -> None:
+    """The client process's timed pass against ``base``, printed as one RESULT."""
     path = "/tmp/dsocr-bench-pngs.json"
     await asyncio.to_thread(Path(path).write_text, json.dumps(pngs))
     proc = await asyncio.create_subprocess_exec(
@@ -382,16 +410,59 @@ async def run_engine(
     stdout, _ = await proc.communicate()
     client = json.loads(stdout.decode().strip().splitlines()[-1])
     result(
-        phase="http",
+        phase=phase,
         pages=n,
         wall_s=round(client["wall_s"], 2),
         pages_per_s=round(n / client["wall_s"], 3),
         out_tok_per_s=round(client["out_tokens"] / client["wall_s"]),
-        ratio_to_offline=round((n / client["wall_s"]) / offline["pages_per_s"], 3),
+        ratio_to_offline=round((n / client["wall_s"]) / offline, 3),
     )
-    server.should_exit = True
-    await serving
-    await engine.close()
+
+
+async def _frontends_pass(
+    count: int, settings: Any, port: int, pngs: list[str], n: int, tokens: int, offline: float
+) -> None:
+    """``http-N``: the same load through ``count`` front ends over one engine core."""
+    import httpx
+
+    settings_path = "/tmp/dsocr-bench-settings.json"
+    await asyncio.to_thread(Path(settings_path).write_text, settings.model_dump_json())
+    t0 = time.monotonic()
+    launcher = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "-", "--phase", "frontends", "--workers", str(count),
+        "--settings", settings_path, "--tokens", str(tokens),
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    ready = 0
+    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+        while ready < 4 * count:  # every front end up: several fresh answers in a row
+            if launcher.returncode is not None:
+                raise RuntimeError(f"the front ends exited with {launcher.returncode}")
+            try:
+                r = await client.get("/ready", headers={"Connection": "close"})
+                ready = ready + 1 if r.status_code == 200 else 0
+            except httpx.HTTPError:
+                ready = 0
+            await asyncio.sleep(0.2 if ready else 2)
+    print("ENGINE", json.dumps({"phase": f"http-{count}", "start_s": round(time.monotonic() - t0, 1)}))
+    try:
+        await _http_pass(f"http-{count}", base, pngs, n, tokens, offline)
+    finally:
+        launcher.terminate()
+        await launcher.wait()
+
+
+def run_frontends(settings_path: str, workers: int, tokens: int) -> None:
+    """Internal ``--phase frontends``: ``dsocr serve --workers N`` with the forced-length app."""
+    from functools import partial
+
+    from dsocr.server.frontends import serve_vllm_frontends
+    from dsocr.settings import Settings
+
+    settings = Settings.model_validate_json(Path(settings_path).read_text())
+    serve_vllm_frontends(
+        settings, workers=workers, app_factory=partial(forced_app, tokens=tokens), log_level="warning"
+    )
 
 
 def engine_config(engine: Any) -> dict[str, Any]:
@@ -688,12 +759,24 @@ def main() -> None:
     ap.add_argument("--phases", default="recipe,engine")
     ap.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one phase in this process
     ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument(
+        "--http-frontends",
+        default="1",
+        help="HTTP passes of the engine phase: 1 = in-process server, N > 1 = N front ends over one core",
+    )
+    ap.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)  # internal (frontends)
+    ap.add_argument("--settings", help=argparse.SUPPRESS)  # internal (frontends)
     a = ap.parse_args()
+    frontends = [int(f) for f in a.http_frontends.split(",")]
+    if a.phase == "frontends":
+        return run_frontends(a.settings, a.workers, a.tokens)
     overrides = json.loads(a.engine_args)
     if a.phase == "recipe":
         return run_recipe(a.model, a.pages, a.tokens, a.recipe_max_seqs or a.max_seqs)
     if a.phase == "engine":
-        return asyncio.run(run_engine(a.model, a.pages, a.tokens, a.max_seqs, a.port, overrides, a.log_stats))
+        return asyncio.run(
+            run_engine(a.model, a.pages, a.tokens, a.max_seqs, a.port, overrides, a.log_stats, frontends)
+        )
     if a.phase in ("engine-plain", "engine-devhist", "engine-offline"):
         return asyncio.run(
             run_engine_plain(a.model, a.pages, a.tokens, a.max_seqs, a.phase, overrides, a.log_stats)
@@ -720,6 +803,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, a.model, "--phase", phase, "--pages", str(a.pages)]
         cmd += ["--tokens", str(a.tokens), "--max-seqs", str(a.max_seqs), "--port", str(a.port)]
         cmd += ["--engine-args", a.engine_args, "--profile-steps", str(a.profile_steps)]
+        cmd += ["--http-frontends", a.http_frontends]
         cmd += ["--recipe-max-seqs", str(a.recipe_max_seqs)] if a.recipe_max_seqs else []
         cmd += ["--profile-delay", str(a.profile_delay)] if a.profile_delay is not None else []
         cmd += ["--log-stats"] if a.log_stats else []
@@ -733,8 +817,9 @@ def main() -> None:
     if "recipe" in results and "engine" in results:
         ratio = results["engine"]["pages_per_s"] / results["recipe"]["pages_per_s"]
         print(f"engine / recipe: {ratio:.2f}x pages/s (target >= 2x)")
-    if "http" in results:
-        print(f"http / offline: {results['http']['ratio_to_offline']:.3f} (target >= 0.95)")
+    for phase, r in results.items():
+        if phase.startswith("http"):
+            print(f"{phase} / offline: {r['ratio_to_offline']:.3f} (target >= 0.95)")
 
 
 if __name__ == "__main__":

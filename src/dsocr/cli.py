@@ -6,6 +6,7 @@ Exit codes scripts can trust: 0 success, 1 internal error, 2 bad input or usage,
 
 from __future__ import annotations
 
+import contextlib
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -229,7 +230,12 @@ def serve_command(
         str | None, typer.Option(help="Hugging Face id or local directory of the model.")
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(min=1, help="Server processes (each loads its own engine).")
+        int | None,
+        typer.Option(
+            min=1,
+            help="Server processes. On the vLLM engine they share one engine core (vLLM's API-server "
+            "scale-out); on the others each loads its own engine.",
+        ),
     ] = None,
     max_pages: Annotated[int | None, typer.Option(min=1, help="Most PDF pages per request.")] = None,
     max_upload_mb: Annotated[float | None, typer.Option(min=0.001, help="Largest upload, in MiB.")] = None,
@@ -298,19 +304,38 @@ def serve_command(
         else "no API key (open to anyone who can connect)"
     )
     url = f"http://{shown_host}:{server.port}"
+    shared = selection.kind == "vllm" and server.workers > 1
+    processes = (
+        f"{server.workers} front-end processes over one vLLM engine"
+        if shared
+        else f"{server.workers} worker(s)"
+    )
     typer.echo(
-        f"dsocr: serving on {url} (playground {url}/; OpenAI base URL {url}/v1; {auth}; "
-        f"{server.workers} worker(s))",
+        f"dsocr: serving on {url} (playground {url}/; OpenAI base URL {url}/v1; {auth}; {processes})",
         err=True,
     )
-    uvicorn.run(
-        "dsocr.server.app:app_from_env",
-        factory=True,
-        host=server.host,
-        port=server.port,
-        workers=server.workers,
-        log_level=log_level,
-    )
+    if shared:
+        from dsocr.errors import DsocrError
+        from dsocr.server.frontends import serve_vllm_frontends
+
+        try:
+            serve_vllm_frontends(settings, workers=server.workers, log_level=log_level)
+        except KeyboardInterrupt:
+            pass
+        except DsocrError as exc:
+            _fail_with(exc)
+        return
+    from dsocr.server.metrics import multiprocess_metrics
+
+    with multiprocess_metrics() if server.workers > 1 else contextlib.nullcontext():
+        uvicorn.run(
+            "dsocr.server.app:app_from_env",
+            factory=True,
+            host=server.host,
+            port=server.port,
+            workers=server.workers,
+            log_level=log_level,
+        )
 
 
 @app.command("ocr")

@@ -106,10 +106,21 @@ class _Served:
 
 
 class VLLMEngine:
-    """DeepSeek-OCR on vLLM. Construct cheaply; ``start()`` loads the model(s)."""
+    """DeepSeek-OCR on vLLM. Construct cheaply; ``start()`` loads the model(s).
 
-    def __init__(self, settings: EngineSettings) -> None:
+    ``frontend`` is vLLM's client config of one of several front-end processes that share an
+    engine core started elsewhere (dsocr.server.frontends); without it ``start`` starts the core.
+    """
+
+    def __init__(self, settings: EngineSettings, *, frontend: dict[str, Any] | None = None) -> None:
+        if frontend is not None and settings.extra_models:
+            raise ConfigError(
+                "front-end processes over one vLLM engine serve one model; unset "
+                "DSOCR_ENGINE__EXTRA_MODELS or run one dsocr server per model",
+                field="engine.extra_models",
+            )
         self._settings = settings
+        self._frontend = frontend
         self._served: dict[str, _Served] = {}
         self._default: str = settings.served_model_name or settings.model
         self._version = "unknown"
@@ -233,53 +244,10 @@ class VLLMEngine:
     # ---- building ---------------------------------------------------------------------------------
 
     async def _build(self, name: str, model: str, memory_share: float) -> _Served:
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        s = self._settings
-        processor = _ngram_processor()
-        args: dict[str, Any] = {
-            "model": model,
-            "revision": s.revision,
-            "served_model_name": name,
-            "load_format": s.load_format,
-            "max_model_len": s.max_model_len,
-            "max_num_seqs": s.max_num_seqs,
-            "gpu_memory_utilization": memory_share,
-            "kv_cache_dtype": s.kv_cache_dtype,
-            "enable_prefix_caching": False,
-            "mm_processor_cache_gb": 0,
-            "limit_mm_per_prompt": {"image": 1},
-            "logits_processors": [processor],
-            "disable_log_stats": True,
-        }
-        modes_module = _modes_module()
-        if modes_module is not None:
-            # DeepSeek-OCR v1 runs on our subclass, which adds Tiny/Small/Base/Large (vllm_modes).
-            modes_module.register()
-            args["hf_overrides"] = modes_module.use_mode_architecture
-        if processor.__name__ == "NGramBanV1" and s.ngram_device_history:
-            # Lets _build switch the V1 runner's per-step host wait off for it (vllm_ngram).
-            args["worker_extension_cls"] = _WORKER_EXTENSION
-        # Image preprocessing threads (see _engine_input); needs the processor cache off (it is).
-        args["renderer_num_workers"] = s.preprocess_workers or min(8, os.cpu_count() or 1)
-        batched_tokens = s.max_num_batched_tokens or _default_batched_tokens()
-        if batched_tokens is not None:
-            args["max_num_batched_tokens"] = batched_tokens
-        # Several GPUs through vLLM's own data parallelism (one engine core per GPU, requests
-        # balanced by queue depth); an explicit DSOCR_ENGINE__VLLM_ARGS entry still wins.
-        args.update(
-            vllm_parallel_args(resolve_gpu_count(s.data_parallel_size, field="engine.data_parallel_size"))
-        )
-        args.update(s.vllm_args)
-        known = {f for f in inspect.signature(AsyncEngineArgs).parameters}
-        unknown = sorted(set(args) - known)
-        if unknown:
-            raise ConfigError(f"unknown vLLM engine arguments {unknown} (DSOCR_ENGINE__VLLM_ARGS)")
+        args = vllm_engine_args(self._settings, name, model, memory_share)
         try:
-            engine_args = AsyncEngineArgs(**args)
             # Building the engine blocks for a long time (weights, compile): keep the loop responsive.
-            llm = await asyncio.to_thread(AsyncLLM.from_engine_args, engine_args)
+            llm = await asyncio.to_thread(self._new_llm, args)
         except DsocrError:
             raise
         except Exception as exc:
@@ -288,7 +256,7 @@ class VLLMEngine:
         if inspect.isawaitable(tokenizer):  # older AsyncLLM had an async get_tokenizer
             tokenizer = await tokenizer
         image_token_id = int(tokenizer.convert_tokens_to_ids("<image>"))
-        if args.get("worker_extension_cls") == _WORKER_EXTENSION:
+        if args.worker_extension_cls == _WORKER_EXTENSION:
             try:
                 switched = await llm.collective_rpc("dsocr_enable_device_ngram_history")
             except Exception as exc:
@@ -297,6 +265,7 @@ class VLLMEngine:
             on = bool(switched) and all(switched)
             self._details[f"ngram_device_history[{name}]"] = "on" if on else "off"
         modes = SUPPORTED_MODES
+        modes_module = _modes_module(warn=False)
         if modes_module is not None:
             config = llm.vllm_config
             modes = modes_module.modes_for(
@@ -304,6 +273,27 @@ class VLLMEngine:
             )
         logger.info("vLLM %s serving %s as %s (modes %s)", self._version, model, name, ",".join(modes))
         return _Served(name=name, model=model, llm=llm, image_token_id=image_token_id, modes=modes)
+
+    def _new_llm(self, args: Any) -> Any:
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        if self._frontend is None:
+            return AsyncLLM.from_engine_args(args)
+        # One of several clients of an engine core that dsocr.server.frontends launched; the
+        # config must be built as vLLM's own API-server processes build theirs.
+        client = dict(self._frontend)
+        count, index = int(client.pop("client_count", 1)), int(client.pop("client_index", 0))
+        args._api_process_count, args._api_process_rank = count, index
+        config = args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        return AsyncLLM.from_vllm_config(
+            config,
+            usage_context=UsageContext.OPENAI_API_SERVER,
+            disable_log_stats=args.disable_log_stats,
+            client_addresses=client,
+            client_count=count,
+            client_index=index,
+        )
 
     async def _self_test(self, served: _Served) -> str:
         """Prove repetition control is active: greedy decoding of a repetitive page loops without
@@ -508,12 +498,69 @@ class VLLMEngine:
 _WORKER_EXTENSION = "dsocr.engine.vllm_ngram.NGramWorkerExtension"
 
 
-def _modes_module() -> Any:
+def vllm_engine_args(settings: EngineSettings, name: str, model: str, memory_share: float) -> Any:
+    """vLLM's ``AsyncEngineArgs`` for one served model: the recipe's settings plus ours.
+
+    Shared by the in-process engine and by the launcher of front-end processes over one engine
+    core (dsocr.server.frontends), which must build the very same vLLM config.
+    """
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    _prepare_environment()
+    s = settings
+    processor = _ngram_processor()
+    args: dict[str, Any] = {
+        "model": model,
+        "revision": s.revision,
+        "served_model_name": name,
+        "load_format": s.load_format,
+        "max_model_len": s.max_model_len,
+        "max_num_seqs": s.max_num_seqs,
+        "gpu_memory_utilization": memory_share,
+        "kv_cache_dtype": s.kv_cache_dtype,
+        "enable_prefix_caching": False,
+        "mm_processor_cache_gb": 0,
+        "limit_mm_per_prompt": {"image": 1},
+        "logits_processors": [processor],
+        "disable_log_stats": True,
+    }
+    modes_module = _modes_module()
+    if modes_module is not None:
+        # DeepSeek-OCR v1 runs on our subclass, which adds Tiny/Small/Base/Large (vllm_modes).
+        modes_module.register()
+        args["hf_overrides"] = modes_module.use_mode_architecture
+    if processor.__name__ == "NGramBanV1" and s.ngram_device_history:
+        # Lets _build switch the V1 runner's per-step host wait off for it (vllm_ngram).
+        args["worker_extension_cls"] = _WORKER_EXTENSION
+    # Image preprocessing threads (see _engine_input); needs the processor cache off (it is).
+    args["renderer_num_workers"] = s.preprocess_workers or min(8, os.cpu_count() or 1)
+    batched_tokens = s.max_num_batched_tokens or _default_batched_tokens()
+    if batched_tokens is not None:
+        args["max_num_batched_tokens"] = batched_tokens
+    # Several GPUs through vLLM's own data parallelism (one engine core per GPU, requests
+    # balanced by queue depth); an explicit DSOCR_ENGINE__VLLM_ARGS entry still wins.
+    args.update(
+        vllm_parallel_args(resolve_gpu_count(s.data_parallel_size, field="engine.data_parallel_size"))
+    )
+    args.update(s.vllm_args)
+    known = {f for f in inspect.signature(AsyncEngineArgs).parameters}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise ConfigError(f"unknown vLLM engine arguments {unknown} (DSOCR_ENGINE__VLLM_ARGS)")
+    try:
+        return AsyncEngineArgs(**args)
+    except Exception as exc:
+        raise EngineUnavailable(f"vLLM could not start {model}: {type(exc).__name__}: {exc}") from exc
+
+
+def _modes_module(*, warn: bool = True) -> Any:
     """dsocr.engine.vllm_modes, or ``None`` where it cannot work: this vLLM lacks the classes it
     subclasses, or dsocr's vLLM plugin is not installed — vLLM's engine-core process learns our
     model class only through that entry point, so without it (dsocr used from a source tree on
     ``PYTHONPATH``, or ``VLLM_PLUGINS`` leaving it out) the engine would fail to start."""
     if not _modes_plugin_installed():
+        if not warn:
+            return None
         logger.warning(
             "resolution modes other than gundam are off: the 'dsocr_modes' vLLM plugin is not "
             "installed (pip install dsocr, or add it to VLLM_PLUGINS)"
@@ -522,7 +569,8 @@ def _modes_module() -> Any:
     try:
         from dsocr.engine import vllm_modes
     except ImportError as exc:
-        logger.warning("resolution modes other than gundam are off: %s", exc)
+        if warn:
+            logger.warning("resolution modes other than gundam are off: %s", exc)
         return None
     return vllm_modes
 

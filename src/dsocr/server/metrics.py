@@ -1,5 +1,8 @@
 """Prometheus metrics, one registry per app (so tests and several apps in a process never clash).
 
+With several server processes (``PROMETHEUS_MULTIPROC_DIR`` set, as ``dsocr serve --workers N``
+does) every process writes its values there and ``GET /metrics`` sums them over all processes.
+
 ``MetricsMiddleware`` counts every HTTP request by route template and status and times it; the
 OCR routes record pages, tokens and errors through :class:`Metrics`. ``GET /metrics`` renders the
 registry in the text exposition format.
@@ -7,18 +10,43 @@ registry in the text exposition format.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dsocr.engine.base import EngineOutput
 from dsocr.pipeline import PageResult, Usage
 
-__all__ = ["Metrics", "MetricsMiddleware"]
+__all__ = ["Metrics", "MetricsMiddleware", "multiprocess_metrics"]
 
 # OCR pages take from under a second (small image, fake engine) to minutes (dense PDF page on CPU).
 _LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+@contextlib.contextmanager
+def multiprocess_metrics() -> Iterator[None]:
+    """Multiprocess mode for the server processes started inside (they inherit the variable).
+
+    prometheus_client picks the mode when it is imported, so this must wrap the start of the
+    processes, not run in them. An operator's own ``PROMETHEUS_MULTIPROC_DIR`` is kept.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="dsocr-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    try:
+        yield
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class Metrics:
@@ -40,11 +68,18 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge("dsocr_http_requests_in_flight", "HTTP requests being served.", registry=r)
+        # "livesum": over several processes, the sum over those alive.
+        self.in_flight = Gauge(
+            "dsocr_http_requests_in_flight",
+            "HTTP requests being served.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.queue_depth = Gauge(
             "dsocr_queue_depth_pages",
-            "Pages admitted and not finished (vs DSOCR_LIMITS__MAX_QUEUE).",
+            "Pages admitted and not finished (vs DSOCR_LIMITS__MAX_QUEUE, a per-process limit).",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.pages = Counter("dsocr_pages", "Pages processed, by outcome.", ["outcome"], registry=r)
         self.page_latency = Histogram(
@@ -99,7 +134,11 @@ class Metrics:
         self.errors.labels(code=code, scope="request").inc()
 
     def render(self) -> bytes:
-        """The registry in Prometheus text format."""
+        """The registry in Prometheus text format (summed over the server's processes, if several)."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+            return generate_latest(merged)
         return generate_latest(self.registry)
 
 

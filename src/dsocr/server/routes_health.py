@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -34,7 +35,8 @@ def _engine_description(state: AppState) -> dict[str, Any]:
 @router.get("/health", dependencies=[Depends(require_api_key_for_health)])
 async def health(state: Annotated[AppState, Depends(app_state)]) -> dict[str, Any]:
     """Liveness: 200 while the process serves HTTP, with the engine's state (ready or why not)."""
-    return {"status": "ok", "version": __version__, "engine": _engine_description(state)}
+    # pid: which server process answered (several share the port with --workers).
+    return {"status": "ok", "version": __version__, "pid": os.getpid(), "engine": _engine_description(state)}
 
 
 @router.get(
