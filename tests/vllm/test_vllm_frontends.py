@@ -31,9 +31,7 @@ from PIL import Image, ImageDraw
 from dsocr.errors import ConfigError
 from dsocr.server.frontends import serve_vllm_frontends
 from dsocr.settings import Settings
-
-sys.path.insert(0, str(Path(__file__).parents[1]))
-from server_support import free_port  # noqa: E402
+from server_support import free_port
 
 SUPPORT = Path(__file__).parent / "support"
 START_TIMEOUT_S = 420  # CI's two cores start three vLLM processes (~10 s of imports each) and two self-tests
@@ -133,15 +131,14 @@ def test_two_front_ends_answer_on_one_port(launched: Launched) -> None:
 
 def test_pages_through_predict_and_the_openai_route(launched: Launched) -> None:
     def predict(i: int) -> dict[str, Any]:
-        r = httpx.post(
-            launched.url + "/predict", json={"image_base64": _png_b64(f"page {i}")}, timeout=300
-        )
+        r = httpx.post(launched.url + "/predict", json={"image_base64": _png_b64(f"page {i}")}, timeout=300)
         assert r.status_code == 200, r.text
         return dict(r.json())
 
     client = OpenAI(base_url=launched.url + "/v1", api_key="unused", timeout=300)
 
     def chat(i: int) -> Any:
+        url = "data:image/png;base64," + _png_b64(str(i))
         return client.chat.completions.create(
             model="deepseek-ocr-tiny",
             max_tokens=8,
@@ -149,7 +146,7 @@ def test_pages_through_predict_and_the_openai_route(launched: Launched) -> None:
                 {
                     "role": "user",
                     "content": [
-                        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{_png_b64(str(i))}"}},
+                        {"type": "image_url", "image_url": {"url": url}},
                         {"type": "text", "text": "Free OCR."},
                     ],
                 }
@@ -166,9 +163,8 @@ def test_pages_through_predict_and_the_openai_route(launched: Launched) -> None:
 
 
 def _metric(text: str, name: str) -> float:
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{") or line.startswith(name + " ")
-    )
+    samples = [line for line in text.splitlines() if line.startswith((name + "{", name + " "))]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in samples)
 
 
 def test_metrics_sum_over_front_ends(launched: Launched) -> None:
