@@ -77,7 +77,12 @@ def serve_vllm_frontends(
             "DSOCR_ENGINE__DATA_PARALLEL_SIZE instead of DSOCR_ENGINE__REPLICAS",
             field="engine.replicas",
         )
-    from vllm.v1.executor import Executor
+    try:
+        from vllm.v1.executor import Executor
+    except ImportError as exc:
+        raise ConfigError(
+            "the vLLM engine needs vLLM: pip install 'dsocr[vllm]'", field="engine.kind"
+        ) from exc
 
     from dsocr.engine.vllm import vllm_engine_args
 
@@ -115,6 +120,8 @@ def serve_vllm_frontends(
             wait_for_completion_or_failure(
                 api_server_manager=api_servers, engine_manager=engines, coordinator=coordinator
             )
+        except RuntimeError as exc:  # vLLM's report of an engine core or front end that failed or died
+            raise EngineUnavailable(f"stopping all server processes: {exc}") from exc
         finally:
             timeout = float(getattr(config, "shutdown_timeout", 0) or 10)
             for manager in managers[:3]:
