@@ -109,16 +109,11 @@ class VLLMEngine:
     """DeepSeek-OCR on vLLM. Construct cheaply; ``start()`` loads the model(s).
 
     ``frontend`` is vLLM's client config of one of several front-end processes that share an
-    engine core started elsewhere (dsocr.server.frontends); without it ``start`` starts the core.
+    engine core started elsewhere (dsocr.server.frontends, which also checks that one model is
+    served); without it ``start`` starts the core.
     """
 
     def __init__(self, settings: EngineSettings, *, frontend: dict[str, Any] | None = None) -> None:
-        if frontend is not None and settings.extra_models:
-            raise ConfigError(
-                "front-end processes over one vLLM engine serve one model; unset "
-                "DSOCR_ENGINE__EXTRA_MODELS or run one dsocr server per model",
-                field="engine.extra_models",
-            )
         self._settings = settings
         self._frontend = frontend
         self._served: dict[str, _Served] = {}
