@@ -101,7 +101,7 @@ def serve_vllm_frontends(
     listen_address = f"http://{settings.server.host}:{settings.server.port}"
 
     with multiprocess_metrics(), _stop_on_sigterm():
-        managers: list[Any] = []
+        launched: _Launched | None = None
         try:
             launch = _launch(
                 config,
@@ -113,24 +113,40 @@ def serve_vllm_frontends(
                 frontend_args,
             )
             with launch as launched:
-                managers = launched
+                pass
             from vllm.v1.utils import wait_for_completion_or_failure
 
-            api_servers, engines, coordinator, _listeners = managers
             wait_for_completion_or_failure(
-                api_server_manager=api_servers, engine_manager=engines, coordinator=coordinator
+                api_server_manager=launched.api_servers,
+                engine_manager=launched.engines,
+                coordinator=launched.coordinator,
             )
         except RuntimeError as exc:  # vLLM's report of an engine core or front end that failed or died
             raise EngineUnavailable(f"stopping all server processes: {exc}") from exc
         finally:
-            timeout = float(getattr(config, "shutdown_timeout", 0) or 10)
-            for manager in managers[:3]:
-                if manager is not None:
-                    with contextlib.suppress(Exception):
-                        manager.shutdown(timeout=timeout)
-            if len(managers) > 3 and managers[3] is not None:
-                managers[3].cleanup()
+            if launched is not None:
+                launched.shutdown(float(getattr(config, "shutdown_timeout", 0) or 10))
             sock.close()
+
+
+@dataclass(slots=True)
+class _Launched:
+    """The processes ``_launch`` started, stopped in vLLM's order: front ends, engines, coordinator."""
+
+    api_servers: Any
+    engines: Any
+    coordinator: Any
+    # vLLM >= 0.3x only. Kept referenced until shutdown: vLLM unlinks their IPC paths when they
+    # are collected, and the engine cores connect to them only after the handshake.
+    listeners: Any
+
+    def shutdown(self, timeout: float) -> None:
+        for manager in (self.api_servers, self.engines, self.coordinator):
+            if manager is not None:
+                with contextlib.suppress(Exception):
+                    manager.shutdown(timeout=timeout)
+        if self.listeners is not None:
+            self.listeners.cleanup()
 
 
 @contextlib.contextmanager
@@ -142,13 +158,13 @@ def _launch(
     listen_address: str,
     sock: socket.socket,
     args: _FrontendArgs,
-) -> Iterator[list[Any]]:
+) -> Iterator[_Launched]:
     """vLLM's engine launch and front-end spawn, for both launcher generations.
 
-    Yields ``[api_server_manager, engine_manager, coordinator, listeners]``; the engines' handshake
-    runs when the context exits (weights load, compile), while the front ends already answer
-    ``/health``. vLLM 0.26 passes ZMQ addresses (the front ends report what they bound); newer
-    vLLM binds the listeners here and hands them over.
+    Yields the processes' managers; the engines' handshake runs when the context exits (weights
+    load, compile), while the front ends wait for the engine before they serve. vLLM 0.26 passes
+    ZMQ addresses (the front ends report what they bound); newer vLLM binds the listeners here
+    and hands them over.
     """
     from vllm.v1 import utils as v1_utils
     from vllm.v1.engine import utils as engine_utils
@@ -173,9 +189,7 @@ def _launch(
             )
             # A front end that exits while the engines start aborts the start-up.
             launch.watched_frontend_processes = api_servers.processes
-            # The listeners stay referenced until shutdown: vLLM unlinks their IPC paths when they
-            # are collected, and the engine cores connect to them only after the handshake.
-            yield [api_servers, launch.engine_manager, coordinator, listeners]
+            yield _Launched(api_servers, launch.engine_manager, coordinator, listeners)
         return
     addresses = engine_utils.get_engine_zmq_addresses(config, workers)
     with engine_utils.launch_core_engines(config, executor_class, log_stats, addresses, workers) as (
@@ -197,7 +211,7 @@ def _launch(
         )
         # The engines connect to what each front end really bound.
         addresses.inputs, addresses.outputs = api_servers.gather_actual_addresses()
-        yield [api_servers, engines, coordinator, None]
+        yield _Launched(api_servers, engines, coordinator, None)
 
 
 def run_frontend(
