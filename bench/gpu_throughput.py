@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
 import io
 import json
 import os
@@ -120,6 +121,112 @@ def run_recipe(model: str, n: int, tokens: int, max_seqs: int) -> None:
 # ---------------------------------------------------------------------------------------- engine
 
 
+class Timeline:
+    """Per-request marks of one pass (monotonic seconds; the clock is shared by all processes).
+
+    ``submit``: the request reaches the engine (for HTTP: after upload, parsing, PNG decoding);
+    ``rendered``: vLLM's engine input is built (image processor done, next stop the engine core);
+    ``done``: the output is back. Printed as seconds since the pass started, at 0 / 50 / 100 %.
+    """
+
+    def __init__(self) -> None:
+        self.marks: dict[str, list[float]] = {"submit": [], "rendered": [], "done": []}
+
+    def mark(self, name: str) -> None:
+        self.marks[name].append(time.monotonic())
+
+    def summary(self, t0: float) -> dict[str, list[float]]:
+        out = {}
+        for name, times in self.marks.items():
+            if times:
+                ordered = sorted(t - t0 for t in times)
+                out[name] = [round(ordered[int(q * (len(ordered) - 1))], 2) for q in (0.0, 0.5, 1.0)]
+        return out
+
+
+class PassProbe:
+    """What the host does during one pass: CPU seconds of this process and of each child process
+    (the engine core), event-loop lag (a 10 ms ticker), the GPU's busy share (NVML, every 50 ms),
+    and this process's garbage collections (total seconds; each full one in ms)."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self._stop = asyncio.Event()
+        self._gc_pauses: list[tuple[int, float]] = []  # (generation, seconds) of this process's collections
+        self._gc_started = 0.0
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self._gc_pauses.append((info["generation"], time.perf_counter() - self._gc_started))
+
+    def _cpu(self) -> dict[int, float]:
+        """CPU seconds so far per process: this one and every live descendant."""
+        seconds = {}
+        for proc in [self._proc, *self._proc.children(recursive=True)]:
+            try:
+                t = proc.cpu_times()
+            except Exception:  # exited meanwhile
+                continue
+            seconds[proc.pid] = t.user + t.system
+        return seconds
+
+    async def _ticker(self) -> tuple[float, float]:
+        worst = total = 0.0
+        while not self._stop.is_set():
+            t = time.monotonic()
+            await asyncio.sleep(0.01)
+            lag = time.monotonic() - t - 0.01
+            worst, total = max(worst, lag), total + max(lag, 0.0)
+        return worst, total
+
+    def _gpu(self) -> list[int]:
+        try:
+            from vllm.third_party import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        except Exception:
+            return []
+        samples = []
+        while not self._stop.is_set():
+            samples.append(int(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
+            time.sleep(0.05)
+        return samples
+
+    async def __aenter__(self) -> PassProbe:
+        self._cpu0 = self._cpu()
+        self._t0 = time.monotonic()
+        gc.callbacks.append(self._on_gc)
+        self._tick = asyncio.create_task(self._ticker())
+        self._gpu_task = asyncio.ensure_future(asyncio.to_thread(self._gpu))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        gc.callbacks.remove(self._on_gc)
+        wall = time.monotonic() - self._t0
+        full = [seconds for generation, seconds in self._gc_pauses if generation == 2]
+        cpu = self._cpu()
+        own = cpu.pop(self._proc.pid) - self._cpu0[self._proc.pid]
+        # Descendants alive at the end (the engine core; the client process has exited by then).
+        children = {pid: round(s - self._cpu0.get(pid, 0.0), 1) for pid, s in cpu.items()}
+        worst, total = await self._tick
+        samples = await self._gpu_task
+        self.report = {
+            "front_cpu_s": round(own, 1),
+            "children_cpu_s": children,
+            "loop_lag_max_ms": round(worst * 1000, 1),
+            "loop_lag_share": round(total / wall, 3),
+            "gpu_busy_pct": round(sum(samples) / len(samples), 1) if samples else None,
+            "gc_s": round(sum(seconds for _, seconds in self._gc_pauses), 2),
+            "gc_full_ms": [round(seconds * 1000) for seconds in full],
+        }
+
+
 class ForcedLength:
     """Benchmark harness around an engine: every request runs exactly ``tokens`` output tokens.
 
@@ -130,6 +237,7 @@ class ForcedLength:
     def __init__(self, engine: Any, tokens: int) -> None:
         self._engine = engine
         self._tokens = tokens
+        self.timeline: Timeline | None = None  # set for a pass whose requests are to be timed
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
@@ -138,7 +246,25 @@ class ForcedLength:
         return replace(request, sampling=replace(request.sampling, max_tokens=self._tokens, ignore_eos=True))
 
     async def generate(self, request: Any) -> Any:
-        return await self._engine.generate(self._force(request))
+        timeline = self.timeline
+        if timeline is not None:
+            timeline.mark("submit")
+        output = await self._engine.generate(self._force(request))
+        if timeline is not None:
+            timeline.mark("done")
+        return output
+
+    def time_rendering(self) -> None:
+        """Mark when each request's engine input is ready (VLLMEngine's renderer step done)."""
+        render = self._engine._engine_input
+
+        async def timed(served: Any, request: Any) -> Any:
+            engine_input = await render(served, request)
+            if self.timeline is not None:
+                self.timeline.mark("rendered")
+            return engine_input
+
+        self._engine._engine_input = timed
 
     def stream(self, request: Any) -> Any:
         return self._engine.stream(self._force(request))
@@ -230,7 +356,7 @@ async def main():
         await asyncio.gather(*(one(i) for i in range(8)))
         t0 = time.monotonic()
         toks = await asyncio.gather(*(one(i) for i in range(n)))
-        print(json.dumps({"wall_s": time.monotonic() - t0, "out_tokens": sum(toks)}))
+        print(json.dumps({"t0": t0, "wall_s": time.monotonic() - t0, "out_tokens": sum(toks)}))
 asyncio.run(main())
 """
 
@@ -353,7 +479,14 @@ async def run_engine(
     overrides: dict[str, Any],
     log_stats: bool,
     frontends: list[int],
+    rounds: int = 1,
 ) -> None:
+    """Offline pass, then the HTTP pass on the same engine; ``rounds`` > 1 adds more pairs.
+
+    Later rounds alternate the order (HTTP then offline, offline then HTTP, ...), so a drift over
+    the lease (clocks, memory, a slower second pass) shows in the offline passes and cancels out
+    of the mean ratio. Every pass prints its per-request timeline and host probe.
+    """
     import uvicorn
 
     from dsocr.engine.vllm import VLLMEngine
@@ -371,18 +504,28 @@ async def run_engine(
     start_s = time.monotonic() - t0
     print("ENGINE", json.dumps({"start_s": round(start_s, 1), **engine_config(engine)}), flush=True)
     forced = ForcedLength(engine, tokens)
+    forced.time_rendering()
     images = [page(i) for i in range(n)]
     await _offline_pass(forced, images[:8])
-    wall, out_tokens = await _offline_pass(forced, images)
-    offline = result(
-        phase="engine",
-        pages=n,
-        engine_start_s=round(start_s, 1),
-        wall_s=round(wall, 2),
-        pages_per_s=round(n / wall, 3),
-        out_tok_per_s=round(out_tokens / wall),
-    )
 
+    async def offline_pass(label: str) -> dict[str, Any]:
+        forced.timeline = Timeline()
+        async with PassProbe() as probe:
+            t0 = time.monotonic()
+            wall, out_tokens = await _offline_pass(forced, images)
+        timeline, forced.timeline = forced.timeline, None
+        return result(
+            phase=label,
+            pages=n,
+            engine_start_s=round(start_s, 1),
+            wall_s=round(wall, 2),
+            pages_per_s=round(n / wall, 3),
+            out_tok_per_s=round(out_tokens / wall),
+            timeline=timeline.summary(t0),
+            **probe.report,
+        )
+
+    offline = await offline_pass("engine")
     app = create_app(settings, engine=forced)  # type: ignore[arg-type]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     serving = asyncio.create_task(server.serve())
@@ -392,7 +535,14 @@ async def run_engine(
     pngs = [_png_b64(im) for im in images[:16]]
     await _smoke_routes(base, pngs[0])
     if 1 in frontends:
-        await _http_pass("http", base, pngs, n, tokens, offline["pages_per_s"])
+        await _http_pass("http", base, pngs, n, tokens, offline["pages_per_s"], forced)
+        for r in range(2, rounds + 1):
+            http_first = r % 2 == 0
+            if http_first:
+                await _http_pass(f"http#{r}", base, pngs, n, tokens, offline["pages_per_s"], forced)
+            offline = await offline_pass(f"engine#{r}")
+            if not http_first:
+                await _http_pass(f"http#{r}", base, pngs, n, tokens, offline["pages_per_s"], forced)
     server.should_exit = True
     await serving
     await engine.close()
@@ -400,22 +550,47 @@ async def run_engine(
         await _frontends_pass(count, settings, port, pngs, n, tokens, offline["pages_per_s"])
 
 
-async def _http_pass(phase: str, base: str, pngs: list[str], n: int, tokens: int, offline: float) -> None:
-    """The client process's timed pass against ``base``, printed as one RESULT."""
+async def _http_pass(
+    phase: str,
+    base: str,
+    pngs: list[str],
+    n: int,
+    tokens: int,
+    offline: float,
+    forced: ForcedLength | None = None,
+) -> dict[str, Any]:
+    """The client process's timed pass against ``base``, printed as one RESULT.
+
+    ``offline``: the pages/s of the offline pass to compare with (the nearest one in time);
+    ``forced``: the in-process server's engine wrapper, to time the pass's requests and host.
+    """
     path = "/tmp/dsocr-bench-pngs.json"
     await asyncio.to_thread(Path(path).write_text, json.dumps(pngs))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", CLIENT, base, str(n), str(tokens), path, stdout=subprocess.PIPE
-    )
-    stdout, _ = await proc.communicate()
+    timeline = Timeline()
+    if forced is not None:
+        forced.timeline = timeline
+    async with PassProbe() as probe:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CLIENT, base, str(n), str(tokens), path, stdout=subprocess.PIPE
+        )
+        stdout, _ = await proc.communicate()
+    if forced is not None:
+        forced.timeline = None
     client = json.loads(stdout.decode().strip().splitlines()[-1])
-    result(
+    extra: dict[str, Any] = {}
+    if forced is not None:
+        # The warm-up's 8 requests are marked too: keep the pass's own (after the client's t0).
+        for name, times in timeline.marks.items():
+            timeline.marks[name] = [t for t in times if t >= client["t0"]]
+        extra = {"timeline": timeline.summary(client["t0"]), **probe.report}
+    return result(
         phase=phase,
         pages=n,
         wall_s=round(client["wall_s"], 2),
         pages_per_s=round(n / client["wall_s"], 3),
         out_tok_per_s=round(client["out_tokens"] / client["wall_s"]),
         ratio_to_offline=round((n / client["wall_s"]) / offline, 3),
+        **extra,
     )
 
 
@@ -764,6 +939,7 @@ def main() -> None:
         default="1",
         help="HTTP passes of the engine phase: 1 = in-process server, N > 1 = N front ends over one core",
     )
+    ap.add_argument("--rounds", type=int, default=1, help="offline/HTTP pairs, order alternating")
     ap.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)  # internal (frontends)
     ap.add_argument("--settings", help=argparse.SUPPRESS)  # internal (frontends)
     a = ap.parse_args()
@@ -775,7 +951,9 @@ def main() -> None:
         return run_recipe(a.model, a.pages, a.tokens, a.recipe_max_seqs or a.max_seqs)
     if a.phase == "engine":
         return asyncio.run(
-            run_engine(a.model, a.pages, a.tokens, a.max_seqs, a.port, overrides, a.log_stats, frontends)
+            run_engine(
+                a.model, a.pages, a.tokens, a.max_seqs, a.port, overrides, a.log_stats, frontends, a.rounds
+            )
         )
     if a.phase in ("engine-plain", "engine-devhist", "engine-offline"):
         return asyncio.run(
@@ -803,7 +981,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, a.model, "--phase", phase, "--pages", str(a.pages)]
         cmd += ["--tokens", str(a.tokens), "--max-seqs", str(a.max_seqs), "--port", str(a.port)]
         cmd += ["--engine-args", a.engine_args, "--profile-steps", str(a.profile_steps)]
-        cmd += ["--http-frontends", a.http_frontends]
+        cmd += ["--http-frontends", a.http_frontends, "--rounds", str(a.rounds)]
         cmd += ["--recipe-max-seqs", str(a.recipe_max_seqs)] if a.recipe_max_seqs else []
         cmd += ["--profile-delay", str(a.profile_delay)] if a.profile_delay is not None else []
         cmd += ["--log-stats"] if a.log_stats else []

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
+import threading
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -203,3 +205,24 @@ async def test_pages_are_preprocessed_off_the_event_loop_into_the_same_model_inp
     ours = await engine.generate(req)
     assert ours.prompt_tokens == len(raw.prompt_token_ids)
     assert ours.text == raw.outputs[0].text
+
+
+async def test_page_preparation_does_not_queue_behind_the_servers_blocking_work(engine: Any) -> None:
+    # Under load the server's default thread pool is full of PNG decoding; a page already handed
+    # to the engine must still reach vLLM's renderer instead of waiting for that backlog.
+    loop = asyncio.get_running_loop()
+    release = threading.Event()
+    backlog = [loop.run_in_executor(None, release.wait) for _ in range(64)]
+    try:
+        (served,) = engine._served.values()
+        rendered = await asyncio.wait_for(engine._engine_input(served, request()), timeout=120)
+        assert rendered["prompt_token_ids"]
+        assert not any(job.done() for job in backlog)  # the default pool was busy all along
+    finally:
+        release.set()
+        await asyncio.gather(*backlog)
+
+
+async def test_start_freezes_the_startup_heap_out_of_the_collectors_way(engine: Any) -> None:
+    # vLLM and torch leave ~10^6 long-lived objects; a full collection walking them stalls the loop.
+    assert gc.get_freeze_count() > 100_000

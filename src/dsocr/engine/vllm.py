@@ -19,6 +19,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
@@ -121,6 +122,7 @@ class VLLMEngine:
         self._version = "unknown"
         self._details: dict[str, str] = {}
         self._started = False
+        self._prep: ThreadPoolExecutor | None = None  # see _engine_input
 
     # ---- protocol ---------------------------------------------------------------------------------
 
@@ -148,6 +150,7 @@ class VLLMEngine:
             ) from exc
         self._version = vllm.__version__
         _prepare_environment()
+        self._prep = ThreadPoolExecutor(_preprocess_workers(self._settings), thread_name_prefix="dsocr-prep")
         models = [(self._default, self._settings.model)] + [(m, m) for m in self._settings.extra_models]
         share = self._settings.gpu_memory_utilization / len(models)
         try:
@@ -167,11 +170,15 @@ class VLLMEngine:
         except BaseException:
             await self.close()
             raise
+        _freeze_startup_heap()
 
     async def close(self) -> None:
         """Shut every AsyncLLM down; idempotent."""
         served, self._served = list(self._served.values()), {}
         self._started = False
+        if self._prep is not None:
+            self._prep.shutdown(wait=False, cancel_futures=True)
+            self._prep = None
         for s in served:
             with contextlib.suppress(Exception):
                 s.llm.shutdown()
@@ -381,7 +388,10 @@ class VLLMEngine:
         (``renderer_num_workers``, our ``preprocess_workers``), several pages at once; vLLM builds
         exactly the same input from the raw prompt when it has no async renderer.
         """
-        prompt = await asyncio.to_thread(self._prompt, request)
+        # Our step before vLLM's renderer (RGB, the mode's resize) has its own threads: on the
+        # shared default executor it queued behind the server's PNG decoding of every page that
+        # had arrived, and the renderer idled until the last page was decoded (bench/README.md).
+        prompt = await asyncio.get_running_loop().run_in_executor(self._prep, self._prompt, request)
         render = getattr(getattr(served.llm, "renderer", None), "render_cmpl_async", None)
         if render is None:
             return prompt
@@ -528,7 +538,7 @@ def vllm_engine_args(settings: EngineSettings, name: str, model: str, memory_sha
         # Lets _build switch the V1 runner's per-step host wait off for it (vllm_ngram).
         args["worker_extension_cls"] = _WORKER_EXTENSION
     # Image preprocessing threads (see _engine_input); needs the processor cache off (it is).
-    args["renderer_num_workers"] = s.preprocess_workers or min(8, os.cpu_count() or 1)
+    args["renderer_num_workers"] = _preprocess_workers(s)
     batched_tokens = s.max_num_batched_tokens or _default_batched_tokens()
     if batched_tokens is not None:
         args["max_num_batched_tokens"] = batched_tokens
@@ -599,6 +609,25 @@ def _default_batched_tokens() -> int | None:
     from vllm.platforms import current_platform
 
     return GPU_BATCHED_TOKENS if current_platform.is_cuda_alike() else None
+
+
+def _preprocess_workers(settings: EngineSettings) -> int:
+    return settings.preprocess_workers or min(8, os.cpu_count() or 1)
+
+
+def _freeze_startup_heap() -> None:
+    """Move everything alive after start-up out of the garbage collector's way (``gc.freeze``).
+
+    vLLM, torch and the model leave about a million long-lived objects in this process; each
+    full collection walks them all and holds the event loop for 0.3-1 s (0.29 s on a 2-core CPU
+    box with vLLM merely imported), and the allocations of a burst of requests trigger one.
+    vLLM's own API server and engine core freeze their start-up heap for the same reason; this
+    is its helper. Cycles among frozen objects are never collected: that is the start-up state,
+    which lives as long as the process.
+    """
+    from vllm.utils.gc_utils import freeze_gc_heap
+
+    freeze_gc_heap()
 
 
 def _finish_reason(reason: str | None) -> FinishReason:
