@@ -44,6 +44,7 @@ import asyncio
 import base64
 import gc
 import io
+import itertools
 import json
 import os
 import subprocess
@@ -127,21 +128,54 @@ class Timeline:
     ``submit``: the request reaches the engine (for HTTP: after upload, parsing, PNG decoding);
     ``rendered``: vLLM's engine input is built (image processor done, next stop the engine core);
     ``done``: the output is back. Printed as seconds since the pass started, at 0 / 50 / 100 %.
+    ``steps``: each batch of outputs from the engine core, (made in the core, read by the front
+    end, outputs in it); summarised as the core's step time once every page is in (ms, 50 / 90 %)
+    and how far the front end's reading trails the core (ms, 50 % / max).
     """
 
     def __init__(self) -> None:
         self.marks: dict[str, list[float]] = {"submit": [], "rendered": [], "done": []}
+        self.steps: list[tuple[float, float, int]] = []
 
     def mark(self, name: str) -> None:
         self.marks[name].append(time.monotonic())
 
-    def summary(self, t0: float) -> dict[str, list[float]]:
-        out = {}
+    def summary(self, t0: float) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         for name, times in self.marks.items():
             if times:
-                ordered = sorted(t - t0 for t in times)
-                out[name] = [round(ordered[int(q * (len(ordered) - 1))], 2) for q in (0.0, 0.5, 1.0)]
+                out[name] = [round(q, 2) for q in _quantiles([t - t0 for t in times], (0.0, 0.5, 1.0))]
+        steps = [(made, read) for made, read, count in self.steps if count and made >= t0]
+        if len(steps) > 2:
+            all_in = max(self.marks["rendered"], default=t0)
+            made = [m for m, _ in steps if m > all_in]
+            gaps = [(b - a) * 1000 for a, b in itertools.pairwise(made)]
+            lag = [(r - m) * 1000 for m, r in steps]
+            out["core_step_ms"] = [round(q, 1) for q in _quantiles(gaps, (0.5, 0.9))] if gaps else None
+            out["front_lag_ms"] = [round(q, 1) for q in _quantiles(lag, (0.5, 1.0))]
+            out["core_steps"] = len(steps)
         return out
+
+
+def watch_core(engine: Any, forced: ForcedLength) -> None:
+    """Record every output batch the front end reads from ``engine``'s core (a VLLMEngine) in
+    the timeline of the pass under way (``forced.timeline``)."""
+    for served in engine._served.values():
+        core = served.llm.engine_core
+        read = core.get_output_async
+
+        async def timed(read: Any = read) -> Any:
+            outputs = await read()
+            if forced.timeline is not None:
+                forced.timeline.steps.append((outputs.timestamp, time.monotonic(), len(outputs.outputs)))
+            return outputs
+
+        core.get_output_async = timed
+
+
+def _quantiles(values: list[float], qs: tuple[float, ...]) -> list[float]:
+    ordered = sorted(values)
+    return [ordered[int(q * (len(ordered) - 1))] for q in qs]
 
 
 class PassProbe:
@@ -348,14 +382,19 @@ def body(b64):
         {"type": "text", "text": "<|grounding|>Convert the document to markdown."}]}]}
 async def main():
     limits = httpx.Limits(max_connections=n + 8, max_keepalive_connections=n + 8)
+    # Bodies encoded and connections opened before the clock starts, as n separate clients would
+    # have them: what is timed is the server's work (upload, parsing, decoding, OCR), not ours.
+    bodies = [json.dumps(body(pngs[i % len(pngs)])).encode() for i in range(n)]
+    JSON = {"content-type": "application/json"}
     async with httpx.AsyncClient(base_url=base, timeout=1200, limits=limits) as c:
-        async def one(i):
-            r = await c.post("/v1/chat/completions", json=body(pngs[i % len(pngs)]))
+        async def one(content):
+            r = await c.post("/v1/chat/completions", content=content, headers=JSON)
             r.raise_for_status()
             return r.json()["usage"]["completion_tokens"]
-        await asyncio.gather(*(one(i) for i in range(8)))
+        await asyncio.gather(*(one(b) for b in bodies[:8]))
+        await asyncio.gather(*(c.get("/health") for _ in range(n)))
         t0 = time.monotonic()
-        toks = await asyncio.gather(*(one(i) for i in range(n)))
+        toks = await asyncio.gather(*(one(b) for b in bodies))
         print(json.dumps({"t0": t0, "wall_s": time.monotonic() - t0, "out_tokens": sum(toks)}))
 asyncio.run(main())
 """
@@ -505,6 +544,7 @@ async def run_engine(
     print("ENGINE", json.dumps({"start_s": round(start_s, 1), **engine_config(engine)}), flush=True)
     forced = ForcedLength(engine, tokens)
     forced.time_rendering()
+    watch_core(engine, forced)
     images = [page(i) for i in range(n)]
     await _offline_pass(forced, images[:8])
 
@@ -532,7 +572,8 @@ async def run_engine(
     while not server.started:  # noqa: ASYNC110 - uvicorn offers no "started" event
         await asyncio.sleep(0.1)
     base = f"http://127.0.0.1:{port}"
-    pngs = [_png_b64(im) for im in images[:16]]
+    # The HTTP passes send the offline pass's own pages (PNG, base64).
+    pngs = list(await asyncio.gather(*(asyncio.to_thread(_png_b64, im) for im in images)))
     await _smoke_routes(base, pngs[0])
     if 1 in frontends:
         await _http_pass("http", base, pngs, n, tokens, offline["pages_per_s"], forced)
