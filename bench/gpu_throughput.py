@@ -519,6 +519,7 @@ async def run_engine(
     log_stats: bool,
     frontends: list[int],
     rounds: int = 1,
+    spy_s: int = 0,
 ) -> None:
     """Offline pass, then the HTTP pass on the same engine; ``rounds`` > 1 adds more pairs.
 
@@ -576,7 +577,7 @@ async def run_engine(
     pngs = list(await asyncio.gather(*(asyncio.to_thread(_png_b64, im) for im in images)))
     await _smoke_routes(base, pngs[0])
     if 1 in frontends:
-        await _http_pass("http", base, pngs, n, tokens, offline["pages_per_s"], forced)
+        await _http_pass("http", base, pngs, n, tokens, offline["pages_per_s"], forced, spy_s)
         for r in range(2, rounds + 1):
             http_first = r % 2 == 0
             if http_first:
@@ -599,17 +600,25 @@ async def _http_pass(
     tokens: int,
     offline: float,
     forced: ForcedLength | None = None,
+    spy_s: int = 0,
 ) -> dict[str, Any]:
     """The client process's timed pass against ``base``, printed as one RESULT.
 
     ``offline``: the pages/s of the offline pass to compare with (the nearest one in time);
-    ``forced``: the in-process server's engine wrapper, to time the pass's requests and host.
+    ``forced``: the in-process server's engine wrapper, to time the pass's requests and host;
+    ``spy_s``: record this process with py-spy (all threads, 200 Hz) for the pass's first seconds.
     """
     path = "/tmp/dsocr-bench-pngs.json"
     await asyncio.to_thread(Path(path).write_text, json.dumps(pngs))
     timeline = Timeline()
     if forced is not None:
         forced.timeline = timeline
+    if spy_s:
+        out = Path(os.environ.get("OUT", "/tmp")) / f"pyspy_{phase.replace('#', '_')}.txt"
+        spy = ["py-spy", "record", "--pid", str(os.getpid()), "--duration", str(spy_s), "--rate", "200"]
+        spy += ["--threads", "--nonblocking", "--format", "raw", "--output", str(out)]
+        await asyncio.create_subprocess_exec(*spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await asyncio.sleep(1.0)  # py-spy attaches
     async with PassProbe() as probe:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", CLIENT, base, str(n), str(tokens), path, stdout=subprocess.PIPE
@@ -981,6 +990,7 @@ def main() -> None:
         help="HTTP passes of the engine phase: 1 = in-process server, N > 1 = N front ends over one core",
     )
     ap.add_argument("--rounds", type=int, default=1, help="offline/HTTP pairs, order alternating")
+    ap.add_argument("--spy-http", type=int, default=0, help="py-spy the first HTTP pass's first N s")
     ap.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)  # internal (frontends)
     ap.add_argument("--settings", help=argparse.SUPPRESS)  # internal (frontends)
     a = ap.parse_args()
@@ -993,7 +1003,16 @@ def main() -> None:
     if a.phase == "engine":
         return asyncio.run(
             run_engine(
-                a.model, a.pages, a.tokens, a.max_seqs, a.port, overrides, a.log_stats, frontends, a.rounds
+                a.model,
+                a.pages,
+                a.tokens,
+                a.max_seqs,
+                a.port,
+                overrides,
+                a.log_stats,
+                frontends,
+                a.rounds,
+                a.spy_http,
             )
         )
     if a.phase in ("engine-plain", "engine-devhist", "engine-offline"):
@@ -1023,6 +1042,7 @@ def main() -> None:
         cmd += ["--tokens", str(a.tokens), "--max-seqs", str(a.max_seqs), "--port", str(a.port)]
         cmd += ["--engine-args", a.engine_args, "--profile-steps", str(a.profile_steps)]
         cmd += ["--http-frontends", a.http_frontends, "--rounds", str(a.rounds)]
+        cmd += ["--spy-http", str(a.spy_http)]
         cmd += ["--recipe-max-seqs", str(a.recipe_max_seqs)] if a.recipe_max_seqs else []
         cmd += ["--profile-delay", str(a.profile_delay)] if a.profile_delay is not None else []
         cmd += ["--log-stats"] if a.log_stats else []
