@@ -520,6 +520,7 @@ async def run_engine(
     frontends: list[int],
     rounds: int = 1,
     spy_s: int = 0,
+    switch_ms: list[float] | None = None,
 ) -> None:
     """Offline pass, then the HTTP pass on the same engine; ``rounds`` > 1 adds more pairs.
 
@@ -549,6 +550,12 @@ async def run_engine(
     images = [page(i) for i in range(n)]
     await _offline_pass(forced, images[:8])
 
+    def start_round(r: int) -> None:
+        """Round ``r`` (from 1) runs at the next of ``switch_ms`` (the GIL's switch interval)."""
+        if switch_ms:
+            sys.setswitchinterval(switch_ms[(r - 1) % len(switch_ms)] / 1000)
+        print("ROUND", json.dumps({"round": r, "switch_ms": sys.getswitchinterval() * 1000}), flush=True)
+
     async def offline_pass(label: str) -> dict[str, Any]:
         forced.timeline = Timeline()
         async with PassProbe() as probe:
@@ -566,6 +573,7 @@ async def run_engine(
             **probe.report,
         )
 
+    start_round(1)
     offline = await offline_pass("engine")
     app = create_app(settings, engine=forced)  # type: ignore[arg-type]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -579,6 +587,7 @@ async def run_engine(
     if 1 in frontends:
         await _http_pass("http", base, pngs, n, tokens, offline["pages_per_s"], forced, spy_s)
         for r in range(2, rounds + 1):
+            start_round(r)
             http_first = r % 2 == 0
             if http_first:
                 await _http_pass(f"http#{r}", base, pngs, n, tokens, offline["pages_per_s"], forced)
@@ -991,6 +1000,7 @@ def main() -> None:
     )
     ap.add_argument("--rounds", type=int, default=1, help="offline/HTTP pairs, order alternating")
     ap.add_argument("--spy-http", type=int, default=0, help="py-spy the first HTTP pass's first N s")
+    ap.add_argument("--switch-ms", default="", help="GIL switch interval per round, cycled (e.g. 5,1)")
     ap.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)  # internal (frontends)
     ap.add_argument("--settings", help=argparse.SUPPRESS)  # internal (frontends)
     a = ap.parse_args()
@@ -1013,6 +1023,7 @@ def main() -> None:
                 frontends,
                 a.rounds,
                 a.spy_http,
+                [float(v) for v in a.switch_ms.split(",")] if a.switch_ms else None,
             )
         )
     if a.phase in ("engine-plain", "engine-devhist", "engine-offline"):
@@ -1042,7 +1053,7 @@ def main() -> None:
         cmd += ["--tokens", str(a.tokens), "--max-seqs", str(a.max_seqs), "--port", str(a.port)]
         cmd += ["--engine-args", a.engine_args, "--profile-steps", str(a.profile_steps)]
         cmd += ["--http-frontends", a.http_frontends, "--rounds", str(a.rounds)]
-        cmd += ["--spy-http", str(a.spy_http)]
+        cmd += ["--spy-http", str(a.spy_http), "--switch-ms", a.switch_ms]
         cmd += ["--recipe-max-seqs", str(a.recipe_max_seqs)] if a.recipe_max_seqs else []
         cmd += ["--profile-delay", str(a.profile_delay)] if a.profile_delay is not None else []
         cmd += ["--log-stats"] if a.log_stats else []
