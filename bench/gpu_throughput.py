@@ -14,7 +14,10 @@ batched processor with the same parameters):
                after the in-process engine is closed.
 
 Each phase runs a warm-up, then one timed pass of all pages. Prints one ``RESULT {json}`` line per
-phase, then a summary with the ratios.
+phase, then a summary with the ratios. ``--rounds K`` gives the ``engine`` phase K offline / HTTP
+pairs on one engine (order alternating); its passes print a per-request timeline, the engine
+core's step time and a host probe. ``--spy-http N`` records the first HTTP pass with py-spy,
+``--switch-ms 5,1`` sets the GIL's switch interval per round.
 
 Optional phases: ``engine-offline`` (the ``engine`` phase without its HTTP pass),
 ``engine-plain`` (our engine, repetition control off: the ceiling),
