@@ -389,8 +389,8 @@ class VLLMEngine:
         exactly the same input from the raw prompt when it has no async renderer.
         """
         # Our step before vLLM's renderer (RGB, the mode's resize) has its own threads: on the
-        # shared default executor it queued behind the server's PNG decoding of every page that
-        # had arrived, and the renderer idled until the last page was decoded (bench/README.md).
+        # shared default executor it queued behind whatever blocking work the server had put
+        # there, such as the PNG decoding of every page that had arrived.
         prompt = await asyncio.get_running_loop().run_in_executor(self._prep, self._prompt, request)
         render = getattr(getattr(served.llm, "renderer", None), "render_cmpl_async", None)
         if render is None:
@@ -618,9 +618,10 @@ def _preprocess_workers(settings: EngineSettings) -> int:
 def _freeze_startup_heap() -> None:
     """Move everything alive after start-up out of the garbage collector's way (``gc.freeze``).
 
-    vLLM, torch and the model leave about a million long-lived objects in this process; each
-    full collection walks them all and holds the event loop for 0.3-1 s (0.29 s on a 2-core CPU
-    box with vLLM merely imported), and the allocations of a burst of requests trigger one.
+    vLLM, torch and the model leave hundreds of thousands of long-lived objects in this process;
+    each full collection walks them all and holds the event loop (0.36 s on a 2-core box with
+    vLLM's AsyncLLM merely imported; a 1 s stall in a 256-page pass on the H100, bench/README.md),
+    and the allocations of a burst of requests trigger one.
     vLLM's own API server and engine core freeze their start-up heap for the same reason; this
     is its helper. Cycles among frozen objects are never collected: that is the start-up state,
     which lives as long as the process.
