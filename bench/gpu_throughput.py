@@ -395,6 +395,10 @@ async def main():
             r.raise_for_status()
             return r.json()["usage"]["completion_tokens"]
         await asyncio.gather(*(one(b) for b in bodies[:warm]))
+        # Connections are opened only once every client is up: idle longer than the server's
+        # keep-alive (uvicorn: 5 s, less than the warm-up), they would be closed under us.
+        print("UP", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)  # OPEN
         await asyncio.gather(*(c.get("/health") for _ in range(count)))
         print("READY", flush=True)
         await asyncio.to_thread(sys.stdin.readline)  # GO: every client process starts at once
@@ -675,15 +679,16 @@ async def _run_clients(base: str, n: int, tokens: int, path: str) -> dict[str, f
                 sys.executable, "-c", CLIENT, *args, stdin=subprocess.PIPE, stdout=subprocess.PIPE
             )
         )
-    for proc in procs:
-        assert proc.stdout is not None
-        line = await proc.stdout.readline()
-        if not line.startswith(b"READY"):
-            raise RuntimeError(f"a client process failed before the pass: {line!r}")
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.write(b"GO\n")
-        await proc.stdin.drain()
+    for step, answer in ((b"OPEN", b"UP"), (b"GO", b"READY")):
+        for proc in procs:
+            assert proc.stdout is not None
+            line = await proc.stdout.readline()
+            if not line.startswith(answer):
+                raise RuntimeError(f"a client process failed before the pass: {line!r}")
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write(step + b"\n")
+            await proc.stdin.drain()
     outs = [json.loads((await proc.communicate())[0].decode().strip().splitlines()[-1]) for proc in procs]
     t0 = min(o["t0"] for o in outs)
     wall = max(o["end"] for o in outs) - t0
