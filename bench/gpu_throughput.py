@@ -131,6 +131,9 @@ class Timeline:
     ``submit``: the request reaches the engine (for HTTP: after upload, parsing, PNG decoding);
     ``rendered``: vLLM's engine input is built (image processor done, next stop the engine core);
     ``done``: the output is back. Printed as seconds since the pass started, at 0 / 50 / 100 %.
+    Inside rendering (``ForcedLength.time_rendering``): ``prep`` (our step before vLLM's renderer
+    done), ``tok_start`` / ``tok_end`` (vLLM's prompt tokenisation on its renderer threads) and
+    ``mm_start`` / ``mm_end`` (the image processor there).
     ``steps``: each batch of outputs from the engine core, (made in the core, read by the front
     end, outputs in it); summarised as the core's step time once every page is in (ms, 50 / 90 %)
     and how far the front end's reading trails the core (ms, 50 % / max).
@@ -141,7 +144,7 @@ class Timeline:
         self.steps: list[tuple[float, float, int]] = []
 
     def mark(self, name: str) -> None:
-        self.marks[name].append(time.monotonic())
+        self.marks.setdefault(name, []).append(time.monotonic())  # list.append: thread-safe
 
     def summary(self, t0: float) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -292,7 +295,28 @@ class ForcedLength:
         return output
 
     def time_rendering(self) -> None:
-        """Mark when each request's engine input is ready (VLLMEngine's renderer step done)."""
+        """Mark when each request's engine input is ready (VLLMEngine's renderer step done), and
+        the steps inside, on VLLMEngine's threads: our prompt step, then vLLM's tokenisation and
+        image processor (vLLM 0.26's ``BaseRenderer`` methods; skipped where they differ)."""
+
+        def timed_sync(func: Any, stage: str) -> Any:
+            def timed(*args: Any, **kwargs: Any) -> Any:
+                timeline = self.timeline
+                if timeline is not None:
+                    timeline.mark(f"{stage}_start")
+                out = func(*args, **kwargs)
+                if timeline is not None:
+                    timeline.mark(f"{stage}_end")
+                return out
+
+            return timed
+
+        self._engine._prompt = timed_sync(self._engine._prompt, "prep")
+        for served in self._engine._served.values():
+            renderer = getattr(served.llm, "renderer", None)
+            for stage, name in (("tok", "_tokenize_prompt"), ("mm", "_process_multimodal")):
+                if hasattr(renderer, name):
+                    setattr(renderer, name, timed_sync(getattr(renderer, name), stage))
         render = self._engine._engine_input
 
         async def timed(served: Any, request: Any) -> Any:
