@@ -131,9 +131,9 @@ class Timeline:
     ``submit``: the request reaches the engine (for HTTP: after upload, parsing, PNG decoding);
     ``rendered``: vLLM's engine input is built (image processor done, next stop the engine core);
     ``done``: the output is back. Printed as seconds since the pass started, at 0 / 50 / 100 %.
-    Inside rendering (``ForcedLength.time_rendering``): ``prep`` (our step before vLLM's renderer
-    done), ``tok_start`` / ``tok_end`` (vLLM's prompt tokenisation on its renderer threads) and
-    ``mm_start`` / ``mm_end`` (the image processor there).
+    Inside rendering (``ForcedLength.time_rendering``): ``prep`` (our step before vLLM's renderer),
+    ``tok`` (vLLM's prompt tokenisation) and ``mm`` (the image processor), each ``_start`` /
+    ``_end``.
     ``steps``: each batch of outputs from the engine core, (made in the core, read by the front
     end, outputs in it); summarised as the core's step time once every page is in (ms, 50 / 90 %)
     and how far the front end's reading trails the core (ms, 50 % / max).
@@ -296,8 +296,10 @@ class ForcedLength:
 
     def time_rendering(self) -> None:
         """Mark when each request's engine input is ready (VLLMEngine's renderer step done), and
-        the steps inside, on VLLMEngine's threads: our prompt step, then vLLM's tokenisation and
-        image processor (vLLM 0.26's ``BaseRenderer`` methods; skipped where they differ)."""
+        the steps inside: our prompt step, then vLLM's tokenisation and image processor (vLLM
+        0.26's ``BaseRenderer`` methods, called directly or through their async wrappers on its
+        thread pool; skipped where they differ)."""
+        from vllm.utils.async_utils import make_async
 
         def timed_sync(func: Any, stage: str) -> Any:
             def timed(*args: Any, **kwargs: Any) -> Any:
@@ -314,9 +316,14 @@ class ForcedLength:
         self._engine._prompt = timed_sync(self._engine._prompt, "prep")
         for served in self._engine._served.values():
             renderer = getattr(served.llm, "renderer", None)
-            for stage, name in (("tok", "_tokenize_prompt"), ("mm", "_process_multimodal")):
-                if hasattr(renderer, name):
-                    setattr(renderer, name, timed_sync(getattr(renderer, name), stage))
+            for stage, name, pool in (
+                ("tok", "_tokenize_prompt", "_executor"),
+                ("mm", "_process_multimodal", "_mm_executor"),
+            ):
+                if hasattr(renderer, name) and hasattr(renderer, f"{name}_async") and hasattr(renderer, pool):
+                    timed = timed_sync(getattr(renderer, name), stage)
+                    setattr(renderer, name, timed)
+                    setattr(renderer, f"{name}_async", make_async(timed, getattr(renderer, pool)))
         render = self._engine._engine_input
 
         async def timed(served: Any, request: Any) -> Any:

@@ -223,32 +223,6 @@ async def test_page_preparation_does_not_queue_behind_the_servers_blocking_work(
         await asyncio.gather(*backlog)
 
 
-async def test_a_page_is_rendered_while_the_event_loop_is_busy(engine: Any) -> None:
-    # Under a burst of uploads the loop is busy taking them in; a page already handed to the
-    # engine must go all the way through vLLM's image processor meanwhile, not wait for the loop
-    # between tokenising and processing (vLLM's async renderer does).
-    (served,) = engine._served.values()
-    renderer = served.llm.renderer
-    processed = threading.Event()
-    original = renderer._process_multimodal
-
-    def process(*args: Any, **kwargs: Any) -> Any:
-        out = original(*args, **kwargs)
-        processed.set()
-        return out
-
-    renderer._process_multimodal = process
-    try:
-        rendering = asyncio.ensure_future(engine._engine_input(served, request()))
-        await asyncio.sleep(0)  # the page is handed to the engine's threads
-        assert processed.wait(timeout=120)  # blocks the event loop until the image is processed
-        rendered = await rendering
-    finally:
-        del renderer._process_multimodal
-    assert rendered["prompt_token_ids"]
-    assert rendered["mm_kwargs"]
-
-
 async def test_start_freezes_the_startup_heap_out_of_the_collectors_way(engine: Any) -> None:
     # vLLM and torch leave ~10^6 long-lived objects; a full collection walking them stalls the loop.
     assert gc.get_freeze_count() > 100_000

@@ -18,7 +18,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -379,26 +379,23 @@ class VLLMEngine:
         return served
 
     async def _engine_input(self, served: _Served, request: EngineRequest) -> Any:
-        """The request as vLLM's engine input, built off the event loop in one step.
+        """The request as vLLM's engine input, built off the event loop.
 
         Building it runs the model's image processor (Gundam tiling, resizing, normalising: about
         70 ms of CPU per A4 page, bench/bench_preprocess.py). Left to ``AsyncLLM.generate`` it runs
         on the event loop, one page after another, which starved the H100 (4.7 pages/s; 8.3 with
-        this, bench/README.md). Here vLLM's renderer (``render_cmpl``, exactly what vLLM builds
-        from the raw prompt) runs whole on our ``preprocess_workers`` threads, several pages at
-        once. Its async twin hops back to the event loop between tokenising and the image
-        processor; under a burst of uploads the loop took 0.6–1.1 s to hand the first page on,
-        and the image processor, ingest's bottleneck, sat idle that long (bench/README.md).
-        Our own threads, not the default executor, where the server's PNG decoding queues.
+        this, bench/README.md). vLLM's renderer runs it on its thread pool
+        (``renderer_num_workers``, our ``preprocess_workers``), several pages at once; vLLM builds
+        exactly the same input from the raw prompt when it has no async renderer.
         """
-        render = getattr(getattr(served.llm, "renderer", None), "render_cmpl", None)
-        loop = asyncio.get_running_loop()
-        if render is None:  # no renderer: AsyncLLM builds the input from the prompt itself
-            return await loop.run_in_executor(self._prep, self._prompt, request)
-        return await loop.run_in_executor(self._prep, self._render, render, request)
-
-    def _render(self, render: Callable[[list[dict[str, Any]]], list[Any]], request: EngineRequest) -> Any:
-        (engine_input,) = render([self._prompt(request)])
+        # Our step before vLLM's renderer (RGB, the mode's resize) has its own threads: on the
+        # shared default executor it queued behind whatever blocking work the server had put
+        # there, such as the PNG decoding of every page that had arrived.
+        prompt = await asyncio.get_running_loop().run_in_executor(self._prep, self._prompt, request)
+        render = getattr(getattr(served.llm, "renderer", None), "render_cmpl_async", None)
+        if render is None:
+            return prompt
+        (engine_input,) = await render([prompt])
         return engine_input
 
     def _prompt(self, request: EngineRequest) -> dict[str, Any]:
@@ -540,8 +537,7 @@ def vllm_engine_args(settings: EngineSettings, name: str, model: str, memory_sha
     if processor.__name__ == "NGramBanV1" and s.ngram_device_history:
         # Lets _build switch the V1 runner's per-step host wait off for it (vllm_ngram).
         args["worker_extension_cls"] = _WORKER_EXTENSION
-    # As many threads may render at once (_engine_input): vLLM sizes its pool of tokenizer copies
-    # by this. More than 1 needs the processor cache off (it is).
+    # Image preprocessing threads (see _engine_input); needs the processor cache off (it is).
     args["renderer_num_workers"] = _preprocess_workers(s)
     batched_tokens = s.max_num_batched_tokens or _default_batched_tokens()
     if batched_tokens is not None:
