@@ -17,7 +17,8 @@ Each phase runs a warm-up, then one timed pass of all pages. Prints one ``RESULT
 phase, then a summary with the ratios. ``--rounds K`` gives the ``engine`` phase K offline / HTTP
 pairs on one engine (order alternating); its passes print a per-request timeline, the engine
 core's step time and a host probe. ``--spy-http N`` records the first HTTP pass with py-spy,
-``--switch-ms 5,1`` sets the GIL's switch interval per round.
+``--switch-ms 5,1`` sets the GIL's switch interval per round, ``--default-threads 20,4`` the size of
+the event loop's default executor (where the server decodes uploads) per round.
 
 Optional phases: ``engine-offline`` (the ``engine`` phase without its HTTP pass),
 ``engine-plain`` (our engine, repetition control off: the ceiling),
@@ -53,6 +54,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -561,6 +563,7 @@ async def run_engine(
     rounds: int = 1,
     spy_s: int = 0,
     switch_ms: list[float] | None = None,
+    default_threads: list[int] | None = None,
 ) -> None:
     """Offline pass, then the HTTP pass on the same engine; ``rounds`` > 1 adds more pairs.
 
@@ -591,10 +594,17 @@ async def run_engine(
     await _offline_pass(forced, images[:8])
 
     def start_round(r: int) -> None:
-        """Round ``r`` (from 1) runs at the next of ``switch_ms`` (the GIL's switch interval)."""
+        """Round ``r`` (from 1) runs at the next of ``switch_ms`` (the GIL's switch interval) and
+        of ``default_threads`` (the event loop's default executor: the server's PNG decoding)."""
         if switch_ms:
             sys.setswitchinterval(switch_ms[(r - 1) % len(switch_ms)] / 1000)
-        print("ROUND", json.dumps({"round": r, "switch_ms": sys.getswitchinterval() * 1000}), flush=True)
+        threads = None
+        if default_threads:
+            threads = default_threads[(r - 1) % len(default_threads)]
+            executor = ThreadPoolExecutor(threads, thread_name_prefix=f"default-{threads}")
+            asyncio.get_running_loop().set_default_executor(executor)
+        info = {"round": r, "switch_ms": sys.getswitchinterval() * 1000, "default_threads": threads}
+        print("ROUND", json.dumps(info), flush=True)
 
     async def offline_pass(label: str) -> dict[str, Any]:
         forced.timeline = Timeline()
@@ -1074,6 +1084,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="offline/HTTP pairs, order alternating")
     ap.add_argument("--spy-http", type=int, default=0, help="py-spy the first HTTP pass's first N s")
     ap.add_argument("--switch-ms", default="", help="GIL switch interval per round, cycled (e.g. 5,1)")
+    ap.add_argument(
+        "--default-threads",
+        default="",
+        help="loop default executor size per round, cycled (e.g. 20,4)",
+    )
     ap.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)  # internal (frontends)
     ap.add_argument("--settings", help=argparse.SUPPRESS)  # internal (frontends)
     a = ap.parse_args()
@@ -1097,6 +1112,7 @@ def main() -> None:
                 a.rounds,
                 a.spy_http,
                 [float(v) for v in a.switch_ms.split(",")] if a.switch_ms else None,
+                [int(v) for v in a.default_threads.split(",")] if a.default_threads else None,
             )
         )
     if a.phase in ("engine-plain", "engine-devhist", "engine-offline"):
@@ -1127,6 +1143,7 @@ def main() -> None:
         cmd += ["--engine-args", a.engine_args, "--profile-steps", str(a.profile_steps)]
         cmd += ["--http-frontends", a.http_frontends, "--rounds", str(a.rounds)]
         cmd += ["--spy-http", str(a.spy_http), "--switch-ms", a.switch_ms]
+        cmd += ["--default-threads", a.default_threads]
         cmd += ["--recipe-max-seqs", str(a.recipe_max_seqs)] if a.recipe_max_seqs else []
         cmd += ["--profile-delay", str(a.profile_delay)] if a.profile_delay is not None else []
         cmd += ["--log-stats"] if a.log_stats else []
