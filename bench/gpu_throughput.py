@@ -323,9 +323,9 @@ class ForcedLength:
                 ("mm", "_process_multimodal", "_mm_executor"),
             ):
                 if hasattr(renderer, name) and hasattr(renderer, f"{name}_async") and hasattr(renderer, pool):
-                    timed = timed_sync(getattr(renderer, name), stage)
-                    setattr(renderer, name, timed)
-                    setattr(renderer, f"{name}_async", make_async(timed, getattr(renderer, pool)))
+                    wrapped = timed_sync(getattr(renderer, name), stage)
+                    setattr(renderer, name, wrapped)
+                    setattr(renderer, f"{name}_async", make_async(wrapped, getattr(renderer, pool)))
         render = self._engine._engine_input
 
         async def timed(served: Any, request: Any) -> Any:
