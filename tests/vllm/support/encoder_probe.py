@@ -54,8 +54,11 @@ class EncoderProbe:
                 )[0]
                 for v in views
             ]
+        layers = [m for m in model.sam_model.modules() if hasattr(m, "rel_pos_h")]
         return {
             "type": type(model).__name__,
+            "rel_pos_layers": len(layers),
+            "fused_rel_pos_layers": sum("forward" in vars(m) for m in layers),
             "shapes": [list(t.shape) for t in ours],
             "upstream_shapes": [list(t.shape) for t in upstream],
             "max_abs_diff": [
