@@ -22,7 +22,7 @@ the event loop's default executor (where the server decodes uploads) per round.
 
 Optional phases: ``engine-offline`` (the ``engine`` phase without its HTTP pass),
 ``engine-plain`` (our engine, repetition control off: the ceiling),
-``engine-devhist`` (our engine with ``ngram_device_history`` on: the processor reads tokens on the GPU) and
+``engine-devhist`` / ``engine-hostwait`` (``ngram_device_history`` on, the default / off) and
 ``processor`` (per-step cost of our processor vs the recipe's alone, batch ``--max-seqs``),
 ``profile`` (our engine under vLLM's torch profiler for ``--profile-steps`` decode steps of the
 timed pass: the kernels' GPU time per step against the wall time per step), ``modes`` (one page
@@ -475,17 +475,17 @@ async def run_engine_plain(
     """Offline-only variants of our engine.
 
     ``engine-plain``: repetition control off (the ceiling the processor's cost is measured
-    against). ``engine-devhist``: repetition control on (30/90) with ``ngram_device_history``, so
-    vLLM's runner does not wait each step for the previous step's tokens on the host
-    (``enable_device_history``; the ``engine`` phase runs the default, which waits).
+    against). ``engine-devhist`` / ``engine-hostwait``: repetition control on (30/90) with
+    ``ngram_device_history`` on (the default since session 7: vLLM's runner does not wait each step
+    for the previous step's tokens on the host, ``enable_device_history``) / off (it waits).
     """
     from dsocr.engine.base import SamplingOptions
     from dsocr.engine.vllm import VLLMEngine
     from dsocr.settings import EngineSettings
 
-    devhist = phase == "engine-devhist"
     values = engine_settings(model, max_seqs, overrides or {}, log_stats)
-    values["ngram_device_history"] = devhist
+    if phase in ("engine-devhist", "engine-hostwait"):
+        values["ngram_device_history"] = phase == "engine-devhist"
     settings = EngineSettings(**values)
     engine = VLLMEngine(settings)
     t0 = time.monotonic()
@@ -1336,7 +1336,7 @@ def main() -> None:
                 [int(v) for v in a.default_threads.split(",")] if a.default_threads else None,
             )
         )
-    if a.phase in ("engine-plain", "engine-devhist", "engine-offline"):
+    if a.phase in ("engine-plain", "engine-devhist", "engine-hostwait", "engine-offline"):
         return asyncio.run(
             run_engine_plain(a.model, a.pages, a.tokens, a.max_seqs, a.phase, overrides, a.log_stats)
         )

@@ -54,10 +54,11 @@ class EngineSettings(BaseModel):
     retry_temperatures: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.5])
     repetition_threshold: float = Field(0.3, ge=0, le=1)
     # Let the V1 n-gram processor read last step's tokens on the GPU instead of making vLLM wait
-    # for them on the host (dsocr.engine.vllm_ngram.enable_device_history). Off by default: on
-    # the H100 it measured no faster (4.83 vs 5.14 pages/s, bench/README.md) and it relies on
-    # vLLM runner internals.
-    ngram_device_history: bool = False
+    # for them on the host each step (dsocr.engine.vllm_ngram.enable_device_history), so async
+    # scheduling overlaps the host's work with the GPU's: +4.6 % pages/s on the H100 over five
+    # alternating pairs (bench/README.md, session 7). It relies on vLLM runner internals and
+    # turns itself off (engine details say so) where they differ.
+    ngram_device_history: bool = True
     # Extra keyword arguments for vLLM's AsyncEngineArgs (enforce_eager, kv_cache_memory_bytes, ...).
     vllm_args: dict[str, Any] = Field(default_factory=dict)
     # CPU engine: inference threads (default: one per core).

@@ -266,6 +266,9 @@ class VLLMEngine:
                 raise EngineUnavailable(f"vLLM could not start {model}: {type(exc).__name__}: {exc}") from exc
             on = bool(switched) and all(switched)
             self._details[f"ngram_device_history[{name}]"] = "on" if on else "off"
+        elif self._settings.ngram_device_history:
+            # DSOCR_ENGINE__VLLM_ARGS named its own worker_extension_cls, which takes the slot.
+            self._details[f"ngram_device_history[{name}]"] = "off"
         modes = SUPPORTED_MODES
         modes_module = _modes_module(warn=False)
         if modes_module is not None:
