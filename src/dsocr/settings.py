@@ -57,7 +57,7 @@ class EngineSettings(BaseModel):
     # for them on the host each step (dsocr.engine.vllm_ngram.enable_device_history), so async
     # scheduling overlaps the host's work with the GPU's: +4.6 % pages/s on the H100 over five
     # alternating pairs (bench/README.md, session 7). It relies on vLLM runner internals and
-    # turns itself off (engine details say so) where they differ.
+    # stays off, with a logged warning, where they differ.
     ngram_device_history: bool = True
     # Extra keyword arguments for vLLM's AsyncEngineArgs (enforce_eager, kv_cache_memory_bytes, ...).
     vllm_args: dict[str, Any] = Field(default_factory=dict)

@@ -266,9 +266,15 @@ class VLLMEngine:
                 raise EngineUnavailable(f"vLLM could not start {model}: {type(exc).__name__}: {exc}") from exc
             on = bool(switched) and all(switched)
             self._details[f"ngram_device_history[{name}]"] = "on" if on else "off"
+            if not on:
+                logger.warning("n-gram history on the GPU is off for %s: this vLLM's runner lacks it", name)
         elif self._settings.ngram_device_history:
-            # DSOCR_ENGINE__VLLM_ARGS named its own worker_extension_cls, which takes the slot.
             self._details[f"ngram_device_history[{name}]"] = "off"
+            logger.warning(
+                "n-gram history on the GPU is off for %s: DSOCR_ENGINE__VLLM_ARGS names its own "
+                "worker_extension_cls (or the engine runs Model Runner V2)",
+                name,
+            )
         modes = SUPPORTED_MODES
         modes_module = _modes_module(warn=False)
         if modes_module is not None:
