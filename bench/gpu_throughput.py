@@ -862,6 +862,19 @@ async def run_profile(
     await engine.close()
 
 
+def _gundam_pages(b: int, dev: Any, dtype: Any, seed: int | None = None) -> dict[str, Any]:
+    """Encoder inputs for ``b`` A4 Gundam pages as vLLM hands them over: a 1024² view and 2×3
+    tiles of 640² each (random pixels; the encoder's time does not depend on them)."""
+    import torch
+
+    g = None if seed is None else torch.Generator(device=dev).manual_seed(seed)
+    return {
+        "pixel_values": torch.randn(b, 3, 1024, 1024, device=dev, generator=g).to(dtype),
+        "images_crop": torch.randn(6 * b, 3, 640, 640, device=dev, generator=g).to(dtype),
+        "images_spatial_crop": torch.tensor([[2, 3]] * b, device=dev),
+    }
+
+
 def _time_encoder(worker: Any, batches: list[int], reps: int) -> dict[str, Any]:
     """In vLLM's worker: the vision encoder per A4 Gundam page (2×3 tiles), upstream vs dsocr.
 
@@ -887,11 +900,7 @@ def _time_encoder(worker: Any, batches: list[int], reps: int) -> dict[str, Any]:
 
     with torch.inference_mode():
         for b in batches:
-            pages = {
-                "pixel_values": torch.randn(b, 3, 1024, 1024, device=dev, dtype=dtype),
-                "images_crop": torch.randn(6 * b, 3, 640, 640, device=dev, dtype=dtype),
-                "images_spatial_crop": torch.tensor([[2, 3]] * b, device=dev),
-            }
+            pages = _gundam_pages(b, dev, dtype)
             for name, fn in (
                 ("upstream", DeepseekOCRForCausalLM.embed_multimodal),
                 ("dsocr", type(model).embed_multimodal),
@@ -939,17 +948,9 @@ def _encoder_study(worker: Any, reps: int, batches: tuple[int, ...]) -> dict[str
         sync()
         return (time.perf_counter() - t0) / reps * 1000
 
-    def pages(b: int) -> dict[str, Any]:
-        g = torch.Generator(device=dev).manual_seed(b)
-        return {
-            "pixel_values": torch.randn(b, 3, 1024, 1024, device=dev, generator=g).to(dtype),
-            "images_crop": torch.randn(6 * b, 3, 640, 640, device=dev, generator=g).to(dtype),
-            "images_spatial_crop": torch.tensor([[2, 3]] * b, device=dev),
-        }
-
     with torch.inference_mode():
         for b in batches:
-            p = pages(b)
+            p = _gundam_pages(b, dev, dtype, seed=b)
             outs = {}
             for name, on in variants:
                 use_fused_rel_pos(sam, on)
@@ -969,7 +970,7 @@ def _encoder_study(worker: Any, reps: int, batches: tuple[int, ...]) -> dict[str
             if cuda:
                 torch.cuda.empty_cache()
         b = batches[0]
-        p = pages(b)
+        p = _gundam_pages(b, dev, dtype, seed=b)
         views, tiles = p["pixel_values"], p["images_crop"][: 20 if b >= 4 else 6 * b]
         per_page = 6 / len(tiles)  # tiles per page / tiles per call
         for name, on in variants:
@@ -1019,12 +1020,7 @@ def _flex_study(worker: Any, reps: int, b: int) -> dict[str, Any]:
         out = flex(q, k, v, score_mod=bias, scale=self.scale)
         return self.proj(out.permute(0, 2, 1, 3).reshape(batch, height, width, -1))
 
-    g = torch.Generator(device=dev).manual_seed(b)
-    p = {
-        "pixel_values": torch.randn(b, 3, 1024, 1024, device=dev, generator=g).to(dtype),
-        "images_crop": torch.randn(6 * b, 3, 640, 640, device=dev, generator=g).to(dtype),
-        "images_spatial_crop": torch.tensor([[2, 3]] * b, device=dev),
-    }
+    p = _gundam_pages(b, dev, dtype, seed=b)
     rows: dict[str, Any] = {}
     with torch.inference_mode():
         use_fused_rel_pos(sam, False)
