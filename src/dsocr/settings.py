@@ -40,6 +40,10 @@ class EngineSettings(BaseModel):
     # vLLM engine: threads that turn pages into model inputs (image tiling and normalising) in
     # parallel, off the event loop. ``None``: one per core, at most 8.
     preprocess_workers: int | None = Field(None, ge=1)
+    # vLLM engine: send pages as pixels and build the encoder's views (resize, tiles, padding,
+    # normalising) on the GPU, bit-identical to upstream's Pillow views, instead of in the front
+    # process (dsocr.engine.page_views). ``None``: on where vLLM runs on a GPU.
+    device_views: bool | None = None
     load_format: str = "auto"
     # Repetition control (official 30/90, whitelist <td> </td>).
     # n = 1 would ban nothing (the official rule needs an (n-1)-token prefix); window >= n.

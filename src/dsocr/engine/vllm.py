@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
+import json
 import logging
 import os
 import time
@@ -282,6 +284,8 @@ class VLLMEngine:
             modes = modes_module.modes_for(
                 config.model_config.architectures, getattr(config, "compilation_config", None)
             )
+            on = modes_module.device_views_on(config.model_config.hf_config)
+            self._details[f"device_views[{name}]"] = "on" if on else "off"
         logger.info("vLLM %s serving %s as %s (modes %s)", self._version, model, name, ",".join(modes))
         return _Served(name=name, model=model, llm=llm, image_token_id=image_token_id, modes=modes)
 
@@ -542,7 +546,9 @@ def vllm_engine_args(settings: EngineSettings, name: str, model: str, memory_sha
     if modes_module is not None:
         # DeepSeek-OCR v1 runs on our subclass, which adds Tiny/Small/Base/Large (vllm_modes).
         modes_module.register()
-        args["hf_overrides"] = modes_module.use_mode_architecture
+        args["hf_overrides"] = functools.partial(
+            modes_module.use_mode_architecture, device_views=_device_views(s)
+        )
     if processor.__name__ == "NGramBanV1" and s.ngram_device_history:
         # Lets _build switch the V1 runner's per-step host wait off for it (vllm_ngram).
         args["worker_extension_cls"] = _WORKER_EXTENSION
@@ -618,6 +624,32 @@ def _default_batched_tokens() -> int | None:
     from vllm.platforms import current_platform
 
     return GPU_BATCHED_TOKENS if current_platform.is_cuda_alike() else None
+
+
+def _device_views(settings: EngineSettings) -> bool:
+    """Whether pages cross to the engine as pixels and get their views built on the GPU.
+
+    ``None`` in the settings: on a GPU (upstream's Pillow views cost ~40 ms of CPU per A4 page
+    in the front process; the GPU builds the same pixels in well under one), off on vLLM's CPU
+    build, where it would only move that work between processes. Always off with encoder CUDA
+    graphs, whose buffers take upstream's views.
+    """
+    compilation = settings.vllm_args.get("compilation_config")
+    if isinstance(compilation, str):
+        with contextlib.suppress(ValueError):
+            compilation = json.loads(compilation)
+    graphs = (
+        compilation.get("cudagraph_mm_encoder")
+        if isinstance(compilation, dict)
+        else getattr(compilation, "cudagraph_mm_encoder", False)
+    )
+    if graphs:
+        return False
+    if settings.device_views is not None:
+        return settings.device_views
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cuda_alike())
 
 
 def _preprocess_workers(settings: EngineSettings) -> int:

@@ -47,6 +47,7 @@ from typing import Any, Final
 import numpy as np
 import torch
 from PIL import Image
+from transformers import BatchFeature
 from vllm.model_executor.models.deepencoder import RelPosAttention, get_rel_pos
 from vllm.model_executor.models.deepseek_ocr import (
     DeepseekOCRDummyInputsBuilder,
@@ -55,17 +56,28 @@ from vllm.model_executor.models.deepseek_ocr import (
     DeepseekOCRProcessingInfo,
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.parse import ImageEmbeddingItems, ImageProcessorItems
 from vllm.multimodal.processing import PromptReplacement
 from vllm.platforms import current_platform
+from vllm.transformers_utils.processors.deepseek_ocr import (
+    BASE_SIZE,
+    CROP_MODE,
+    IMAGE_SIZE,
+    DeepseekOCRProcessor,
+)
 
+from dsocr.engine.page_views import PLAN_LENGTH, ViewPlan, pillow_order_known, plan_views, render_views
 from dsocr.engine.rel_pos_attention import decomposed_rel_pos, rel_pos_attention
-from dsocr.modes import V1, Mode, preprocess, vision_tokens
+from dsocr.modes import V1, Mode, gundam_grid, preprocess, vision_tokens
 
 __all__ = [
     "ARCHITECTURE",
     "UPSTREAM_ARCHITECTURE",
+    "DeviceViewsProcessor",
     "DsocrDeepseekOCRForCausalLM",
+    "device_views",
+    "device_views_on",
     "mode_for_kwargs",
     "modes_for",
     "register",
@@ -79,6 +91,11 @@ logger = logging.getLogger(__name__)
 ARCHITECTURE: Final = "DsocrDeepseekOCRForCausalLM"
 UPSTREAM_ARCHITECTURE: Final = "DeepseekOCRForCausalLM"
 _MODE_KEYS: Final = ("base_size", "image_size", "crop_mode")
+# The model config's flag for views built on the model's device (use_mode_architecture).
+DEVICE_VIEWS_ATTRIBUTE: Final = "dsocr_device_views"
+# DeepSeek-OCR's normalisation (upstream's processor defaults); DeviceViewsProcessor refuses others.
+_MEAN: Final = (0.5, 0.5, 0.5)
+_STD: Final = (0.5, 0.5, 0.5)
 
 
 def mode_for_kwargs(kwargs: Mapping[str, object]) -> Mode | None:
@@ -116,14 +133,18 @@ def request_inputs(image: Image.Image, mode_name: str) -> tuple[Image.Image, dic
     return view, kwargs
 
 
-def use_mode_architecture(config: Any) -> Any:
+def use_mode_architecture(config: Any, *, device_views: bool = False) -> Any:
     """``hf_overrides`` callable: serve DeepSeek-OCR v1 through our subclass, anything else as is.
 
-    A module-level function so that vLLM can pickle it into its engine-core process.
+    ``device_views`` (bind it with ``functools.partial``): the processor sends each page's pixels
+    and the model builds its views on its own device (``DeviceViewsProcessor``); recorded in the
+    config, which both the front process and the engine core read. A module-level function so
+    that vLLM can pickle it into its engine-core process.
     """
     architectures = list(getattr(config, "architectures", None) or [])
     if UPSTREAM_ARCHITECTURE in architectures:
         config.architectures = [ARCHITECTURE if a == UPSTREAM_ARCHITECTURE else a for a in architectures]
+        setattr(config, DEVICE_VIEWS_ATTRIBUTE, bool(device_views))
     return config
 
 
@@ -173,6 +194,79 @@ class DsocrDeepseekOCRMultiModalProcessor(DeepseekOCRMultiModalProcessor):  # ty
             return [image_token_id] * count
 
         return [PromptReplacement(modality="image", target=[image_token_id], replacement=replacement)]
+
+    def _get_mm_fields_config(
+        self,
+        hf_inputs: Any,
+        hf_processor_mm_kwargs: Mapping[str, object],
+    ) -> Mapping[str, Any]:
+        if "page_pixels" not in hf_inputs:
+            return super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs)  # type: ignore[no-any-return]
+        plans = hf_inputs["view_plan"]
+        return {
+            "page_pixels": MultiModalFieldConfig.flat_from_sizes("image", plans[:, 0] * plans[:, 1] * 3),
+            "view_plan": MultiModalFieldConfig.batched("image"),
+            "images_spatial_crop": MultiModalFieldConfig.batched("image"),
+        }
+
+
+class DeviceViewsProcessor(DeepseekOCRProcessor):  # type: ignore[misc]
+    """Upstream's processor, sending each page's uint8 pixels and a ``ViewPlan`` instead of views.
+
+    The prompt's tokens are upstream's (BOS, the text, the placeholder count of the request's
+    mode); the model builds the views from the plan on its device (dsocr.engine.page_views),
+    bit-identical to what upstream's processor would have sent. This takes Pillow's resizing
+    (~40 ms of CPU per A4 page) out of vLLM's front process, which also runs the HTTP server, and
+    sends 6 MB per A4 page to the engine core instead of 21 MB of bf16 views.
+    """
+
+    def process_one(
+        self, prompt: str, images: list[Image.Image], crop_mode: bool = CROP_MODE
+    ) -> BatchFeature:
+        if (self.image_mean, self.image_std, self.normalize) != (_MEAN, _STD, True):
+            raise ValueError(f"device views need mean {_MEAN} and std {_STD}; this processor has others")
+        texts = prompt.split(self.image_token)
+        if len(texts) != len(images) + 1:
+            raise ValueError(
+                f"{len(texts) - 1} {self.image_token!r} tokens in the prompt for {len(images)} images"
+            )
+        mode = mode_for_kwargs(
+            {"base_size": self.base_size, "image_size": self.image_size, "crop_mode": crop_mode}
+        )
+        assert mode is not None  # the kwargs name one
+        fill = tuple(int(x * 255) for x in _MEAN)
+        tokens, pixels, plans, grids = [self.bos_id], [], [], []
+        for text, image in zip(texts, images, strict=False):
+            rgb = image if image.mode == "RGB" else image.convert("RGB")
+            width, height = rgb.size
+            grid = (
+                gundam_grid(width, height, image_size=self.image_size, max_crops=self.max_crops)
+                if crop_mode
+                else (1, 1)
+            )
+            plan = plan_views(
+                width,
+                height,
+                base_size=self.base_size,
+                image_size=self.image_size,
+                crop_mode=crop_mode,
+                grid=grid,
+                fill=(fill[0], fill[1], fill[2]),
+            )
+            tokens += self.encode(text, bos=False, eos=False)
+            tokens += [self.image_token_id] * vision_tokens(width, height, mode.name)
+            pixels.append(torch.from_numpy(np.array(rgb)).reshape(-1))  # writable: torch warns otherwise
+            plans.append(plan.as_row())
+            grids.append(grid)
+        tokens += self.encode(texts[-1], bos=False, eos=False)
+        return BatchFeature(
+            data={
+                "input_ids": torch.tensor([tokens], dtype=torch.long),
+                "page_pixels": torch.cat(pixels) if pixels else torch.empty(0, dtype=torch.uint8),
+                "view_plan": torch.tensor(plans, dtype=torch.long).reshape(-1, PLAN_LENGTH),
+                "images_spatial_crop": torch.tensor(grids, dtype=torch.long).reshape(-1, 2),
+            }
+        )
 
 
 class TableImageTransform:
@@ -225,12 +319,29 @@ class DsocrDeepseekOCRProcessingInfo(DeepseekOCRProcessingInfo):  # type: ignore
     """Upstream's processing info, handing out its image processor with ``TableImageTransform``."""
 
     def get_hf_processor(self, **kwargs: object) -> Any:
+        if device_views_on(self.get_hf_config()):
+            defaults = {
+                "image_size": IMAGE_SIZE,
+                "base_size": BASE_SIZE,
+                "crop_mode": CROP_MODE,
+                "strategy": "v1",
+            }
+            return self.ctx.get_hf_processor(DeviceViewsProcessor, **{**defaults, **kwargs})
         processor = super().get_hf_processor(**kwargs)  # cached per kwargs by vLLM
         if not isinstance(processor.image_transform, TableImageTransform):
             processor.image_transform = TableImageTransform(
                 processor.image_transform, self.ctx.model_config.dtype
             )
         return processor
+
+
+def device_views_on(config: Any) -> bool:
+    """Whether pages reach this model as pixels + ``ViewPlan`` (``use_mode_architecture``).
+
+    Off where this Pillow orders its resize passes in a way ``page_views`` does not reproduce:
+    then upstream's processor builds the views with Pillow itself.
+    """
+    return bool(getattr(config, DEVICE_VIEWS_ATTRIBUTE, False)) and pillow_order_known()
 
 
 @MULTIMODAL_REGISTRY.register_processor(  # type: ignore[misc]
@@ -259,14 +370,19 @@ class DsocrDeepseekOCRForCausalLM(DeepseekOCRForCausalLM):  # type: ignore[misc]
             use_fused_rel_pos(self.sam_model)
 
     def embed_multimodal(self, **kwargs: object) -> list[torch.Tensor] | None:
-        pixel_values = kwargs.get("pixel_values")
-        if pixel_values is None:
+        if "page_pixels" in kwargs:
+            dtype, device = self.view_seperator.dtype, self.view_seperator.device
+            views, tiles = device_views(kwargs["page_pixels"], kwargs["view_plan"], dtype, device)
+        elif kwargs.get("pixel_values") is not None:
+            views = _as_list(kwargs["pixel_values"])
+            tiles = None
+        else:
             return None
-        views = _as_list(pixel_values)
         grids = [(int(w), int(h)) for w, h in _as_stacked(kwargs["images_spatial_crop"]).tolist()]
         tiles_per_view = [w * h if w > 1 or h > 1 else 0 for w, h in grids]
         global_features = self._encode_by_size(views)
-        tiles = _as_list(kwargs.get("images_crop")) if sum(tiles_per_view) else []
+        if tiles is None:
+            tiles = _as_list(kwargs.get("images_crop")) if sum(tiles_per_view) else []
         if len(tiles) != sum(tiles_per_view):
             raise ValueError(f"{len(tiles)} tiles for tile grids {grids}")
         tile_features = self._encode_by_size(tiles)
@@ -305,6 +421,27 @@ class DsocrDeepseekOCRForCausalLM(DeepseekOCRForCausalLM):  # type: ignore[misc]
         grid = features.view(side, side, -1)
         newline = self.image_newline[None, None, :].expand(side, 1, grid.shape[-1])
         return torch.cat([grid, newline], dim=1).view(-1, grid.shape[-1])
+
+
+def device_views(
+    page_pixels: object, view_plan: object, dtype: torch.dtype, device: torch.device
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Pages' global views and tiles, normalised in ``dtype`` on ``device``, from the fields
+    ``DeviceViewsProcessor`` sends (as vLLM hands them over: one flat tensor, or one per page)."""
+    plans = [ViewPlan.from_row(row) for row in _as_stacked(view_plan, PLAN_LENGTH).tolist()]
+    sizes = [plan.height * plan.width * 3 for plan in plans]
+    pages = (
+        list(torch.split(page_pixels.reshape(-1), sizes))
+        if isinstance(page_pixels, torch.Tensor)
+        else [t.reshape(-1) for t in _as_list_of_tensors(page_pixels)]
+    )
+    table = _normalisation_table(dtype).to(device)
+    views, tiles = [], []
+    for pixels, plan in zip(pages, plans, strict=True):
+        view, page_tiles = render_views(pixels.to(device), plan)
+        views.append(_normalise(view[None], table)[0])
+        tiles += list(_normalise(page_tiles, table).unbind(0))
+    return views, tiles
 
 
 def use_fused_rel_pos(sam_model: torch.nn.Module, enabled: bool = True) -> int:
@@ -354,10 +491,35 @@ def _as_list(value: object) -> list[torch.Tensor]:
     raise TypeError(f"unexpected multimodal field {type(value).__name__}")
 
 
-def _as_stacked(value: object) -> torch.Tensor:
-    """``images_spatial_crop`` as one ``[pages, 2]`` tensor."""
+def _as_stacked(value: object, width: int = 2) -> torch.Tensor:
+    """A per-page row field (``images_spatial_crop``, ``view_plan``) as one ``[pages, width]`` tensor."""
     if isinstance(value, torch.Tensor):
-        return value.reshape(-1, 2)
+        return value.reshape(-1, width)
     if isinstance(value, list | tuple):
-        return torch.stack([torch.as_tensor(v).reshape(2) for v in value])
-    raise TypeError(f"unexpected images_spatial_crop {type(value).__name__}")
+        return torch.stack([torch.as_tensor(v).reshape(width) for v in value])
+    raise TypeError(f"unexpected per-page field {type(value).__name__}")
+
+
+def _as_list_of_tensors(value: object) -> list[torch.Tensor]:
+    if isinstance(value, list | tuple) and all(isinstance(v, torch.Tensor) for v in value):
+        return list(value)
+    raise TypeError(f"unexpected page_pixels {type(value).__name__}")
+
+
+def _normalisation_table(dtype: torch.dtype) -> torch.Tensor:
+    """``[3, 256]``: each channel's byte values after ToTensor + Normalize, cast to ``dtype``.
+
+    Computed with the float32 ops of upstream's transform, as ``TableImageTransform`` does, so
+    the device views carry the same bits as upstream's.
+    """
+    levels = torch.arange(256, dtype=torch.float32).div(255)
+    return torch.stack(
+        [levels.sub(torch.tensor(m)).div(torch.tensor(s)) for m, s in zip(_MEAN, _STD, strict=True)]
+    ).to(dtype)
+
+
+def _normalise(views: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``[n, 3, h, w]`` uint8 views looked up in the ``[3, 256]`` table."""
+    n, channels, height, width = views.shape
+    flat = views.permute(1, 0, 2, 3).reshape(channels, -1).long()
+    return table.gather(1, flat).view(channels, n, height, width).permute(1, 0, 2, 3).contiguous()
