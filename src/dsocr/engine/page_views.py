@@ -30,9 +30,6 @@ __all__ = ["PLAN_LENGTH", "ViewPlan", "pillow_order_known", "plan_views", "rende
 _PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point precision for 8-bit images
 _BICUBIC_A = -0.5  # Pillow's bicubic filter constant
 _BICUBIC_SUPPORT = 2.0
-# Taps gathered per chunk of a resize pass (int32 elements), bounding its working memory to
-# ~64 MB however large the page.
-_CHUNK_ELEMENTS = 1 << 24
 # Integers in ``ViewPlan.as_row``.
 PLAN_LENGTH = 15
 
@@ -119,8 +116,9 @@ def render_views(pixels: torch.Tensor, plan: ViewPlan) -> tuple[torch.Tensor, to
     image = pixels.view(plan.height, plan.width, 3).permute(2, 0, 1)
     stretched = resize_bicubic(image, *plan.stretch)
     fitted = resize_bicubic(stretched, *plan.fit)
-    fill = torch.tensor(plan.fill, dtype=torch.uint8, device=pixels.device)
-    view = fill[:, None, None].expand(3, plan.base, plan.base).clone()
+    view = pixels.new_empty((3, plan.base, plan.base))
+    for channel, value in zip(view, plan.fill, strict=True):
+        channel.fill_(value)
     (x, y), (fw, fh) = plan.offset, plan.fit
     view[:, y : y + fh, x : x + fw] = fitted
     if not plan.tiles:
@@ -194,25 +192,32 @@ def _resize_in_order(image: torch.Tensor, width: int, height: int, rule: _PassOr
 
 
 def _resample(image: torch.Tensor, size: int, dim: int) -> torch.Tensor:
-    """One pass of Pillow's resample along ``dim`` (1: rows, 2: columns), uint8 in and out."""
-    index, weights = _coefficients(image.shape[dim], size)
-    taps = weights.shape[1]
-    index_t = torch.from_numpy(index).to(image.device)
-    weights_t = torch.from_numpy(weights).to(image.device)
+    """One pass of Pillow's resample along ``dim`` (1: rows, 2: columns), uint8 in and out.
+
+    Accumulates tap by tap in int32, as Pillow does per pixel: the working memory is one int32
+    copy of the output, and the coefficients stay on the device between pages.
+    """
+    index, weights = _device_coefficients(image.shape[dim], size, image.device)
     shape = list(image.shape)
     shape[dim] = size
-    out = image.new_empty(shape)
-    other = 2 if dim == 1 else 1  # chunk along the dimension this pass leaves alone
-    step = max(1, _CHUNK_ELEMENTS // (image.shape[0] * size * taps))
-    for start in range(0, image.shape[other], step):
-        part = image.narrow(other, start, min(step, image.shape[other] - start)).to(torch.int32)
-        if dim == 2:  # [c, rows, cols] -> [c, rows, size, taps]
-            acc = (part[:, :, index_t] * weights_t).sum(-1)
-        else:  # [c, rows, cols] -> [c, size, taps, cols]
-            acc = (part[:, index_t, :] * weights_t[:, :, None]).sum(2)
-        acc = (acc + (1 << (_PRECISION_BITS - 1))) >> _PRECISION_BITS
-        out.narrow(other, start, part.shape[other]).copy_(acc.clamp_(0, 255))
-    return out
+    weight_shape = [1, 1, 1]
+    weight_shape[dim] = size
+    acc = torch.full(shape, 1 << (_PRECISION_BITS - 1), dtype=torch.int32, device=image.device)
+    for tap_index, tap_weights in zip(index, weights, strict=True):
+        acc += image.index_select(dim, tap_index) * tap_weights.view(weight_shape)
+    return (acc >> _PRECISION_BITS).clamp_(0, 255).to(torch.uint8)
+
+
+@lru_cache(maxsize=256)
+def _device_coefficients(
+    in_size: int, out_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_coefficients`` tap-major (``[taps, out]``) on ``device``, kept for the next page."""
+    index, weights = _coefficients(in_size, out_size)
+    return (
+        torch.from_numpy(np.ascontiguousarray(index.T)).to(device),
+        torch.from_numpy(np.ascontiguousarray(weights.T)).to(device),
+    )
 
 
 @lru_cache(maxsize=128)
@@ -240,7 +245,8 @@ def _coefficients(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
     scaled = weights * float(1 << _PRECISION_BITS)
     fixed = np.trunc(np.where(weights < 0, scaled - 0.5, scaled + 0.5)).astype(np.int32)
     index = np.where(inside, offsets[None, :] + xmin[:, None], xmin[:, None])
-    return index, np.where(inside, fixed, 0).astype(np.int32)
+    used = int(xmax.max())  # Pillow's buffer is wider than any window; the rest is zeros
+    return index[:, :used], np.where(inside, fixed, 0).astype(np.int32)[:, :used]
 
 
 def _bicubic(x: np.ndarray) -> np.ndarray:

@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any, Final
 
 import numpy as np
@@ -435,7 +436,7 @@ def device_views(
         if isinstance(page_pixels, torch.Tensor)
         else [t.reshape(-1) for t in _as_list_of_tensors(page_pixels)]
     )
-    table = _normalisation_table(dtype).to(device)
+    table = _normalisation_table(dtype, torch.device(device))
     views, tiles = [], []
     for pixels, plan in zip(pages, plans, strict=True):
         view, page_tiles = render_views(pixels.to(device), plan)
@@ -506,16 +507,21 @@ def _as_list_of_tensors(value: object) -> list[torch.Tensor]:
     raise TypeError(f"unexpected page_pixels {type(value).__name__}")
 
 
-def _normalisation_table(dtype: torch.dtype) -> torch.Tensor:
+@lru_cache(maxsize=8)
+def _normalisation_table(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``[3, 256]``: each channel's byte values after ToTensor + Normalize, cast to ``dtype``.
 
     Computed with the float32 ops of upstream's transform, as ``TableImageTransform`` does, so
     the device views carry the same bits as upstream's.
     """
     levels = torch.arange(256, dtype=torch.float32).div(255)
-    return torch.stack(
-        [levels.sub(torch.tensor(m)).div(torch.tensor(s)) for m, s in zip(_MEAN, _STD, strict=True)]
-    ).to(dtype)
+    return (
+        torch.stack(
+            [levels.sub(torch.tensor(m)).div(torch.tensor(s)) for m, s in zip(_MEAN, _STD, strict=True)]
+        )
+        .to(dtype)
+        .to(device)
+    )
 
 
 def _normalise(views: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
