@@ -37,8 +37,8 @@ class EngineSettings(BaseModel):
     # lets only two Gundam pages through the vision encoder per step), vLLM's default elsewhere.
     max_num_batched_tokens: int | None = Field(None, ge=1)
     kv_cache_dtype: str = "auto"
-    # vLLM engine: threads that turn pages into model inputs (image tiling and normalising) in
-    # parallel, off the event loop. ``None``: one per core, at most 8.
+    # vLLM engine: threads that turn pages into model inputs (without device views also image
+    # tiling and normalising) in parallel, off the event loop. ``None``: one per core, at most 8.
     preprocess_workers: int | None = Field(None, ge=1)
     # vLLM engine: send pages as pixels and build the encoder's views (resize, tiles, padding,
     # normalising) on the GPU, bit-identical to upstream's Pillow views, instead of in the front

