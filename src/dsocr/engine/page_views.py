@@ -2,16 +2,18 @@
 
 Upstream's DeepSeek-OCR processor builds the views with Pillow in vLLM's front process: a bicubic
 resize to the tile grid, a crop per tile, a bicubic contain-resize padded onto the global view's
-square, then ToTensor/Normalize. That is ~40 ms of CPU per A4 page, and 21 MB of bf16 per page
-crossing to the engine core. Here the front process only plans the geometry (``plan_views``,
+square, then ToTensor/Normalize. That is 53 ms of CPU per A4 page on a 2-core dev box and
+124–143 ms on the H100's host (bench/bench_device_views.py), and 21 MB of bf16 per page crossing
+to the engine core. Here the front process only plans the geometry (``plan_views``,
 integers) and sends the page's uint8 pixels; the model builds the views on its own device
 (``render_views``).
 
 The pixels are bit-identical to Pillow's: ``resize`` runs Pillow's own algorithm for 8-bit
 images (``Resample.c``): the same double-precision bicubic coefficients (a = -0.5, support 2
-scaled by the downscale factor), the same 22-bit fixed-point rounding, a horizontal then a
-vertical pass with a uint8 image between them. Integer arithmetic makes the result independent
-of the order of the sums, so it is the same on a GPU; tests compare it with Pillow itself.
+scaled by the downscale factor), the same 22-bit fixed-point rounding, two passes (columns and
+rows, in the order this Pillow picks, found once by probing it) with a uint8 image between them.
+Integer arithmetic makes the result independent of the order of the sums, so it is the same on a
+GPU; tests compare it with Pillow itself.
 """
 
 from __future__ import annotations
@@ -148,7 +150,8 @@ def _columns_first(in_width: int, in_height: int, width: int, height: int) -> bo
 
 
 def _rows_first_when_height_shrinks_more(in_width: int, in_height: int, width: int, height: int) -> bool:
-    # Pillow >= 12 (Resample.c): rows first when the height shrinks by more than twice the width.
+    # Newer Pillow (12.3 and 13.0 do; Resample.c): rows first when the height shrinks by more
+    # than twice as many pixels as the width.
     shrink = in_height - height
     return not (shrink > 0 and shrink > (in_width - width) * 2)
 
