@@ -8,7 +8,7 @@ to the engine core. Here the front process only plans the geometry (``plan_views
 integers) and sends the page's uint8 pixels; the model builds the views on its own device
 (``render_views``).
 
-The pixels are bit-identical to Pillow's: ``resize`` runs Pillow's own algorithm for 8-bit
+The pixels are bit-identical to Pillow's: ``resize_bicubic`` runs Pillow's own algorithm for 8-bit
 images (``Resample.c``): the same double-precision bicubic coefficients (a = -0.5, support 2
 scaled by the downscale factor), the same 22-bit fixed-point rounding, two passes (columns and
 rows, in the order this Pillow picks, found once by probing it) with a uint8 image between them.

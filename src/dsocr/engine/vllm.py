@@ -629,8 +629,9 @@ def _default_batched_tokens() -> int | None:
 def _device_views(settings: EngineSettings) -> bool:
     """Whether pages cross to the engine as pixels and get their views built on the GPU.
 
-    ``None`` in the settings: on a GPU (upstream's Pillow views cost ~40 ms of CPU per A4 page
-    in the front process; the GPU builds the same pixels in well under one), off on vLLM's CPU
+    ``None`` in the settings: on a GPU (upstream's Pillow views cost 124–143 ms of CPU per A4 page
+    in the front process on the H100's host; the H100 builds the same pixels in 2.1 ms,
+    bench/bench_device_views.py), off on vLLM's CPU
     build, where it would only move that work between processes. Always off with encoder CUDA
     graphs, whose buffers take upstream's views.
     """
