@@ -509,7 +509,10 @@ async def run_engine_plain(
 
 
 def run_processor(batch: int, steps: int) -> None:
-    """Per-step cost of the n-gram processors alone on this GPU: ours vs the recipe's, same histories."""
+    """Per-step cost of the n-gram processors alone on this GPU: ours (host path vectorised over the
+    batch, or per slot) vs the recipe's, same histories. ``*_ms_per_step``: wall time per step with
+    the GPU's work done; ``*_host_ms_per_step``: the host's time inside ``apply`` (what a host-bound
+    engine core waits for)."""
     import random
     from types import SimpleNamespace
 
@@ -526,9 +529,12 @@ def run_processor(batch: int, steps: int) -> None:
     )
     sp = SamplingParams(extra_args=RECIPE_NGRAM)
     rng = random.Random(0)
+    per_slot = NGramBanV1(cfg, dev, True)
+    per_slot.vectorised = False
     timings: dict[str, float] = {}
     for name, proc in (
-        ("dsocr_batched", NGramBanV1(cfg, dev, True)),
+        ("dsocr_vectorised", NGramBanV1(cfg, dev, True)),
+        ("dsocr_per_slot", per_slot),
         ("recipe_per_request", NGramPerReqLogitsProcessor(cfg, dev, True)),
     ):
         outs = [[rng.randrange(50) for _ in range(400)] for _ in range(batch)]
@@ -538,22 +544,21 @@ def run_processor(batch: int, steps: int) -> None:
             )
         )
         logits = torch.zeros(batch, 129280, device=dev)
+        host = 0.0
         for step in range(steps + 5):
             if step == 5:
                 torch.cuda.synchronize()
-                t0 = time.monotonic()
+                t0, host = time.monotonic(), 0.0
             for o in outs:
                 o.append(rng.randrange(50))
             proc.update_state(None)
+            h0 = time.perf_counter()
             proc.apply(logits)
+            host += time.perf_counter() - h0
         torch.cuda.synchronize()
-        timings[name] = (time.monotonic() - t0) / steps * 1000
-    result(
-        phase="processor",
-        batch=batch,
-        steps=steps,
-        **{f"{k}_ms_per_step": round(v, 3) for k, v in timings.items()},
-    )
+        timings[f"{name}_ms_per_step"] = (time.monotonic() - t0) / steps * 1000
+        timings[f"{name}_host_ms_per_step"] = host / steps * 1000
+    result(phase="processor", batch=batch, steps=steps, **{k: round(v, 3) for k, v in timings.items()})
 
 
 async def run_engine(
@@ -1043,6 +1048,7 @@ def _flex_study(worker: Any, reps: int, b: int) -> dict[str, Any]:
 
 
 # Variants the ``encoder`` phase's timed passes cycle through: (fused SAM attention, device history).
+AB_DEFAULT = "fused,upstream"
 AB_VARIANTS = {"fused": (True, False), "upstream": (False, False), "devhist": (True, True)}
 
 
@@ -1115,6 +1121,116 @@ async def run_encoder(
     except Exception as exc:  # a study: report why FlexAttention did not run
         flex = {"flex_error": f"{type(exc).__name__}: {exc}"[:2000]}
     print("FLEX", json.dumps(flex), flush=True)
+    await engine.close()
+
+
+STEP_VARIANTS = ("ngram", "ngram-loop", "plain")
+
+
+def _set_ngram_path(worker: Any, vectorised: bool) -> int:
+    """In vLLM's worker, between passes: our n-gram processor's host path per step (numpy over the
+    batch, or the per-slot Python loop); returns how many processors were switched."""
+    from dsocr.engine.vllm_ngram import NGramBanV1
+
+    ours = [p for p in worker.model_runner.input_batch.logitsprocs.all if isinstance(p, NGramBanV1)]
+    for processor in ours:
+        processor.vectorised = vectorised
+    return len(ours)
+
+
+def _engine_core_pid() -> int | None:
+    """The engine core process among this process's children (vLLM names it ``VLLM::EngineCore``)."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            if "EngineCore" in child.name() or "EngineCore" in " ".join(child.cmdline()):
+                return int(child.pid)
+        except psutil.Error:
+            continue
+    return None
+
+
+async def _spy_core(label: str, delay_s: float, duration_s: int) -> None:
+    """py-spy the engine core (all threads, idle ones too, 100 Hz, without stopping it) for
+    ``duration_s`` seconds, ``delay_s`` into the pass; raw stacks to $OUT/pyspy_core_<label>.txt."""
+    pid = _engine_core_pid()
+    if pid is None:
+        print("SPY no engine core process found", flush=True)
+        return
+    await asyncio.sleep(delay_s)
+    out = Path(os.environ.get("OUT", "/tmp")) / f"pyspy_core_{label}.txt"
+    spy = ["py-spy", "record", "--pid", str(pid), "--duration", str(duration_s), "--rate", "100"]
+    spy += ["--threads", "--idle", "--nonblocking", "--format", "raw", "--output", str(out)]
+    proc = await asyncio.create_subprocess_exec(*spy, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, err = await proc.communicate()
+    print("SPY", json.dumps({"label": label, "pid": pid, "rc": proc.returncode, "err": err.decode()[-300:]}))
+
+
+async def run_steps(
+    model: str,
+    n: int,
+    tokens: int,
+    max_seqs: int,
+    overrides: dict[str, Any],
+    rounds: int,
+    variants: list[str],
+    spy: tuple[float, int] | None,
+) -> None:
+    """What the engine core's decode step pays for our n-gram processor, on one engine.
+
+    ``rounds`` rounds of offline passes, one per variant (order reversed every other round):
+    ``ngram`` (repetition control on, the processor's vectorised host path), ``ngram-loop`` (on,
+    the per-slot Python path) and ``plain`` (off: the processor returns at once, the ceiling).
+    Each pass prints its timeline (the core's step time once every page is in) and host probe;
+    ``spy`` = (delay, seconds) records the engine core with py-spy in each variant's first pass.
+    """
+    os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # collective_rpc of functions, bench only
+    from dsocr.engine.base import SamplingOptions
+    from dsocr.engine.vllm import VLLMEngine
+    from dsocr.settings import EngineSettings
+
+    unknown = sorted(set(variants) - set(STEP_VARIANTS))
+    if unknown:
+        raise SystemExit(f"--ab for steps: unknown {unknown}; choose from {list(STEP_VARIANTS)}")
+    engine = VLLMEngine(EngineSettings(**engine_settings(model, max_seqs, overrides, False)))
+    t0 = time.monotonic()
+    await engine.start()
+    start_s = round(time.monotonic() - t0, 1)
+    print("ENGINE", json.dumps({"phase": "steps", "start_s": start_s, **engine_config(engine)}), flush=True)
+    (served,) = engine._served.values()
+    forced = ForcedLength(engine, tokens)
+    forced.time_rendering()
+    watch_core(engine, forced)
+    images = [page(i) for i in range(n)]
+    await _offline_pass(forced, images[:8])
+    spied: set[str] = set()
+    for r in range(1, rounds + 1):
+        for name in variants if r % 2 else variants[::-1]:
+            switched = await served.llm.collective_rpc(_set_ngram_path, args=(name != "ngram-loop",))
+            sampling = SamplingOptions(ngram_size=None) if name == "plain" else None
+            spying = None
+            if spy is not None and name not in spied:
+                spied.add(name)
+                spying = asyncio.create_task(_spy_core(name, *spy))
+            forced.timeline = Timeline()
+            async with PassProbe() as probe:
+                t0 = time.monotonic()
+                wall, out_tokens = await _offline_pass(forced, images, sampling)
+            timeline, forced.timeline = forced.timeline, None
+            if spying is not None:
+                await spying
+            result(
+                phase=f"steps-{name}#{r}",
+                pages=n,
+                wall_s=round(wall, 2),
+                pages_per_s=round(n / wall, 3),
+                out_tok_per_s=round(out_tokens / wall),
+                processors_switched=switched,
+                timeline=timeline.summary(t0),
+                **probe.report,
+            )
     await engine.close()
 
 
@@ -1297,7 +1413,12 @@ def main() -> None:
     )
     ap.add_argument("--rounds", type=int, default=1, help="offline/HTTP pairs, order alternating")
     ap.add_argument(
-        "--ab", default="fused,upstream", help=f"encoder phase: variants per round, of {list(AB_VARIANTS)}"
+        "--ab",
+        default=AB_DEFAULT,
+        help=f"variants per round: encoder phase {list(AB_VARIANTS)}, steps phase {list(STEP_VARIANTS)}",
+    )
+    ap.add_argument(
+        "--spy-core", default="", help="steps phase: py-spy the engine core, DELAY:SECONDS into a pass"
     )
     ap.add_argument("--spy-http", type=int, default=0, help="py-spy the first HTTP pass's first N s")
     ap.add_argument("--switch-ms", default="", help="GIL switch interval per round, cycled (e.g. 5,1)")
@@ -1340,6 +1461,15 @@ def main() -> None:
         return asyncio.run(
             run_profile(a.model, a.pages, a.tokens, a.max_seqs, overrides, a.profile_steps, a.profile_delay)
         )
+    if a.phase == "steps":
+        spy = tuple(float(v) for v in a.spy_core.split(":")) if a.spy_core else None
+        variants = [v for v in a.ab.split(",") if v] if a.ab != AB_DEFAULT else list(STEP_VARIANTS)
+        return asyncio.run(
+            run_steps(
+                a.model, a.pages, a.tokens, a.max_seqs, overrides, a.rounds, variants,
+                (spy[0], int(spy[1])) if spy else None,
+            )
+        )  # fmt: skip
     if a.phase == "ingest":
         return asyncio.run(run_ingest(a.model, a.pages, a.tokens, a.max_seqs, overrides))
     if a.phase == "encoder":
@@ -1363,7 +1493,7 @@ def main() -> None:
         cmd += ["--engine-args", a.engine_args, "--profile-steps", str(a.profile_steps)]
         cmd += ["--http-frontends", a.http_frontends, "--rounds", str(a.rounds)]
         cmd += ["--spy-http", str(a.spy_http), "--switch-ms", a.switch_ms]
-        cmd += ["--default-threads", a.default_threads, "--ab", a.ab]
+        cmd += ["--default-threads", a.default_threads, "--ab", a.ab, "--spy-core", a.spy_core]
         cmd += ["--recipe-max-seqs", str(a.recipe_max_seqs)] if a.recipe_max_seqs else []
         cmd += ["--profile-delay", str(a.profile_delay)] if a.profile_delay is not None else []
         cmd += ["--log-stats"] if a.log_stats else []

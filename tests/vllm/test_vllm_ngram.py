@@ -50,13 +50,16 @@ def banned_in(row: torch.Tensor) -> set[int]:
     return {int(t) for t in torch.nonzero(torch.isinf(row) & (row < 0)).flatten()}
 
 
-def test_v1_processor_bans_exactly_the_reference_tokens_over_a_changing_batch() -> None:
+# vectorised: numpy over the batch on decode steps; False: every slot through the per-slot path
+@pytest.mark.parametrize("vectorised", [True, False], ids=["vectorised", "per-slot"])
+def test_v1_processor_bans_exactly_the_reference_tokens_over_a_changing_batch(vectorised: bool) -> None:
     from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
     from dsocr.engine.vllm_ngram import NGramBanV1
 
     rng = random.Random(7)
     proc = NGramBanV1(config(), torch.device("cpu"), False)
+    proc.vectorised = vectorised
     settings = [
         {"ngram_size": 3, "window_size": 20},
         {"ngram_size": 2, "window_size": 90, "whitelist_token_ids": [1, 2]},
@@ -189,7 +192,9 @@ def _fake_runner(proc: Any) -> Any:
     return SimpleNamespace(input_batch=batch, prev_positions=SimpleNamespace(np=np.full(MAX_REQS, -1)))
 
 
-def test_v1_device_history_bans_exactly_the_reference_tokens_under_async_scheduling() -> None:
+# vectorised: numpy over the batch on decode steps; False: every slot through the per-slot path
+@pytest.mark.parametrize("vectorised", [True, False], ids=["vectorised", "per-slot"])
+def test_v1_device_history_bans_exactly_the_reference_tokens_under_async_scheduling(vectorised: bool) -> None:
     """With the runner's host wait off, vLLM never repairs the ``-1`` placeholders: the processor
     takes last step's tokens from ``prev_sampled_token_ids`` (previous row order) through
     ``prev_positions``, across row swaps, finished requests, new ones and resumed ones."""
@@ -199,6 +204,7 @@ def test_v1_device_history_bans_exactly_the_reference_tokens_under_async_schedul
 
     rng = random.Random(11)
     proc = NGramBanV1(config(), torch.device("cpu"), False)
+    proc.vectorised = vectorised
     runner = _fake_runner(proc)
     assert enable_device_history(runner) == 1
     assert runner.input_batch.logitsprocs_need_output_token_ids is False

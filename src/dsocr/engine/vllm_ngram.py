@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
@@ -112,8 +113,27 @@ def _ban(
     logits[rows] = sub
 
 
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """The slots using the rule, in order, with what each step needs of them; rebuilt only when
+    vLLM's batch changes (adds, removals, moves), not every step."""
+
+    slots: np.ndarray  # int64, ascending
+    lists: list[list[int]]  # each slot's live output list (vLLM's own), same order
+    groups: list[tuple[NGramParams, np.ndarray]]  # positions into ``slots`` per parameter set
+
+
 class NGramBanV1(LogitsProcessor):  # type: ignore[misc]  # vllm is untyped here
-    """V1 model runner: keeps each slot's generated tokens in one device tensor, appended per step."""
+    """V1 model runner: keeps each slot's generated tokens in one device tensor, appended per step.
+
+    The host side of a step is numpy over the batch, not Python per request: at batch 256 a step
+    of vLLM's engine core is bound by its host work (the GPU is busy 52-75 % of a pass on the
+    H100, bench/README.md), so every microsecond here is one the whole batch waits for.
+    """
+
+    # Steps where each slot gained at most one token (every decode step) take the vectorised path;
+    # False sends every slot through the per-slot path (kept for the rest; tests compare the two).
+    vectorised = True
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
@@ -128,7 +148,8 @@ class NGramBanV1(LogitsProcessor):  # type: ignore[misc]  # vllm is untyped here
         self._tokens = torch.zeros((max_reqs, max_len), dtype=torch.long, device=device)
         self._params: dict[int, NGramParams] = {}
         self._outputs: dict[int, list[int]] = {}  # live references to vLLM's output lists
-        self._copied: dict[int, int] = {}  # tokens of each slot already in self._tokens
+        self._copied = np.zeros(max_reqs, dtype=np.int64)  # tokens of each slot already in _tokens
+        self._layout: _Layout | None = None
         # Set by enable_device_history: the V1 model runner whose last sampled tokens (on the
         # device) replace the host placeholders vLLM then no longer repairs for us.
         self._runner: Any = None
@@ -146,13 +167,14 @@ class NGramBanV1(LogitsProcessor):  # type: ignore[misc]  # vllm is untyped here
         """Track slots; removed, then added, then moved, as the interface prescribes."""
         if batch_update is None:
             return
+        self._layout = None
         for index in batch_update.removed:
             self._drop(index)
         for index, params, _prompt, output_ids in batch_update.added:
             self._drop(index)
             parsed = NGramParams.from_extra_args(params.extra_args) if params is not None else None
             if parsed is not None:
-                self._params[index], self._outputs[index], self._copied[index] = parsed, output_ids, 0
+                self._params[index], self._outputs[index] = parsed, output_ids
         for a, b, direction in batch_update.moved:
             if direction == MoveDirectionality.SWAP:
                 self._swap(a, b)
@@ -170,50 +192,35 @@ class NGramBanV1(LogitsProcessor):  # type: ignore[misc]  # vllm is untyped here
         """
         if not self._params:
             return logits
+        layout = self._current_layout()
+        slots = layout.slots
+        known = self._copied[slots]
+        ends = np.fromiter(map(len, layout.lists), dtype=np.int64, count=len(layout.lists))
+        step = _NewTokens()
+        if self.vectorised:
+            one = np.flatnonzero(ends == known + 1)
+            rest = np.flatnonzero((ends != known) & (ends != known + 1))
+        else:
+            one, rest = np.empty(0, dtype=np.int64), np.flatnonzero(ends != known)
         prev, prev_rows = self._previous_step()
-        slots: list[int] = []
-        cols: list[int] = []
-        values: list[int] = []
-        dev_slots: list[int] = []
-        dev_cols: list[int] = []
-        dev_src: list[int] = []
-        group_rows: dict[NGramParams, list[int]] = {}
-        group_lengths: dict[NGramParams, list[int]] = {}
-        for slot, params in self._params.items():
-            ids = self._outputs[slot]
-            end = len(ids)
-            known = self._copied[slot]
-            first = known
-            while known < end and ids[known] >= 0:  # real tokens not yet on the device
-                known += 1
-            if known > first:
-                slots.extend([slot] * (known - first))
-                cols.extend(range(first, known))
-                values.extend(ids[first:known])
-            if known == end - 1 and prev is not None and prev_rows is not None:
-                source = int(prev_rows[slot])
-                if source >= 0:  # the one placeholder: last step's token, still on the device
-                    dev_slots.append(slot)
-                    dev_cols.append(known)
-                    dev_src.append(source)
-                    known = end
-            if known < end and prev is not None and not self._warned_gap:
-                # Never seen: vLLM's runner contract changed. Ban on the known prefix, loudly.
-                self._warned_gap = True
-                logger.warning("n-gram ban: slot %d has %d unresolved placeholders", slot, end - known)
-            self._copied[slot] = known
-            if known >= params.ngram_size:
-                group_rows.setdefault(params, []).append(slot)
-                group_lengths.setdefault(params, []).append(known)
-        payload = slots + cols + values + dev_slots + dev_cols + dev_src
-        for params, rows_list in group_rows.items():
-            payload += rows_list + group_lengths[params]
-        if not payload:
-            return logits
-        flat = torch.tensor(payload, dtype=torch.long, pin_memory=self._pin).to(
-            self._device, non_blocking=True
-        )
-        n, d = len(slots), len(dev_slots)
+        if one.size:
+            self._take_one_each(layout, one, known, prev_rows, step)
+        for i in rest.tolist():
+            self._take_per_slot(int(slots[i]), layout.lists[i], known, i, prev_rows, step)
+        self._copied[slots] = known
+        if step.unresolved and prev is not None and not self._warned_gap:
+            # Never seen: vLLM's runner contract changed. Ban on the known prefix, loudly.
+            self._warned_gap = True
+            logger.warning("n-gram ban: %d slots have unresolved placeholders", step.unresolved)
+        group_rows = [slots[positions] for _, positions in layout.groups]
+        parts = step.arrays()
+        for (_, positions), rows_np in zip(layout.groups, group_rows, strict=True):
+            parts += [rows_np, known[positions]]
+        payload = np.concatenate(parts)
+        flat = torch.empty(payload.size, dtype=torch.long, pin_memory=self._pin)
+        flat.numpy()[:] = payload
+        flat = flat.to(self._device, non_blocking=True)
+        n, d = step.host_count, step.device_count
         if n:
             self._tokens[flat[:n], flat[n : 2 * n]] = flat[2 * n : 3 * n]
         offset = 3 * n
@@ -224,14 +231,15 @@ class NGramBanV1(LogitsProcessor):  # type: ignore[misc]  # vllm is untyped here
                 torch.long
             )
         offset += 3 * d
-        for params, rows_list in group_rows.items():
-            k = len(rows_list)
+        for (params, _), rows_np in zip(layout.groups, group_rows, strict=True):
+            k = len(rows_np)
             # In the V1 runner, logits row i is persistent-batch slot i.
             rows, lengths = flat[offset : offset + k], flat[offset + k : offset + 2 * k]
             offset += 2 * k
             hist, kept = last_window(self._tokens, rows, torch.zeros_like(lengths), lengths, params.window)
-            if k == logits.shape[0] and rows_list == list(range(k)):
-                # the whole batch, in order (the common case): ban in place, no row copies
+            if k == logits.shape[0] and rows_np[0] == 0 and rows_np[-1] == k - 1:
+                # the whole batch, in order (the common case; slots are distinct and ascending):
+                # ban in place, no row copies
                 apply_ngram_ban(
                     logits,
                     hist,
@@ -243,6 +251,61 @@ class NGramBanV1(LogitsProcessor):  # type: ignore[misc]  # vllm is untyped here
             else:
                 _ban(logits, rows, hist, kept, params)
         return logits
+
+    def _take_one_each(
+        self, layout: _Layout, positions: np.ndarray, known: np.ndarray, prev_rows: Any, step: _NewTokens
+    ) -> None:
+        """Slots at ``positions`` gained one entry since last step: a real token (host copy) or
+        last step's placeholder (gathered on the device). Updates ``known`` in place."""
+        lists = layout.lists
+        last = np.fromiter((lists[i][-1] for i in positions.tolist()), dtype=np.int64, count=positions.size)
+        real = last >= 0
+        if real.any():
+            taken = positions[real]
+            step.host.append((layout.slots[taken], known[taken], last[real]))
+            known[taken] += 1
+        pending = positions[~real]
+        if pending.size and prev_rows is not None:
+            sources = np.asarray(prev_rows)[layout.slots[pending]].astype(np.int64)
+            found = sources >= 0
+            taken = pending[found]
+            step.device.append((layout.slots[taken], known[taken], sources[found]))
+            known[taken] += 1
+            step.unresolved += int(pending.size - taken.size)
+
+    def _take_per_slot(
+        self, slot: int, ids: list[int], known: np.ndarray, i: int, prev_rows: Any, step: _NewTokens
+    ) -> None:
+        """Any other change of one slot (a request resumed with its tokens, a first step)."""
+        end = len(ids)
+        k = int(known[i]) if known[i] <= end else 0  # a shorter list than copied: copy it again
+        first = k
+        while k < end and ids[k] >= 0:  # real tokens not yet on the device
+            k += 1
+        if k > first:
+            count = k - first
+            step.host.append((np.full(count, slot), np.arange(first, k), np.array(ids[first:k])))
+        if k == end - 1 and prev_rows is not None:
+            source = int(prev_rows[slot])
+            if source >= 0:  # the one placeholder: last step's token, still on the device
+                step.device.append((np.array([slot]), np.array([k]), np.array([source])))
+                k = end
+        if k < end and prev_rows is not None:
+            step.unresolved += 1
+        known[i] = k
+
+    def _current_layout(self) -> _Layout:
+        if self._layout is None:
+            slots = sorted(self._params)
+            groups: dict[NGramParams, list[int]] = {}
+            for position, slot in enumerate(slots):
+                groups.setdefault(self._params[slot], []).append(position)
+            self._layout = _Layout(
+                slots=np.array(slots, dtype=np.int64),
+                lists=[self._outputs[slot] for slot in slots],
+                groups=[(p, np.array(positions, dtype=np.int64)) for p, positions in groups.items()],
+            )
+        return self._layout
 
     def _previous_step(self) -> tuple[torch.Tensor | None, Any]:
         """Last step's sampled tokens ``[rows, 1]`` on the device and this step's row → previous row
@@ -258,16 +321,43 @@ class NGramBanV1(LogitsProcessor):  # type: ignore[misc]  # vllm is untyped here
     def _drop(self, index: int) -> None:
         self._params.pop(index, None)
         self._outputs.pop(index, None)
-        self._copied.pop(index, None)
+        self._copied[index] = 0
 
     def _swap(self, a: int, b: int) -> None:
-        for table in (self._params, self._outputs, self._copied):
+        for table in (self._params, self._outputs):
             va, vb = table.pop(a, None), table.pop(b, None)
             if va is not None:
                 table[b] = va  # type: ignore[assignment]
             if vb is not None:
                 table[a] = vb  # type: ignore[assignment]
+        self._copied[[a, b]] = self._copied[[b, a]]
         self._tokens[[a, b]] = self._tokens[[b, a]]
+
+
+class _NewTokens:
+    """One step's tokens to write into the history: (slots, columns, values) from the host lists
+    and (slots, columns, previous rows) of last step's tokens still on the device."""
+
+    def __init__(self) -> None:
+        self.host: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.device: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.unresolved = 0
+
+    @property
+    def host_count(self) -> int:
+        return sum(len(s) for s, _, _ in self.host)
+
+    @property
+    def device_count(self) -> int:
+        return sum(len(s) for s, _, _ in self.device)
+
+    def arrays(self) -> list[np.ndarray]:
+        """host slots, columns, values, then device slots, columns, sources (possibly empty)."""
+        out = []
+        for parts in (self.host, self.device):
+            for column in range(3):
+                out.append(np.concatenate([p[column] for p in parts]) if parts else np.empty(0, np.int64))
+        return [a.astype(np.int64, copy=False) for a in out]
 
 
 def enable_device_history(runner: Any) -> int:
