@@ -509,10 +509,12 @@ async def run_engine_plain(
 
 
 def run_processor(batch: int, steps: int) -> None:
-    """Per-step cost of the n-gram processors alone on this GPU: ours (host path vectorised over the
-    batch, or per slot) vs the recipe's, same histories. ``*_ms_per_step``: wall time per step with
-    the GPU's work done; ``*_host_ms_per_step``: the host's time inside ``apply`` (what a host-bound
-    engine core waits for)."""
+    """Per-step cost of the n-gram processors alone on this GPU, same histories: ours with the
+    whole-batch ban in a CUDA graph (the default on GPUs), eager, and with the per-slot host loop
+    too, vs the recipe's. ``*_ms_per_step``: wall time per step with the GPU's work done;
+    ``*_host_ms_per_step``: the host's time inside ``apply`` (what a host-bound engine core waits
+    for). Then ``graph_exact``: the graph's bans equal the eager ones, step by step, at several
+    batch sizes (so several padded sizes)."""
     import random
     from types import SimpleNamespace
 
@@ -529,24 +531,29 @@ def run_processor(batch: int, steps: int) -> None:
     )
     sp = SamplingParams(extra_args=RECIPE_NGRAM)
     rng = random.Random(0)
-    per_slot = NGramBanV1(cfg, dev, True)
-    per_slot.vectorised = False
-    timings: dict[str, float] = {}
+
+    def ours(vectorised: bool, padded: bool) -> NGramBanV1:
+        proc = NGramBanV1(cfg, dev, True)
+        proc.vectorised, proc.padded = vectorised, padded
+        return proc
+
+    def fill(proc: Any, outs: list[list[int]]) -> None:
+        added = [(i, sp, [0], outs[i]) for i in range(len(outs))]
+        proc.update_state(BatchUpdate(batch_size=len(outs), removed=[], added=added, moved=[]))
+
+    timings: dict[str, Any] = {}
     for name, proc in (
-        ("dsocr_vectorised", NGramBanV1(cfg, dev, True)),
-        ("dsocr_per_slot", per_slot),
+        ("dsocr_graph", ours(True, True)),
+        ("dsocr_eager", ours(True, False)),
+        ("dsocr_per_slot", ours(False, False)),
         ("recipe_per_request", NGramPerReqLogitsProcessor(cfg, dev, True)),
     ):
         outs = [[rng.randrange(50) for _ in range(400)] for _ in range(batch)]
-        proc.update_state(
-            BatchUpdate(
-                batch_size=batch, removed=[], added=[(i, sp, [0], outs[i]) for i in range(batch)], moved=[]
-            )
-        )
+        fill(proc, outs)
         logits = torch.zeros(batch, 129280, device=dev)
         host = 0.0
         for step in range(steps + 5):
-            if step == 5:
+            if step == 5:  # the first steps capture the graph
                 torch.cuda.synchronize()
                 t0, host = time.monotonic(), 0.0
             for o in outs:
@@ -556,9 +563,32 @@ def run_processor(batch: int, steps: int) -> None:
             proc.apply(logits)
             host += time.perf_counter() - h0
         torch.cuda.synchronize()
-        timings[f"{name}_ms_per_step"] = (time.monotonic() - t0) / steps * 1000
-        timings[f"{name}_host_ms_per_step"] = host / steps * 1000
-    result(phase="processor", batch=batch, steps=steps, **{k: round(v, 3) for k, v in timings.items()})
+        timings[f"{name}_ms_per_step"] = round((time.monotonic() - t0) / steps * 1000, 3)
+        timings[f"{name}_host_ms_per_step"] = round(host / steps * 1000, 3)
+    sizes = sorted({size for size in (batch, batch * 3 // 4, 37, 5, 1) if 1 <= size <= batch}, reverse=True)
+    exact, banned = True, 0
+    for size in sizes:
+        graph, eager = ours(True, True), ours(True, False)
+        # periodic histories with some noise: long repeats, so that 30-grams get banned
+        periods = [rng.randrange(2, 6) for _ in range(size)]
+        outs = [[rng.randrange(30) for _ in range(p)] for p in periods]
+        for o, p in zip(outs, periods, strict=True):
+            o += [o[-p] if rng.random() < 0.97 else rng.randrange(30) for _ in range(rng.randrange(0, 300))]
+        fill(graph, outs)
+        fill(eager, outs)
+        for _ in range(20):
+            for o, p in zip(outs, periods, strict=True):
+                o.append(o[-p] if rng.random() < 0.9 else rng.randrange(30))
+            a, b = torch.zeros(size, 129280, device=dev), torch.zeros(size, 129280, device=dev)
+            graph.update_state(None)
+            eager.update_state(None)
+            graph.apply(a)
+            eager.apply(b)
+            exact &= bool(torch.equal(a, b))
+            banned += int(torch.isinf(b).sum())
+        exact &= bool(graph._padded_bans) and all(p._graph is not None for p in graph._padded_bans.values())
+    checks = {"graph_exact": exact, "graph_sizes": sizes, "bans_compared": banned}
+    result(phase="processor", batch=batch, steps=steps, **checks, **timings)
 
 
 async def run_engine(
@@ -1124,17 +1154,19 @@ async def run_encoder(
     await engine.close()
 
 
-STEP_VARIANTS = ("ngram", "ngram-loop", "plain")
+STEP_VARIANTS = ("ngram", "ngram-eager", "ngram-loop", "plain")
+STEP_DEFAULT = ["ngram", "ngram-eager", "plain"]
 
 
-def _set_ngram_path(worker: Any, vectorised: bool) -> int:
-    """In vLLM's worker, between passes: our n-gram processor's host path per step (numpy over the
-    batch, or the per-slot Python loop); returns how many processors were switched."""
+def _set_ngram_path(worker: Any, vectorised: bool, padded: bool) -> int:
+    """In vLLM's worker, between passes: our n-gram processor's path per step (host work as numpy
+    over the batch or a per-slot Python loop; the whole-batch ban replayed from a CUDA graph or
+    launched kernel by kernel); returns how many processors were switched."""
     from dsocr.engine.vllm_ngram import NGramBanV1
 
     ours = [p for p in worker.model_runner.input_batch.logitsprocs.all if isinstance(p, NGramBanV1)]
     for processor in ours:
-        processor.vectorised = vectorised
+        processor.vectorised, processor.padded = vectorised, padded
     return len(ours)
 
 
@@ -1181,8 +1213,9 @@ async def run_steps(
     """What the engine core's decode step pays for our n-gram processor, on one engine.
 
     ``rounds`` rounds of offline passes, one per variant (order reversed every other round):
-    ``ngram`` (repetition control on, the processor's vectorised host path), ``ngram-loop`` (on,
-    the per-slot Python path) and ``plain`` (off: the processor returns at once, the ceiling).
+    ``ngram`` (repetition control on, as shipped: numpy host path, whole-batch ban replayed from a
+    CUDA graph), ``ngram-eager`` (on, the ban's kernels launched one by one), ``ngram-loop`` (on,
+    eager, a per-slot Python host path) and ``plain`` (off: the processor returns at once).
     Each pass prints its timeline (the core's step time once every page is in) and host probe;
     ``spy`` = (delay, seconds) records the engine core with py-spy in each variant's first pass.
     """
@@ -1208,7 +1241,8 @@ async def run_steps(
     spied: set[str] = set()
     for r in range(1, rounds + 1):
         for name in variants if r % 2 else variants[::-1]:
-            switched = await served.llm.collective_rpc(_set_ngram_path, args=(name != "ngram-loop",))
+            path = (name != "ngram-loop", name in ("ngram", "plain"))
+            switched = await served.llm.collective_rpc(_set_ngram_path, args=path)
             sampling = SamplingOptions(ngram_size=None) if name == "plain" else None
             spying = None
             if spy is not None and name not in spied:
@@ -1463,7 +1497,7 @@ def main() -> None:
         )
     if a.phase == "steps":
         spy = tuple(float(v) for v in a.spy_core.split(":")) if a.spy_core else None
-        variants = [v for v in a.ab.split(",") if v] if a.ab != AB_DEFAULT else list(STEP_VARIANTS)
+        variants = [v for v in a.ab.split(",") if v] if a.ab != AB_DEFAULT else STEP_DEFAULT
         return asyncio.run(
             run_steps(
                 a.model, a.pages, a.tokens, a.max_seqs, overrides, a.rounds, variants,

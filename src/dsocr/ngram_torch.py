@@ -37,7 +37,7 @@ import torch
 from dsocr.errors import InvalidInput
 from dsocr.ngram import validate_ngram_params
 
-__all__ = ["apply_ngram_ban", "banned_mask", "banned_pairs"]
+__all__ = ["apply_ngram_ban", "ban_scatter", "banned_mask", "banned_pairs"]
 
 IntOrPerRow = int | Sequence[int]
 # How prefixes are compared: "broadcast" (few kernels; GPU), "by_shift" (a loop over the n - 1
@@ -133,6 +133,35 @@ def banned_mask(
     return mask[:, :vocab_size]
 
 
+def ban_scatter(
+    history: torch.Tensor,
+    lengths: torch.Tensor,
+    *,
+    vocab_size: int,
+    dtype: torch.dtype,
+    ngram_size: IntOrPerRow,
+    window: IntOrPerRow,
+    whitelist: Collection[int] | torch.Tensor = (),
+    method: Method = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(columns, values)``, both ``[batch, K]``, such that
+    ``logits.scatter_reduce_(1, columns, values, reduce="amin")`` bans exactly the banned tokens.
+
+    O(batch · window), never O(batch · vocab): ``values`` is ``-inf`` where a candidate is banned and
+    ``+inf`` (a no-op under ``amin``) elsewhere, so a token that occurs both banned and not banned
+    in one row still ends up banned. Shapes depend only on the inputs' shapes and the settings,
+    and nothing is read back to the host: the kernels can be captured in a CUDA graph.
+    """
+    banned, tokens = banned_pairs(
+        history, lengths, ngram_size=ngram_size, window=window, whitelist=whitelist, method=method
+    )
+    tokens = tokens.long()
+    banned &= (tokens >= 0) & (tokens < vocab_size)
+    values = torch.full(banned.shape, float("inf"), dtype=dtype, device=history.device)
+    values.masked_fill_(banned, float("-inf"))
+    return tokens.clamp(0, vocab_size - 1), values
+
+
 def apply_ngram_ban(
     logits: torch.Tensor,
     history: torch.Tensor,
@@ -149,17 +178,17 @@ def apply_ngram_ban(
             f"logits must be [batch, vocab] with batch {history.shape[0]}, got {list(logits.shape)}",
             field="logits",
         )
-    banned, tokens = banned_pairs(
-        history, lengths, ngram_size=ngram_size, window=window, whitelist=whitelist, method=method
+    columns, values = ban_scatter(
+        history,
+        lengths,
+        vocab_size=logits.shape[1],
+        dtype=logits.dtype,
+        ngram_size=ngram_size,
+        window=window,
+        whitelist=whitelist,
+        method=method,
     )
-    vocab_size = logits.shape[1]
-    tokens = tokens.long()
-    banned &= (tokens >= 0) & (tokens < vocab_size)
-    # O(batch · window), never O(batch · vocab): a min-scatter of -inf (banned) or +inf (a no-op),
-    # so a token that occurs both banned and not banned in one row still ends up banned.
-    values = torch.full(banned.shape, float("inf"), dtype=logits.dtype, device=logits.device)
-    values.masked_fill_(banned, float("-inf"))
-    return logits.scatter_reduce_(1, tokens.clamp(0, vocab_size - 1), values, reduce="amin")
+    return logits.scatter_reduce_(1, columns, values, reduce="amin")
 
 
 # matches[b, e] says whether the n - 1 tokens before position e equal the last n - 1 tokens:

@@ -50,16 +50,23 @@ def banned_in(row: torch.Tensor) -> set[int]:
     return {int(t) for t in torch.nonzero(torch.isinf(row) & (row < 0)).flatten()}
 
 
-# vectorised: numpy over the batch on decode steps; False: every slot through the per-slot path
-@pytest.mark.parametrize("vectorised", [True, False], ids=["vectorised", "per-slot"])
-def test_v1_processor_bans_exactly_the_reference_tokens_over_a_changing_batch(vectorised: bool) -> None:
+# vectorised: numpy over the batch on decode steps (False: every slot through the per-slot path);
+# padded: whole-batch bans over a fixed, padded row count (what a GPU captures in a CUDA graph)
+@pytest.mark.parametrize(
+    ("vectorised", "padded"),
+    [(True, True), (True, False), (False, False)],
+    ids=["vectorised-padded", "vectorised", "per-slot"],
+)
+def test_v1_processor_bans_exactly_the_reference_tokens_over_a_changing_batch(
+    vectorised: bool, padded: bool
+) -> None:
     from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
     from dsocr.engine.vllm_ngram import NGramBanV1
 
     rng = random.Random(7)
     proc = NGramBanV1(config(), torch.device("cpu"), False)
-    proc.vectorised = vectorised
+    proc.vectorised, proc.padded = vectorised, padded
     settings = [
         {"ngram_size": 3, "window_size": 20},
         {"ngram_size": 2, "window_size": 90, "whitelist_token_ids": [1, 2]},
@@ -111,6 +118,41 @@ def test_v1_processor_ignores_async_placeholders_until_filled() -> None:
     logits = torch.zeros(1, VOCAB)
     proc.apply(logits)
     assert banned_in(logits[0]) == reference([5, 6, 5, 6], {"ngram_size": 2})
+
+
+@pytest.mark.parametrize("batch", range(1, MAX_REQS + 1))
+def test_v1_padded_ban_matches_the_reference_at_every_batch_size(batch: int) -> None:
+    """A whole batch with one parameter set is banned over the next power of two of rows (the
+    fixed shape a GPU captures once per size), the padding rows' slots still holding an earlier
+    batch's repetitive histories: every real row gets exactly the reference set."""
+    from vllm.v1.sample.logits_processor import BatchUpdate
+
+    from dsocr.engine.vllm_ngram import NGramBanV1
+
+    rng = random.Random(batch)
+    proc = NGramBanV1(config(), torch.device("cpu"), False)
+    proc.padded = True
+    extra = {"ngram_size": 3, "window_size": 30, "whitelist_token_ids": [2]}
+    # an earlier, larger batch leaves repetitive histories in every slot
+    stale = [[t % 3 for t in range(40)] for _ in range(MAX_REQS)]
+    added = [(i, params(**extra), [0], stale[i]) for i in range(MAX_REQS)]
+    proc.update_state(BatchUpdate(batch_size=MAX_REQS, removed=[], added=added, moved=[]))
+    proc.apply(torch.zeros(MAX_REQS, VOCAB))
+    removed = list(range(batch, MAX_REQS))
+    proc.update_state(BatchUpdate(batch_size=batch, removed=removed, added=[], moved=[]))
+    lists = stale[:batch]
+    checked = 0
+    for _ in range(40):
+        for ids in lists:
+            ids.append(rng.randrange(VOCAB) if rng.random() < 0.5 else ids[-2])
+        proc.update_state(None)
+        logits = torch.zeros(batch, VOCAB)
+        proc.apply(logits)
+        for row, ids in enumerate(lists):
+            want = reference(ids, extra)
+            assert banned_in(logits[row]) == want, row
+            checked += bool(want)
+    assert checked > 10  # the comparison exercised bans, not only empty sets
 
 
 @pytest.mark.parametrize(
@@ -192,9 +234,16 @@ def _fake_runner(proc: Any) -> Any:
     return SimpleNamespace(input_batch=batch, prev_positions=SimpleNamespace(np=np.full(MAX_REQS, -1)))
 
 
-# vectorised: numpy over the batch on decode steps; False: every slot through the per-slot path
-@pytest.mark.parametrize("vectorised", [True, False], ids=["vectorised", "per-slot"])
-def test_v1_device_history_bans_exactly_the_reference_tokens_under_async_scheduling(vectorised: bool) -> None:
+# vectorised: numpy over the batch on decode steps (False: every slot through the per-slot path);
+# padded: whole-batch bans over a fixed, padded row count (what a GPU captures in a CUDA graph)
+@pytest.mark.parametrize(
+    ("vectorised", "padded"),
+    [(True, True), (True, False), (False, False)],
+    ids=["vectorised-padded", "vectorised", "per-slot"],
+)
+def test_v1_device_history_bans_exactly_the_reference_tokens_under_async_scheduling(
+    vectorised: bool, padded: bool
+) -> None:
     """With the runner's host wait off, vLLM never repairs the ``-1`` placeholders: the processor
     takes last step's tokens from ``prev_sampled_token_ids`` (previous row order) through
     ``prev_positions``, across row swaps, finished requests, new ones and resumed ones."""
@@ -204,7 +253,7 @@ def test_v1_device_history_bans_exactly_the_reference_tokens_under_async_schedul
 
     rng = random.Random(11)
     proc = NGramBanV1(config(), torch.device("cpu"), False)
-    proc.vectorised = vectorised
+    proc.vectorised, proc.padded = vectorised, padded
     runner = _fake_runner(proc)
     assert enable_device_history(runner) == 1
     assert runner.input_batch.logitsprocs_need_output_token_ids is False

@@ -31,7 +31,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDi
 
 from dsocr.errors import InvalidInput
 from dsocr.ngram import validate_ngram_params
-from dsocr.ngram_torch import apply_ngram_ban
+from dsocr.ngram_torch import apply_ngram_ban, ban_scatter
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -113,6 +113,70 @@ def _ban(
     logits[rows] = sub
 
 
+class _PaddedBan:
+    """The ban for a whole batch in slot order, over a fixed number of rows (the batch padded with
+    empty histories), so its ~35 kernels have fixed shapes and buffers: on a GPU they are captured
+    once in a CUDA graph and each step replays them in one launch.
+
+    Why: at batch 256 vLLM's engine core is bound by its host work, and launching those kernels one
+    by one took ~1.5 ms of the H100 host's time per step (bench/README.md, session 9).
+    """
+
+    def __init__(
+        self, tokens: torch.Tensor, rows: int, params: NGramParams, vocab_size: int, dtype: torch.dtype
+    ) -> None:
+        device = tokens.device
+        self.rows = rows
+        self.lengths = torch.zeros(rows, dtype=torch.long, device=device)  # filled each step
+        slots = torch.arange(rows, device=device)
+        starts = torch.zeros(rows, dtype=torch.long, device=device)
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+            hist, kept = last_window(tokens, slots, starts, self.lengths, params.window)
+            return ban_scatter(
+                hist,
+                kept,
+                vocab_size=vocab_size,
+                dtype=dtype,
+                ngram_size=params.ngram_size,
+                window=params.window,
+                whitelist=params.whitelist,
+            )
+
+        self._compute = compute
+        self._graph: Any = None
+        self._out: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def capture(self) -> None:
+        """Record the kernels in a CUDA graph (raises if the device cannot; the ban then stays eager).
+
+        On a side stream that first waits for the current one, with capture errors local to this
+        thread: the step vLLM is running on the current stream is left alone."""
+        graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            self._compute()  # once eagerly: lazy initialisation cannot happen inside a capture
+            graph.capture_begin(capture_error_mode="thread_local")
+            try:
+                out = self._compute()
+            finally:
+                graph.capture_end()
+        torch.cuda.current_stream().wait_stream(stream)
+        self._graph, self._out = graph, out
+
+    def ban(self, logits: torch.Tensor, lengths: torch.Tensor) -> None:
+        """Ban on ``logits`` (rows = slots 0 … B-1); ``lengths``: ``rows`` values, 0 past the batch."""
+        self.lengths.copy_(lengths)
+        if self._graph is not None and self._out is not None:
+            self._graph.replay()
+            columns, values = self._out
+        else:
+            columns, values = self._compute()
+        batch = logits.shape[0]
+        logits.scatter_reduce_(1, columns[:batch], values[:batch], reduce="amin")
+
+
 @dataclass(frozen=True, slots=True)
 class _Layout:
     """The slots using the rule, in order, with what each step needs of them; rebuilt only when
@@ -154,6 +218,12 @@ class NGramBanV1(LogitsProcessor):  # type: ignore[misc]  # vllm is untyped here
         # device) replace the host placeholders vLLM then no longer repairs for us.
         self._runner: Any = None
         self._warned_gap = False
+        # Whole-batch groups go through a padded fixed-shape ban, captured in a CUDA graph where
+        # the device has them (False: every ban eager, as on CPUs; tests and the bench flip it).
+        self.padded = device.type == "cuda"
+        self._max_reqs = max_reqs
+        self._padded_bans: dict[tuple[int, NGramParams, int, torch.dtype], _PaddedBan] = {}
+        self._capture_failed = False
 
     def read_sampled_tokens_from(self, runner: Any) -> None:
         """Take each step's previous tokens from ``runner`` on the device (see enable_device_history)."""
@@ -213,9 +283,19 @@ class NGramBanV1(LogitsProcessor):  # type: ignore[misc]  # vllm is untyped here
             self._warned_gap = True
             logger.warning("n-gram ban: %d slots have unresolved placeholders", step.unresolved)
         group_rows = [slots[positions] for _, positions in layout.groups]
+        # In the V1 runner, logits row i is persistent-batch slot i; a group holding every row in
+        # order (the common case: one parameter set) needs no row copies, and can be padded.
+        whole = [
+            len(rows_np) == logits.shape[0] and rows_np[0] == 0 and rows_np[-1] == len(rows_np) - 1
+            for rows_np in group_rows
+        ]
+        padded_rows = [
+            self._padded_size(len(r)) if w and self.padded else 0
+            for r, w in zip(group_rows, whole, strict=True)
+        ]
         parts = step.arrays()
-        for (_, positions), rows_np in zip(layout.groups, group_rows, strict=True):
-            parts += [rows_np, known[positions]]
+        for (_, positions), rows_np, pad in zip(layout.groups, group_rows, padded_rows, strict=True):
+            parts += [rows_np, known[positions], np.zeros(max(pad - len(rows_np), 0), dtype=np.int64)]
         payload = np.concatenate(parts)
         flat = torch.empty(payload.size, dtype=torch.long, pin_memory=self._pin)
         flat.numpy()[:] = payload
@@ -231,15 +311,20 @@ class NGramBanV1(LogitsProcessor):  # type: ignore[misc]  # vllm is untyped here
                 torch.long
             )
         offset += 3 * d
-        for (params, _), rows_np in zip(layout.groups, group_rows, strict=True):
+        for (params, _), rows_np, is_whole, pad in zip(
+            layout.groups, group_rows, whole, padded_rows, strict=True
+        ):
             k = len(rows_np)
-            # In the V1 runner, logits row i is persistent-batch slot i.
-            rows, lengths = flat[offset : offset + k], flat[offset + k : offset + 2 * k]
-            offset += 2 * k
+            rows = flat[offset : offset + k]
+            offset += k
+            if pad:
+                self._padded_ban(pad, params, logits).ban(logits, flat[offset : offset + pad])
+                offset += pad
+                continue
+            lengths = flat[offset : offset + k]
+            offset += k
             hist, kept = last_window(self._tokens, rows, torch.zeros_like(lengths), lengths, params.window)
-            if k == logits.shape[0] and rows_np[0] == 0 and rows_np[-1] == k - 1:
-                # the whole batch, in order (the common case; slots are distinct and ascending):
-                # ban in place, no row copies
+            if is_whole:  # ban in place, no row copies
                 apply_ngram_ban(
                     logits,
                     hist,
@@ -293,6 +378,26 @@ class NGramBanV1(LogitsProcessor):  # type: ignore[misc]  # vllm is untyped here
         if k < end and prev_rows is not None:
             step.unresolved += 1
         known[i] = k
+
+    def _padded_size(self, rows: int) -> int:
+        """Rows of the padded ban for a batch of ``rows``: the next power of two, at most the
+        runner's slot count (a handful of sizes, each captured once)."""
+        return min(1 << max(rows - 1, 0).bit_length(), self._max_reqs)
+
+    def _padded_ban(self, rows: int, params: NGramParams, logits: torch.Tensor) -> _PaddedBan:
+        key = (rows, params, logits.shape[1], logits.dtype)
+        ban = self._padded_bans.get(key)
+        if ban is None:
+            ban = self._padded_bans[key] = _PaddedBan(
+                self._tokens, rows, params, logits.shape[1], logits.dtype
+            )
+            if self._device.type == "cuda" and not self._capture_failed:
+                try:
+                    ban.capture()
+                except Exception:  # the eager kernels give the same bans, only slower
+                    self._capture_failed = True
+                    logger.warning("n-gram ban: CUDA graph capture failed; banning eagerly", exc_info=True)
+        return ban
 
     def _current_layout(self) -> _Layout:
         if self._layout is None:
