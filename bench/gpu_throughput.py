@@ -371,6 +371,28 @@ async def _offline_pass(engine: Any, images: list[Image.Image], sampling: Any = 
     return time.monotonic() - t0, sum(o.completion_tokens for o in outs)
 
 
+async def _timed_offline_pass(
+    forced: ForcedLength, images: list[Image.Image], phase: str, sampling: Any = None, **extra: Any
+) -> dict[str, Any]:
+    """One offline pass with its per-request timeline and host probe, printed as one RESULT
+    (``extra``: more fields for it)."""
+    forced.timeline = Timeline()
+    async with PassProbe() as probe:
+        t0 = time.monotonic()
+        wall, out_tokens = await _offline_pass(forced, images, sampling)
+    timeline, forced.timeline = forced.timeline, None
+    return result(
+        phase=phase,
+        pages=len(images),
+        wall_s=round(wall, 2),
+        pages_per_s=round(len(images) / wall, 3),
+        out_tok_per_s=round(out_tokens / wall),
+        **extra,
+        timeline=timeline.summary(t0),
+        **probe.report,
+    )
+
+
 def _png_b64(im: Image.Image) -> str:
     buf = io.BytesIO()
     im.save(buf, format="PNG")
@@ -647,21 +669,7 @@ async def run_engine(
         print("ROUND", json.dumps(info), flush=True)
 
     async def offline_pass(label: str) -> dict[str, Any]:
-        forced.timeline = Timeline()
-        async with PassProbe() as probe:
-            t0 = time.monotonic()
-            wall, out_tokens = await _offline_pass(forced, images)
-        timeline, forced.timeline = forced.timeline, None
-        return result(
-            phase=label,
-            pages=n,
-            engine_start_s=round(start_s, 1),
-            wall_s=round(wall, 2),
-            pages_per_s=round(n / wall, 3),
-            out_tok_per_s=round(out_tokens / wall),
-            timeline=timeline.summary(t0),
-            **probe.report,
-        )
+        return await _timed_offline_pass(forced, images, label, engine_start_s=round(start_s, 1))
 
     start_round(1)
     offline = await offline_pass("engine")
@@ -1130,21 +1138,7 @@ async def run_encoder(
     for r in range(1, rounds + 1):
         for name in ab:
             (state,) = await served.llm.collective_rpc(_set_variant, args=AB_VARIANTS[name])
-            forced.timeline = Timeline()
-            async with PassProbe() as probe:
-                t0 = time.monotonic()
-                wall, out_tokens = await _offline_pass(forced, images)
-            timeline, forced.timeline = forced.timeline, None
-            result(
-                phase=f"encoder-{name}#{r}",
-                pages=n,
-                wall_s=round(wall, 2),
-                pages_per_s=round(n / wall, 3),
-                out_tok_per_s=round(out_tokens / wall),
-                variant=state,
-                timeline=timeline.summary(t0),
-                **probe.report,
-            )
+            await _timed_offline_pass(forced, images, f"encoder-{name}#{r}", variant=state)
     await served.llm.collective_rpc(_set_variant, args=AB_VARIANTS["fused"])
     try:
         (flex,) = await served.llm.collective_rpc(_flex_study, args=(5, batches[0]))
@@ -1248,23 +1242,10 @@ async def run_steps(
             if spy is not None and name not in spied:
                 spied.add(name)
                 spying = asyncio.create_task(_spy_core(name, *spy))
-            forced.timeline = Timeline()
-            async with PassProbe() as probe:
-                t0 = time.monotonic()
-                wall, out_tokens = await _offline_pass(forced, images, sampling)
-            timeline, forced.timeline = forced.timeline, None
+            label = f"steps-{name}#{r}"
+            await _timed_offline_pass(forced, images, label, sampling, processors_switched=switched)
             if spying is not None:
                 await spying
-            result(
-                phase=f"steps-{name}#{r}",
-                pages=n,
-                wall_s=round(wall, 2),
-                pages_per_s=round(n / wall, 3),
-                out_tok_per_s=round(out_tokens / wall),
-                processors_switched=switched,
-                timeline=timeline.summary(t0),
-                **probe.report,
-            )
     await engine.close()
 
 
