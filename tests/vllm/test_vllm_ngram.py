@@ -352,3 +352,31 @@ def test_device_history_matches_the_installed_vllm_runner() -> None:
     assert "self.prev_sampled_token_ids" in batch_src
     assert "self.prev_positions" in runner_src
     assert "logitsprocs_need_output_token_ids=bool(custom_logitsprocs)" in runner_src
+
+
+def test_v1_padded_bans_kept_are_bounded_and_stay_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each parameter set a whole batch brings gets its own padded ban (a CUDA graph on GPUs);
+    requests cycling through many sets must not grow them without bound, nor lose a ban."""
+    from vllm.v1.sample.logits_processor import BatchUpdate
+
+    from dsocr.engine import vllm_ngram
+    from dsocr.engine.vllm_ngram import NGramBanV1
+
+    monkeypatch.setattr(vllm_ngram, "_MAX_PADDED_BANS", 2)
+    proc = NGramBanV1(config(), torch.device("cpu"), False)
+    proc.padded = True
+    rng = random.Random(3)
+    for size in (2, 3, 4, 2, 5):  # five parameter sets, one after the other, on a batch of 3
+        extra = {"ngram_size": size, "window_size": 40}
+        lists = [[rng.randrange(3) for _ in range(30)] for _ in range(3)]
+        added = [(i, params(**extra), [0], lists[i]) for i in range(3)]
+        proc.update_state(BatchUpdate(batch_size=3, removed=[0, 1, 2], added=added, moved=[]))
+        for _ in range(3):
+            logits = torch.zeros(3, VOCAB)
+            proc.apply(logits)
+            for row, ids in enumerate(lists):
+                assert banned_in(logits[row]) == reference(ids, extra), (size, row)
+            for ids in lists:
+                ids.append(rng.randrange(3))
+            proc.update_state(None)
+        assert len(proc._padded_bans) <= 2

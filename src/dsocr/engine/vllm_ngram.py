@@ -52,6 +52,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _DEFAULT_WINDOW = 100  # the recipe class's default when only ngram_size is given
+# Padded bans kept (each a CUDA graph with its buffers): the padded sizes of one or two parameter
+# sets fit; requests that bring ever new parameter sets cannot grow GPU memory without bound.
+_MAX_PADDED_BANS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +132,6 @@ class _PaddedBan:
         self, tokens: torch.Tensor, rows: int, params: NGramParams, vocab_size: int, dtype: torch.dtype
     ) -> None:
         device = tokens.device
-        self.rows = rows
         self.lengths = torch.zeros(rows, dtype=torch.long, device=device)  # filled each step
         slots = torch.arange(rows, device=device)
         starts = torch.zeros(rows, dtype=torch.long, device=device)
@@ -389,17 +391,18 @@ class NGramBanV1(LogitsProcessor):  # type: ignore[misc]  # vllm is untyped here
 
     def _padded_ban(self, rows: int, params: NGramParams, logits: torch.Tensor) -> _PaddedBan:
         key = (rows, params, logits.shape[1], logits.dtype)
-        ban = self._padded_bans.get(key)
+        ban = self._padded_bans.pop(key, None)
         if ban is None:
-            ban = self._padded_bans[key] = _PaddedBan(
-                self._tokens, rows, params, logits.shape[1], logits.dtype
-            )
+            if len(self._padded_bans) >= _MAX_PADDED_BANS:  # many parameter sets over time: drop the
+                del self._padded_bans[next(iter(self._padded_bans))]  # least recently used graph
+            ban = _PaddedBan(self._tokens, rows, params, logits.shape[1], logits.dtype)
             if self._device.type == "cuda" and not self._capture_failed:
                 try:
                     ban.capture()
                 except Exception:  # the eager kernels give the same bans, only slower
                     self._capture_failed = True
                     logger.warning("n-gram ban: CUDA graph capture failed; banning eagerly", exc_info=True)
+        self._padded_bans[key] = ban  # (re)inserted last: the dict's order is least recently used first
         return ban
 
     def _current_layout(self) -> _Layout:
