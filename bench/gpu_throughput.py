@@ -1148,6 +1148,140 @@ async def run_encoder(
     await engine.close()
 
 
+class _BatchDynamic:
+    """Bench: a ``torch.compile``d encoder part whose batch dim is dynamic and whose other dims
+    stay static (one graph per view size, not one per batch size; not one with symbolic sides)."""
+
+    def __init__(self, module: Any, mode: str) -> None:
+        import torch
+
+        self.module = module
+        self.compiled = torch.compile(module, mode=mode)
+
+    def __call__(self, *tensors: Any) -> Any:
+        import torch
+
+        for t in tensors:
+            if t is not None:
+                torch._dynamo.maybe_mark_dynamic(t, 0)  # (mark_unbacked breaks SAM's neck convs)
+                for dim in range(1, t.dim()):
+                    torch._dynamo.mark_static(t, dim)
+        return self.compiled(*tensors)
+
+
+COMPILE_PARTS = {"sam": ("sam_model",), "sam+clip": ("sam_model", "vision_model")}
+
+
+def _set_compiled(worker: Any, parts: str, mode: str) -> list[str]:
+    """In vLLM's worker, between passes: the vision encoder's parts ``torch.compile``d (``parts``
+    a key of COMPILE_PARTS; each compiled once per mode and kept) or all eager (``parts`` "").
+
+    The compiled callable goes into the model's instance ``__dict__`` under the submodule's name,
+    where attribute lookup finds it before ``nn.Module``'s ``_modules`` (which keep the weights)."""
+    model = worker.model_runner.get_model()
+    cache = model.__dict__.setdefault("_bench_compiled", {})
+    on = COMPILE_PARTS.get(parts, ())
+    for name in ("sam_model", "vision_model"):
+        if name in on:
+            key = (name, mode)
+            if key not in cache:
+                cache[key] = _BatchDynamic(model._modules[name], mode)
+            model.__dict__[name] = cache[key]
+        else:
+            model.__dict__.pop(name, None)
+    return [name for name in ("sam_model", "vision_model") if name in model.__dict__]
+
+
+def _compile_study(
+    worker: Any, reps: int, batches: tuple[int, ...], modes: tuple[str, ...]
+) -> dict[str, Any]:
+    """In vLLM's worker: the vision encoder eager vs ``torch.compile``d (SAM alone, SAM + CLIP),
+    per A4 Gundam page at engine-sized steps: ms per page, the first call's seconds (compiling),
+    |Δ| of the page features against eager, and one more batch size after them (no recompile)."""
+    import torch
+
+    model = worker.model_runner.get_model()
+    weight = next(model._modules["sam_model"].parameters())
+    dev, dtype = weight.device, weight.dtype
+    rows: dict[str, Any] = {"torch": torch.__version__}
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)  # else a CPU smoke test
+
+    def timed(fn: Any) -> float:
+        fn()
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        sync()
+        return (time.perf_counter() - t0) / reps * 1000
+
+    with torch.inference_mode():
+        pages = {b: _gundam_pages(b, dev, dtype, seed=b) for b in (*batches, 3)}
+        _set_compiled(worker, "", "default")
+        ref = {b: torch.stack(model.embed_multimodal(**p)).float() for b, p in pages.items()}
+        for b in batches:
+            rows[f"eager_ms_per_page_at_{b}"] = round(
+                timed(lambda p=pages[b]: model.embed_multimodal(**p)) / b, 2
+            )
+        for mode in modes:
+            for parts in COMPILE_PARTS:
+                label = f"{parts}/{mode}"
+                try:
+                    _set_compiled(worker, parts, mode)
+                    for b in (*batches, 3):
+                        t0 = time.perf_counter()
+                        out = torch.stack(model.embed_multimodal(**pages[b])).float()
+                        sync()
+                        rows[f"{label}_first_call_s_at_{b}"] = round(time.perf_counter() - t0, 1)
+                        rows[f"{label}_max_abs_diff_at_{b}"] = round(float((out - ref[b]).abs().max()), 5)
+                    for b in batches:
+                        ms = timed(lambda p=pages[b]: model.embed_multimodal(**p)) / b
+                        rows[f"{label}_ms_per_page_at_{b}"] = round(ms, 2)
+                except Exception as exc:  # a study: report why this variant did not run
+                    rows[f"{label}_error"] = f"{type(exc).__name__}: {exc}"[:1500]
+                finally:
+                    _set_compiled(worker, "", mode)
+        rows["scale"] = round(float(ref[batches[0]].abs().max()), 5)
+    return rows
+
+
+async def run_compile(
+    model: str, n: int, tokens: int, max_seqs: int, overrides: dict[str, Any], rounds: int, ab: list[str]
+) -> None:
+    """The vision encoder ``torch.compile``d: alone in the worker (``_compile_study``), then
+    ``rounds`` rounds of timed passes of ``n`` pages × ``tokens`` on one engine, one per variant
+    of ``ab`` (``eager`` or a COMPILE_PARTS key, default mode) in turn, order reversed every other
+    round, each after a warm-up that compiles what it needs."""
+    os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # collective_rpc of functions, bench only
+    from dsocr.engine.vllm import VLLMEngine
+    from dsocr.settings import EngineSettings
+
+    engine = VLLMEngine(EngineSettings(**engine_settings(model, max_seqs, overrides, False)))
+    t0 = time.monotonic()
+    await engine.start()
+    start_s = round(time.monotonic() - t0, 1)
+    print("ENGINE", json.dumps({"phase": "compile", "start_s": start_s, **engine_config(engine)}), flush=True)
+    (served,) = engine._served.values()
+    batches = (8, 17) if n >= 17 else (1, 2)  # engine-sized steps (16384 tokens ≈ 17 pages)
+    (study,) = await served.llm.collective_rpc(
+        _compile_study, args=(5 if n >= 17 else 1, batches, ("default",))
+    )
+    print("COMPILE", json.dumps(study), flush=True)
+    forced = ForcedLength(engine, tokens)
+    forced.time_rendering()
+    watch_core(engine, forced)
+    images = [page(i) for i in range(n)]
+    for r in range(1, rounds + 1):
+        for name in ab if r % 2 else ab[::-1]:
+            parts = "" if name == "eager" else name
+            (state,) = await served.llm.collective_rpc(_set_compiled, args=(parts, "default"))
+            if r == 1:
+                for k in (17, 8, 1):
+                    await _offline_pass(forced, images[:k])
+            await _timed_offline_pass(forced, images, f"compile-{name}#{r}", compiled=state)
+    await engine.close()
+
+
 STEP_VARIANTS = ("ngram", "ngram-eager", "ngram-loop", "plain")
 STEP_DEFAULT = ["ngram", "ngram-eager", "plain"]
 
@@ -1490,6 +1624,9 @@ def main() -> None:
     if a.phase == "encoder":
         variants = a.ab.split(",")
         return asyncio.run(run_encoder(a.model, a.pages, a.tokens, a.max_seqs, overrides, a.rounds, variants))
+    if a.phase == "compile":
+        variants = [v for v in a.ab.split(",") if v] if a.ab != AB_DEFAULT else ["sam", "eager"]
+        return asyncio.run(run_compile(a.model, a.pages, a.tokens, a.max_seqs, overrides, a.rounds, variants))
     if a.phase == "logits":
         return asyncio.run(run_logits(a.model, a.pages, a.tokens, overrides))
     if a.phase == "compare-logits":
