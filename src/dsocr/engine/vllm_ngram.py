@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 __all__ = [
     "NGramBanV1",
     "NGramParams",
-    "NGramWorkerExtension",
     "enable_device_history",
     "last_window",
     "processor_class",
@@ -507,16 +506,6 @@ def enable_device_history(runner: Any) -> int:
         processor.read_sampled_tokens_from(runner)
     batch.logitsprocs_need_output_token_ids = False
     return len(ours)
-
-
-class NGramWorkerExtension:
-    """Mixed into vLLM's worker (``worker_extension_cls``) so the engine can reach the runner."""
-
-    model_runner: Any
-
-    def dsocr_enable_device_ngram_history(self) -> int:
-        """Called once through ``collective_rpc`` after start, before any request."""
-        return enable_device_history(self.model_runner)
 
 
 try:  # Model Runner V2's interface exists only in newer vLLM (not in 0.26.0)

@@ -1,0 +1,32 @@
+"""dsocr's extension of vLLM's GPU worker (``worker_extension_cls``): start-up calls that need the
+worker's model runner, made once by dsocr.engine.vllm through ``collective_rpc`` before serving."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["WorkerExtension"]
+
+
+class WorkerExtension:
+    """Mixed into vLLM's worker class, so its methods run in the worker with ``self.model_runner``."""
+
+    model_runner: Any
+
+    def dsocr_enable_device_ngram_history(self) -> int:
+        """The n-gram processor reads last step's tokens on the device (dsocr.engine.vllm_ngram);
+        returns how many processors were switched (0: this runner lacks what it needs)."""
+        from dsocr.engine.vllm_ngram import enable_device_history
+
+        return enable_device_history(self.model_runner)
+
+    def dsocr_compile_vision_encoder(self, backend: str) -> dict[str, Any]:
+        """SAM ``torch.compile``d for Gundam's view sizes (dsocr.engine.vllm_modes); an empty
+        answer where the model is not dsocr's class (upstream's, DeepSeek-OCR 2)."""
+        from dsocr.engine.vllm_modes import DsocrDeepseekOCRForCausalLM, compile_vision_encoder
+
+        model = self.model_runner.get_model()
+        if not isinstance(model, DsocrDeepseekOCRForCausalLM):
+            return {}
+        report = compile_vision_encoder(model, backend=backend)
+        return {"sides": report.sides, "seconds": round(report.seconds, 1)}
