@@ -1192,6 +1192,15 @@ def _set_compiled(worker: Any, parts: str, mode: str) -> list[str]:
     return [name for name in ("sam_model", "vision_model") if name in model.__dict__]
 
 
+def _use_shipped_compile(worker: Any, on: bool) -> bool:
+    """In vLLM's worker, between passes: dsocr's compiled SAM (``compile_encoder``, compiled at
+    start) on, or off (eager SAM); the compiled graphs are kept for the next ``on``."""
+    model = worker.model_runner.get_model()
+    kept = model.__dict__.setdefault("_bench_shipped_sam", model.compiled_sam)
+    model.compiled_sam = kept if on else None
+    return model.compiled_sam is not None
+
+
 def _compile_study(
     worker: Any, reps: int, batches: tuple[int, ...], modes: tuple[str, ...]
 ) -> dict[str, Any]:
@@ -1215,6 +1224,7 @@ def _compile_study(
         sync()
         return (time.perf_counter() - t0) / reps * 1000
 
+    shipped, model.compiled_sam = model.compiled_sam, None  # dsocr's own compiled SAM: off here
     with torch.inference_mode():
         pages = {b: _gundam_pages(b, dev, dtype, seed=b) for b in (*batches, 3)}
         _set_compiled(worker, "", "default")
@@ -1242,16 +1252,17 @@ def _compile_study(
                 finally:
                     _set_compiled(worker, "", mode)
         rows["scale"] = round(float(ref[batches[0]].abs().max()), 5)
+    model.compiled_sam = shipped
     return rows
 
 
 async def run_compile(
     model: str, n: int, tokens: int, max_seqs: int, overrides: dict[str, Any], rounds: int, ab: list[str]
 ) -> None:
-    """The vision encoder ``torch.compile``d: alone in the worker (``_compile_study``), then
-    ``rounds`` rounds of timed passes of ``n`` pages × ``tokens`` on one engine, one per variant
-    of ``ab`` (``eager`` or a COMPILE_PARTS key, default mode) in turn, order reversed every other
-    round, each after a warm-up that compiles what it needs."""
+    """The vision encoder ``torch.compile``d. ``rounds`` 0: alone in the worker
+    (``_compile_study``: SAM, SAM + CLIP). Else ``rounds`` rounds of timed passes of ``n`` pages ×
+    ``tokens`` on one engine, one per variant of ``ab`` in turn, order reversed every other round:
+    ``compiled`` (dsocr's SAM compiled at start, as shipped) or ``eager``."""
     os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # collective_rpc of functions, bench only
     from dsocr.engine.vllm import VLLMEngine
     from dsocr.settings import EngineSettings
@@ -1262,22 +1273,21 @@ async def run_compile(
     start_s = round(time.monotonic() - t0, 1)
     print("ENGINE", json.dumps({"phase": "compile", "start_s": start_s, **engine_config(engine)}), flush=True)
     (served,) = engine._served.values()
-    batches = (8, 17) if n >= 17 else (1, 2)  # engine-sized steps (16384 tokens ≈ 17 pages)
-    (study,) = await served.llm.collective_rpc(
-        _compile_study, args=(5 if n >= 17 else 1, batches, ("default",))
-    )
-    print("COMPILE", json.dumps(study), flush=True)
+    if rounds == 0:  # the study alone (its compiles take minutes)
+        batches = (8, 17) if n >= 17 else (1, 2)  # engine-sized steps (16384 tokens ≈ 17 pages)
+        (study,) = await served.llm.collective_rpc(
+            _compile_study, args=(5 if n >= 17 else 1, batches, ("default",))
+        )
+        print("COMPILE", json.dumps(study), flush=True)
     forced = ForcedLength(engine, tokens)
     forced.time_rendering()
     watch_core(engine, forced)
     images = [page(i) for i in range(n)]
+    if rounds:
+        await _offline_pass(forced, images[:8])
     for r in range(1, rounds + 1):
         for name in ab if r % 2 else ab[::-1]:
-            parts = "" if name == "eager" else name
-            (state,) = await served.llm.collective_rpc(_set_compiled, args=(parts, "default"))
-            if r == 1:
-                for k in (17, 8, 1):
-                    await _offline_pass(forced, images[:k])
+            (state,) = await served.llm.collective_rpc(_use_shipped_compile, args=(name == "compiled",))
             await _timed_offline_pass(forced, images, f"compile-{name}#{r}", compiled=state)
     await engine.close()
 
@@ -1625,7 +1635,7 @@ def main() -> None:
         variants = a.ab.split(",")
         return asyncio.run(run_encoder(a.model, a.pages, a.tokens, a.max_seqs, overrides, a.rounds, variants))
     if a.phase == "compile":
-        variants = [v for v in a.ab.split(",") if v] if a.ab != AB_DEFAULT else ["sam", "eager"]
+        variants = [v for v in a.ab.split(",") if v] if a.ab != AB_DEFAULT else ["compiled", "eager"]
         return asyncio.run(run_compile(a.model, a.pages, a.tokens, a.max_seqs, overrides, a.rounds, variants))
     if a.phase == "logits":
         return asyncio.run(run_logits(a.model, a.pages, a.tokens, overrides))

@@ -44,10 +44,10 @@ class EngineSettings(BaseModel):
     # normalising) on the GPU, bit-identical to upstream's Pillow views, instead of in the front
     # process (dsocr.engine.page_views). ``None``: on where vLLM runs on a GPU.
     device_views: bool | None = None
-    # vLLM engine: SAM (the vision encoder's first half) torch.compile'd for Gundam's view sizes at
-    # start, which takes minutes the first time on a machine (dsocr.engine.encoder_compile).
-    # ``None``: on where vLLM runs on a GPU and ``vllm_args`` do not set ``enforce_eager``.
-    compile_encoder: bool | None = None
+    # vLLM engine on a GPU: SAM (the vision encoder's first half) torch.compile'd for Gundam's view
+    # sizes at start (dsocr.engine.encoder_compile). Off by default: it adds 137-147 s to every
+    # start for a gain inside the pass-to-pass spread on the H100 (bench/README.md, session 10).
+    compile_encoder: bool = False
     load_format: str = "auto"
     # Repetition control (official 30/90, whitelist <td> </td>).
     # n = 1 would ban nothing (the official rule needs an (n-1)-token prefix); window >= n.

