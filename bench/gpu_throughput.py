@@ -33,7 +33,10 @@ with 2 output tokens; then the usual timed pass on the same engine), ``encoder``
 relative-position attention, upstream's dense bias vs dsocr's fused one: the encoder alone per
 page, its parts and a kernel profile; then ``--rounds`` rounds of timed passes, one per variant of
 ``--ab`` (``fused``, ``upstream``: SAM's attention; ``devhist``: fused, and the n-gram processor reads
-last step's tokens on the device); then SAM on torch's FlexAttention, alone),
+last step's tokens on the device); then SAM on torch's FlexAttention, alone), ``compile``
+(the vision encoder ``torch.compile``d: with ``--rounds 0`` alone in the worker, SAM and SAM +
+CLIP against eager; else ``--rounds`` rounds of timed passes switching dsocr's compiled SAM
+(``compile_encoder``) on and off), ``steps`` (the n-gram processor's paths per decode step),
 ``logits`` (greedy top-20 logprobs of ``--pages`` pages × ``--tokens`` steps, saved per KV-cache
 dtype) and ``compare-logits`` (FP8 KV cache against the model dtype: token agreement and
 |Δ logprob| on identical contexts).
