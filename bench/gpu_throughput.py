@@ -964,6 +964,18 @@ def _time_encoder(worker: Any, batches: list[int], reps: int) -> dict[str, Any]:
     return rows
 
 
+def _timed_ms(fn: Any, reps: int, sync: Any) -> float:
+    """Milliseconds per call of ``fn`` over ``reps`` calls after one warm-up call; ``sync`` waits
+    for the device (``torch.cuda.synchronize``, or nothing on a CPU)."""
+    fn()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) / reps * 1000
+
+
 def _encoder_study(worker: Any, reps: int, batches: tuple[int, ...]) -> dict[str, Any]:
     """In vLLM's worker: dsocr's vision encoder with upstream's SAM attention vs the fused one.
 
@@ -986,13 +998,7 @@ def _encoder_study(worker: Any, reps: int, batches: tuple[int, ...]) -> dict[str
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def timed(fn: Any) -> float:
-        fn()
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        sync()
-        return (time.perf_counter() - t0) / reps * 1000
+        return _timed_ms(fn, reps, sync)
 
     with torch.inference_mode():
         for b in batches:
@@ -1219,13 +1225,7 @@ def _compile_study(
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)  # else a CPU smoke test
 
     def timed(fn: Any) -> float:
-        fn()
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        sync()
-        return (time.perf_counter() - t0) / reps * 1000
+        return _timed_ms(fn, reps, sync)
 
     shipped, model.compiled_sam = model.compiled_sam, None  # dsocr's own compiled SAM: off here
     with torch.inference_mode():
