@@ -1168,13 +1168,9 @@ class _BatchDynamic:
         self.compiled = torch.compile(module, mode=mode)
 
     def __call__(self, *tensors: Any) -> Any:
-        import torch
+        from dsocr.engine.encoder_compile import mark_batch_dynamic
 
-        for t in tensors:
-            if t is not None:
-                torch._dynamo.maybe_mark_dynamic(t, 0)  # (mark_unbacked breaks SAM's neck convs)
-                for dim in range(1, t.dim()):
-                    torch._dynamo.mark_static(t, dim)
+        mark_batch_dynamic(*(t for t in tensors if t is not None))
         return self.compiled(*tensors)
 
 

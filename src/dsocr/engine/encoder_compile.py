@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["CompiledBySide", "WarmReport"]
+__all__ = ["CompiledBySide", "WarmReport", "mark_batch_dynamic"]
 
 
 @dataclass
@@ -53,7 +53,7 @@ class CompiledBySide:
     def __call__(self, images: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
         if images.shape[-1] not in self.sides:
             return self.module(images, *rest)  # type: ignore[no-any-return]
-        _batch_dynamic(images, *rest)
+        mark_batch_dynamic(images, *rest)
         with torch.compiler.set_stance("eager_on_recompile"):
             return self._compiled(images, *rest)  # type: ignore[no-any-return]
 
@@ -69,7 +69,7 @@ class CompiledBySide:
             batches = sorted({1, min(2, largest), largest})
             for batch in batches:
                 inputs = make_input(batch, side)
-                _batch_dynamic(*inputs)
+                mark_batch_dynamic(*inputs)
                 self._compiled(*inputs)
             report.sides.append(side)
             report.batches[side] = batches
@@ -78,7 +78,7 @@ class CompiledBySide:
         return report
 
 
-def _batch_dynamic(*tensors: torch.Tensor) -> None:
+def mark_batch_dynamic(*tensors: torch.Tensor) -> None:
     """Dim 0 dynamic (one graph for every batch size above 1), every other dim static."""
     for tensor in tensors:
         torch._dynamo.maybe_mark_dynamic(tensor, 0)  # mark_unbacked would also cover batch 1,
