@@ -16,7 +16,8 @@ batched processor with the same parameters):
 Each phase runs a warm-up, then one timed pass of all pages. Prints one ``RESULT {json}`` line per
 phase, then a summary with the ratios. ``--rounds K`` gives the ``engine`` phase K offline / HTTP
 pairs on one engine (order alternating); its passes print a per-request timeline, the engine
-core's step time and a host probe. ``--spy-http N`` records the first HTTP pass with py-spy,
+core's step time and a host probe. ``--spy-http N`` records the first HTTP pass with py-spy
+(``DSOCR_BENCH_SPY_GIL=1``: only the thread that holds the GIL),
 ``--switch-ms 5,1`` sets the GIL's switch interval per round, ``--default-threads 20,4`` the size of
 the event loop's default executor (where the server decodes uploads) per round.
 
@@ -36,7 +37,11 @@ page, its parts and a kernel profile; then ``--rounds`` rounds of timed passes, 
 last step's tokens on the device); then SAM on torch's FlexAttention, alone), ``compile``
 (the vision encoder ``torch.compile``d: with ``--rounds 0`` alone in the worker, SAM and SAM +
 CLIP against eager; else ``--rounds`` rounds of timed passes switching dsocr's compiled SAM
-(``compile_encoder``) on and off), ``steps`` (the n-gram processor's paths per decode step),
+(``compile_encoder``) on and off), ``encoder-cache`` and ``encoder-graphs`` (``--rounds`` rounds
+of timed passes on one engine, switched between passes: the encoder cache's size in engine steps'
+token budgets, ``--ab 1,2`` = vLLM's own and dsocr's ``encoder_cache_steps``; vLLM's encoder CUDA
+graphs, ``--ab graphs,eager``; each pass reports the pages its steps encoded),
+``steps`` (the n-gram processor's paths per decode step),
 ``logits`` (greedy top-20 logprobs of ``--pages`` pages × ``--tokens`` steps, saved per KV-cache
 dtype) and ``compare-logits`` (FP8 KV cache against the model dtype: token agreement and
 |Δ logprob| on identical contexts).
@@ -54,6 +59,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import gc
 import io
 import itertools
@@ -727,6 +733,8 @@ async def _http_pass(
         out = Path(os.environ.get("OUT", "/tmp")) / f"pyspy_{phase.replace('#', '_')}.txt"
         spy = ["py-spy", "record", "--pid", str(os.getpid()), "--duration", str(spy_s), "--rate", "200"]
         spy += ["--threads", "--nonblocking", "--format", "raw", "--output", str(out)]
+        if os.environ.get("DSOCR_BENCH_SPY_GIL") == "1":
+            spy.append("--gil")  # only the thread holding the GIL, each sample
         await asyncio.create_subprocess_exec(*spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         await asyncio.sleep(1.0)  # py-spy attaches
     async with PassProbe() as probe:
@@ -1291,6 +1299,128 @@ async def run_compile(
     await engine.close()
 
 
+def _engine_core_scheduler() -> Any:
+    """vLLM's scheduler, from inside a ``collective_rpc`` call: single-GPU engines run the worker
+    in the engine core's process, and the core's ``collective_rpc`` frame is up the stack."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if hasattr(owner, "scheduler") and hasattr(owner, "model_executor"):
+            return owner.scheduler
+        frame = frame.f_back
+    raise RuntimeError("not called inside vLLM's engine core")
+
+
+def _pages_per_step(scheduler: Any) -> dict[int, int]:
+    """How many pages each engine step since the last call sent through the vision encoder
+    (pages: steps), counted from the scheduler's own output; the first call starts counting."""
+    if not hasattr(scheduler, "bench_pages_per_step"):
+        scheduler.bench_pages_per_step = collections.Counter()
+        schedule = scheduler.schedule
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            out = schedule(*args, **kwargs)
+            if out.scheduled_encoder_inputs:
+                scheduler.bench_pages_per_step[len(out.scheduled_encoder_inputs)] += 1
+            return out
+
+        scheduler.schedule = counted
+    seen = dict(sorted(scheduler.bench_pages_per_step.items()))
+    scheduler.bench_pages_per_step.clear()
+    return seen
+
+
+def _resize_encoder_cache(worker: Any, steps: str) -> dict[str, Any]:
+    """In vLLM's engine core, between passes (the cache empty): the encoder cache resized to
+    ``steps`` steps' token budget (vLLM's own size is one)."""
+    scheduler = _engine_core_scheduler()
+    cache = scheduler.encoder_cache_manager
+    delta = int(steps) * scheduler.scheduler_config.max_num_batched_tokens - cache.cache_size
+    cache.cache_size += delta
+    cache.num_free_slots += delta
+    cache.num_freeable_slots += delta
+    return {"cache_tokens": cache.cache_size, "pages_per_step_before": _pages_per_step(scheduler)}
+
+
+def _use_encoder_graphs(worker: Any, variant: str) -> dict[str, Any]:
+    """In vLLM's worker, between passes: the vision encoder replayed from the CUDA graphs vLLM
+    captured at start (``graphs``) or run eagerly (``eager``: the runner's graph manager set
+    aside, which is how vLLM runs without ``cudagraph_mm_encoder``)."""
+    runner = worker.model_runner
+    if not hasattr(runner, "bench_encoder_graphs"):
+        runner.bench_encoder_graphs = runner.encoder_cudagraph_manager
+    graphs = runner.bench_encoder_graphs
+    if graphs is None:
+        raise RuntimeError("vLLM captured no encoder CUDA graphs (cudagraph_mm_encoder off?)")
+    runner.encoder_cudagraph_manager = graphs if variant == "graphs" else None
+    return {
+        "encoder_graphs": variant == "graphs",
+        "token_budgets": list(graphs.token_budgets),
+        "pages_per_step_before": _pages_per_step(_engine_core_scheduler()),
+    }
+
+
+# Phases of timed passes on one engine, switched between passes in vLLM's engine core:
+# (switch, default variants, settings the engine starts with).
+RUNTIME_AB: dict[str, tuple[Any, list[str], dict[str, Any]]] = {
+    "encoder-cache": (_resize_encoder_cache, ["1", "2"], {}),
+    "encoder-graphs": (
+        _use_encoder_graphs,
+        ["graphs", "eager"],
+        {"vllm_args": {"compilation_config": {"cudagraph_mm_encoder": True}}},
+    ),
+}
+
+
+async def run_runtime_ab(
+    phase: str,
+    model: str,
+    n: int,
+    tokens: int,
+    max_seqs: int,
+    overrides: dict[str, Any],
+    rounds: int,
+    ab: list[str],
+) -> None:
+    """``rounds`` rounds of timed passes of ``n`` pages × ``tokens`` on one engine, one per variant
+    of ``ab`` in turn, order reversed every other round, the variant switched in vLLM's engine core
+    before each pass (``RUNTIME_AB``). ``encoder-cache``: the encoder cache's size in steps' token
+    budgets (``1``: vLLM's, ``2``: dsocr's ``encoder_cache_steps``); ``encoder-graphs``: vLLM's
+    encoder CUDA graphs (``graphs``) or none (``eager``), on an engine started with them. After each
+    pass a STEPS line gives the pages its engine steps encoded (pages: steps)."""
+    os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # collective_rpc of functions, bench only
+    from dsocr.engine.vllm import VLLMEngine
+    from dsocr.settings import EngineSettings
+
+    switch, _, start_with = RUNTIME_AB[phase]
+    values = engine_settings(model, max_seqs, overrides, False)
+    for key, extra in start_with.items():
+        values[key] = {**extra, **values.get(key, {})}
+    engine = VLLMEngine(EngineSettings(**values))
+    t0 = time.monotonic()
+    await engine.start()
+    start_s = round(time.monotonic() - t0, 1)
+    print("ENGINE", json.dumps({"phase": phase, "start_s": start_s, **engine_config(engine)}), flush=True)
+    (served,) = engine._served.values()
+    forced = ForcedLength(engine, tokens)
+    forced.time_rendering()
+    watch_core(engine, forced)
+    images = [page(i) for i in range(n)]
+    await _offline_pass(forced, images[:8])
+    last = "warm-up"
+    for r in range(1, rounds + 1):
+        for variant in ab if r % 2 else ab[::-1]:
+            (state,) = await served.llm.collective_rpc(switch, args=(variant,))
+            seen = state.pop("pages_per_step_before")
+            if last != "warm-up":
+                print("STEPS", json.dumps({"pass": last, "pages_per_step": seen}), flush=True)
+            last = f"{phase}-{variant}#{r}"
+            await _timed_offline_pass(forced, images, last, **state)
+    (state,) = await served.llm.collective_rpc(switch, args=(ab[0],))
+    print("STEPS", json.dumps({"pass": last, "pages_per_step": state["pages_per_step_before"]}), flush=True)
+    await engine.close()
+
+
 STEP_VARIANTS = ("ngram", "ngram-eager", "ngram-loop", "plain")
 STEP_DEFAULT = ["ngram", "ngram-eager", "plain"]
 
@@ -1573,7 +1703,8 @@ def main() -> None:
     ap.add_argument(
         "--ab",
         default=AB_DEFAULT,
-        help=f"variants per round: encoder phase {list(AB_VARIANTS)}, steps phase {list(STEP_VARIANTS)}",
+        help=f"variants per round: encoder phase {list(AB_VARIANTS)}, steps phase {list(STEP_VARIANTS)}, "
+        "compile phase compiled,eager, encoder-cache 1,2 (steps), encoder-graphs graphs,eager",
     )
     ap.add_argument(
         "--spy-core", default="", help="steps phase: py-spy the engine core, DELAY:SECONDS into a pass"
@@ -1636,6 +1767,11 @@ def main() -> None:
     if a.phase == "compile":
         variants = [v for v in a.ab.split(",") if v] if a.ab != AB_DEFAULT else ["compiled", "eager"]
         return asyncio.run(run_compile(a.model, a.pages, a.tokens, a.max_seqs, overrides, a.rounds, variants))
+    if a.phase in RUNTIME_AB:
+        variants = [v for v in a.ab.split(",") if v] if a.ab != AB_DEFAULT else RUNTIME_AB[a.phase][1]
+        return asyncio.run(
+            run_runtime_ab(a.phase, a.model, a.pages, a.tokens, a.max_seqs, overrides, a.rounds, variants)
+        )
     if a.phase == "logits":
         return asyncio.run(run_logits(a.model, a.pages, a.tokens, overrides))
     if a.phase == "compare-logits":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import threading
 import uuid
 from dataclasses import replace
@@ -245,6 +244,24 @@ async def test_gpu_engines_get_a_batch_budget_that_encodes_many_pages_per_step(
     assert served.llm.vllm_config.scheduler_config.max_num_batched_tokens < 16384
 
 
+async def test_the_encoder_cache_holds_two_steps_of_pages(engine: Any, tiny_model_dir: Path) -> None:
+    # vLLM sizes it to one step and frees a page's entry only after the step that prefilled it
+    # has run, while async scheduling plans the next step before that: with one step of room the
+    # next step finds the cache full and takes one page. Read from the running engine core.
+    (served,) = engine._served.values()
+    (cache,) = await served.llm.collective_rpc("dsocr_probe_encoder_cache")
+    assert cache["cache_size"] == 2 * cache["step_tokens"]
+    from vllm.usage.usage_lib import UsageContext
+
+    from dsocr.engine.vllm import vllm_engine_args, vllm_engine_config
+    from dsocr.settings import EngineSettings
+
+    settings = EngineSettings(kind="vllm", model=str(tiny_model_dir), encoder_cache_steps=3)
+    args = vllm_engine_args(settings, "deepseek-ocr", str(tiny_model_dir), 0.5)
+    config = vllm_engine_config(settings, args, UsageContext.ENGINE_CONTEXT)
+    assert config.scheduler_config.encoder_cache_size == 3 * config.scheduler_config.max_num_batched_tokens
+
+
 async def test_page_views_are_built_on_gpus_by_default_and_never_under_encoder_cuda_graphs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -275,12 +292,30 @@ async def test_page_views_are_built_on_gpus_by_default_and_never_under_encoder_c
     assert getattr(config, DEVICE_VIEWS_ATTRIBUTE) is True
 
 
-async def test_pages_are_preprocessed_off_the_event_loop_into_the_same_model_input(engine: Any) -> None:
+async def test_pages_are_preprocessed_off_the_event_loop_into_the_same_model_input(
+    engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (served,) = engine._served.values()
-    # vLLM's renderer preprocesses pages on its thread pool, one thread per core (at most 8).
-    assert served.llm.vllm_config.model_config.renderer_num_workers == min(8, os.cpu_count() or 1)
+    renderer = served.llm.renderer
+    threads: dict[str, str] = {}
+
+    def recorded(stage: str, func: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            threads[stage] = threading.current_thread().name
+            return func(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(engine, "_prompt", recorded("prompt", engine._prompt))
+    monkeypatch.setattr(renderer, "_tokenize_prompt", recorded("tokenize", renderer._tokenize_prompt))
+    monkeypatch.setattr(renderer, "_process_multimodal", recorded("image", renderer._process_multimodal))
     req = request(max_tokens=8, ignore_eos=True)
     rendered = await engine._engine_input(served, req)
+    # Our prompt step, vLLM's tokenisation and its image processor, in one job on one of the
+    # engine's own threads: no hop back to the event loop in between.
+    assert set(threads) == {"prompt", "tokenize", "image"}
+    assert len(set(threads.values())) == 1 and threads["image"].startswith("dsocr-prep")
+    monkeypatch.undo()
     # What AsyncLLM builds itself from the raw prompt: same tokens, same image placeholders.
     raw: Any = None
     async for out in served.llm.generate(

@@ -320,13 +320,19 @@ class VLLMEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         if self._frontend is None:
-            return AsyncLLM.from_engine_args(args)
+            config = vllm_engine_config(self._settings, args, UsageContext.ENGINE_CONTEXT)
+            return AsyncLLM.from_vllm_config(
+                config,
+                usage_context=UsageContext.ENGINE_CONTEXT,
+                disable_log_stats=args.disable_log_stats,
+                enable_log_requests=args.enable_log_requests,
+            )
         # One of several clients of an engine core that dsocr.server.frontends launched; the
         # config must be built as vLLM's own API-server processes build theirs.
         client = dict(self._frontend)
         count, index = int(client.pop("client_count", 1)), int(client.pop("client_index", 0))
         args._api_process_count, args._api_process_rank = count, index
-        config = args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        config = vllm_engine_config(self._settings, args, UsageContext.OPENAI_API_SERVER)
         return AsyncLLM.from_vllm_config(
             config,
             usage_context=UsageContext.OPENAI_API_SERVER,
@@ -418,23 +424,28 @@ class VLLMEngine:
         return served
 
     async def _engine_input(self, served: _Served, request: EngineRequest) -> Any:
-        """The request as vLLM's engine input, built off the event loop.
+        """The request as vLLM's engine input, built off the event loop in one thread job.
 
         Building it runs the model's image processor (Gundam tiling, resizing, normalising: about
         70 ms of CPU per A4 page, bench/bench_preprocess.py). Left to ``AsyncLLM.generate`` it runs
         on the event loop, one page after another, which starved the H100 (4.7 pages/s; 8.3 with
-        this, bench/README.md). vLLM's renderer runs it on its thread pool
-        (``renderer_num_workers``, our ``preprocess_workers``), several pages at once; vLLM builds
-        exactly the same input from the raw prompt when it has no async renderer.
+        threads, bench/README.md). Our threads (``preprocess_workers``) run our prompt step (RGB,
+        the mode's resize) and then vLLM's renderer synchronously, several pages at once; vLLM
+        builds exactly the same input from the raw prompt when it has no renderer. Not vLLM's
+        async renderer: it hops between its thread pool and the event loop three times per page,
+        and each hop waits behind everything else ready on the loop — under a burst of uploads
+        that kept pages from the engine for 0.5 s each (bench/README.md, session 11).
         """
-        # Our step before vLLM's renderer (RGB, the mode's resize) has its own threads: on the
-        # shared default executor it queued behind whatever blocking work the server had put
-        # there, such as the PNG decoding of every page that had arrived.
-        prompt = await asyncio.get_running_loop().run_in_executor(self._prep, self._prompt, request)
-        render = getattr(getattr(served.llm, "renderer", None), "render_cmpl_async", None)
+        return await asyncio.get_running_loop().run_in_executor(self._prep, self._render, served, request)
+
+    def _render(self, served: _Served, request: EngineRequest) -> Any:
+        # Several pages at once through one renderer: vLLM's own pool does the same; safe with
+        # the multimodal processor cache off (vllm_engine_args turns it off).
+        prompt = self._prompt(request)
+        render = getattr(getattr(served.llm, "renderer", None), "render_cmpl", None)
         if render is None:
             return prompt
-        (engine_input,) = await render([prompt])
+        (engine_input,) = render([prompt])
         return engine_input
 
     def _prompt(self, request: EngineRequest) -> dict[str, Any]:
@@ -579,8 +590,6 @@ def vllm_engine_args(settings: EngineSettings, name: str, model: str, memory_sha
         # Lets _build switch the V1 runner's per-step host wait off for the n-gram processor
         # (vllm_ngram) and compile the vision encoder (vllm_modes) in the worker.
         args["worker_extension_cls"] = _WORKER_EXTENSION
-    # Image preprocessing threads (see _engine_input); needs the processor cache off (it is).
-    args["renderer_num_workers"] = _preprocess_workers(s)
     batched_tokens = s.max_num_batched_tokens or _default_batched_tokens()
     if batched_tokens is not None:
         args["max_num_batched_tokens"] = batched_tokens
@@ -598,6 +607,24 @@ def vllm_engine_args(settings: EngineSettings, name: str, model: str, memory_sha
         return AsyncEngineArgs(**args)
     except Exception as exc:
         raise EngineUnavailable(f"vLLM could not start {model}: {type(exc).__name__}: {exc}") from exc
+
+
+def vllm_engine_config(settings: EngineSettings, args: Any, usage_context: Any) -> Any:
+    """vLLM's ``VllmConfig`` from ``args`` (``vllm_engine_args``), as vLLM builds it for
+    ``usage_context``, with room in the encoder cache for ``settings.encoder_cache_steps`` steps.
+
+    vLLM sizes the cache that holds the vision encoder's output until the prefill has consumed it
+    to one step's token budget and offers no argument for it; the scheduler reads the size from
+    this config when the engine core starts.
+    """
+    config = args.create_engine_config(usage_context=usage_context)
+    scheduler = config.scheduler_config
+    one_step = getattr(scheduler, "encoder_cache_size", None)
+    if isinstance(one_step, int) and one_step > 0:
+        scheduler.encoder_cache_size = one_step * settings.encoder_cache_steps
+    else:  # a vLLM without it: leave vLLM's own cache alone
+        logger.warning("encoder_cache_steps ignored: this vLLM's scheduler config has no encoder_cache_size")
+    return config
 
 
 def _modes_module(*, warn: bool = True) -> Any:

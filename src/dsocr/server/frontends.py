@@ -84,7 +84,7 @@ def serve_vllm_frontends(
             "the vLLM engine needs vLLM: pip install 'dsocr[vllm]'", field="engine.kind"
         ) from exc
 
-    from dsocr.engine.vllm import vllm_engine_args
+    from dsocr.engine.vllm import vllm_engine_args, vllm_engine_config
 
     name = engine.served_model_name or engine.model
     args = vllm_engine_args(engine, name, engine.model, engine.gpu_memory_utilization)
@@ -92,7 +92,7 @@ def serve_vllm_frontends(
     from vllm.usage.usage_lib import UsageContext
 
     try:
-        config = args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        config = vllm_engine_config(engine, args, UsageContext.OPENAI_API_SERVER)
     except Exception as exc:
         raise EngineUnavailable(f"vLLM could not start {engine.model}: {type(exc).__name__}: {exc}") from exc
     executor_class = Executor.get_class(config)

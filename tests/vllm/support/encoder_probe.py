@@ -71,3 +71,23 @@ class EncoderProbe:
                 float((a.float() - b.float()).abs().max()) for a, b in zip(mixed, alone, strict=True)
             ],
         }
+
+    def dsocr_probe_encoder_cache(self) -> dict[str, int]:
+        """The engine core's encoder cache size and its step budget, read from the scheduler.
+
+        The worker runs in the engine core's process (one worker); the core's ``collective_rpc``
+        frame, whose ``self`` owns the scheduler, is up this call's stack.
+        """
+        import sys
+
+        frame = sys._getframe(1)
+        while frame is not None:
+            owner = frame.f_locals.get("self")
+            if hasattr(owner, "scheduler") and hasattr(owner, "model_executor"):
+                scheduler = owner.scheduler
+                return {
+                    "cache_size": int(scheduler.encoder_cache_manager.cache_size),
+                    "step_tokens": int(scheduler.scheduler_config.max_num_batched_tokens),
+                }
+            frame = frame.f_back
+        raise RuntimeError("not called inside vLLM's engine core")
