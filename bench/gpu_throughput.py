@@ -855,6 +855,20 @@ def engine_config(engine: Any) -> dict[str, Any]:
     }
 
 
+async def started_engine(phase: str, settings: dict[str, Any]) -> Any:
+    """dsocr's VLLMEngine with ``settings`` (``EngineSettings`` fields), started; prints its ENGINE
+    line (start time, vLLM's resolved config)."""
+    from dsocr.engine.vllm import VLLMEngine
+    from dsocr.settings import EngineSettings
+
+    engine = VLLMEngine(EngineSettings(**settings))
+    t0 = time.monotonic()
+    await engine.start()
+    start_s = round(time.monotonic() - t0, 1)
+    print("ENGINE", json.dumps({"phase": phase, "start_s": start_s, **engine_config(engine)}), flush=True)
+    return engine
+
+
 async def run_profile(
     model: str,
     n: int,
@@ -1133,14 +1147,8 @@ async def run_encoder(
     worker; then ``rounds`` rounds of timed passes of ``n`` pages × ``tokens`` on one engine, one
     per variant of ``ab`` (AB_VARIANTS) in turn, each with its timeline and host probe."""
     os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # collective_rpc of functions, bench only
-    from dsocr.engine.vllm import VLLMEngine
-    from dsocr.settings import EngineSettings
 
-    engine = VLLMEngine(EngineSettings(**engine_settings(model, max_seqs, overrides, False)))
-    t0 = time.monotonic()
-    await engine.start()
-    start_s = round(time.monotonic() - t0, 1)
-    print("ENGINE", json.dumps({"phase": "encoder", "start_s": start_s, **engine_config(engine)}))
+    engine = await started_engine("encoder", engine_settings(model, max_seqs, overrides, False))
     (served,) = engine._served.values()
     batches = tuple(b for b in (8, 17) if b <= n) or (n,)  # engine-sized steps (16384 tokens ≈ 17 pages)
     (study,) = await served.llm.collective_rpc(_encoder_study, args=(5, batches))
@@ -1271,14 +1279,8 @@ async def run_compile(
     ``tokens`` on one engine, one per variant of ``ab`` in turn, order reversed every other round:
     ``compiled`` (dsocr's SAM compiled at start, as shipped) or ``eager``."""
     os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # collective_rpc of functions, bench only
-    from dsocr.engine.vllm import VLLMEngine
-    from dsocr.settings import EngineSettings
 
-    engine = VLLMEngine(EngineSettings(**engine_settings(model, max_seqs, overrides, False)))
-    t0 = time.monotonic()
-    await engine.start()
-    start_s = round(time.monotonic() - t0, 1)
-    print("ENGINE", json.dumps({"phase": "compile", "start_s": start_s, **engine_config(engine)}), flush=True)
+    engine = await started_engine("compile", engine_settings(model, max_seqs, overrides, False))
     (served,) = engine._served.values()
     if rounds == 0:  # the study alone (its compiles take minutes)
         batches = (8, 17) if n >= 17 else (1, 2)  # engine-sized steps (16384 tokens ≈ 17 pages)
@@ -1389,18 +1391,12 @@ async def run_runtime_ab(
     encoder CUDA graphs (``graphs``) or none (``eager``), on an engine started with them. After each
     pass a STEPS line gives the pages its engine steps encoded (pages: steps)."""
     os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # collective_rpc of functions, bench only
-    from dsocr.engine.vllm import VLLMEngine
-    from dsocr.settings import EngineSettings
 
     switch, _, start_with = RUNTIME_AB[phase]
     values = engine_settings(model, max_seqs, overrides, False)
     for key, extra in start_with.items():
         values[key] = {**extra, **values.get(key, {})}
-    engine = VLLMEngine(EngineSettings(**values))
-    t0 = time.monotonic()
-    await engine.start()
-    start_s = round(time.monotonic() - t0, 1)
-    print("ENGINE", json.dumps({"phase": phase, "start_s": start_s, **engine_config(engine)}), flush=True)
+    engine = await started_engine(phase, values)
     (served,) = engine._served.values()
     forced = ForcedLength(engine, tokens)
     forced.time_rendering()
@@ -1488,17 +1484,11 @@ async def run_steps(
     """
     os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # collective_rpc of functions, bench only
     from dsocr.engine.base import SamplingOptions
-    from dsocr.engine.vllm import VLLMEngine
-    from dsocr.settings import EngineSettings
 
     unknown = sorted(set(variants) - set(STEP_VARIANTS))
     if unknown:
         raise SystemExit(f"--ab for steps: unknown {unknown}; choose from {list(STEP_VARIANTS)}")
-    engine = VLLMEngine(EngineSettings(**engine_settings(model, max_seqs, overrides, False)))
-    t0 = time.monotonic()
-    await engine.start()
-    start_s = round(time.monotonic() - t0, 1)
-    print("ENGINE", json.dumps({"phase": "steps", "start_s": start_s, **engine_config(engine)}), flush=True)
+    engine = await started_engine("steps", engine_settings(model, max_seqs, overrides, False))
     (served,) = engine._served.values()
     forced = ForcedLength(engine, tokens)
     forced.time_rendering()
@@ -1532,16 +1522,8 @@ async def run_ingest(model: str, n: int, tokens: int, max_seqs: int, overrides: 
     """
     os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # for _time_encoder, bench only
     from dsocr.engine.base import EngineRequest
-    from dsocr.engine.vllm import VLLMEngine
-    from dsocr.settings import EngineSettings
 
-    engine = VLLMEngine(EngineSettings(**engine_settings(model, max_seqs, overrides, False)))
-    t0 = time.monotonic()
-    await engine.start()
-    print(
-        "ENGINE",
-        json.dumps({"phase": "ingest", "start_s": round(time.monotonic() - t0, 1), **engine_config(engine)}),
-    )
+    engine = await started_engine("ingest", engine_settings(model, max_seqs, overrides, False))
     (served,) = engine._served.values()
     (encoder,) = await served.llm.collective_rpc(_time_encoder, args=([1, 8, 18], 5))
     print("ENCODER", json.dumps(encoder), flush=True)
