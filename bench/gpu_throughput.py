@@ -19,7 +19,9 @@ pairs on one engine (order alternating); its passes print a per-request timeline
 core's step time and a host probe. ``--spy-http N`` records the first HTTP pass with py-spy
 (``DSOCR_BENCH_SPY_GIL=1``: only the thread that holds the GIL),
 ``--switch-ms 5,1`` sets the GIL's switch interval per round, ``--default-threads 20,4`` the size of
-the event loop's default executor (where the server decodes uploads) per round.
+the event loop's default executor (where the server decodes uploads) per round, ``--pin
+off,main,main,off`` where the engine core's threads and the server's run per round (``pin_cpus``),
+``--core-threads 0,1,1,0`` torch's CPU threads in the engine core per round (0: as started).
 
 Optional phases: ``engine-offline`` (the ``engine`` phase without its HTTP pass),
 ``engine-plain`` (our engine, repetition control off: the ceiling),
@@ -60,6 +62,7 @@ import argparse
 import asyncio
 import base64
 import collections
+import contextlib
 import gc
 import io
 import itertools
@@ -200,6 +203,109 @@ def _quantiles(values: list[float], qs: tuple[float, ...]) -> list[float]:
     return [ordered[int(q * (len(ordered) - 1))] for q in qs]
 
 
+def _thread_counters(pid: int) -> dict[int, tuple[str, int, int, int]]:
+    """For each thread of ``pid``: (name, utime + stime in clock ticks, involuntary context
+    switches, CPU migrations; -1 where /proc has no ``sched`` file)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            stat = (task / "stat").read_text()
+            status = (task / "status").read_text()
+            sched = (task / "sched").read_text() if (task / "sched").exists() else ""
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+        nvcsw = next((int(x.split()[1]) for x in status.splitlines() if x.startswith("nonvoluntary_ctxt")), 0)
+        migrations = next((int(x.split()[-1]) for x in sched.splitlines() if "nr_migrations" in x), -1)
+        out[int(task.name)] = (name, ticks, nvcsw, migrations)
+    return out
+
+
+def _busiest(
+    before: dict[int, tuple[str, int, int, int]], after: dict[int, tuple[str, int, int, int]], pid: int
+) -> list[dict[str, Any]]:
+    """The four threads that used the most CPU between two ``_thread_counters`` readings
+    (``main``: the process's first thread; for the engine core, the one that steps the model)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    rows = []
+    for tid, (name, ticks, nvcsw, migrations) in after.items():
+        _, ticks0, nvcsw0, migrations0 = before.get(tid, (name, 0, 0, 0))
+        rows.append(
+            {
+                "name": ("main:" if tid == pid else "") + name,
+                "cpu_s": round((ticks - ticks0) / hz, 1),
+                "nvcsw": nvcsw - nvcsw0,
+                "migrations": migrations - migrations0 if migrations >= 0 else None,
+            }
+        )
+    return sorted(rows, key=lambda row: -row["cpu_s"])[:4]
+
+
+def _cpu_list(text: str) -> list[int]:
+    """``0-3,8,10-11`` -> [0, 1, 2, 3, 8, 10, 11] (the kernel's CPU list syntax)."""
+    cpus: list[int] = []
+    for part in text.strip().split(","):
+        if part:
+            first, _, last = part.partition("-")
+            cpus += range(int(first), int(last or first) + 1)
+    return cpus
+
+
+def physical_cores() -> list[list[int]]:
+    """The host's online CPUs, grouped by physical core (SMT siblings together)."""
+    allowed = set(_cpu_list(Path("/sys/devices/system/cpu/online").read_text()))
+    cores: dict[tuple[int, ...], None] = {}
+    for cpu in sorted(allowed):
+        path = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        siblings = _cpu_list(path.read_text()) if path.exists() else [cpu]
+        cores[tuple(c for c in siblings if c in allowed)] = None
+    return [list(core) for core in cores]
+
+
+def _torch_threads(worker: Any, threads: int) -> str:
+    """In the engine core (``collective_rpc``): set torch's CPU threads to ``threads`` (0: leave
+    them); return the number in effect and the thread this ran on (torch's setting is per
+    thread: it must be the one that steps the model, the core's main thread)."""
+    import threading
+
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return f"{torch.get_num_threads()}@{threading.current_thread().name}"
+
+
+PIN_VARIANTS = ("off", "core", "main")
+
+
+def pin_cpus(variant: str) -> dict[str, Any]:
+    """Place the engine core's threads and this process's (and so the HTTP clients', which
+    inherit it) on CPUs, by ``variant``:
+
+    ``off``: everyone on every CPU (the kernel's choice); ``core``: the engine core's threads on
+    the last two physical cores, everyone else on the others; ``main``: the engine core's first
+    thread (the one that schedules and steps the model) alone on the last physical core, its
+    other threads on the one before, everyone else on the rest."""
+    cores = [set(core) for core in physical_cores()]
+    everyone = set().union(*cores)
+    core_pid = _engine_core_pid()
+    if variant == "off" or len(cores) < 3 or core_pid is None:
+        main = others = front = everyone
+    else:
+        front = everyone - cores[-1] - cores[-2]
+        main, others = (cores[-1], cores[-2]) if variant == "main" else ((cores[-1] | cores[-2],) * 2)
+    if core_pid is not None:
+        for task in Path(f"/proc/{core_pid}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(task.name), main if int(task.name) == core_pid else others)
+    for task in Path("/proc/self/task").glob("*"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), front)
+    return {"pin": variant, "core_main": sorted(main), "core_others": sorted(others), "front": sorted(front)}
+
+
 class PassProbe:
     """What the host does during one pass: CPU seconds of this process and of each child process
     (the engine core), event-loop lag (a 10 ms ticker), the GPU's busy share (NVML, every 50 ms),
@@ -218,6 +324,15 @@ class PassProbe:
             self._gc_started = time.perf_counter()
         else:
             self._gc_pauses.append((info["generation"], time.perf_counter() - self._gc_started))
+
+    def _threads(self) -> dict[int, dict[int, tuple[str, int, int, int]]]:
+        """Per process (this one, the engine core), per thread: (name, CPU ticks, involuntary
+        context switches, CPU migrations or -1 where the kernel does not count them)."""
+        pids = [self._proc.pid]
+        core = _engine_core_pid()
+        if core is not None:
+            pids.append(core)
+        return {pid: _thread_counters(pid) for pid in pids}
 
     def _cpu(self) -> dict[int, float]:
         """CPU seconds so far per process: this one and every live descendant."""
@@ -255,6 +370,7 @@ class PassProbe:
 
     async def __aenter__(self) -> PassProbe:
         self._cpu0 = self._cpu()
+        self._threads0 = self._threads()
         self._t0 = time.monotonic()
         gc.callbacks.append(self._on_gc)
         self._tick = asyncio.create_task(self._ticker())
@@ -267,6 +383,7 @@ class PassProbe:
         wall = time.monotonic() - self._t0
         full = [seconds for generation, seconds in self._gc_pauses if generation == 2]
         cpu = self._cpu()
+        threads = self._threads()
         own = cpu.pop(self._proc.pid) - self._cpu0[self._proc.pid]
         # Descendants alive at the end (the engine core; the client process has exited by then).
         children = {pid: round(s - self._cpu0.get(pid, 0.0), 1) for pid, s in cpu.items()}
@@ -280,6 +397,10 @@ class PassProbe:
             "gpu_busy_pct": round(sum(samples) / len(samples), 1) if samples else None,
             "gc_s": round(sum(seconds for _, seconds in self._gc_pauses), 2),
             "gc_full_ms": [round(seconds * 1000) for seconds in full],
+            "busiest_threads": {
+                "front" if pid == self._proc.pid else "core": _busiest(self._threads0.get(pid, {}), now, pid)
+                for pid, now in threads.items()
+            },
         }
 
 
@@ -635,6 +756,8 @@ async def run_engine(
     spy_s: int = 0,
     switch_ms: list[float] | None = None,
     default_threads: list[int] | None = None,
+    pins: list[str] | None = None,
+    core_threads: list[int] | None = None,
 ) -> None:
     """Offline pass, then the HTTP pass on the same engine; ``rounds`` > 1 adds more pairs.
 
@@ -653,6 +776,8 @@ async def run_engine(
         server={"max_concurrency": max(n + 16, 256), "port": port},
         limits={"max_queue": max(2 * n, 512)},
     )
+    if core_threads:  # read by the engine core when it starts
+        os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # collective_rpc of functions, bench only
     engine = VLLMEngine(settings.engine)
     t0 = time.monotonic()
     await engine.start()
@@ -664,9 +789,17 @@ async def run_engine(
     images = [page(i) for i in range(n)]
     await _offline_pass(forced, images[:8])
 
-    def start_round(r: int) -> None:
-        """Round ``r`` (from 1) runs at the next of ``switch_ms`` (the GIL's switch interval) and
-        of ``default_threads`` (the event loop's default executor: the server's PNG decoding)."""
+    print("CPUS", json.dumps({"physical_cores": physical_cores()}), flush=True)
+    if core_threads:
+        (served,) = engine._served.values()
+        (started,) = await served.llm.collective_rpc(_torch_threads, args=(0,))
+        started_threads = int(started.split("@")[0])
+
+    async def start_round(r: int) -> None:
+        """Round ``r`` (from 1) runs at the next of ``switch_ms`` (the GIL's switch interval), of
+        ``default_threads`` (the event loop's default executor: the server's PNG decoding) and of
+        ``pins`` (``pin_cpus``: where the engine core's threads and ours run) and of
+        ``core_threads`` (torch's CPU threads in the engine core; 0: as it started)."""
         if switch_ms:
             sys.setswitchinterval(switch_ms[(r - 1) % len(switch_ms)] / 1000)
         threads = None
@@ -675,12 +808,18 @@ async def run_engine(
             executor = ThreadPoolExecutor(threads, thread_name_prefix=f"default-{threads}")
             asyncio.get_running_loop().set_default_executor(executor)
         info = {"round": r, "switch_ms": sys.getswitchinterval() * 1000, "default_threads": threads}
+        if pins:
+            info |= pin_cpus(pins[(r - 1) % len(pins)])
+        if core_threads:
+            torch_threads = core_threads[(r - 1) % len(core_threads)] or started_threads
+            await served.llm.collective_rpc(_torch_threads, args=(torch_threads,))
+            (info["core_torch_threads"],) = await served.llm.collective_rpc(_torch_threads, args=(0,))
         print("ROUND", json.dumps(info), flush=True)
 
     async def offline_pass(label: str) -> dict[str, Any]:
         return await _timed_offline_pass(forced, images, label, engine_start_s=round(start_s, 1))
 
-    start_round(1)
+    await start_round(1)
     offline = await offline_pass("engine")
     app = create_app(settings, engine=forced)  # type: ignore[arg-type]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -694,7 +833,7 @@ async def run_engine(
     if 1 in frontends:
         await _http_pass("http", base, pngs, n, tokens, offline["pages_per_s"], forced, spy_s)
         for r in range(2, rounds + 1):
-            start_round(r)
+            await start_round(r)
             http_first = r % 2 == 0
             if http_first:
                 await _http_pass(f"http#{r}", base, pngs, n, tokens, offline["pages_per_s"], forced)
@@ -1698,6 +1837,16 @@ def main() -> None:
         default="",
         help="loop default executor size per round, cycled (e.g. 20,4)",
     )
+    ap.add_argument(
+        "--pin",
+        default="",
+        help=f"engine phase: CPU placement per round, cycled, of {'/'.join(PIN_VARIANTS)}; e.g. off,main",
+    )
+    ap.add_argument(
+        "--core-threads",
+        default="",
+        help="engine phase: torch's CPU threads in the engine core per round, cycled (0: as started)",
+    )
     ap.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)  # internal (frontends)
     ap.add_argument("--settings", help=argparse.SUPPRESS)  # internal (frontends)
     a = ap.parse_args()
@@ -1722,6 +1871,8 @@ def main() -> None:
                 a.spy_http,
                 [float(v) for v in a.switch_ms.split(",")] if a.switch_ms else None,
                 [int(v) for v in a.default_threads.split(",")] if a.default_threads else None,
+                [v for v in a.pin.split(",") if v] or None,
+                [int(v) for v in a.core_threads.split(",") if v] or None,
             )
         )
     if a.phase in ("engine-plain", "engine-devhist", "engine-hostwait", "engine-offline"):
@@ -1773,6 +1924,7 @@ def main() -> None:
         cmd += ["--http-frontends", a.http_frontends, "--rounds", str(a.rounds)]
         cmd += ["--spy-http", str(a.spy_http), "--switch-ms", a.switch_ms]
         cmd += ["--default-threads", a.default_threads, "--ab", a.ab, "--spy-core", a.spy_core]
+        cmd += ["--pin", a.pin, "--core-threads", a.core_threads]
         cmd += ["--recipe-max-seqs", str(a.recipe_max_seqs)] if a.recipe_max_seqs else []
         cmd += ["--profile-delay", str(a.profile_delay)] if a.profile_delay is not None else []
         cmd += ["--log-stats"] if a.log_stats else []
