@@ -9,6 +9,7 @@ import threading
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -225,6 +226,62 @@ async def test_device_token_history_bans_exactly_like_the_default_path(engine: A
         assert (await devhist.generate(req)).text == (await engine.generate(req)).text
     finally:
         await devhist.close()
+
+
+async def test_gpu_engine_cores_run_torch_on_one_cpu_thread_and_cpu_ones_keep_vllms_own(
+    engine: Any, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+    from vllm.platforms import current_platform
+
+    from dsocr.engine import vllm as vllm_engine
+    from dsocr.settings import EngineSettings
+
+    # On vLLM's CPU platform torch's threads run the model: the setting leaves them alone.
+    assert not any(key.startswith("engine_core_threads") for key in engine.info.details)
+    settings = EngineSettings(
+        kind="vllm", model=str(tiny_model_dir), ngram_device_history=False, engine_core_threads=1
+    )
+    assert vllm_engine._core_threads(settings) is None
+    assert not vllm_engine.vllm_engine_args(settings, "m", str(tiny_model_dir), 0.5).worker_extension_cls
+    # On a GPU: one thread by default, through dsocr's worker extension (vLLM loads it for that alone).
+    monkeypatch.setattr(type(current_platform), "is_cuda_alike", lambda self: True)
+    assert EngineSettings().engine_core_threads == 1
+    assert vllm_engine._core_threads(settings) == 1
+    assert vllm_engine._core_threads(settings.model_copy(update={"engine_core_threads": None})) is None
+    args = vllm_engine.vllm_engine_args(settings, "m", str(tiny_model_dir), 0.5)
+    assert args.worker_extension_cls == "dsocr.engine.vllm_worker.WorkerExtension"
+    monkeypatch.undo()
+
+    # The extension's call sets torch's threads in the process it runs in.
+    from dsocr.engine.vllm_worker import WorkerExtension
+
+    before = torch.get_num_threads()
+    try:
+        assert WorkerExtension().dsocr_set_torch_threads(1) == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    # A real start on this CPU platform, told it is a GPU's: the call reaches the engine core's
+    # worker and the engine reports the worker's answer. (vLLM's CPU worker keeps the threads it
+    # bound and ignores the call: the answer is its own count.)
+    vllm_args = {k: v for k, v in engine._settings.vllm_args.items() if k != "worker_extension_cls"}
+    monkeypatch.setattr(vllm_engine, "_core_threads", lambda settings: 1)
+    limited = vllm_engine.VLLMEngine(
+        engine._settings.model_copy(update={"ngram_device_history": False, "vllm_args": vllm_args})
+    )
+    await limited.start()
+    try:
+        (served,) = limited._served.values()
+        (bound,) = await served.llm.collective_rpc("dsocr_set_torch_threads", args=(1,))
+        assert limited.info.details["engine_core_threads[deepseek-ocr-tiny]"] == str(bound)
+        req = request(max_tokens=12, ignore_eos=True)
+        assert (await limited.generate(req)).text == (await engine.generate(req)).text
+    finally:
+        await limited.close()
+    # An operator's own worker extension takes the slot: the engine says it could not apply it.
+    (served,) = engine._served.values()
+    reason = await engine._limit_core_threads(served.llm, SimpleNamespace(worker_extension_cls="x.Y"), 1)
+    assert reason == "torch's default (worker_extension_cls taken)"
 
 
 async def test_gpu_engines_get_a_batch_budget_that_encodes_many_pages_per_step(

@@ -280,6 +280,8 @@ class VLLMEngine:
                 "worker_extension_cls (or the engine runs Model Runner V2)",
                 name,
             )
+        if (threads := _core_threads(self._settings)) is not None:
+            self._details[f"engine_core_threads[{name}]"] = await self._limit_core_threads(llm, args, threads)
         if self._settings.compile_encoder:
             self._details[f"encoder_compile[{name}]"] = await self._compile_encoder(llm, args)
         modes = SUPPORTED_MODES
@@ -293,6 +295,22 @@ class VLLMEngine:
             self._details[f"device_views[{name}]"] = "on" if on else "off"
         logger.info("vLLM %s serving %s as %s (modes %s)", self._version, model, name, ",".join(modes))
         return _Served(name=name, model=model, llm=llm, image_token_id=image_token_id, modes=modes)
+
+    async def _limit_core_threads(self, llm: Any, args: Any, threads: int) -> str:
+        """torch's CPU threads in every worker set to ``threads``; what each reports, or why not.
+        Unlike an OMP_NUM_THREADS for the core process, this also shrinks the pools torch started
+        while vLLM loaded the model (bench/README.md, session 12)."""
+        if args.worker_extension_cls != _WORKER_EXTENSION:
+            logger.warning(
+                "engine_core_threads ignored: DSOCR_ENGINE__VLLM_ARGS names its own worker_extension_cls"
+            )
+            return "torch's default (worker_extension_cls taken)"
+        try:
+            reported = await llm.collective_rpc("dsocr_set_torch_threads", args=(threads,))
+        except Exception as exc:  # an optimisation, not a dependency
+            logger.warning("engine_core_threads not applied: %s: %s", type(exc).__name__, exc)
+            return f"torch's default ({type(exc).__name__})"
+        return ",".join(str(n) for n in reported)
 
     async def _compile_encoder(self, llm: Any, args: Any) -> str:
         """Compile the vision encoder in every worker before serving; on failure, warn and serve
@@ -586,9 +604,10 @@ def vllm_engine_args(settings: EngineSettings, name: str, model: str, memory_sha
         args["hf_overrides"] = functools.partial(
             modes_module.use_mode_architecture, device_views=_device_views(s)
         )
-    if _device_history(s) or s.compile_encoder:
+    if _device_history(s) or s.compile_encoder or _core_threads(s) is not None:
         # Lets _build switch the V1 runner's per-step host wait off for the n-gram processor
-        # (vllm_ngram) and compile the vision encoder (vllm_modes) in the worker.
+        # (vllm_ngram), compile the vision encoder (vllm_modes) and set torch's CPU threads in
+        # the worker.
         args["worker_extension_cls"] = _WORKER_EXTENSION
     batched_tokens = s.max_num_batched_tokens or _default_batched_tokens()
     if batched_tokens is not None:
@@ -625,6 +644,14 @@ def vllm_engine_config(settings: EngineSettings, args: Any, usage_context: Any) 
     else:  # a vLLM without it: leave vLLM's own cache alone
         logger.warning("encoder_cache_steps ignored: this vLLM's scheduler config has no encoder_cache_size")
     return config
+
+
+def _core_threads(settings: EngineSettings) -> int | None:
+    """torch's CPU threads for the engine core's worker: ``engine_core_threads`` on a GPU; on a CPU
+    platform those threads run the model, and vLLM's CPU worker sizes them itself."""
+    from vllm.platforms import current_platform
+
+    return settings.engine_core_threads if current_platform.is_cuda_alike() else None
 
 
 def _modes_module(*, warn: bool = True) -> Any:

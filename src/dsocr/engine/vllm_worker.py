@@ -20,6 +20,15 @@ class WorkerExtension:
 
         return enable_device_history(self.model_runner)
 
+    def dsocr_set_torch_threads(self, threads: int) -> int:
+        """torch's CPU threads (intra-op pools) in this worker set to ``threads``; returns the
+        number torch then reports. On a GPU the worker runs only small CPU ops, and by default a
+        pool of one thread per core waits beside it (dsocr.settings.EngineSettings.engine_core_threads)."""
+        import torch
+
+        torch.set_num_threads(threads)
+        return int(torch.get_num_threads())
+
     def dsocr_compile_vision_encoder(self, backend: str) -> dict[str, Any]:
         """SAM ``torch.compile``d for Gundam's view sizes (dsocr.engine.vllm_modes); an empty
         answer where the model is not dsocr's class (upstream's, DeepSeek-OCR 2)."""
