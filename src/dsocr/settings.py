@@ -44,11 +44,11 @@ class EngineSettings(BaseModel):
     # (bench/README.md, session 11).
     encoder_cache_steps: int = Field(2, ge=1, le=8)
     # vLLM engine on a GPU: torch's CPU threads in the engine core's worker, set through dsocr's
-    # worker extension after start. torch's default, one per core, keeps 15 pool threads busy
+    # worker extension after start. torch's default, one per core, keeps a pool of threads busy
     # beside the thread that steps the model, for the few CPU ops it runs (vLLM gives its own
-    # multi-GPU workers one). With 1, on the H100: the core's CPU time per pass −35 to −45 %, and
-    # +10 % pages/s offline, +3.5 % over HTTP on average (two A/B runs, bench/README.md, session
-    # 12). ``None``: torch's default.
+    # multi-GPU workers one). With 1, on the H100, two A/B runs on one engine: the core's CPU
+    # time per pass −35 / −39 %, pages/s +8.6 / +12.2 % offline, −0.4 / +8.6 % over HTTP
+    # (bench/README.md, session 12). ``None``: torch's default.
     engine_core_threads: int | None = Field(1, ge=1)
     kv_cache_dtype: str = "auto"
     # vLLM engine: threads that turn pages into model inputs (without device views also image
