@@ -68,9 +68,11 @@ import io
 import itertools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -152,7 +154,8 @@ class Timeline:
     ``done``: the output is back. Printed as seconds since the pass started, at 0 / 50 / 100 %.
     Inside rendering (``ForcedLength.time_rendering``): ``prep`` (our step before vLLM's renderer),
     ``tok`` (vLLM's prompt tokenisation) and ``mm`` (the image processor), each ``_start`` /
-    ``_end``.
+    ``_end``. Before the engine, HTTP passes only (``ForcedLength.time_front_door``): ``arrived``,
+    ``body``, ``b64``, ``png``, ``decoded``.
     ``steps``: each batch of outputs from the engine core, (made in the core, read by the front
     end, outputs in it); summarised as the core's step time once every page is in (ms, 50 / 90 %)
     and how far the front end's reading trails the core (ms, 50 % / max).
@@ -306,6 +309,9 @@ def pin_cpus(variant: str) -> dict[str, Any]:
     return {"pin": variant, "core_main": sorted(main), "core_others": sorted(others), "front": sorted(front)}
 
 
+STALL_S = 0.1  # an event-loop lag at least this long is reported with the time it happened
+
+
 class PassProbe:
     """What the host does during one pass: CPU seconds of this process and of each child process
     (the engine core), event-loop lag (a 10 ms ticker), the GPU's busy share (NVML, every 50 ms),
@@ -318,6 +324,7 @@ class PassProbe:
         self._stop = asyncio.Event()
         self._gc_pauses: list[tuple[int, float]] = []  # (generation, seconds) of this process's collections
         self._gc_started = 0.0
+        self._stalls: list[tuple[float, float]] = []  # (seconds into the pass, lag) of each stall
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -352,6 +359,8 @@ class PassProbe:
             await asyncio.sleep(0.01)
             lag = time.monotonic() - t - 0.01
             worst, total = max(worst, lag), total + max(lag, 0.0)
+            if lag >= STALL_S:
+                self._stalls.append((t - self._t0, lag))
         return worst, total
 
     def _gpu(self) -> list[int]:
@@ -388,12 +397,15 @@ class PassProbe:
         # Descendants alive at the end (the engine core; the client process has exited by then).
         children = {pid: round(s - self._cpu0.get(pid, 0.0), 1) for pid, s in cpu.items()}
         worst, total = await self._tick
+        longest = sorted(self._stalls, key=lambda stall: -stall[1])[:6]
         samples = await self._gpu_task
         self.report = {
             "front_cpu_s": round(own, 1),
             "children_cpu_s": children,
             "loop_lag_max_ms": round(worst * 1000, 1),
             "loop_lag_share": round(total / wall, 3),
+            # The longest stalls, in the order they happened: [seconds into the pass, ms].
+            "loop_stalls": [[round(at, 2), round(lag * 1000)] for at, lag in sorted(longest)],
             "gpu_busy_pct": round(sum(samples) / len(samples), 1) if samples else None,
             "gc_s": round(sum(seconds for _, seconds in self._gc_pauses), 2),
             "gc_full_ms": [round(seconds * 1000) for seconds in full],
@@ -470,6 +482,51 @@ class ForcedLength:
             return engine_input
 
         self._engine._engine_input = timed
+
+    def time_front_door(self, app: Any) -> Any:
+        """Mark each chat request's way in, before it reaches the engine (HTTP passes): ``arrived``
+        (its headers read, the app called), ``body`` (its last byte read), ``b64`` and ``png``
+        (the base64 and the PNG decoding start, each on a worker thread), ``decoded`` (the page is
+        an image). Returns ``app`` wrapped; dsocr's route and input modules are patched."""
+        import dsocr.inputs as inputs
+        from dsocr.server import routes_openai
+
+        def marked_start(func: Any, stage: str) -> Any:
+            def marked(*args: Any, **kwargs: Any) -> Any:
+                if self.timeline is not None:
+                    self.timeline.mark(stage)
+                return func(*args, **kwargs)
+
+            return marked
+
+        inputs.decode_base64 = marked_start(inputs.decode_base64, "b64")  # type: ignore[attr-defined]
+        inputs.open_image = marked_start(inputs.open_image, "png")
+        chat_image = routes_openai.chat_image
+
+        async def timed_chat_image(*args: Any, **kwargs: Any) -> Any:
+            image = await chat_image(*args, **kwargs)
+            if self.timeline is not None:
+                self.timeline.mark("decoded")
+            return image
+
+        routes_openai.chat_image = timed_chat_image
+
+        async def marked_app(scope: Any, receive: Any, send: Any) -> None:
+            timeline = self.timeline
+            if timeline is None or scope["type"] != "http" or scope["path"] != "/v1/chat/completions":
+                await app(scope, receive, send)
+                return
+            timeline.mark("arrived")
+
+            async def marked_receive() -> Any:
+                message = await receive()
+                if message["type"] == "http.request" and not message.get("more_body", False):
+                    timeline.mark("body")
+                return message
+
+            await app(scope, marked_receive, send)
+
+        return marked_app
 
     def stream(self, request: Any) -> Any:
         return self._engine.stream(self._force(request))
@@ -782,7 +839,12 @@ async def run_engine(
     t0 = time.monotonic()
     await engine.start()
     start_s = time.monotonic() - t0
-    print("ENGINE", json.dumps({"start_s": round(start_s, 1), **engine_config(engine)}), flush=True)
+    loop = type(asyncio.get_running_loop()).__module__
+    print(
+        "ENGINE",
+        json.dumps({"start_s": round(start_s, 1), "loop": loop, **engine_config(engine)}),
+        flush=True,
+    )
     forced = ForcedLength(engine, tokens)
     forced.time_rendering()
     watch_core(engine, forced)
@@ -821,7 +883,7 @@ async def run_engine(
 
     await start_round(1)
     offline = await offline_pass("engine")
-    app = create_app(settings, engine=forced)  # type: ignore[arg-type]
+    app = forced.time_front_door(create_app(settings, engine=forced))  # type: ignore[arg-type]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     serving = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110 - uvicorn offers no "started" event
@@ -831,20 +893,38 @@ async def run_engine(
     pngs = list(await asyncio.gather(*(asyncio.to_thread(_png_b64, im) for im in images)))
     await _smoke_routes(base, pngs[0])
     if 1 in frontends:
-        await _http_pass("http", base, pngs, n, tokens, offline["pages_per_s"], forced, spy_s)
+        http = await _http_pass("http", base, pngs, n, tokens, offline["pages_per_s"], forced, spy_s)
+        pairs = [(offline["pages_per_s"], http["pages_per_s"])]
         for r in range(2, rounds + 1):
             await start_round(r)
             http_first = r % 2 == 0
             if http_first:
-                await _http_pass(f"http#{r}", base, pngs, n, tokens, offline["pages_per_s"], forced)
+                http = await _http_pass(f"http#{r}", base, pngs, n, tokens, offline["pages_per_s"], forced)
             offline = await offline_pass(f"engine#{r}")
             if not http_first:
-                await _http_pass(f"http#{r}", base, pngs, n, tokens, offline["pages_per_s"], forced)
+                http = await _http_pass(f"http#{r}", base, pngs, n, tokens, offline["pages_per_s"], forced)
+            pairs.append((offline["pages_per_s"], http["pages_per_s"]))
+        print("SUMMARY", json.dumps(pair_summary(pairs)), flush=True)
     server.should_exit = True
     await serving
     await engine.close()
     for count in (f for f in frontends if f > 1):
         await _frontends_pass(count, settings, port, pngs, n, tokens, offline["pages_per_s"])
+
+
+def pair_summary(pairs: list[tuple[float, float]]) -> dict[str, Any]:
+    """HTTP against offline over the rounds of one engine: each round's pair (offline pages/s, HTTP
+    pages/s, HTTP / offline), the ratios' mean, median and smallest, and for scale the spread of the
+    offline passes alone (fastest / slowest: how far two passes of the same load drift apart)."""
+    ratios = [http / offline for offline, http in pairs]
+    offline = [o for o, _ in pairs]
+    return {
+        "pairs": [[o, h, round(r, 3)] for (o, h), r in zip(pairs, ratios, strict=True)],
+        "ratio_mean": round(statistics.mean(ratios), 3),
+        "ratio_median": round(statistics.median(ratios), 3),
+        "ratio_min": round(min(ratios), 3),
+        "offline_spread": round(max(offline) / min(offline), 3),
+    }
 
 
 async def _http_pass(
@@ -1801,6 +1881,18 @@ def _self_cuda_total_ms(table: str) -> float | None:
 # ------------------------------------------------------------------------------------------- main
 
 
+def run_on_loop(loop: str, main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on ``loop``: "uvloop" (uvicorn's choice, so ``dsocr serve``'s, where uvloop is
+    installed; dsocr's ``uvicorn[standard]`` installs it) or "asyncio" (the standard library's)."""
+    from dsocr.server.frontends import _loop_factory
+
+    factory = _loop_factory() if loop == "uvloop" else None
+    if loop == "uvloop" and factory is None:
+        raise SystemExit("--loop uvloop: uvloop is not installed")
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
@@ -1847,6 +1939,12 @@ def main() -> None:
         default="",
         help="engine phase: torch's CPU threads in the engine core per round, cycled (0: as started)",
     )
+    ap.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="engine phase: the event loop (uvloop: what `dsocr serve` runs where it is installed)",
+    )
     ap.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)  # internal (frontends)
     ap.add_argument("--settings", help=argparse.SUPPRESS)  # internal (frontends)
     a = ap.parse_args()
@@ -1857,7 +1955,8 @@ def main() -> None:
     if a.phase == "recipe":
         return run_recipe(a.model, a.pages, a.tokens, a.recipe_max_seqs or a.max_seqs)
     if a.phase == "engine":
-        return asyncio.run(
+        return run_on_loop(
+            a.loop,
             run_engine(
                 a.model,
                 a.pages,
@@ -1873,7 +1972,7 @@ def main() -> None:
                 [int(v) for v in a.default_threads.split(",")] if a.default_threads else None,
                 [v for v in a.pin.split(",") if v] or None,
                 [int(v) for v in a.core_threads.split(",") if v] or None,
-            )
+            ),
         )
     if a.phase in ("engine-plain", "engine-devhist", "engine-hostwait", "engine-offline"):
         return asyncio.run(
@@ -1924,7 +2023,7 @@ def main() -> None:
         cmd += ["--http-frontends", a.http_frontends, "--rounds", str(a.rounds)]
         cmd += ["--spy-http", str(a.spy_http), "--switch-ms", a.switch_ms]
         cmd += ["--default-threads", a.default_threads, "--ab", a.ab, "--spy-core", a.spy_core]
-        cmd += ["--pin", a.pin, "--core-threads", a.core_threads]
+        cmd += ["--pin", a.pin, "--core-threads", a.core_threads, "--loop", a.loop]
         cmd += ["--recipe-max-seqs", str(a.recipe_max_seqs)] if a.recipe_max_seqs else []
         cmd += ["--profile-delay", str(a.profile_delay)] if a.profile_delay is not None else []
         cmd += ["--log-stats"] if a.log_stats else []

@@ -13,7 +13,7 @@ from inputs_support import png_bytes, text_page
 from PIL import Image
 
 from dsocr.errors import InputTooLarge, InvalidInput, UnsupportedMediaType
-from dsocr.inputs import Base64Source, BytesSource, PathSource, load_document, open_file
+from dsocr.inputs import Base64Source, BytesSource, PathSource, load_document, load_image, open_file
 from dsocr.settings import FetchSettings, LimitSettings
 
 
@@ -41,28 +41,37 @@ async def test_line_wrapped_base64_loads(page_png: bytes, limits: LimitSettings)
     assert await _load(Base64Source(pasted), limits) == (120, 80)
 
 
-async def test_page_sized_base64_is_decoded_off_the_event_loop(
-    limits: LimitSettings, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("loader", ["load_image", "load_document"])
+async def test_base64_upload_is_decoded_with_its_image_in_one_worker_job(
+    loader: str, limits: LimitSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dsocr.inputs import sources
+    # Off the event loop, and one hop per upload: under a burst of uploads each hop waits its
+    # turn in the executor behind the PNG decodes queued before it.
+    import dsocr.inputs
 
-    threads: list[str] = []
-    decode = sources.decode_base64
+    steps: list[tuple[str, str]] = []
 
-    def recording_decode(*args: Any, **kwargs: Any) -> Any:
-        threads.append(threading.current_thread().name)
-        return decode(*args, **kwargs)
+    def recorded(step: str, func: Any) -> Any:
+        def record(*args: Any, **kwargs: Any) -> Any:
+            steps.append((step, threading.current_thread().name))
+            return func(*args, **kwargs)
 
-    monkeypatch.setattr(sources, "decode_base64", recording_decode)
-    small = base64.b64encode(png_bytes(text_page((120, 80)))).decode()
+        return record
+
+    monkeypatch.setattr(dsocr.inputs, "decode_base64", recorded("base64", dsocr.inputs.decode_base64))
+    monkeypatch.setattr(dsocr.inputs, "decode_image", recorded("image", dsocr.inputs.decode_image))
     noisy = Image.effect_noise((400, 400), 64).convert("RGB")  # incompressible: a real page's size
-    large = base64.b64encode(png_bytes(noisy)).decode()
-    assert len(small) < sources._INLINE_BASE64_CHARS < len(large)
-    assert await _load(Base64Source(small), limits) == (120, 80)
-    assert await _load(Base64Source(large), limits) == (400, 400)
-    main = threading.main_thread().name
-    assert threads[0] == main  # tiny payloads stay inline: the thread hop would cost more
-    assert threads[1] != main
+    for page in (text_page((120, 80)), noisy):
+        steps.clear()
+        source = Base64Source(base64.b64encode(png_bytes(page)).decode())
+        if loader == "load_image":
+            image = await load_image(source, limits=limits, fetch=FetchSettings())
+            assert image.size == page.size
+        else:
+            assert await _load(source, limits) == page.size
+        (_, base64_thread), (_, image_thread) = steps
+        assert [step for step, _ in steps] == ["base64", "image"]
+        assert base64_thread == image_thread != threading.main_thread().name
 
 
 async def test_data_uri_loads(page_png: bytes, limits: LimitSettings) -> None:
