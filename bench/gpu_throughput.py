@@ -904,7 +904,7 @@ async def run_engine(
             if not http_first:
                 http = await _http_pass(f"http#{r}", base, pngs, n, tokens, offline["pages_per_s"], forced)
             pairs.append((offline["pages_per_s"], http["pages_per_s"]))
-        print("SUMMARY", json.dumps(pair_summary(pairs)), flush=True)
+        print("PAIRS", json.dumps(pair_summary(pairs)), flush=True)
     server.should_exit = True
     await serving
     await engine.close()
