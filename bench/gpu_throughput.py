@@ -878,8 +878,12 @@ async def run_engine(
             (info["core_torch_threads"],) = await served.llm.collective_rpc(_torch_threads, args=(0,))
         print("ROUND", json.dumps(info), flush=True)
 
+    offline_rates: list[float] = []
+
     async def offline_pass(label: str) -> dict[str, Any]:
-        return await _timed_offline_pass(forced, images, label, engine_start_s=round(start_s, 1))
+        out = await _timed_offline_pass(forced, images, label, engine_start_s=round(start_s, 1))
+        offline_rates.append(out["pages_per_s"])
+        return out
 
     await start_round(1)
     offline = await offline_pass("engine")
@@ -908,8 +912,10 @@ async def run_engine(
     server.should_exit = True
     await serving
     await engine.close()
+    # N front ends need the GPU to themselves: they run after this engine is closed, with the
+    # mean of its offline passes to compare with.
     for count in (f for f in frontends if f > 1):
-        await _frontends_pass(count, settings, port, pngs, n, tokens, offline["pages_per_s"])
+        await _frontends_pass(count, settings, port, pngs, n, tokens, statistics.mean(offline_rates), rounds)
 
 
 def pair_summary(pairs: list[tuple[float, float]]) -> dict[str, Any]:
@@ -1015,9 +1021,9 @@ async def _run_clients(base: str, n: int, tokens: int, path: str) -> dict[str, f
 
 
 async def _frontends_pass(
-    count: int, settings: Any, port: int, pngs: list[str], n: int, tokens: int, offline: float
+    count: int, settings: Any, port: int, pngs: list[str], n: int, tokens: int, offline: float, rounds: int
 ) -> None:
-    """``http-N``: the same load through ``count`` front ends over one engine core."""
+    """``http-N``: the same load through ``count`` front ends over one engine core, ``rounds`` passes."""
     import httpx
 
     settings_path = "/tmp/dsocr-bench-settings.json"
@@ -1041,7 +1047,8 @@ async def _frontends_pass(
             await asyncio.sleep(0.2 if ready else 2)
     print("ENGINE", json.dumps({"phase": f"http-{count}", "start_s": round(time.monotonic() - t0, 1)}))
     try:
-        await _http_pass(f"http-{count}", base, pngs, n, tokens, offline)
+        for k in range(1, rounds + 1):
+            await _http_pass(f"http-{count}" + (f"#{k}" if k > 1 else ""), base, pngs, n, tokens, offline)
     finally:
         launcher.terminate()
         await launcher.wait()
