@@ -15,8 +15,11 @@ batched processor with the same parameters):
 
 Each phase runs a warm-up, then one timed pass of all pages. Prints one ``RESULT {json}`` line per
 phase, then a summary with the ratios. ``--rounds K`` gives the ``engine`` phase K offline / HTTP
-pairs on one engine (order alternating); its passes print a per-request timeline, the engine
-core's step time and a host probe. ``--spy-http N`` records the first HTTP pass with py-spy
+pairs on one engine (order alternating); its passes print a per-request timeline (HTTP passes
+also each request's way in: headers, body, decoding), the engine core's step time and a host
+probe, and a ``PAIRS {json}`` line ends it (HTTP / offline per round, their mean and median, the
+offline passes' own spread). ``--loop uvloop|asyncio`` picks the event loop (default uvloop, as
+``dsocr serve`` runs where it is installed). ``--spy-http N`` records the first HTTP pass with py-spy
 (``DSOCR_BENCH_SPY_GIL=1``: only the thread that holds the GIL),
 ``--switch-ms 5,1`` sets the GIL's switch interval per round, ``--default-threads 20,4`` the size of
 the event loop's default executor (where the server decodes uploads) per round, ``--pin
