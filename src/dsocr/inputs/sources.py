@@ -104,10 +104,6 @@ class RawInput:
     declared_type: str | None = None
 
 
-# Below this, decoding costs less than the hop to a worker thread (~0.1 ms).
-_INLINE_BASE64_CHARS = 64 * 1024
-
-
 async def read_source(
     source: Source,
     *,
@@ -126,9 +122,8 @@ async def read_source(
             source.url, fetch=fetch, max_bytes=max_bytes, field=source.field, resolver=resolver, verify=verify
         )
     if isinstance(source, Base64Source):
-        if len(source.data) <= _INLINE_BASE64_CHARS:
-            return decode_base64(source.data, max_bytes=max_bytes, field=source.field)
         # A page-sized payload takes milliseconds to validate and decode: not on the event loop.
+        # (dsocr.inputs' loaders decode it together with its image instead, in one thread job.)
         return await asyncio.to_thread(decode_base64, source.data, max_bytes=max_bytes, field=source.field)
     if isinstance(source, BytesSource):
         _check_size(len(source.data), max_bytes, source.field)
