@@ -24,7 +24,10 @@ offline passes' own spread). ``--loop uvloop|asyncio`` picks the event loop (def
 ``--switch-ms 5,1`` sets the GIL's switch interval per round, ``--default-threads 20,4`` the size of
 the event loop's default executor (where the server decodes uploads) per round, ``--pin
 off,main,main,off`` where the engine core's threads and the server's run per round (``pin_cpus``),
-``--core-threads 0,1,1,0`` torch's CPU threads in the engine core per round (0: as started).
+``--core-threads 0,1,1,0`` torch's CPU threads in the engine core per round (0: as started),
+``--pixels torch,numpy`` how the renderer copies a page's pixels per round (``numpy``: dsocr's
+``flat_pixels``; ``torch``: session 13's copy and ``torch.cat``, on torch's intra-op pool),
+``--clients 8,16`` the HTTP client processes per round.
 
 Optional phases: ``engine-offline`` (the ``engine`` phase without its HTTP pass),
 ``engine-plain`` (our engine, repetition control off: the ceiling),
@@ -158,7 +161,8 @@ class Timeline:
     Inside rendering (``ForcedLength.time_rendering``): ``prep`` (our step before vLLM's renderer),
     ``tok`` (vLLM's prompt tokenisation) and ``mm`` (the image processor), each ``_start`` /
     ``_end``. Before the engine, HTTP passes only (``ForcedLength.time_front_door``): ``arrived``,
-    ``body``, ``b64``, ``png``, ``decoded``.
+    ``body``, ``b64``, ``png``, ``decoded``; ``sent`` (the client processes' httpx starts sending
+    it) and ``arrived_cK`` (``arrived`` per client process, K its first page).
     ``steps``: each batch of outputs from the engine core, (made in the core, read by the front
     end, outputs in it); summarised as the core's step time once every page is in (ms, 50 / 90 %)
     and how far the front end's reading trails the core (ms, 50 % / max).
@@ -412,6 +416,8 @@ class PassProbe:
             "gpu_busy_pct": round(sum(samples) / len(samples), 1) if samples else None,
             "gc_s": round(sum(seconds for _, seconds in self._gc_pauses), 2),
             "gc_full_ms": [round(seconds * 1000) for seconds in full],
+            # Threads of this process at the pass's end (torch's intra-op teams show here).
+            "front_threads": len(threads.get(self._proc.pid, {})),
             "busiest_threads": {
                 "front" if pid == self._proc.pid else "core": _busiest(self._threads0.get(pid, {}), now, pid)
                 for pid, now in threads.items()
@@ -520,6 +526,9 @@ class ForcedLength:
                 await app(scope, receive, send)
                 return
             timeline.mark("arrived")
+            # Which client process sent it (its first page's index): each one's arrivals apart.
+            client = dict(scope["headers"]).get(b"x-bench-client", b"?").decode()
+            timeline.mark(f"arrived_c{client}")
 
             async def marked_receive() -> Any:
                 message = await receive()
@@ -633,13 +642,17 @@ def body(b64):
     return {"model": "deepseek-ocr", "max_tokens": tokens, "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64}},
         {"type": "text", "text": "<|grounding|>Convert the document to markdown."}]}]}
+sent = []  # when httpx starts sending each request (its "request" hook): monotonic, shared clock
+async def on_request(request):
+    sent.append(time.monotonic())
 async def main():
     limits = httpx.Limits(max_connections=count + 8, max_keepalive_connections=count + 8)
     # Bodies encoded and connections opened before the clock starts, as separate clients would
     # have them: what is timed is the server's work (upload, parsing, decoding, OCR), not ours.
     bodies = [json.dumps(body(pngs[(first + i) % len(pngs)])).encode() for i in range(count)]
-    JSON = {"content-type": "application/json"}
-    async with httpx.AsyncClient(base_url=base, timeout=1200, limits=limits) as c:
+    JSON = {"content-type": "application/json", "x-bench-client": str(first)}
+    hooks = {"request": [on_request]}
+    async with httpx.AsyncClient(base_url=base, timeout=1200, limits=limits, event_hooks=hooks) as c:
         async def one(content):
             r = await c.post("/v1/chat/completions", content=content, headers=JSON)
             r.raise_for_status()
@@ -652,9 +665,11 @@ async def main():
         await asyncio.gather(*(c.get("/health") for _ in range(count)))
         print("READY", flush=True)
         await asyncio.to_thread(sys.stdin.readline)  # GO: every client process starts at once
+        sent.clear()
         t0 = time.monotonic()
         toks = await asyncio.gather(*(one(b) for b in bodies))
-        print(json.dumps({"t0": t0, "end": time.monotonic(), "out_tokens": sum(toks)}), flush=True)
+        out = {"t0": t0, "end": time.monotonic(), "out_tokens": sum(toks), "sent": sent}
+        print(json.dumps(out), flush=True)
 asyncio.run(main())
 """
 
@@ -818,6 +833,8 @@ async def run_engine(
     default_threads: list[int] | None = None,
     pins: list[str] | None = None,
     core_threads: list[int] | None = None,
+    pixels: list[str] | None = None,
+    clients: list[int] | None = None,
 ) -> None:
     """Offline pass, then the HTTP pass on the same engine; ``rounds`` > 1 adds more pairs.
 
@@ -825,6 +842,7 @@ async def run_engine(
     the lease (clocks, memory, a slower second pass) shows in the offline passes and cancels out
     of the mean ratio. Every pass prints its per-request timeline and host probe.
     """
+    import torch
     import uvicorn
 
     from dsocr.engine.vllm import VLLMEngine
@@ -845,7 +863,14 @@ async def run_engine(
     loop = type(asyncio.get_running_loop()).__module__
     print(
         "ENGINE",
-        json.dumps({"start_s": round(start_s, 1), "loop": loop, **engine_config(engine)}),
+        json.dumps(
+            {
+                "start_s": round(start_s, 1),
+                "loop": loop,
+                "front_torch_threads": torch.get_num_threads(),
+                **engine_config(engine),
+            }
+        ),
         flush=True,
     )
     forced = ForcedLength(engine, tokens)
@@ -864,7 +889,8 @@ async def run_engine(
         """Round ``r`` (from 1) runs at the next of ``switch_ms`` (the GIL's switch interval), of
         ``default_threads`` (the event loop's default executor: the server's PNG decoding) and of
         ``pins`` (``pin_cpus``: where the engine core's threads and ours run) and of
-        ``core_threads`` (torch's CPU threads in the engine core; 0: as it started)."""
+        ``core_threads`` (torch's CPU threads in the engine core; 0: as it started) and of
+        ``pixels`` (the renderer's pixel copy, ``set_pixels``) and of ``clients`` (client processes)."""
         if switch_ms:
             sys.setswitchinterval(switch_ms[(r - 1) % len(switch_ms)] / 1000)
         threads = None
@@ -879,6 +905,11 @@ async def run_engine(
             torch_threads = core_threads[(r - 1) % len(core_threads)] or started_threads
             await served.llm.collective_rpc(_torch_threads, args=(torch_threads,))
             (info["core_torch_threads"],) = await served.llm.collective_rpc(_torch_threads, args=(0,))
+        if pixels:
+            info["pixels"] = set_pixels(pixels[(r - 1) % len(pixels)])
+        if clients:
+            CLIENT_PROCESSES[0] = clients[(r - 1) % len(clients)]
+        info["clients"] = CLIENT_PROCESSES[0]
         print("ROUND", json.dumps(info), flush=True)
 
     offline_rates: list[float] = []
@@ -919,6 +950,28 @@ async def run_engine(
     # mean of its offline passes to compare with.
     for count in (f for f in frontends if f > 1):
         await _frontends_pass(count, settings, port, pngs, n, tokens, statistics.mean(offline_rates), rounds)
+
+
+def _torch_cat_pixels(pages: list[Any]) -> Any:
+    """Session 13's pixel copy in the renderer: a writable copy of each page, then ``torch.cat``."""
+    import torch
+
+    if not pages:
+        return torch.empty(0, dtype=torch.uint8)
+    return torch.cat([torch.from_numpy(p.copy()) for p in pages])
+
+
+def set_pixels(variant: str) -> str:
+    """Switch how the renderer (this process) copies pages' pixels for the next passes."""
+    from dsocr.engine import vllm_modes
+
+    shipped = getattr(vllm_modes, "_bench_shipped_flat_pixels", vllm_modes.flat_pixels)
+    vllm_modes._bench_shipped_flat_pixels = shipped  # type: ignore[attr-defined]
+    choices = {"numpy": shipped, "torch": _torch_cat_pixels}
+    if variant not in choices:
+        raise SystemExit(f"--pixels: {variant!r} is not one of {sorted(choices)}")
+    vllm_modes.flat_pixels = choices[variant]  # looked up by DeviceViewsProcessor on every page
+    return variant
 
 
 def pair_summary(pairs: list[tuple[float, float]]) -> dict[str, Any]:
@@ -974,6 +1027,7 @@ async def _http_pass(
         # The warm-up's 8 requests are marked too: keep the pass's own (after the client's t0).
         for name, times in timeline.marks.items():
             timeline.marks[name] = [t for t in times if t >= client["t0"]]
+        timeline.marks["sent"] = client["sent"]
         extra = {"timeline": timeline.summary(client["t0"]), **probe.report}
     return result(
         phase=phase,
@@ -986,17 +1040,17 @@ async def _http_pass(
     )
 
 
-CLIENT_PROCESSES = 8
+CLIENT_PROCESSES = [8]  # how many; ``--clients`` changes it per round
 
 
-async def _run_clients(base: str, n: int, tokens: int, path: str) -> dict[str, float]:
+async def _run_clients(base: str, n: int, tokens: int, path: str) -> dict[str, Any]:
     """``n`` requests from ``CLIENT_PROCESSES`` client processes started together.
 
     One httpx process takes about 4 ms per response to take in a burst of answers (1.05 s for
     256 answered at one instant, on this 2-core box), which sat in the measured wall time; split
     over processes, the clients are no longer the bottleneck.
     """
-    count = min(CLIENT_PROCESSES, n)
+    count = min(CLIENT_PROCESSES[0], n)
     slices = [(k * n // count, (k + 1) * n // count - k * n // count) for k in range(count)]
     procs = []
     for k, (first, size) in enumerate(slices):
@@ -1020,7 +1074,8 @@ async def _run_clients(base: str, n: int, tokens: int, path: str) -> dict[str, f
     outs = [json.loads((await proc.communicate())[0].decode().strip().splitlines()[-1]) for proc in procs]
     t0 = min(o["t0"] for o in outs)
     wall = max(o["end"] for o in outs) - t0
-    return {"t0": t0, "wall_s": wall, "out_tokens": sum(o["out_tokens"] for o in outs)}
+    sent = [t for o in outs for t in o["sent"]]
+    return {"t0": t0, "wall_s": wall, "out_tokens": sum(o["out_tokens"] for o in outs), "sent": sent}
 
 
 async def _frontends_pass(
@@ -1950,6 +2005,14 @@ def main() -> None:
         help="engine phase: torch's CPU threads in the engine core per round, cycled (0: as started)",
     )
     ap.add_argument(
+        "--pixels",
+        default="",
+        help="engine phase: the renderer's pixel copy per round, cycled, of numpy/torch; e.g. torch,numpy",
+    )
+    ap.add_argument(
+        "--clients", default="", help="engine phase: HTTP client processes per round, cycled (default 8)"
+    )
+    ap.add_argument(
         "--loop",
         choices=("uvloop", "asyncio"),
         default="uvloop",
@@ -1982,6 +2045,8 @@ def main() -> None:
                 [int(v) for v in a.default_threads.split(",")] if a.default_threads else None,
                 [v for v in a.pin.split(",") if v] or None,
                 [int(v) for v in a.core_threads.split(",") if v] or None,
+                [v for v in a.pixels.split(",") if v] or None,
+                [int(v) for v in a.clients.split(",") if v] or None,
             ),
         )
     if a.phase in ("engine-plain", "engine-devhist", "engine-hostwait", "engine-offline"):
@@ -2033,7 +2098,8 @@ def main() -> None:
         cmd += ["--http-frontends", a.http_frontends, "--rounds", str(a.rounds)]
         cmd += ["--spy-http", str(a.spy_http), "--switch-ms", a.switch_ms]
         cmd += ["--default-threads", a.default_threads, "--ab", a.ab, "--spy-core", a.spy_core]
-        cmd += ["--pin", a.pin, "--core-threads", a.core_threads, "--loop", a.loop]
+        cmd += ["--pin", a.pin, "--core-threads", a.core_threads, "--loop", a.loop, "--pixels", a.pixels]
+        cmd += ["--clients", a.clients]
         cmd += ["--recipe-max-seqs", str(a.recipe_max_seqs)] if a.recipe_max_seqs else []
         cmd += ["--profile-delay", str(a.profile_delay)] if a.profile_delay is not None else []
         cmd += ["--log-stats"] if a.log_stats else []

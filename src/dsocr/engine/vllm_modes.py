@@ -85,6 +85,7 @@ __all__ = [
     "compile_vision_encoder",
     "device_views",
     "device_views_on",
+    "flat_pixels",
     "mode_for_kwargs",
     "modes_for",
     "register",
@@ -263,18 +264,33 @@ class DeviceViewsProcessor(DeepseekOCRProcessor):  # type: ignore[misc]
             )
             tokens += self.encode(text, bos=False, eos=False)
             tokens += [self.image_token_id] * vision_tokens(width, height, mode.name)
-            pixels.append(torch.from_numpy(np.array(rgb)).reshape(-1))  # writable: torch warns otherwise
+            pixels.append(np.asarray(rgb).reshape(-1))  # Pillow's RGB bytes, read-only, not copied
             plans.append(plan.as_row())
             grids.append(grid)
         tokens += self.encode(texts[-1], bos=False, eos=False)
         return BatchFeature(
             data={
                 "input_ids": torch.tensor([tokens], dtype=torch.long),
-                "page_pixels": torch.cat(pixels) if pixels else torch.empty(0, dtype=torch.uint8),
+                "page_pixels": flat_pixels(pixels),
                 "view_plan": torch.tensor(plans, dtype=torch.long).reshape(-1, PLAN_LENGTH),
                 "images_spatial_crop": torch.tensor(grids, dtype=torch.long).reshape(-1, 2),
             }
         )
+
+
+def flat_pixels(pages: list[np.ndarray]) -> torch.Tensor:
+    """The pages' RGB bytes, one after another, as one writable uint8 tensor: one copy, by numpy.
+
+    Not ``torch.cat``: a torch op of this size may run on torch's intra-op pool, and with an
+    OpenMP build of torch each renderer thread gets a team of its own (torch 2.13's CPU wheel set
+    to 16 threads: eight renderer threads left 145 threads in the process, against 25 this way).
+    The H100 host's torch started no such teams and its throughput did not move either way
+    (bench/README.md, session 14); this path also saves a copy of each page. The copy makes the
+    tensor writable: Pillow's bytes are read-only, and torch warns about those.
+    """
+    if not pages:
+        return torch.empty(0, dtype=torch.uint8)
+    return torch.from_numpy(np.concatenate(pages))
 
 
 class TableImageTransform:
