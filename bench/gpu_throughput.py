@@ -27,7 +27,8 @@ off,main,main,off`` where the engine core's threads and the server's run per rou
 ``--core-threads 0,1,1,0`` torch's CPU threads in the engine core per round (0: as started),
 ``--pixels torch,numpy`` how the renderer copies a page's pixels per round (``numpy``: dsocr's
 ``flat_pixels``; ``torch``: session 13's copy and ``torch.cat``, on torch's intra-op pool),
-``--clients 8,16`` the HTTP client processes per round.
+``--clients 8,16`` the HTTP client processes per round, ``--warmup client0,separate`` who sends
+the HTTP warm-up per round.
 
 Optional phases: ``engine-offline`` (the ``engine`` phase without its HTTP pass),
 ``engine-plain`` (our engine, repetition control off: the ceiling),
@@ -161,8 +162,8 @@ class Timeline:
     Inside rendering (``ForcedLength.time_rendering``): ``prep`` (our step before vLLM's renderer),
     ``tok`` (vLLM's prompt tokenisation) and ``mm`` (the image processor), each ``_start`` /
     ``_end``. Before the engine, HTTP passes only (``ForcedLength.time_front_door``): ``arrived``,
-    ``body``, ``b64``, ``png``, ``decoded``; ``sent`` (the client processes' httpx starts sending
-    it) and ``arrived_cK`` (``arrived`` per client process, K its first page).
+    ``body``, ``b64``, ``png``, ``decoded``; ``sent`` (a client process has written its headers
+    to the socket) and ``arrived_cK`` (``arrived`` per client process, K its first page).
     ``steps``: each batch of outputs from the engine core, (made in the core, read by the front
     end, outputs in it); summarised as the core's step time once every page is in (ms, 50 / 90 %)
     and how far the front end's reading trails the core (ms, 50 % / max).
@@ -642,33 +643,44 @@ def body(b64):
     return {"model": "deepseek-ocr", "max_tokens": tokens, "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64}},
         {"type": "text", "text": "<|grounding|>Convert the document to markdown."}]}]}
-sent = []  # when httpx starts sending each request (its "request" hook): monotonic, shared clock
-async def on_request(request):
-    sent.append(time.monotonic())
+sent = []  # when each request's headers are written to its socket: monotonic, a clock shared by all
+connects = [0]  # TCP connections opened
+async def trace(event, info):  # httpcore's trace events
+    if event == "http11.send_request_headers.complete":
+        sent.append(time.monotonic())
+    elif event == "connection.connect_tcp.started":
+        connects[0] += 1
 async def main():
     limits = httpx.Limits(max_connections=count + 8, max_keepalive_connections=count + 8)
     # Bodies encoded and connections opened before the clock starts, as separate clients would
     # have them: what is timed is the server's work (upload, parsing, decoding, OCR), not ours.
     bodies = [json.dumps(body(pngs[(first + i) % len(pngs)])).encode() for i in range(count)]
     JSON = {"content-type": "application/json", "x-bench-client": str(first)}
-    hooks = {"request": [on_request]}
-    async with httpx.AsyncClient(base_url=base, timeout=1200, limits=limits, event_hooks=hooks) as c:
+    async with httpx.AsyncClient(base_url=base, timeout=1200, limits=limits) as c:
         async def one(content):
-            r = await c.post("/v1/chat/completions", content=content, headers=JSON)
+            traced = {"trace": trace}
+            r = await c.post("/v1/chat/completions", content=content, headers=JSON, extensions=traced)
             r.raise_for_status()
             return r.json()["usage"]["completion_tokens"]
-        await asyncio.gather(*(one(b) for b in bodies[:warm]))
+        if warm:  # the warm-up: its requests first; a client with no timed requests is then done
+            warming = [json.dumps(body(pngs[i % len(pngs)])).encode() for i in range(warm)]
+            await asyncio.gather(*(one(b) for b in warming))
+            if not count:
+                print("WARM", flush=True)
+                return
         # Connections are opened only once every client is up: idle longer than the server's
-        # keep-alive (uvicorn: 5 s, less than the warm-up), they would be closed under us.
+        # keep-alive (uvicorn: 5 s), they would be closed under us.
         print("UP", flush=True)
         await asyncio.to_thread(sys.stdin.readline)  # OPEN
         await asyncio.gather(*(c.get("/health") for _ in range(count)))
         print("READY", flush=True)
         await asyncio.to_thread(sys.stdin.readline)  # GO: every client process starts at once
         sent.clear()
+        connects[0] = 0
         t0 = time.monotonic()
         toks = await asyncio.gather(*(one(b) for b in bodies))
         out = {"t0": t0, "end": time.monotonic(), "out_tokens": sum(toks), "sent": sent}
+        out["connects"] = connects[0]
         print(json.dumps(out), flush=True)
 asyncio.run(main())
 """
@@ -835,6 +847,7 @@ async def run_engine(
     core_threads: list[int] | None = None,
     pixels: list[str] | None = None,
     clients: list[int] | None = None,
+    warmups: list[str] | None = None,
 ) -> None:
     """Offline pass, then the HTTP pass on the same engine; ``rounds`` > 1 adds more pairs.
 
@@ -910,6 +923,9 @@ async def run_engine(
         if clients:
             CLIENT_PROCESSES[0] = clients[(r - 1) % len(clients)]
         info["clients"] = CLIENT_PROCESSES[0]
+        if warmups:
+            WARMUP[0] = warmups[(r - 1) % len(warmups)]
+        info["warmup"] = WARMUP[0]
         print("ROUND", json.dumps(info), flush=True)
 
     offline_rates: list[float] = []
@@ -1036,11 +1052,13 @@ async def _http_pass(
         pages_per_s=round(n / client["wall_s"], 3),
         out_tok_per_s=round(client["out_tokens"] / client["wall_s"]),
         ratio_to_offline=round((n / client["wall_s"]) / offline, 3),
+        client_connects=client["connects"],  # TCP connections the clients opened during the pass
         **extra,
     )
 
 
 CLIENT_PROCESSES = [8]  # how many; ``--clients`` changes it per round
+WARMUP = ["separate"]  # who sends the 8 warm-up requests; ``--warmup`` changes it per round
 
 
 async def _run_clients(base: str, n: int, tokens: int, path: str) -> dict[str, Any]:
@@ -1050,12 +1068,22 @@ async def _run_clients(base: str, n: int, tokens: int, path: str) -> dict[str, A
     256 answered at one instant, on this 2-core box), which sat in the measured wall time; split
     over processes, the clients are no longer the bottleneck.
     """
+    # The server's and engine's warm-up, 8 requests, from a client process of its own that is done
+    # before the timed ones start (``WARMUP[0] == "separate"``): until session 14 the first timed
+    # client sent it first (``"client0"``), and that client's pages alone reached the server up to
+    # 3.6 s late (bench/README.md, session 14).
+    if WARMUP[0] == "separate":
+        warm = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CLIENT, base, str(tokens), path, "0", "0", "8", stdout=subprocess.PIPE
+        )
+        if not (await warm.communicate())[0].startswith(b"WARM"):
+            raise RuntimeError("the warm-up client failed")
     count = min(CLIENT_PROCESSES[0], n)
     slices = [(k * n // count, (k + 1) * n // count - k * n // count) for k in range(count)]
     procs = []
     for k, (first, size) in enumerate(slices):
-        warm = "8" if k == 0 else "0"  # the engine's warm-up: 8 requests, from the first client
-        args = [base, str(tokens), path, str(first), str(size), warm]
+        warm_up = "8" if WARMUP[0] == "client0" and k == 0 else "0"
+        args = [base, str(tokens), path, str(first), str(size), warm_up]
         procs.append(
             await asyncio.create_subprocess_exec(
                 sys.executable, "-c", CLIENT, *args, stdin=subprocess.PIPE, stdout=subprocess.PIPE
@@ -1075,7 +1103,13 @@ async def _run_clients(base: str, n: int, tokens: int, path: str) -> dict[str, A
     t0 = min(o["t0"] for o in outs)
     wall = max(o["end"] for o in outs) - t0
     sent = [t for o in outs for t in o["sent"]]
-    return {"t0": t0, "wall_s": wall, "out_tokens": sum(o["out_tokens"] for o in outs), "sent": sent}
+    return {
+        "t0": t0,
+        "wall_s": wall,
+        "out_tokens": sum(o["out_tokens"] for o in outs),
+        "sent": sent,
+        "connects": sum(o["connects"] for o in outs),
+    }
 
 
 async def _frontends_pass(
@@ -2013,6 +2047,12 @@ def main() -> None:
         "--clients", default="", help="engine phase: HTTP client processes per round, cycled (default 8)"
     )
     ap.add_argument(
+        "--warmup",
+        default="",
+        help="engine phase: who sends the HTTP warm-up per round, cycled: separate (a client of its "
+        "own, the default) or client0 (the first timed client, before its timed requests)",
+    )
+    ap.add_argument(
         "--loop",
         choices=("uvloop", "asyncio"),
         default="uvloop",
@@ -2047,6 +2087,7 @@ def main() -> None:
                 [int(v) for v in a.core_threads.split(",") if v] or None,
                 [v for v in a.pixels.split(",") if v] or None,
                 [int(v) for v in a.clients.split(",") if v] or None,
+                [v for v in a.warmup.split(",") if v] or None,
             ),
         )
     if a.phase in ("engine-plain", "engine-devhist", "engine-hostwait", "engine-offline"):
@@ -2099,7 +2140,7 @@ def main() -> None:
         cmd += ["--spy-http", str(a.spy_http), "--switch-ms", a.switch_ms]
         cmd += ["--default-threads", a.default_threads, "--ab", a.ab, "--spy-core", a.spy_core]
         cmd += ["--pin", a.pin, "--core-threads", a.core_threads, "--loop", a.loop, "--pixels", a.pixels]
-        cmd += ["--clients", a.clients]
+        cmd += ["--clients", a.clients, "--warmup", a.warmup]
         cmd += ["--recipe-max-seqs", str(a.recipe_max_seqs)] if a.recipe_max_seqs else []
         cmd += ["--profile-delay", str(a.profile_delay)] if a.profile_delay is not None else []
         cmd += ["--log-stats"] if a.log_stats else []
