@@ -28,7 +28,8 @@ off,main,main,off`` where the engine core's threads and the server's run per rou
 ``--pixels torch,numpy`` how the renderer copies a page's pixels per round (``numpy``: dsocr's
 ``flat_pixels``; ``torch``: session 13's copy and ``torch.cat``, on torch's intra-op pool),
 ``--clients 8,16`` the HTTP client processes per round, ``--warmup client0,separate`` who sends
-the HTTP warm-up per round.
+the HTTP warm-up per round, ``--upload-slots 16,0`` the server's upload slots per round
+(``DSOCR_SERVER__UPLOAD_SLOTS``, dsocr.server.uploads).
 
 Optional phases: ``engine-offline`` (the ``engine`` phase without its HTTP pass),
 ``engine-plain`` (our engine, repetition control off: the ceiling),
@@ -848,6 +849,7 @@ async def run_engine(
     pixels: list[str] | None = None,
     clients: list[int] | None = None,
     warmups: list[str] | None = None,
+    upload_slots: list[int] | None = None,
 ) -> None:
     """Offline pass, then the HTTP pass on the same engine; ``rounds`` > 1 adds more pairs.
 
@@ -926,9 +928,16 @@ async def run_engine(
         if warmups:
             WARMUP[0] = warmups[(r - 1) % len(warmups)]
         info["warmup"] = WARMUP[0]
+        if upload_slots:
+            wanted_slots[0] = upload_slots[(r - 1) % len(upload_slots)]
+            if served_app:
+                served_app[0].state.dsocr.uploads.resize(wanted_slots[0])
+        info["upload_slots"] = wanted_slots[0]
         print("ROUND", json.dumps(info), flush=True)
 
     offline_rates: list[float] = []
+    served_app: list[Any] = []  # the FastAPI app, once made
+    wanted_slots = [settings.server.upload_slots]  # the server's upload slots (dsocr.server.uploads)
 
     async def offline_pass(label: str) -> dict[str, Any]:
         out = await _timed_offline_pass(forced, images, label, engine_start_s=round(start_s, 1))
@@ -937,7 +946,9 @@ async def run_engine(
 
     await start_round(1)
     offline = await offline_pass("engine")
-    app = forced.time_front_door(create_app(settings, engine=forced))  # type: ignore[arg-type]
+    served_app.append(create_app(settings, engine=forced))  # type: ignore[arg-type]
+    served_app[0].state.dsocr.uploads.resize(wanted_slots[0])
+    app = forced.time_front_door(served_app[0])
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     serving = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110 - uvicorn offers no "started" event
@@ -2053,6 +2064,11 @@ def main() -> None:
         "own, the default) or client0 (the first timed client, before its timed requests)",
     )
     ap.add_argument(
+        "--upload-slots",
+        default="",
+        help="engine phase: the server's upload slots per round, cycled (0: no limit; e.g. 16,0,0,16)",
+    )
+    ap.add_argument(
         "--loop",
         choices=("uvloop", "asyncio"),
         default="uvloop",
@@ -2088,6 +2104,7 @@ def main() -> None:
                 [v for v in a.pixels.split(",") if v] or None,
                 [int(v) for v in a.clients.split(",") if v] or None,
                 [v for v in a.warmup.split(",") if v] or None,
+                [int(v) for v in a.upload_slots.split(",") if v] or None,
             ),
         )
     if a.phase in ("engine-plain", "engine-devhist", "engine-hostwait", "engine-offline"):
@@ -2140,7 +2157,7 @@ def main() -> None:
         cmd += ["--spy-http", str(a.spy_http), "--switch-ms", a.switch_ms]
         cmd += ["--default-threads", a.default_threads, "--ab", a.ab, "--spy-core", a.spy_core]
         cmd += ["--pin", a.pin, "--core-threads", a.core_threads, "--loop", a.loop, "--pixels", a.pixels]
-        cmd += ["--clients", a.clients, "--warmup", a.warmup]
+        cmd += ["--clients", a.clients, "--warmup", a.warmup, "--upload-slots", a.upload_slots]
         cmd += ["--recipe-max-seqs", str(a.recipe_max_seqs)] if a.recipe_max_seqs else []
         cmd += ["--profile-delay", str(a.profile_delay)] if a.profile_delay is not None else []
         cmd += ["--log-stats"] if a.log_stats else []

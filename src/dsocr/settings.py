@@ -171,6 +171,10 @@ class ServerSettings(BaseModel):
     cors_origins: list[str] = Field(default_factory=list)
     workers: int = Field(1, ge=1)
     max_concurrency: int = Field(256, ge=1)
+    # Large upload bodies read at once, first come first served (0: no limit), and how long one
+    # holds or waits for its slot at most (dsocr.server.uploads).
+    upload_slots: int = Field(16, ge=0)
+    upload_slot_s: float = Field(1.0, gt=0)
     # How long start-up waits for the engine before serving; a slower engine keeps loading in
     # the background while /health answers and /ready says 503.
     startup_wait_s: float = Field(5.0, ge=0)

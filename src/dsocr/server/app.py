@@ -7,7 +7,8 @@ answer 503 ``engine_unavailable`` with the reason — and never falls back to an
 
 Middleware, outermost first: CORS (only with ``cors_origins``), request id (uuid4, echoed in
 ``X-Request-Id``), metrics, body-size limit (``Content-Length`` checked up front, streamed bytes
-counted; 413 either way). For uvicorn: ``uvicorn dsocr.server.app:app_from_env --factory``.
+counted; 413 either way), upload gate (large bodies read ``upload_slots`` at a time, in arrival
+order: dsocr.server.uploads). For uvicorn: ``uvicorn dsocr.server.app:app_from_env --factory``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from dsocr.server.admission import AdmissionQueue
 from dsocr.server.deps import AppState, require_api_key
 from dsocr.server.errors import dsocr_error_body, install_error_handlers
 from dsocr.server.metrics import Metrics, MetricsMiddleware
+from dsocr.server.uploads import UploadGate, UploadSlots
 from dsocr.settings import Settings
 
 __all__ = ["BodyTooLarge", "app_from_env", "body_limit_for", "create_app"]
@@ -235,6 +237,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         settings=settings,
         metrics=Metrics(),
         admission=AdmissionQueue(settings.limits.max_queue),
+        uploads=UploadSlots(settings.server.upload_slots, settings.server.upload_slot_s),
     )
 
     @asynccontextmanager
@@ -272,6 +275,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     _mount_playground(app)
 
     # add_middleware wraps: the last added is the outermost.
+    app.add_middleware(UploadGate, slots=state.uploads)
     app.add_middleware(BodyLimitMiddleware, max_bytes=body_limit_for(settings))
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     app.add_middleware(RequestIdMiddleware)

@@ -19,6 +19,7 @@ from dsocr.engine.base import Engine
 from dsocr.errors import EngineUnavailable, Unauthorized
 from dsocr.server.admission import AdmissionQueue
 from dsocr.server.metrics import Metrics
+from dsocr.server.uploads import UploadSlots
 from dsocr.settings import Settings
 
 __all__ = [
@@ -44,6 +45,7 @@ class AppState:
     settings: Settings
     metrics: Metrics
     admission: AdmissionQueue
+    uploads: UploadSlots
     engine: Engine | None = None
     ready: bool = False
     unready_reason: str = "the engine is starting"

@@ -1,0 +1,116 @@
+"""Upload bodies read a few at a time, first come first served (``UploadGate``).
+
+One event loop reads every request body. Under a burst of large uploads (256 A4 pages, 250 KB of
+base64 each) read all at once, every body advances a chunk at a time in turn, so they all finish
+late and at about the same time, and only then are the pages decoded and sent to the engine: on
+the H100 host the first page of such a burst reached the engine 1.0–2.7 s in, while offline the
+first page is there in 0.05 s and the GPU starts at once (bench/README.md, session 14). With
+``upload_slots`` bodies read at a time, in arrival order, the first pages are decoded and in the
+engine's batch while the rest are still being read.
+
+A slot is taken at the request's first body read and given back after its last byte, when the
+client goes away or the app is done with the request — and after ``upload_slot_s`` at the
+latest, so a slow sender keeps its place only that long. No request waits more than
+``upload_slot_s`` for a slot either: past that it is read without one. The gate orders uploads;
+it never holds one back by more than ``upload_slot_s``. Small bodies (under ``_GATED_BYTES``,
+such as a URL to fetch) are never gated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["UploadGate", "UploadSlots"]
+
+# Bodies at least this long (by Content-Length; chunked bodies always) wait for a slot.
+_GATED_BYTES = 64 * 1024
+
+
+class UploadSlots:
+    """``count`` slots for reading upload bodies (0: no limit), each held ``hold_s`` at most."""
+
+    def __init__(self, count: int, hold_s: float) -> None:
+        if count < 0 or hold_s <= 0:
+            raise ValueError("count must be >= 0 and hold_s > 0")
+        self.hold_s = hold_s
+        self.resize(count)
+
+    def resize(self, count: int) -> None:
+        """Change the number of slots; for a server between bursts (bench, tests)."""
+        self.count = count
+        self._semaphore = asyncio.Semaphore(count) if count else None
+        self.waiting = 0
+
+    async def take(self) -> _Slot | None:
+        """A slot, in arrival order; ``None`` without a limit or after waiting ``hold_s`` in vain."""
+        semaphore = self._semaphore
+        if semaphore is None:
+            return None
+        self.waiting += 1
+        try:
+            await asyncio.wait_for(semaphore.acquire(), self.hold_s)
+        except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11
+            return None
+        finally:
+            self.waiting -= 1
+        return _Slot(semaphore, self.hold_s)
+
+
+class _Slot:
+    """One taken slot; ``release`` is idempotent and also runs by itself after ``hold_s``."""
+
+    def __init__(self, semaphore: asyncio.Semaphore, hold_s: float) -> None:
+        self._semaphore = semaphore
+        self._timer = asyncio.get_running_loop().call_later(hold_s, self.release)
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._timer.cancel()
+            self._semaphore.release()
+
+
+class UploadGate:
+    """ASGI middleware: large request bodies are read ``slots.count`` at a time (``UploadSlots``)."""
+
+    def __init__(self, app: ASGIApp, *, slots: UploadSlots) -> None:
+        self.app = app
+        self.slots = slots
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.slots.count or not _large_body(scope):
+            await self.app(scope, receive, send)
+            return
+        slot: _Slot | None = None
+        asked = False
+
+        async def gated_receive() -> Message:
+            nonlocal slot, asked
+            if not asked:
+                asked = True
+                slot = await self.slots.take()
+            message = await receive()
+            last = message["type"] != "http.request" or not message.get("more_body", False)
+            if slot is not None and last:
+                slot.release()  # the last byte is in, or the client is gone
+            return message
+
+        try:
+            await self.app(scope, gated_receive, send)
+        finally:
+            if slot is not None:
+                slot.release()
+
+
+def _large_body(scope: Scope) -> bool:
+    headers: dict[bytes, bytes] = dict(scope.get("headers", ()))
+    length = headers.get(b"content-length")
+    if length is None:
+        return headers.get(b"transfer-encoding", b"").lower() == b"chunked"
+    with contextlib.suppress(ValueError):
+        return int(length) >= _GATED_BYTES
+    return False
