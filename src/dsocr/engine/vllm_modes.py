@@ -283,7 +283,8 @@ def flat_pixels(pages: list[np.ndarray]) -> torch.Tensor:
 
     Not ``torch.cat``: a torch op of this size may run on torch's intra-op pool, and with an
     OpenMP build of torch each renderer thread gets a team of its own (torch 2.13's CPU wheel set
-    to 16 threads: eight renderer threads left 145 threads in the process, against 25 this way).
+    to 16 threads: eight renderer threads left 145 threads in the process, against 25 this way;
+    bench/bench_pixel_copy.py).
     The H100 host's torch started no such teams and its throughput did not move either way
     (bench/README.md, session 14); this path also saves a copy of each page. The copy makes the
     tensor writable: Pillow's bytes are read-only, and torch warns about those.
