@@ -18,16 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
-
-def page(i: int, w: int = 1190, h: int = 1684) -> Image.Image:
-    """The GPU benchmark's synthetic A4 page."""
-    im = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(im)
-    for k, y in enumerate(range(60, h - 60, 26)):
-        d.text((60, y), f"{i}-{k} The quick brown fox jumps over the lazy dog 0123456789", fill="black")
-    return im
+from gpu_throughput import page  # the GPU benchmark's synthetic A4 page
 
 
 def torch_copy(im: Image.Image) -> torch.Tensor:

@@ -36,6 +36,19 @@ async def no_send(message: Message) -> None:
     return None
 
 
+def feed(*messages: Message) -> asyncio.Queue[Message]:
+    """A client's body, as the chunks it has sent so far (``put_nowait`` sends more)."""
+    queue: asyncio.Queue[Message] = asyncio.Queue()
+    for message in messages:
+        queue.put_nowait(message)
+    return queue
+
+
+def upload(gate: UploadGate, path: str, body: asyncio.Queue[Message]) -> asyncio.Task[None]:
+    """A large upload to ``path`` through ``gate``, its body read from ``body``."""
+    return asyncio.create_task(gate(scope(path), body.get, no_send))
+
+
 class Reader:
     """An app that reads each body to its end, recording who is being read."""
 
@@ -64,17 +77,15 @@ async def settle() -> None:
 async def test_large_bodies_are_read_slots_at_a_time_in_arrival_order() -> None:
     app = Reader()
     gate = UploadGate(app, slots=UploadSlots(2, hold_s=30))
-    feeds: list[asyncio.Queue[Message]] = [asyncio.Queue() for _ in range(5)]
-    tasks = [asyncio.create_task(gate(scope(f"/{i}"), feed.get, no_send)) for i, feed in enumerate(feeds)]
-    for feed in feeds:  # every client has sent its first chunk
-        feed.put_nowait(chunk(more=True))
+    feeds = [feed(chunk(more=True)) for _ in range(5)]  # every client has sent its first chunk
+    tasks = [upload(gate, f"/{i}", body) for i, body in enumerate(feeds)]
     await settle()
     assert app.started == ["/0", "/1"]  # two slots: the first two to arrive
     feeds[1].put_nowait(chunk(more=False))  # /1's last byte frees its slot for the next in line
     await settle()
     assert app.started == ["/0", "/1", "/2"] and app.finished == ["/1"]
-    for feed in (feeds[0], feeds[2], feeds[3], feeds[4]):
-        feed.put_nowait(chunk(more=False))
+    for body in (feeds[0], feeds[2], feeds[3], feeds[4]):
+        body.put_nowait(chunk(more=False))
     await asyncio.wait_for(asyncio.gather(*tasks), 5)
     assert app.started == ["/0", "/1", "/2", "/3", "/4"]
     assert app.peak == 2 and sorted(app.finished) == ["/0", "/1", "/2", "/3", "/4"]
@@ -83,15 +94,11 @@ async def test_large_bodies_are_read_slots_at_a_time_in_arrival_order() -> None:
 async def test_a_stalled_sender_holds_its_slot_for_hold_s_at_most() -> None:
     app = Reader()
     gate = UploadGate(app, slots=UploadSlots(1, hold_s=0.2))
-    stalled: asyncio.Queue[Message] = asyncio.Queue()
-    stalled.put_nowait(chunk(more=True))  # and nothing more
-    waiting: asyncio.Queue[Message] = asyncio.Queue()
-    waiting.put_nowait(chunk(more=False))
-    slow = asyncio.create_task(gate(scope("/slow"), stalled.get, no_send))
+    slow = upload(gate, "/slow", feed(chunk(more=True)))  # and nothing more
     await settle()
     assert app.started == ["/slow"]
-    other = asyncio.create_task(gate(scope("/other"), waiting.get, no_send))
-    await asyncio.wait_for(other, 5)  # read while /slow is still unfinished
+    # /other is read while /slow is still unfinished
+    await asyncio.wait_for(upload(gate, "/other", feed(chunk(more=False))), 5)
     assert app.finished == ["/other"] and "/slow" in app.reading
     slow.cancel()
 
@@ -102,15 +109,10 @@ async def test_a_request_waits_hold_s_at_most_for_a_slot() -> None:
     slots = UploadSlots(1, hold_s=0.2)
     app = Reader()
     gate = UploadGate(app, slots=slots)
-    stalled: list[asyncio.Task[None]] = []
-    for i in range(20):  # a queue of stalled senders ahead of ours
-        feed: asyncio.Queue[Message] = asyncio.Queue()
-        feed.put_nowait(chunk(more=True))
-        stalled.append(asyncio.create_task(gate(scope(f"/stalled{i}"), feed.get, no_send)))
+    # a queue of stalled senders ahead of ours
+    stalled = [upload(gate, f"/stalled{i}", feed(chunk(more=True))) for i in range(20)]
     await settle()
-    ours: asyncio.Queue[Message] = asyncio.Queue()
-    ours.put_nowait(chunk(more=False))
-    await asyncio.wait_for(gate(scope("/ours"), ours.get, no_send), 2.0)
+    await asyncio.wait_for(upload(gate, "/ours", feed(chunk(more=False))), 2.0)
     assert app.finished == ["/ours"]  # the stalled ones are all still unfinished
     for task in stalled:
         task.cancel()
@@ -119,14 +121,11 @@ async def test_a_request_waits_hold_s_at_most_for_a_slot() -> None:
 async def test_small_bodies_and_gets_are_not_gated() -> None:
     app = Reader()
     gate = UploadGate(app, slots=UploadSlots(1, hold_s=30))
-    stalled: asyncio.Queue[Message] = asyncio.Queue()
-    stalled.put_nowait(chunk(more=True))
-    slow = asyncio.create_task(gate(scope("/slow"), stalled.get, no_send))
+    slow = upload(gate, "/slow", feed(chunk(more=True)))
     await settle()
     for path, length, method in (("/small", 300, "POST"), ("/get", None, "GET")):
-        feed: asyncio.Queue[Message] = asyncio.Queue()
-        feed.put_nowait({"type": "http.request", "body": b"", "more_body": False})
-        await asyncio.wait_for(gate(scope(path, length, method), feed.get, no_send), 5)
+        body = feed({"type": "http.request", "body": b"", "more_body": False})
+        await asyncio.wait_for(gate(scope(path, length, method), body.get, no_send), 5)
     assert app.finished == ["/small", "/get"]
     slow.cancel()
 
@@ -134,13 +133,10 @@ async def test_small_bodies_and_gets_are_not_gated() -> None:
 async def test_a_client_that_goes_away_frees_its_slot() -> None:
     app = Reader()
     gate = UploadGate(app, slots=UploadSlots(1, hold_s=30))
-    gone: asyncio.Queue[Message] = asyncio.Queue()
-    gone.put_nowait(chunk(more=True))
-    first = asyncio.create_task(gate(scope("/gone"), gone.get, no_send))
+    gone = feed(chunk(more=True))
+    first = upload(gate, "/gone", gone)
     await settle()
-    nxt: asyncio.Queue[Message] = asyncio.Queue()
-    nxt.put_nowait(chunk(more=False))
-    second = asyncio.create_task(gate(scope("/next"), nxt.get, no_send))
+    second = upload(gate, "/next", feed(chunk(more=False)))
     await settle()
     assert app.started == ["/gone"]
     gone.put_nowait({"type": "http.disconnect"})
@@ -151,14 +147,12 @@ async def test_a_client_that_goes_away_frees_its_slot() -> None:
 async def test_no_limit_reads_everything_at_once() -> None:
     app = Reader()
     gate = UploadGate(app, slots=UploadSlots(0, hold_s=30))  # DSOCR_SERVER__UPLOAD_SLOTS=0
-    feeds: list[asyncio.Queue[Message]] = [asyncio.Queue() for _ in range(4)]
-    tasks = [asyncio.create_task(gate(scope(f"/{i}"), feed.get, no_send)) for i, feed in enumerate(feeds)]
-    for feed in feeds:
-        feed.put_nowait(chunk(more=True))
+    feeds = [feed(chunk(more=True)) for _ in range(4)]
+    tasks = [upload(gate, f"/{i}", body) for i, body in enumerate(feeds)]
     await settle()
     assert len(app.started) == 4
-    for feed in feeds:
-        feed.put_nowait(chunk(more=False))
+    for body in feeds:
+        body.put_nowait(chunk(more=False))
     await asyncio.gather(*tasks)
 
 

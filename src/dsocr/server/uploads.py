@@ -3,10 +3,11 @@
 One event loop reads every request body. Under a burst of large uploads (256 A4 pages, 250 KB of
 base64 each) read all at once, every body advances a chunk at a time in turn, so they all finish
 late and at about the same time, and only then are the pages decoded and sent to the engine: on
-the H100 host the first page of such a burst reached the engine 1.0–2.7 s in, while offline the
-first page is there in 0.05 s and the GPU starts at once (bench/README.md, session 14). With
-``upload_slots`` bodies read at a time, in arrival order, the first pages are decoded and in the
-engine's batch while the rest are still being read.
+the H100 host the first page of such a burst reached the engine 0.97–2.71 s in, while offline
+the first page is there in 0.03–0.08 s and the GPU starts at once. With ``upload_slots`` (16)
+bodies read at a time, in arrival order, the first pages are decoded and in the engine's batch
+while the rest are still being read: the first page was there 0.35–0.51 s in; the burst's last
+page and its pages/s did not move (bench/README.md, session 14).
 
 A slot is taken at the request's first body read and given back after its last byte, when the
 client goes away or the app is done with the request — and after ``upload_slot_s`` at the
@@ -42,20 +43,16 @@ class UploadSlots:
         """Change the number of slots; for a server between bursts (bench, tests)."""
         self.count = count
         self._semaphore = asyncio.Semaphore(count) if count else None
-        self.waiting = 0
 
     async def take(self) -> _Slot | None:
         """A slot, in arrival order; ``None`` without a limit or after waiting ``hold_s`` in vain."""
         semaphore = self._semaphore
         if semaphore is None:
             return None
-        self.waiting += 1
         try:
             await asyncio.wait_for(semaphore.acquire(), self.hold_s)
         except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11
             return None
-        finally:
-            self.waiting -= 1
         return _Slot(semaphore, self.hold_s)
 
 
