@@ -275,6 +275,7 @@ async def test_client_disconnect_aborts_in_engine(patient_server: Server) -> Non
 
 async def test_stream_disconnect_aborts_in_engine(patient_server: Server) -> None:
     server = patient_server
+    seen = len(server.engine.requests)
     async with (
         httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=30) as leaving,
         leaving.stream(
@@ -283,6 +284,8 @@ async def test_stream_disconnect_aborts_in_engine(patient_server: Server) -> Non
     ):
         first = await response.aiter_lines().__anext__()
         assert first == "event: page.start"
+        # page.start comes before the page reaches the engine: leave once it is there.
+        assert await wait_for(lambda: len(server.engine.requests) > seen)
     # Leaving the block closed the connection with the page still running.
     assert await wait_for(lambda: any(rid.endswith("-p1") for rid in server.engine.aborted))
 

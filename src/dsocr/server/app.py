@@ -36,7 +36,7 @@ from dsocr.server.admission import AdmissionQueue
 from dsocr.server.deps import AppState, require_api_key
 from dsocr.server.errors import dsocr_error_body, install_error_handlers
 from dsocr.server.metrics import Metrics, MetricsMiddleware
-from dsocr.server.uploads import UploadGate, UploadSlots
+from dsocr.server.uploads import UploadGate, UploadSlots, content_length
 from dsocr.settings import Settings
 
 __all__ = ["BodyTooLarge", "app_from_env", "body_limit_for", "create_app"]
@@ -91,7 +91,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
+        declared = content_length(scope)
         if declared is not None and declared > self.max_bytes:
             drained = declared <= self.max_bytes * _DRAIN_FACTOR and await _drain(receive, declared)
             request_id = scope.get("state", {}).get("request_id")
@@ -129,16 +129,6 @@ async def _drain(receive: Receive, budget: int) -> bool:
         if not message.get("more_body", False):
             return True
     return False
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
 
 
 class RequestIdMiddleware:

@@ -20,11 +20,10 @@ such as a URL to fetch) are never gated.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["UploadGate", "UploadSlots"]
+__all__ = ["UploadGate", "UploadSlots", "content_length"]
 
 # Bodies at least this long (by Content-Length; chunked bodies always) wait for a slot.
 _GATED_BYTES = 64 * 1024
@@ -103,11 +102,20 @@ class UploadGate:
                 slot.release()
 
 
+def content_length(scope: Scope) -> int | None:
+    """The request's ``Content-Length``; ``None`` when absent or not a number."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
 def _large_body(scope: Scope) -> bool:
-    headers: dict[bytes, bytes] = dict(scope.get("headers", ()))
-    length = headers.get(b"content-length")
-    if length is None:
-        return headers.get(b"transfer-encoding", b"").lower() == b"chunked"
-    with contextlib.suppress(ValueError):
-        return int(length) >= _GATED_BYTES
-    return False
+    length = content_length(scope)
+    if length is not None:
+        return length >= _GATED_BYTES
+    headers = scope.get("headers", ())
+    return any(name == b"transfer-encoding" and b"chunked" in value.lower() for name, value in headers)
