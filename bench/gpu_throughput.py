@@ -29,7 +29,8 @@ off,main,main,off`` where the engine core's threads and the server's run per rou
 ``flat_pixels``; ``torch``: session 13's copy and ``torch.cat``, on torch's intra-op pool),
 ``--clients 8,16`` the HTTP client processes per round, ``--warmup client0,separate`` who sends
 the HTTP warm-up per round, ``--upload-slots 16,0`` the server's upload slots per round
-(``DSOCR_SERVER__UPLOAD_SLOTS``, dsocr.server.uploads).
+(``DSOCR_SERVER__UPLOAD_SLOTS``, dsocr.server.uploads), ``--page-arrays on,off`` whether pages go
+to vLLM as arrays or as Pillow images per round.
 
 Optional phases: ``engine-offline`` (the ``engine`` phase without its HTTP pass),
 ``engine-plain`` (our engine, repetition control off: the ceiling),
@@ -850,6 +851,7 @@ async def run_engine(
     clients: list[int] | None = None,
     warmups: list[str] | None = None,
     upload_slots: list[int] | None = None,
+    page_arrays: list[str] | None = None,
 ) -> None:
     """Offline pass, then the HTTP pass on the same engine; ``rounds`` > 1 adds more pairs.
 
@@ -905,7 +907,8 @@ async def run_engine(
         ``default_threads`` (the event loop's default executor: the server's PNG decoding) and of
         ``pins`` (``pin_cpus``: where the engine core's threads and ours run) and of
         ``core_threads`` (torch's CPU threads in the engine core; 0: as it started) and of
-        ``pixels`` (the renderer's pixel copy, ``set_pixels``) and of ``clients`` (client processes)."""
+        ``pixels`` (the renderer's pixel copy, ``set_pixels``) and of ``clients`` (client processes)
+        and of ``page_arrays`` (``on``: pages go to vLLM as arrays, ``off``: as Pillow images)."""
         if switch_ms:
             sys.setswitchinterval(switch_ms[(r - 1) % len(switch_ms)] / 1000)
         threads = None
@@ -933,6 +936,8 @@ async def run_engine(
             if served_app:
                 served_app[0].state.dsocr.uploads.resize(wanted_slots[0])
         info["upload_slots"] = wanted_slots[0]
+        if page_arrays:
+            info["page_arrays"] = set_page_arrays(engine, page_arrays[(r - 1) % len(page_arrays)])
         print("ROUND", json.dumps(info), flush=True)
 
     offline_rates: list[float] = []
@@ -986,6 +991,16 @@ def _torch_cat_pixels(pages: list[Any]) -> Any:
     if not pages:
         return torch.empty(0, dtype=torch.uint8)
     return torch.cat([torch.from_numpy(p.copy()) for p in pages])
+
+
+def set_page_arrays(engine: Any, variant: str) -> str:
+    """``on``: the engine hands vLLM each page as an HWC array (dsocr's default with device views);
+    ``off``: as the Pillow image (vLLM's parser then copies it for ``exif_transpose``)."""
+    if variant not in ("on", "off"):
+        raise SystemExit(f"--page-arrays: {variant!r} is not on or off")
+    for served in engine._served.values():
+        served.pixel_arrays = variant == "on"
+    return variant
 
 
 def set_pixels(variant: str) -> str:
@@ -2069,6 +2084,12 @@ def main() -> None:
         help="engine phase: the server's upload slots per round, cycled (0: no limit; e.g. 16,0,0,16)",
     )
     ap.add_argument(
+        "--page-arrays",
+        default="",
+        help="engine phase: pages to vLLM as arrays (on, the default) or Pillow images (off) per "
+        "round, cycled; e.g. on,off,off,on",
+    )
+    ap.add_argument(
         "--loop",
         choices=("uvloop", "asyncio"),
         default="uvloop",
@@ -2105,6 +2126,7 @@ def main() -> None:
                 [int(v) for v in a.clients.split(",") if v] or None,
                 [v for v in a.warmup.split(",") if v] or None,
                 [int(v) for v in a.upload_slots.split(",") if v] or None,
+                [v for v in a.page_arrays.split(",") if v] or None,
             ),
         )
     if a.phase in ("engine-plain", "engine-devhist", "engine-hostwait", "engine-offline"):
@@ -2158,6 +2180,7 @@ def main() -> None:
         cmd += ["--default-threads", a.default_threads, "--ab", a.ab, "--spy-core", a.spy_core]
         cmd += ["--pin", a.pin, "--core-threads", a.core_threads, "--loop", a.loop, "--pixels", a.pixels]
         cmd += ["--clients", a.clients, "--warmup", a.warmup, "--upload-slots", a.upload_slots]
+        cmd += ["--page-arrays", a.page_arrays]
         cmd += ["--recipe-max-seqs", str(a.recipe_max_seqs)] if a.recipe_max_seqs else []
         cmd += ["--profile-delay", str(a.profile_delay)] if a.profile_delay is not None else []
         cmd += ["--log-stats"] if a.log_stats else []

@@ -338,6 +338,9 @@ def test_device_views_processor_sends_upstreams_tokens_and_the_model_builds_its_
         prompt = "<image>" + PROMPT_TEXT
         expected = upstream(prompt=prompt, images=[image], crop_mode=chosen.crop_mode)
         sent = ours(prompt=prompt, images=[image], crop_mode=chosen.crop_mode)
+        # dsocr's engine sends the page as an HWC array: the same request to the model.
+        as_array = ours(prompt=prompt, images=[np.asarray(image)], crop_mode=chosen.crop_mode)
+        assert all(torch.equal(as_array[key], sent[key]) for key in sent)
         assert torch.equal(sent["input_ids"], expected["input_ids"])
         assert torch.equal(sent["images_spatial_crop"], expected["images_spatial_crop"])
         # The page crosses as its own bytes, a third of upstream's float32 views for an A4 page.
@@ -352,6 +355,19 @@ def test_device_views_processor_sends_upstreams_tokens_and_the_model_builds_its_
             assert len(tiles) == (want_tiles.shape[0] if chosen.crop_mode else 0)
             if tiles:
                 assert torch.equal(torch.stack(tiles), want_tiles)
+
+
+def test_device_views_processor_names_a_page_array_it_cannot_read(tiny_model_dir: Path) -> None:
+    import numpy as np
+
+    ours = vllm_modes().DeviceViewsProcessor(AutoTokenizer.from_pretrained(str(tiny_model_dir)))
+    for bad in (
+        np.zeros((40, 30), np.uint8),
+        np.zeros((40, 30, 4), np.uint8),
+        np.zeros((40, 30, 3), np.float32),
+    ):
+        with pytest.raises(ValueError, match="HWC uint8 RGB"):
+            ours(prompt="<image>" + PROMPT_TEXT, images=[bad])
 
 
 def test_device_views_split_pages_as_vllm_batches_them(tiny_model_dir: Path) -> None:
@@ -397,9 +413,13 @@ async def test_views_built_by_the_model_serve_the_same_tokens_as_upstreams_views
     name = "device_views[deepseek-ocr-tiny]"
     assert (engine.info.details[name], views_engine.info.details[name]) == ("off", "on")
     served = views_engine._served[views_engine.info.model_id]
-    rendered = await views_engine._engine_input(served, request(page(800, 600), "gundam"))
+    # The page goes to vLLM as an array (no PIL copy for EXIF in vLLM's parser), its bytes intact.
+    assert served.pixel_arrays and not engine._served[engine.info.model_id].pixel_arrays
+    sample = page(800, 600)
+    rendered = await views_engine._engine_input(served, request(sample, "gundam"))
     (item,) = rendered["mm_kwargs"]["image"]
-    assert "pixel_values" not in item and item["page_pixels"].data.numel() == 800 * 600 * 3
+    assert "pixel_values" not in item
+    assert item["page_pixels"].data.numpy().tobytes() == sample.convert("RGB").tobytes()
     for mode, size in (
         ("gundam", (800, 600)),
         ("gundam", (300, 500)),

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from dsocr.engine.base import EngineDelta, EngineInfo, EngineOutput, EngineRequest, FinishReason
@@ -106,6 +107,10 @@ class _Served:
     llm: Any
     image_token_id: int
     modes: tuple[str, ...] = SUPPORTED_MODES
+    # Pages go to vLLM as HWC uint8 arrays (device views on): dsocr's processor reads the array
+    # as it is, and vLLM's parser leaves arrays alone where it copies every PIL page once more
+    # for ``ImageOps.exif_transpose`` (dsocr's inputs have applied EXIF orientation already).
+    pixel_arrays: bool = False
 
 
 class VLLMEngine:
@@ -285,16 +290,24 @@ class VLLMEngine:
         if self._settings.compile_encoder:
             self._details[f"encoder_compile[{name}]"] = await self._compile_encoder(llm, args)
         modes = SUPPORTED_MODES
+        pixel_arrays = False
         modes_module = _modes_module(warn=False)
         if modes_module is not None:
             config = llm.vllm_config
             modes = modes_module.modes_for(
                 config.model_config.architectures, getattr(config, "compilation_config", None)
             )
-            on = modes_module.device_views_on(config.model_config.hf_config)
-            self._details[f"device_views[{name}]"] = "on" if on else "off"
+            pixel_arrays = modes_module.device_views_on(config.model_config.hf_config)
+            self._details[f"device_views[{name}]"] = "on" if pixel_arrays else "off"
         logger.info("vLLM %s serving %s as %s (modes %s)", self._version, model, name, ",".join(modes))
-        return _Served(name=name, model=model, llm=llm, image_token_id=image_token_id, modes=modes)
+        return _Served(
+            name=name,
+            model=model,
+            llm=llm,
+            image_token_id=image_token_id,
+            modes=modes,
+            pixel_arrays=pixel_arrays,
+        )
 
     async def _limit_core_threads(self, llm: Any, args: Any, threads: int) -> str:
         """torch's CPU threads in every worker set to ``threads``; what each reports, or why not.
@@ -459,14 +472,14 @@ class VLLMEngine:
     def _render(self, served: _Served, request: EngineRequest) -> Any:
         # Several pages at once through one renderer: vLLM's own pool does the same; safe with
         # the multimodal processor cache off (vllm_engine_args turns it off).
-        prompt = self._prompt(request)
+        prompt = self._prompt(request, pixel_array=served.pixel_arrays)
         render = getattr(getattr(served.llm, "renderer", None), "render_cmpl", None)
         if render is None:
             return prompt
         (engine_input,) = render([prompt])
         return engine_input
 
-    def _prompt(self, request: EngineRequest) -> dict[str, Any]:
+    def _prompt(self, request: EngineRequest, *, pixel_array: bool = False) -> dict[str, Any]:
         prompt: dict[str, Any] = {"prompt": request.prompt}
         if request.image is not None:
             image = request.image if request.image.mode == "RGB" else request.image.convert("RGB")
@@ -477,7 +490,8 @@ class VLLMEngine:
                 image, mm_kwargs = request_inputs(image, mode)
                 if mm_kwargs is not None:
                     prompt["mm_processor_kwargs"] = mm_kwargs
-            prompt["multi_modal_data"] = {"image": image}
+            # Pillow's RGB bytes as a read-only HWC view (one copy out of Pillow's storage).
+            prompt["multi_modal_data"] = {"image": np.asarray(image) if pixel_array else image}
         return prompt
 
     def _sampling(self, request: EngineRequest, *, delta: bool) -> Any:

@@ -230,7 +230,7 @@ class DeviceViewsProcessor(DeepseekOCRProcessor):  # type: ignore[misc]
     """
 
     def process_one(
-        self, prompt: str, images: list[Image.Image], crop_mode: bool = CROP_MODE
+        self, prompt: str, images: list[Image.Image | np.ndarray], crop_mode: bool = CROP_MODE
     ) -> BatchFeature:
         if (self.image_mean, self.image_std, self.normalize) != (_MEAN, _STD, True):
             raise ValueError(f"device views need mean {_MEAN} and std {_STD}; this processor has others")
@@ -246,8 +246,8 @@ class DeviceViewsProcessor(DeepseekOCRProcessor):  # type: ignore[misc]
         fill = tuple(int(x * 255) for x in _MEAN)
         tokens, pixels, plans, grids = [self.bos_id], [], [], []
         for text, image in zip(texts, images, strict=False):
-            rgb = image if image.mode == "RGB" else image.convert("RGB")
-            width, height = rgb.size
+            rgb = rgb_pixels(image)
+            height, width = rgb.shape[:2]
             grid = (
                 gundam_grid(width, height, image_size=self.image_size, max_crops=self.max_crops)
                 if crop_mode
@@ -264,7 +264,7 @@ class DeviceViewsProcessor(DeepseekOCRProcessor):  # type: ignore[misc]
             )
             tokens += self.encode(text, bos=False, eos=False)
             tokens += [self.image_token_id] * vision_tokens(width, height, mode.name)
-            pixels.append(np.asarray(rgb).reshape(-1))  # Pillow's RGB bytes, read-only, not copied
+            pixels.append(rgb.reshape(-1))
             plans.append(plan.as_row())
             grids.append(grid)
         tokens += self.encode(texts[-1], bos=False, eos=False)
@@ -276,6 +276,16 @@ class DeviceViewsProcessor(DeepseekOCRProcessor):  # type: ignore[misc]
                 "images_spatial_crop": torch.tensor(grids, dtype=torch.long).reshape(-1, 2),
             }
         )
+
+
+def rgb_pixels(image: Image.Image | np.ndarray) -> np.ndarray:
+    """A page as an HWC uint8 RGB array: dsocr's engine sends arrays (``np.asarray`` of its RGB
+    page, read-only, not copied again here); vLLM's own dummy pages are Pillow images."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"a page's pixels must be HWC uint8 RGB, not {image.dtype} of shape {image.shape}")
+    return image
 
 
 def flat_pixels(pages: list[np.ndarray]) -> torch.Tensor:
