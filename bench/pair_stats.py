@@ -9,7 +9,7 @@ and one HTTP pass on one engine) and prints, per variant of the rounds (``--key`
 - the means of both passes' pages/s, of the last page's render time and of the front process's
   CPU seconds and thread count.
 
-usage: python bench/pair_stats.py LOG [LOG ...] [--key pixels]
+usage: python bench/pair_stats.py LOG [LOG ...] [--key pixels [--missing VALUE]]
 """
 
 from __future__ import annotations
@@ -96,11 +96,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("logs", nargs="+", type=Path)
     ap.add_argument("--key", help="group rounds by this field of their ROUND line")
+    ap.add_argument(
+        "--missing",
+        help="with --key: the value of rounds whose ROUND line lacks the field (the bench's default "
+        "in runs without the switch), e.g. --key page_arrays --missing on",
+    )
     a = ap.parse_args()
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for path in a.logs:
         for r in rounds(path):
-            groups[str(r["round"].get(a.key)) if a.key else "all"].append(r)
+            groups[str(r["round"].get(a.key, a.missing)) if a.key else "all"].append(r)
     if not groups:
         raise SystemExit("no round with both an offline and an HTTP pass in these logs")
     for name, group in sorted(groups.items()):
