@@ -21,16 +21,9 @@ from typing import Any
 
 import numpy as np
 import PIL
-from PIL import Image, ImageDraw, ImageOps, features
+from PIL import Image, ImageOps, features
 
-
-def page(i: int, w: int = 1190, h: int = 1684) -> Image.Image:
-    """The GPU benchmark's synthetic A4 page (bench/gpu_throughput.py)."""
-    im = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(im)
-    for k, y in enumerate(range(60, h - 60, 26)):
-        d.text((60, y), f"{i}-{k} The quick brown fox jumps over the lazy dog 0123456789", fill="black")
-    return im
+from gpu_throughput import page  # the GPU benchmark's synthetic A4 page
 
 
 def per_page_ms(step: Callable[[Any], object], items: list[Any], threads: int, reps: int = 3) -> float:
