@@ -8,9 +8,11 @@ and the HTTP ``status`` it maps to, so front ends (HTTP API, CLI, Truss) never g
     │   ├── UnsupportedMediaType  unsupported_media_type  415  exit 2
     │   ├── InputTooLarge         input_too_large         413  exit 2   bytes, pixels or pages over a limit
     │   ├── UndecodableInput      undecodable_input       422  exit 2   image or PDF cannot be decoded
+    │   ├── RenderBudgetExceeded  render_budget_exceeded  422  exit 2   a PDF page over its render budget
     │   ├── FetchFailed           fetch_failed            422  exit 2   URL unreachable or refused (SSRF)
     │   └── ModelNotFound         model_not_found         404  exit 2   ``model`` names no served model
     ├── Unauthorized              unauthorized            401  exit 2
+    ├── ServerBusy                server_busy             503  exit 3   + Retry-After; too many at once
     ├── EngineError               engine_error            500  exit 3
     │   ├── EngineUnavailable     engine_unavailable      503  exit 3   + Retry-After
     │   ├── EngineOverloaded      engine_overloaded       429  exit 3   + Retry-After
@@ -34,6 +36,8 @@ __all__ = [
     "InputTooLarge",
     "InvalidInput",
     "ModelNotFound",
+    "RenderBudgetExceeded",
+    "ServerBusy",
     "Unauthorized",
     "UndecodableInput",
     "UnsupportedMediaType",
@@ -94,6 +98,13 @@ class UndecodableInput(InvalidInput):
     status = 422
 
 
+class RenderBudgetExceeded(InvalidInput):
+    """A PDF page (or the PDF's page tree) needed more render time or memory than its budget."""
+
+    code = "render_budget_exceeded"
+    status = 422
+
+
 class FetchFailed(InvalidInput):
     """A URL could not be fetched: refused by the SSRF guard, unreachable, bad status, timeout."""
 
@@ -114,6 +125,14 @@ class Unauthorized(DsocrError):
     code = "unauthorized"
     status = 401
     exit_code = 2
+
+
+class ServerBusy(DsocrError):
+    """The server is answering as many requests as it may at once; retry after ``retry_after``."""
+
+    code = "server_busy"
+    status = 503
+    exit_code = 3
 
 
 class EngineError(DsocrError):

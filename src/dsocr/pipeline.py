@@ -137,18 +137,26 @@ class PageResult:
 class PageInput:
     """One page of a document, loaded only when its turn comes.
 
-    ``load`` is blocking (it decodes or rasterises) and runs in a worker thread; it may raise a
-    ``DsocrError`` (e.g. the page is over the pixel limit), which becomes that page's error.
+    ``load`` is blocking (it decodes or rasterises). ``render``, when given, is its awaitable
+    form, which the pipeline prefers: cancelling it (client gone, deadline) stops the render
+    (a PDF page's render worker is killed); otherwise ``load`` runs in a worker thread. Either may
+    raise a ``DsocrError`` (over the pixel limit, over the render budget), which becomes that
+    page's error.
     """
 
     number: int
     load: Callable[[], Image.Image]
+    render: Callable[[], Awaitable[Image.Image]] | None = None
 
 
 def document_pages(document: Document) -> list[PageInput]:
     """The selected pages of an opened document, each rendered only when the pipeline reaches it."""
     return [
-        PageInput(number=index + 1, load=functools.partial(document.page_image, index))
+        PageInput(
+            number=index + 1,
+            load=functools.partial(document.page_image, index),
+            render=functools.partial(document.render, index),
+        )
         for index in document.page_indices
     ]
 
@@ -346,7 +354,7 @@ async def _document_page(
         queue.put_nowait(BlockFound(page=page.number, block=block))
 
     try:
-        image = await asyncio.to_thread(page.load)
+        image = await page.render() if page.render is not None else await asyncio.to_thread(page.load)
         load_s = time.perf_counter() - started
         result = await _ocr_loaded_page(
             engine,

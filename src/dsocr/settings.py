@@ -8,13 +8,23 @@ There is no global instance: tests write ``Settings(engine={"kind": "fake"})``.
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["EngineSettings", "FetchSettings", "LimitSettings", "ServerSettings", "Settings"]
+__all__ = [
+    "EngineSettings",
+    "FetchSettings",
+    "LimitSettings",
+    "ServerSettings",
+    "Settings",
+    "unparsable_variables",
+]
 
 EngineKind = Literal["auto", "vllm", "cpu", "fake"]
 
@@ -152,9 +162,24 @@ class LimitSettings(BaseModel):
     max_pdf_pages: int = Field(500, ge=1)
     max_page_pixels: int = Field(40_000_000, ge=1)
     pdf_dpi: int = Field(144, ge=36, le=600)
+    # PDF pages render in worker processes that are killed when a page runs over its budget: a
+    # few KB of nested drawing can keep pdfium busy for minutes and take gigabytes
+    # (dsocr.inputs.render_worker). Memory is each worker's address space. Workers ``None``: one
+    # per core, 2 to 8; one document renders on at most half of them at a time.
+    render_timeout_s: float = Field(10.0, gt=0)
+    render_memory_mb: int = Field(2048, ge=512)
+    render_workers: int | None = Field(None, ge=1)
     max_tokens: int = Field(8192, ge=1)
     request_timeout_s: float = Field(600.0, gt=0)
     max_queue: int = Field(512, ge=1)
+    # Decoded pixels one server process holds at once (dsocr.server.admission): each page in flight
+    # counts its pixels, 6 times with outputs=visualization, 2 times with crops. A request over it
+    # waits up to ``admission_wait_s`` for room, then gets 429. 600 MP is 2.3 GB of decoded pages
+    # (4 bytes a pixel): with the CPU engine on a 2-core, 24 GB machine, 16 to 64 concurrent 60 MP
+    # uploads peak at 3.9-4.5 GB RSS (bench/README.md, "Upload memory"), and a GPU's batch of 256
+    # A4 pages at 144 dpi (513 MP) is admitted at once.
+    max_inflight_pixels: int = Field(600_000_000, ge=1)
+    admission_wait_s: float = Field(30.0, ge=0)
     # Local paths as input: off unless a root is configured.
     local_path_root: Path | None = None
 
@@ -168,8 +193,12 @@ class ServerSettings(BaseModel):
     # Health and metrics can stay open for probes and scrapers.
     open_health: bool = True
     open_metrics: bool = True
+    # The API docs (/docs, /openapi.json) follow the keys unless opened.
+    open_docs: bool = False
     cors_origins: list[str] = Field(default_factory=list)
     workers: int = Field(1, ge=1)
+    # Requests one server process answers at once, streams included; more get 503 server_busy.
+    # /health, /ready and /metrics are not counted and never refused (dsocr.server.app).
     max_concurrency: int = Field(256, ge=1)
     # Large upload bodies read at once, first come first served (0: no limit), and how long one
     # holds or waits for its slot at most (dsocr.server.uploads).
@@ -196,3 +225,30 @@ class Settings(BaseSettings):
         if self.limits.max_page_pixels > self.limits.max_image_pixels:
             self.limits.max_page_pixels = self.limits.max_image_pixels
         return self
+
+
+def unparsable_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The ``DSOCR_*`` variables of list, dict or section settings whose value is not JSON.
+
+    pydantic-settings decodes those values as JSON before validating, and its error names only
+    the section (``engine``), not the variable; front ends use this to name it.
+    """
+    env = os.environ if environ is None else environ
+    complex_names: set[str] = set()
+    for section_name, section in Settings.model_fields.items():
+        model = section.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        complex_names.add(f"DSOCR_{section_name}".upper())
+        for field_name, info in model.model_fields.items():
+            if get_origin(info.annotation) in (list, dict) or info.annotation in (list, dict):
+                complex_names.add(f"DSOCR_{section_name}__{field_name}".upper())
+    bad: list[str] = []
+    for name, value in env.items():
+        if name.upper() not in complex_names:
+            continue
+        try:
+            json.loads(value)
+        except ValueError:
+            bad.append(name)
+    return sorted(bad)

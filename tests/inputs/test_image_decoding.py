@@ -78,19 +78,23 @@ def test_image_just_under_the_cap_decodes() -> None:
     assert image.size == (100, 50)
 
 
-def test_truncated_jpeg_is_undecodable(limits: LimitSettings) -> None:
+def test_truncated_jpeg_is_undecodable_when_its_page_is_decoded(limits: LimitSettings) -> None:
+    # Opening reads the header only (a server admits the request by its size first); the
+    # damage shows when the pixels are decoded.
     data = _encode(text_page((400, 300)), "JPEG", quality=90)
-    with pytest.raises(UndecodableInput) as info:
-        open_document(data[: len(data) // 2], limits=limits, field="file")
+    with open_document(data[: len(data) // 2], limits=limits, field="file") as doc:
+        assert doc.page_sizes == ((400, 300),)
+        with pytest.raises(UndecodableInput) as info:
+            doc.page_image(0)
     assert info.value.field == "file"
     assert info.value.status == 422
 
 
-def test_corrupt_png_is_undecodable(limits: LimitSettings) -> None:
+def test_corrupt_png_is_undecodable_when_its_page_is_decoded(limits: LimitSettings) -> None:
     data = bytearray(png_bytes(text_page()))
     data[60:80] = bytes(20)  # smash the IDAT stream
-    with pytest.raises(UndecodableInput):
-        open_document(bytes(data), limits=limits)
+    with open_document(bytes(data), limits=limits) as doc, pytest.raises(UndecodableInput):
+        list(doc.iter_pages())
 
 
 @pytest.mark.parametrize(
@@ -134,6 +138,7 @@ def test_exif_orientation_6_is_rotated_upright(limits: LimitSettings) -> None:
     upright = text_page((300, 200))
     stored = upright.transpose(Image.Transpose.ROTATE_90)
     with open_document(_jpeg_with_orientation(stored, 6), limits=limits) as doc:
+        assert doc.page_sizes == ((300, 200),)  # upright, from the header alone
         (page,) = list(doc.iter_pages())
     assert page.size == (300, 200)
     assert max(page.image.getpixel((5, 5))) < 60  # type: ignore[arg-type]

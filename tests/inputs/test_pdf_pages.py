@@ -1,10 +1,12 @@
-"""PDF pages render lazily, one at a time, off the event loop, within page and pixel limits."""
+"""PDF pages render lazily, one at a time, in render workers, within page and pixel limits."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import threading
+import time
+from typing import Any
 
 import pypdfium2 as pdfium
 import pytest
@@ -14,8 +16,9 @@ from pypdf.generic import DecodedStreamObject, NameObject
 
 from dsocr.errors import DsocrError, InputTooLarge, InvalidInput, UndecodableInput, UnsupportedMediaType
 from dsocr.inputs import BytesSource, load_document, open_document, open_image, parse_page_range
-from dsocr.inputs.pdf import PdfFile
+from dsocr.inputs.render_worker import RenderPool, render_task
 from dsocr.settings import FetchSettings, LimitSettings
+from pdf_bomb import pdf_with_pages
 
 
 def _blank_pdf(pages: int, size: tuple[float, float] = (612, 792)) -> bytes:
@@ -65,25 +68,33 @@ def test_pdf_over_the_page_cap_is_refused_naming_the_limit(
     assert info.value.status == 413
 
 
+def _record_renders(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Page indices handed to the render workers, in order."""
+    rendered: list[int] = []
+    original = RenderPool.submit
+
+    def recording_submit(self: RenderPool, task: Any, *args: Any, timeout_s: float) -> Any:
+        if task is render_task:
+            rendered.append(args[1])
+        return original(self, task, *args, timeout_s=timeout_s)
+
+    monkeypatch.setattr(RenderPool, "submit", recording_submit)
+    return rendered
+
+
 def test_page_range_on_a_10000_page_pdf_renders_only_the_selected_pages(
     ten_thousand_pages: bytes, limits: LimitSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rendered: list[int] = []
-    original = PdfFile.render
-
-    def counting_render(self: PdfFile, index: int) -> object:
-        rendered.append(index)
-        return original(self, index)
-
-    monkeypatch.setattr(PdfFile, "render", counting_render)
+    rendered = _record_renders(monkeypatch)
     with open_document(ten_thousand_pages, limits=limits, pages="2,9999-") as doc:
         assert doc.page_count == 10_000
         assert doc.page_indices == (1, 9998, 9999)
+        assert doc.page_sizes == ((1224, 1584),) * 3  # US letter at 144 dpi, known before rendering
         assert rendered == []  # opening renders nothing
         pages = doc.iter_pages()
         first = next(pages)
         assert rendered == [1]  # one page at a time, on demand
-        assert first.index == 1 and first.size == (1224, 1584)  # US letter at 144 dpi
+        assert first.index == 1 and first.size == (1224, 1584)
         assert [p.index for p in pages] == [9998, 9999]
     assert rendered == [1, 9998, 9999]
 
@@ -194,15 +205,10 @@ def test_bad_page_ranges_name_the_problem(spec: str, message: str) -> None:
     assert info.value.field == "pages"
 
 
-async def test_async_pages_render_in_worker_threads_and_the_loop_stays_free(limits: LimitSettings) -> None:
-    loop_thread = threading.get_ident()
-    render_threads: list[int] = []
-    original = PdfFile.render
-
-    def recording_render(self: PdfFile, index: int) -> object:
-        render_threads.append(threading.get_ident())
-        return original(self, index)
-
+async def test_async_pages_render_in_workers_and_the_loop_stays_free(
+    limits: LimitSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rendered = _record_renders(monkeypatch)
     ticks = 0
 
     async def heartbeat() -> None:
@@ -212,14 +218,13 @@ async def test_async_pages_render_in_worker_threads_and_the_loop_stays_free(limi
             await asyncio.sleep(0)
 
     data = _blank_pdf(4, (595, 842))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(PdfFile, "render", recording_render)
-        beat = asyncio.create_task(heartbeat())
-        async with await load_document(BytesSource(data), limits=limits, fetch=FetchSettings()) as doc:
-            sizes = [page.size async for page in doc.pages()]
-        beat.cancel()
+    beat = asyncio.create_task(heartbeat())
+    async with await load_document(BytesSource(data), limits=limits, fetch=FetchSettings()) as doc:
+        assert doc.page_sizes == ((1190, 1684),) * 4
+        sizes = [page.size async for page in doc.pages()]
+    beat.cancel()
     assert sizes == [(1190, 1684)] * 4
-    assert render_threads and loop_thread not in render_threads
+    assert rendered == [0, 1, 2, 3]  # each page went to a render worker
     assert ticks > 0
 
 
@@ -234,29 +239,27 @@ async def test_concurrent_documents_render_safely_under_the_pdfium_lock(limits: 
     assert results == [[40, 120, 200, 280]] * 6
 
 
-def test_closing_waits_for_a_render_in_flight_and_later_pages_fail_cleanly(limits: LimitSettings) -> None:
-    # A cancelled request closes its document while a worker thread may still be rendering.
-    document = open_document(_pdf_with_marks(3), limits=limits)
-    rendering = threading.Event()
-    real_render = PdfFile.render
-    rendered: list[Image.Image] = []
+def test_closing_stops_a_render_in_flight_and_later_pages_fail_cleanly() -> None:
+    # A cancelled request closes its document while another thread may still wait for a page:
+    # the render is stopped (its worker killed) instead of running on for a closed document.
+    limits = LimitSettings(render_timeout_s=120)
+    document = open_document(pdf_with_pages(30, None), limits=limits)
+    outcome: list[BaseException] = []
 
-    def slow_render(pdf: PdfFile, index: int) -> Image.Image:
-        rendering.set()
-        image = real_render(pdf, index)
-        rendered.append(image)
-        return image
+    def wait_for_page() -> None:
+        try:
+            document.page_image(0)
+        except BaseException as exc:
+            outcome.append(exc)
 
-    PdfFile.render = slow_render  # type: ignore[method-assign]
-    try:
-        worker = threading.Thread(target=document.page_image, args=(0,))
-        worker.start()
-        assert rendering.wait(10)
-        document.close()  # must not free the PDF under the running render
-        worker.join(10)
-    finally:
-        PdfFile.render = real_render  # type: ignore[method-assign]
-    assert len(rendered) == 1 and rendered[0].size[0] > 0
+    waiter = threading.Thread(target=wait_for_page)
+    waiter.start()
+    time.sleep(1)  # the bomb page is rendering by now
+    started = time.monotonic()
+    document.close()
+    waiter.join(30)
+    assert not waiter.is_alive() and time.monotonic() - started < 30
+    assert len(outcome) == 1 and isinstance(outcome[0], DsocrError)
     with pytest.raises(DsocrError, match="closed before page 2"):
         document.page_image(1)
     document.close()  # idempotent

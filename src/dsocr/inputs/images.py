@@ -3,6 +3,9 @@
 The pixel limit is ours (``LimitSettings.max_image_pixels``) and is checked from the header, before
 any pixel is decoded. Pillow's own bomb check only warns at 89 MP, so we never rely on it: we build
 the format's image class directly (which reads only the header) instead of ``Image.open``.
+
+:func:`read_image_header` reads size and orientation without decoding (a server admits a request
+by its pixels first); :func:`decode_pixels` decodes later; :func:`decode_image` does both.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import io
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import IO
 
 from PIL import (
@@ -28,7 +32,15 @@ from PIL import (
 from dsocr.errors import InputTooLarge, UndecodableInput, UnsupportedMediaType
 from dsocr.inputs.formats import Format, sniff_format
 
-__all__ = ["IMAGE_FORMATS", "decode_image", "image_header_size", "normalise_image"]
+__all__ = [
+    "IMAGE_FORMATS",
+    "ImageHeader",
+    "decode_image",
+    "decode_pixels",
+    "image_header_size",
+    "normalise_image",
+    "read_image_header",
+]
 
 _Opener = Callable[[IO[bytes]], ImageFile.ImageFile]
 
@@ -56,6 +68,7 @@ _TRANSPOSES = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
 
 
 @contextmanager
@@ -91,11 +104,26 @@ def _image_format(data: bytes, field: str) -> Format:
     return fmt
 
 
-def decode_image(data: bytes, *, max_pixels: int, field: str = "image") -> Image.Image:
-    """Decode ``data`` into an RGB image, upright (EXIF applied) and with transparency on white.
+@dataclass(frozen=True, slots=True)
+class ImageHeader:
+    """What an image's header tells without decoding: format, stored size and EXIF orientation."""
 
-    Raises ``UnsupportedMediaType`` (not an allowed format), ``InputTooLarge`` (over ``max_pixels``,
-    checked from the header before decoding) or ``UndecodableInput`` (corrupt or truncated).
+    format: Format
+    stored_size: tuple[int, int]
+    orientation: int = 1
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Width and height once upright (orientations 5-8 turn the picture a quarter)."""
+        width, height = self.stored_size
+        return (height, width) if self.orientation in _QUARTER_TURNS else (width, height)
+
+
+def read_image_header(data: bytes, *, max_pixels: int, field: str = "image") -> ImageHeader:
+    """Read the header of ``data`` and check its size, decoding no pixel.
+
+    Raises ``UnsupportedMediaType`` (not an allowed format), ``InputTooLarge`` (over ``max_pixels``)
+    or ``UndecodableInput`` (corrupt header, empty size).
     """
     fmt = _image_format(data, field)
     image = _open_header(data, fmt, field)
@@ -108,9 +136,32 @@ def decode_image(data: bytes, *, max_pixels: int, field: str = "image") -> Image
             "(DSOCR_LIMITS__MAX_IMAGE_PIXELS)",
             field=field,
         )
-    with _pillow_errors(field, f"{fmt} image"):
+    return ImageHeader(format=fmt, stored_size=(width, height), orientation=_header_orientation(image))
+
+
+def decode_pixels(data: bytes, header: ImageHeader, *, field: str = "image") -> Image.Image:
+    """Decode ``data`` (whose header :func:`read_image_header` checked) into the upright RGB picture."""
+    image = _open_header(data, header.format, field)
+    with _pillow_errors(field, f"{header.format} image"):
         image.load()
-        return normalise_image(image)
+        return normalise_image(image, orientation=header.orientation)
+
+
+def decode_image(data: bytes, *, max_pixels: int, field: str = "image") -> Image.Image:
+    """Decode ``data`` into an RGB image, upright (EXIF applied) and with transparency on white.
+
+    Raises ``UnsupportedMediaType`` (not an allowed format), ``InputTooLarge`` (over ``max_pixels``,
+    checked from the header before decoding) or ``UndecodableInput`` (corrupt or truncated).
+    """
+    return decode_pixels(data, read_image_header(data, max_pixels=max_pixels, field=field), field=field)
+
+
+def _header_orientation(image: ImageFile.ImageFile) -> int:
+    # A PNG's eXIf chunk counts only before the pixels, as browsers read it: Pillow would decode
+    # the whole image to look for one after them.
+    if isinstance(image, PngImagePlugin.PngImageFile) and "exif" not in image.info:
+        return 1
+    return _orientation(image)
 
 
 def _orientation(image: Image.Image) -> int:
@@ -121,12 +172,13 @@ def _orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) else 1
 
 
-def normalise_image(image: Image.Image) -> Image.Image:
+def normalise_image(image: Image.Image, *, orientation: int | None = None) -> Image.Image:
     """Return ``image`` upright and in RGB, with any transparency composited on white.
 
-    Avoids copies: an upright RGB image is returned as it is.
+    ``orientation`` is the EXIF value to apply (default: read from ``image``). Avoids copies: an
+    upright RGB image is returned as it is.
     """
-    transpose = _TRANSPOSES.get(_orientation(image))
+    transpose = _TRANSPOSES.get(_orientation(image) if orientation is None else orientation)
     if transpose is not None:
         image = image.transpose(transpose)
     if image.mode == "RGB":

@@ -1,8 +1,9 @@
-"""PDF pages rendered lazily, one at a time, with pypdfium2 (Apache-2.0/BSD, not AGPL PyMuPDF).
+"""PDF pages rendered one at a time with pypdfium2 (Apache-2.0/BSD, not AGPL PyMuPDF).
 
-PDFium is not thread-safe, not even across different documents, so every pdfium call in the
-process goes through ``PDFIUM_LOCK``. Callers on an event loop render in a worker thread
-(``asyncio.to_thread``) so the loop never blocks; the lock then serialises the threads.
+This module runs inside the render worker processes (``dsocr.inputs.render_worker``), which
+can be killed when a page runs over its budget; the server process makes no pdfium call on an input.
+PDFium is not thread-safe, not even across different documents, so every pdfium call in a
+process still goes through ``PDFIUM_LOCK``.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import pypdfium2 as pdfium
 from PIL import Image
 
 from dsocr.errors import InputTooLarge, InvalidInput, UndecodableInput
 
-__all__ = ["PDFIUM_LOCK", "PdfFile", "parse_page_range"]
+__all__ = ["PDFIUM_LOCK", "PagePixels", "PdfFile", "parse_page_range"]
 
 PDFIUM_LOCK = threading.Lock()
 
@@ -64,6 +67,19 @@ def parse_page_range(spec: str, page_count: int, *, field: str = "pages") -> tup
     return tuple(sorted(selected))
 
 
+@dataclass(frozen=True, slots=True)
+class PagePixels:
+    """A rendered page as packed RGB bytes: what crosses the process boundary (no PNG round trip)."""
+
+    width: int
+    height: int
+    rgb: bytes
+
+    def to_image(self) -> Image.Image:
+        """The page as a PIL RGB image."""
+        return Image.frombytes("RGB", (self.width, self.height), self.rgb)
+
+
 @contextmanager
 def _pdfium_errors(field: str) -> Iterator[None]:
     """Translate pypdfium2 errors into typed dsocr errors, once, at this seam."""
@@ -90,7 +106,7 @@ class PdfFile:
 
     def __init__(
         self,
-        data: bytes,
+        data: bytes | Path,
         *,
         max_pages: int,
         max_page_pixels: int,
@@ -101,7 +117,7 @@ class PdfFile:
         self._field = field
         self._scale = dpi / 72
         with PDFIUM_LOCK, _pdfium_errors(field):
-            self._doc = pdfium.PdfDocument(data)
+            self._doc = pdfium.PdfDocument(str(data) if isinstance(data, Path) else data)
             try:
                 self.page_count: int = len(self._doc)
                 if self.page_count == 0:
@@ -122,8 +138,8 @@ class PdfFile:
                             "(DSOCR_LIMITS__MAX_PDF_PAGES)",
                             field="pages",
                         )
-                for index in self.selected:
-                    width, height = self._pixel_size(index)
+                self.sizes: tuple[tuple[int, int], ...] = tuple(self._pixel_size(i) for i in self.selected)
+                for index, (width, height) in zip(self.selected, self.sizes, strict=True):
                     if width * height > max_page_pixels:
                         raise InputTooLarge(
                             f"page {index + 1} at {dpi} dpi is {width}×{height} = {width * height:,} "
@@ -138,12 +154,12 @@ class PdfFile:
                 raise
 
     def _pixel_size(self, index: int) -> tuple[int, int]:
+        # The size after /Rotate, rounded as pypdfium2 rounds the bitmap it renders.
         width_pt, height_pt = self._doc.get_page_size(index)
-        # /Rotate is applied by pdfium when rendering; pixel count is the same either way.
         return math.ceil(width_pt * self._scale), math.ceil(height_pt * self._scale)
 
-    def render(self, index: int) -> Image.Image:
-        """Render page ``index`` (0-based) to an RGB image on a white background."""
+    def render(self, index: int) -> PagePixels:
+        """Render page ``index`` (0-based) to packed RGB on a white background."""
         with PDFIUM_LOCK, _pdfium_errors(self._field):
             page = self._doc[index]
             try:
@@ -155,14 +171,14 @@ class PdfFile:
                     draw_annots=True,
                 )
                 try:
-                    # For 3-byte RGB, to_pil copies out of the pdfium buffer, so the image
-                    # outlives the bitmap safely.
-                    image: Image.Image = bitmap.to_pil()
+                    # A fill colour without alpha gives packed 3-byte pixels (stride = 3 × width);
+                    # bytes() copies them out of the bitmap, which is freed next.
+                    pixels = PagePixels(bitmap.width, bitmap.height, bytes(bitmap.buffer))
                 finally:
                     bitmap.close()
             finally:
                 page.close()
-        return image
+        return pixels
 
     def close(self) -> None:
         """Release the pdfium document."""
