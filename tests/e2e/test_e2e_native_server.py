@@ -179,18 +179,18 @@ async def test_auth_errors_then_good_request(server: Server) -> None:
 
 
 async def test_queue_full_is_429_then_good_request(client: httpx.AsyncClient, server: Server) -> None:
-    seen = len(server.engine.requests)
+    seen = server.engine.request_count
     # Two slow one-page requests take both slots of the queue.
     slow = asyncio.create_task(
         client.post(
             "/v1/ocr", json={"image_base64": b64(pdf_bytes(1)), "prompt": "Free OCR. [fake:slow=0.8]"}
         )
     )
-    assert await wait_for(lambda: len(server.engine.requests) > seen)
+    assert await wait_for(lambda: server.engine.request_count > seen)
     other = asyncio.create_task(
         client.post("/v1/ocr", json={"image_base64": b64(png_bytes()), "prompt": "Free OCR. [fake:slow=0.8]"})
     )
-    assert await wait_for(lambda: len(server.engine.requests) > seen + 1)
+    assert await wait_for(lambda: server.engine.request_count > seen + 1)
     refused = await client.post("/predict", json=GOOD)
     error = assert_error(refused, 429, "engine_overloaded")
     assert error["type"] == "rate_limit_error"
@@ -258,12 +258,12 @@ async def test_sse_stream_over_a_real_socket(client: httpx.AsyncClient) -> None:
 
 async def test_client_disconnect_aborts_in_engine(patient_server: Server) -> None:
     server = patient_server
-    seen = len(server.engine.requests)
+    seen = server.engine.request_count
     async with httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=30) as leaving:
         task = asyncio.create_task(
             leaving.post("/predict", json={**GOOD, "prompt": "Free OCR. [fake:slow=20]"})
         )
-        assert await wait_for(lambda: len(server.engine.requests) > seen)
+        assert await wait_for(lambda: server.engine.request_count > seen)
         request_id = server.engine.requests[-1].request_id
         task.cancel()  # closes the connection mid-request
         with pytest.raises(asyncio.CancelledError):
@@ -275,17 +275,20 @@ async def test_client_disconnect_aborts_in_engine(patient_server: Server) -> Non
 
 async def test_stream_disconnect_aborts_in_engine(patient_server: Server) -> None:
     server = patient_server
-    seen = len(server.engine.requests)
+    seen = server.engine.request_count
     async with (
         httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=30) as leaving,
         leaving.stream(
             "POST", "/v1/ocr", json={**GOOD, "prompt": "Free OCR. [fake:slow=20]", "stream": True}
         ) as response,
     ):
-        first = await response.aiter_lines().__anext__()
+        # Keep the line iterator referenced: a dropped one is closed by the event loop, and with
+        # it the connection, maybe before the page reached the engine.
+        lines = response.aiter_lines()
+        first = await anext(lines)
         assert first == "event: page.start"
         # page.start comes before the page reaches the engine: leave once it is there.
-        assert await wait_for(lambda: len(server.engine.requests) > seen)
+        assert await wait_for(lambda: server.engine.request_count > seen)
     # Leaving the block closed the connection with the page still running.
     assert await wait_for(lambda: any(rid.endswith("-p1") for rid in server.engine.aborted))
 

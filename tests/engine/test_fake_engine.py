@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import weakref
 
 import pytest
 from PIL import Image
@@ -166,3 +169,41 @@ async def test_engine_not_started_is_unavailable_and_start_error_is_raised() -> 
     broken = FakeEngine(start_error=EngineUnavailable("no weights"))
     with pytest.raises(EngineUnavailable, match="no weights"):
         await broken.start()
+
+
+async def test_history_keeps_only_the_latest_requests_and_no_images() -> None:
+    # A long-running fake server (demos, soak tests) must not grow with every request it served.
+    engine = FakeEngine(history_size=8)
+    await engine.start()
+    images = [Image.new("RGB", (64 + i, 48), "white") for i in range(200)]
+    alive = [weakref.ref(image) for image in images]
+    for i, image in enumerate(images):
+        request = EngineRequest(
+            request_id=f"r{i}", prompt="[fake:fail]" if i % 50 == 0 else PRESETS["free"], image=image
+        )
+        with contextlib.suppress(EngineError):
+            await engine.generate(request)
+        if i % 3 == 0:
+            stream = engine.stream(EngineRequest(request_id=f"closed{i}", prompt=PRESETS["free"], image=None))
+            await anext(stream)
+            await stream.aclose()
+    del images, image, request
+    gc.collect()
+    assert engine.request_count == 200 + 67
+    assert [r.request_id for r in engine.requests][-3:] == ["r198", "closed198", "r199"]
+    assert len(engine.requests) == 8 and len(engine.aborted) == 8
+    assert engine.requests[-1].image_size == (64 + 199, 48)
+    assert engine.requests[-1].prompt == PRESETS["free"]
+    assert [a.startswith("closed") for a in engine.aborted] == [True] * 8
+    # Not one of the images is kept alive by the engine.
+    assert [ref() for ref in alive] == [None] * 200
+
+
+async def test_default_history_is_bounded() -> None:
+    engine = FakeEngine()
+    await engine.start()
+    for i in range(1000):
+        await engine.generate(_request(PRESETS["free"], size=(32, 32), rid=f"r{i}", max_tokens=5))
+    assert engine.request_count == 1000
+    assert 0 < len(engine.requests) <= 100
+    assert engine.requests[-1].request_id == "r999"

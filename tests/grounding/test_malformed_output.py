@@ -107,3 +107,28 @@ def test_non_positive_image_size_is_a_warning() -> None:
     parsed = parse("<|ref|>text<|/ref|><|det|>[[1, 1, 9, 9]]<|/det|>\nx", width=0, height=-3)
     assert parsed.blocks[0].boxes_px == ((0, 0, 0, 0),)
     assert any("not positive" in w for w in parsed.warnings)
+
+
+@pytest.mark.parametrize(
+    ("literal", "expected"),
+    [
+        ("[[-5, 10, 1200, 400]]", [(0, 10, 999, 400)]),
+        ("[[10, -3, 200, 300], [-40, -1, 5, 5]]", [(10, 0, 200, 300), (0, 0, 5, 5)]),
+        ("[[-5,10,-1,400]]", []),  # both x clamp to 0: zero width, dropped
+        ("[[-5, s 10, 1200, 400]]", [(0, 10, 999, 400)]),  # malformed and negative
+        ("[-7, 10, 20, 30]", [(0, 10, 20, 30)]),  # single-bracket list
+    ],
+)
+def test_negative_coordinates_clamp_to_zero(literal: str, expected: list[tuple[int, ...]]) -> None:
+    boxes, warnings = parse_coordinates(literal)
+    assert boxes == expected
+    assert any("clamped" in w for w in warnings), warnings
+
+
+def test_a_negative_box_in_model_output_starts_at_the_page_edge() -> None:
+    raw = "<|ref|>title<|/ref|><|det|>[[-5, 10, 1200, 400]]<|/det|>\n# Heading"
+    parsed = parse(
+        raw, width=999, height=999, prompt="<image>\n<|grounding|>Convert the document to markdown."
+    )
+    assert parsed.blocks[0].boxes == ((0, 10, 999, 400),)
+    assert parsed.blocks[0].boxes_px == ((0, 10, 999, 400),)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsocr.grounding import parse, to_raw
+from dsocr.grounding import parse, parse_coordinates, to_raw
 from dsocr.grounding.parser import EOS
 
 PROMPTS = [
@@ -125,3 +125,12 @@ def test_blocks_written_with_to_raw_parse_back_identically(
         (label, [tuple(b) for b in bs], content) for label, bs, content in spec
     ]
     assert parse(to_raw(first.blocks), width=1000, height=1000, prompt=prompt).blocks == first.blocks
+
+
+@given(st.lists(st.integers(-2000, 2000), min_size=4, max_size=4), st.sampled_from(["{}", "{} ", " {}"]))
+def test_each_coordinate_is_clamped_to_the_grid_keeping_its_sign(values: list[int], spacing: str) -> None:
+    literal = "[[" + ",".join(spacing.format(v) for v in values) + "]]"
+    x1, y1, x2, y2 = (min(999, max(0, v)) for v in values)
+    box = (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
+    expected = [box] if box[0] < box[2] and box[1] < box[3] else []
+    assert parse_coordinates(literal)[0] == expected

@@ -8,13 +8,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from inputs_support import png_bytes, text_page
 from PIL import Image
 
+from dsocr.engine.fake import FakeEngine
 from dsocr.errors import InputTooLarge, InvalidInput, UnsupportedMediaType
 from dsocr.inputs import Base64Source, BytesSource, PathSource, load_document, load_image, open_file
-from dsocr.settings import FetchSettings, LimitSettings
+from dsocr.settings import FetchSettings, LimitSettings, Settings
+from server_support import running_server
 
 
 @pytest.fixture
@@ -60,6 +63,8 @@ async def test_base64_upload_is_decoded_with_its_image_in_one_worker_job(
 
     monkeypatch.setattr(dsocr.inputs, "decode_base64", recorded("base64", dsocr.inputs.decode_base64))
     monkeypatch.setattr(dsocr.inputs, "decode_image", recorded("image", dsocr.inputs.decode_image))
+    # A document reads only the image's header when it opens (its pixels come with its page).
+    monkeypatch.setattr(dsocr.inputs, "read_image_header", recorded("image", dsocr.inputs.read_image_header))
     noisy = Image.effect_noise((400, 400), 64).convert("RGB")  # incompressible: a real page's size
     for page in (text_page((120, 80)), noisy):
         steps.clear()
@@ -189,8 +194,11 @@ async def test_dot_dot_traversal_is_refused(path: str, root: Path) -> None:
         await _load(PathSource(path), LimitSettings(local_path_root=root))
 
 
+NOT_UNDER_ROOT = "path does not name a file inside the allowed root"
+
+
 async def test_absolute_path_outside_the_root_is_refused(root: Path) -> None:
-    with pytest.raises(InvalidInput, match="outside the allowed root"):
+    with pytest.raises(InvalidInput, match=NOT_UNDER_ROOT):
         await _load(PathSource(str(root.parent / "secret.png")), LimitSettings(local_path_root=root))
 
 
@@ -198,10 +206,39 @@ async def test_symlink_escaping_the_root_is_refused(root: Path) -> None:
     (root / "escape.png").symlink_to(root.parent / "secret.png")
     (root / "escape_dir").symlink_to(root.parent)
     limits = LimitSettings(local_path_root=root)
-    with pytest.raises(InvalidInput, match="outside the allowed root"):
+    with pytest.raises(InvalidInput, match=NOT_UNDER_ROOT):
         await _load(PathSource("escape.png"), limits)
-    with pytest.raises(InvalidInput, match="outside the allowed root"):
+    with pytest.raises(InvalidInput, match=NOT_UNDER_ROOT):
         await _load(PathSource("escape_dir/secret.png"), limits)
+
+
+def test_a_client_cannot_tell_missing_paths_from_paths_outside_the_root(root: Path) -> None:
+    # Otherwise the answer would say which absolute paths exist on the server.
+    (root / "to_secret.png").symlink_to(root.parent / "secret.png")
+    (root / "to_nothing.png").symlink_to(root.parent / "nothing.png")
+    settings = Settings(engine={"kind": "fake"}, limits={"local_path_root": str(root)})
+    probes = [
+        str(root.parent / "secret.png"),  # exists, outside
+        str(root.parent / "nothing.png"),  # missing, outside
+        "/etc/passwd",
+        "/no/such/dir/file.png",
+        str(root.parent),  # a directory outside
+        "sub/nothing.png",  # missing, inside
+        "to_secret.png",  # a link to an existing file outside
+        "to_nothing.png",  # a link to nothing outside
+    ]
+    with (
+        running_server(settings, FakeEngine()) as server,
+        httpx.Client(base_url=server.url, timeout=60) as client,
+    ):
+        answers = [client.post("/v1/ocr", json={"path": path}) for path in probes]
+        # The root itself still works.
+        assert client.post("/v1/ocr", json={"path": "sub/page.png"}).status_code == 200
+    errors = [answer.json()["error"] for answer in answers]
+    assert {answer.status_code for answer in answers} == {400}
+    assert {(e["code"], e["field"], e["message"]) for e in errors} == {
+        ("invalid_input", "path", f"{NOT_UNDER_ROOT} (DSOCR_LIMITS__LOCAL_PATH_ROOT)")
+    }
 
 
 async def test_symlink_staying_inside_the_root_is_followed(root: Path) -> None:
@@ -211,7 +248,7 @@ async def test_symlink_staying_inside_the_root_is_followed(root: Path) -> None:
 
 async def test_missing_file_directory_and_fifo_are_refused(root: Path) -> None:
     limits = LimitSettings(local_path_root=root)
-    with pytest.raises(InvalidInput, match="does not exist"):
+    with pytest.raises(InvalidInput, match=NOT_UNDER_ROOT):
         await _load(PathSource("sub/nope.png"), limits)
     with pytest.raises(InvalidInput, match="not a regular file"):
         await _load(PathSource("sub"), limits)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import socket
 import ssl
@@ -9,16 +10,20 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
+import httpx
 import pytest
 import trustme
 from inputs_support import LoopbackServer, png_bytes, text_page
 from pydantic import ValidationError
 
+from dsocr.engine.fake import FakeEngine
 from dsocr.errors import FetchFailed, InputTooLarge, InvalidInput, UnsupportedMediaType
 from dsocr.inputs import UrlSource, load_document
 from dsocr.inputs.sources import IPAddress, Resolver, address_refusal, fetch_url
 from dsocr.settings import FetchSettings, LimitSettings, Settings
+from server_support import running_server
 
 MiB = 1024 * 1024
 
@@ -50,9 +55,9 @@ MiB = 1024 * 1024
         ("ff02::1", "multicast"),
         ("240.0.0.1", "reserved"),
         ("255.255.255.255", "reserved"),
-        ("192.0.2.1", "private"),  # TEST-NET-1 documentation range
-        ("198.18.0.1", "private"),  # benchmarking range
-        ("2001:db8::1", "private"),  # IPv6 documentation range
+        ("192.0.2.1", "documentation"),  # TEST-NET-1
+        ("198.18.0.1", "benchmarking"),
+        ("2001:db8::1", "documentation"),
         ("2002:7f00:1::", "loopback"),  # 6to4 wrapping 127.0.0.1
         ("2002:a00:1::", "private"),  # 6to4 wrapping 10.0.0.1
         ("64:ff9b::7f00:1", "loopback"),  # NAT64 wrapping 127.0.0.1
@@ -424,3 +429,189 @@ def test_a_bad_allow_network_setting_fails_at_start_up_naming_the_variable(
         Settings()
     with pytest.raises(ValidationError, match="ALLOW_NETWORKS"):
         FetchSettings(allow_networks=["not-a-network"])
+
+
+# ---------------------------------------------------------------- special-purpose and embedded addresses
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        # NAT64 (RFC 6052): the IPv4 destination decides. Well-known prefix: the low 32 bits.
+        ("64:ff9b::7f00:1", "loopback"),
+        ("64:ff9b::a00:1", "private"),
+        ("64:ff9b::c000:201", "documentation"),
+        # Local-use prefix (RFC 8215) in the /48 layout: IPv4 in bits 48-63 and 72-87, "u" octet
+        # (bits 64-71) between. This is 127.0.0.1, although the low 32 bits read 8.8.8.8.
+        ("64:ff9b:1:7f00:0:100:808:808", "loopback"),
+        ("64:ff9b:1:a9fe:a9:fe00::", "link-local"),  # 169.254.169.254
+        ("64:ff9b:1:a00:1:200::", "private"),  # 10.0.1.2
+        ("64:ff9b:1::7f00:1", "loopback"),  # the /96 layout inside the local-use prefix
+        ("64:ff9b:1:808:108:800::", "NAT64"),  # non-zero "u" octet: not an RFC 6052 address
+        ("64:ff9b:2::808:808", "global unicast"),  # under 64:ff9b::/16 but neither NAT64 prefix
+        ("64:ff9b::1:0:808:808", "global unicast"),  # bits 64-95 set: outside 64:ff9b::/96
+        # 6to4 (2002::/16): internal IPv4 inside, or any (relays deprecated by RFC 7526).
+        ("2002:c0a8:101::1", "private"),
+        ("2002:808:808::1", "6to4"),
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "Teredo"),
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", "Teredo"),  # client 127.0.0.1 (obfuscated)
+        ("::ffff:10.1.2.3", "private"),
+        ("::ffff:0:808:808", "global unicast"),  # SIIT IPv4-translated form: not allocated
+        # IPv6 special-purpose registry blocks Python's flags do not know (or not in every version).
+        ("3fff::1", "documentation"),
+        ("3fff:fff:ffff::1", "documentation"),
+        ("5f00::1", "segment routing"),
+        ("100::1", "discard-only"),
+        ("100:0:0:1::1", "dummy"),
+        ("2001:2::1", "benchmarking"),
+        ("2001:1::1", "IETF protocol"),  # PCP anycast: answered by the nearest, possibly internal, server
+        ("2001:20::1", "ORCHID"),
+        ("2001:30::1", "drone"),
+        ("2620:4f:8000::1", "AS112"),
+        ("fec0::1", "site-local"),
+        ("4000::1", "global unicast"),
+        ("ff0e::1", "multicast"),
+        # IPv4 special-purpose registry.
+        ("0.1.2.3", "this network"),
+        ("192.0.0.8", "IETF protocol"),
+        ("192.0.0.9", "IETF protocol"),  # PCP anycast
+        ("192.0.0.170", "IETF protocol"),
+        ("192.0.0.255", "IETF protocol"),
+        ("198.51.100.7", "documentation"),
+        ("203.0.113.200", "documentation"),
+        ("192.31.196.1", "AS112"),
+        ("192.52.193.1", "AMT"),
+        ("192.88.99.1", "6to4 relay"),
+        ("192.175.48.1", "AS112"),
+        ("198.19.255.255", "benchmarking"),
+        ("233.252.0.1", "multicast"),
+    ],
+)
+def test_special_purpose_and_embedded_internal_addresses_are_refused(address: str, reason: str) -> None:
+    refusal = address_refusal(ipaddress.ip_address(address))
+    assert refusal is not None, address
+    assert reason.lower() in refusal.lower(), refusal
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "64:ff9b::5db8:d822",  # NAT64 well-known prefix: 93.184.216.34
+        "64:ff9b:1:808:8:800::",  # local-use prefix, /48 layout: 8.8.8.8
+        "64:ff9b:1::808:808",  # local-use prefix, /96 layout: 8.8.8.8
+        "64:ff9b:1:abcd::5db8:d822",  # an operator's /96 inside the local-use prefix: 93.184.216.34
+        "2a00:1450:4001:80b::200e",
+        "2001:4860:4860::8888",  # in 2001::/16 but outside the IETF protocol block 2001::/23
+        "3fff:1000::1",  # just past 3fff::/20 (documentation)
+        "192.0.1.1",
+        "192.0.3.1",
+        "100.63.255.255",
+        "100.128.0.0",
+        "198.20.0.1",
+        "223.255.255.254",
+    ],
+)
+def test_public_addresses_next_to_special_blocks_are_allowed(address: str) -> None:
+    assert address_refusal(ipaddress.ip_address(address)) is None
+
+
+# ---------------------------------------------------------------- hostile URL forms
+
+
+def _no_dns(calls: list[str]) -> Resolver:
+    async def resolve(host: str, port: int) -> Sequence[IPAddress]:
+        calls.append(host)
+        raise AssertionError(f"{host!r} should have been refused before any lookup")
+
+    return resolve
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://xn--localhost-:1/",  # punycode label ending in a hyphen
+        "https://xn--localhost-.example/x.png",
+        "https://images.xn--localhost-/x.png",  # a bad A-label after the first label
+        "https://xn--a/",  # decodes to a control character
+        "https://xn--/",  # no punycode at all
+        "https://xn--ls8h/",  # decodes, but an emoji is not allowed by IDNA 2008
+        "https://xn--zz/",
+        "https://" + "a" * 64 + ".example/",  # label over 63 characters
+        "https://" + ".".join(["a" * 60] * 5) + "/",  # name over 253 characters
+        "https:///x.png",  # no host
+        "https://a..example/",  # empty label
+        "https://.example/",
+        "https://exa%00mple.com/",  # percent-escapes are not host name characters
+        "https://%6c%6f%63%61%6c%68%6f%73%74/",
+        "https://exa!mple.com/",
+        "https://\ud800.example/",  # lone surrogate
+        "https://ｌｏｃａｌｈｏｓｔ/",  # fullwidth letters
+        "https://[v1.fe]/",  # IPvFuture
+        "https://999.1.1.1/",
+        "http://exa mple.com/",
+    ],
+)
+async def test_malformed_hosts_are_invalid_input_before_any_lookup(url: str) -> None:
+    calls: list[str] = []
+    with pytest.raises(InvalidInput) as info:
+        await fetch_url(url, fetch=FetchSettings(allow_http=True), max_bytes=MiB, resolver=_no_dns(calls))
+    assert type(info.value) is InvalidInput
+    assert info.value.status == 400
+    assert info.value.field == "image_url"
+    assert "URL" in info.value.message
+    assert calls == []
+
+
+async def test_internationalised_names_are_looked_up_and_sent_in_their_ascii_form(
+    loopback_server: LoopbackServer,
+) -> None:
+    loopback_server.serve("/page.png", png_bytes(text_page()))
+    lookups, resolve = _resolver({"xn--bcher-kva.example": ["127.0.0.1"]})
+    fetch = FetchSettings(allow_http=True, allow_hosts=["bücher.example"])
+    raw = await fetch_url(
+        loopback_server.url("/page.png", host="bücher.example"), fetch=fetch, max_bytes=MiB, resolver=resolve
+    )
+    assert raw.data.startswith(b"\x89PNG")
+    assert lookups == ["xn--bcher-kva.example"]
+    assert loopback_server.requests[0][1]["host"] == f"xn--bcher-kva.example:{loopback_server.port}"
+
+
+@pytest.mark.parametrize(
+    "location",
+    ["http://xn--localhost-:1/", "http://images.xn--a/", "http://exa mple.com:99999/", "http://a..b/"],
+)
+async def test_redirect_to_a_malformed_url_is_fetch_failed(
+    loopback_server: LoopbackServer, loopback_fetch: FetchSettings, location: str
+) -> None:
+    loopback_server.redirect("/start", location)
+    with pytest.raises(FetchFailed, match="redirect") as info:
+        await fetch_url(loopback_server.url("/start"), fetch=loopback_fetch, max_bytes=MiB)
+    assert info.value.field == "image_url"
+
+
+@pytest.mark.parametrize("bad_url", ["http://xn--localhost-:1/", "https://xn--a/x.png"])
+def test_server_answers_a_malformed_host_with_400_and_keeps_the_connection(bad_url: str) -> None:
+    settings = Settings(engine={"kind": "fake"}, fetch={"allow_http": True})
+    page = "data:image/png;base64," + base64.b64encode(png_bytes(text_page())).decode()
+
+    def chat(url: str) -> dict[str, Any]:
+        content = [{"type": "image_url", "image_url": {"url": url}}]
+        return {"model": settings.engine.model, "messages": [{"role": "user", "content": content}]}
+
+    with (
+        running_server(settings, FakeEngine()) as server,
+        httpx.Client(base_url=server.url, timeout=60) as client,
+    ):
+        for path, body, field in [
+            ("/v1/ocr", {"image_url": bad_url}, "image_url"),
+            ("/v1/chat/completions", chat(bad_url), "messages[0].content[0].image_url.url"),
+        ]:
+            response = client.post(path, json=body)
+            assert response.status_code == 400, response.text
+            error = response.json()["error"]
+            assert error["code"] == "invalid_input"
+            assert error["field"] == field
+            assert "URL" in error["message"]
+        # The same keep-alive connection serves the next requests.
+        assert client.post("/v1/ocr", json={"image_base64": page}).status_code == 200
+        assert client.post("/v1/chat/completions", json=chat(page)).status_code == 200

@@ -283,3 +283,28 @@ test("Cancel stops a running request", async () => {
   assert.ok(await page.isEnabled("#run"));
   await context.close();
 });
+
+test("labels and lines named like Object.prototype members are drawn, listed and downloadable", async () => {
+  const { context, page, problems } = await openPage(FAKE_URL);
+  await enterKey(page, FAKE_KEY);
+  await page.setInputFiles("#file-input", SAMPLE);
+  const names = ["constructor", "__proto__", "toString", "hasOwnProperty"];
+  // ocr: each line's text is its label; describe: layout blocks with those labels and a legend.
+  for (const [preset, legend] of [["ocr", []], ["describe", names]]) {
+    await page.selectOption("#preset", preset);
+    await page.click("#run");
+    assert.equal(await waitForEnd(page), "done", await page.textContent("#error"));
+    assert.deepEqual(await page.locator("#boxes .box-tag").allTextContents(), names, preset);
+    for (const colour of await page.locator("#boxes .box").evaluateAll((boxes) => boxes.map((b) => b.style.getPropertyValue("--c")))) {
+      assert.match(colour, /^rgb\(\d+,\d+,\d+\)$/);
+    }
+    assert.deepEqual(await page.locator("#legend li").allTextContents(), legend, preset);
+    await page.click('[data-tab="blocks"]');
+    assert.equal(await page.locator("#tab-blocks li").count(), names.length);
+    const [download] = await Promise.all([page.waitForEvent("download"), page.click("#dl-json")]);
+    const document = JSON.parse(readFileSync(await download.path(), "utf8"));
+    assert.deepEqual(document.pages[0].blocks.map((block) => block.label), names);
+  }
+  assert.deepEqual(problems, []);
+  await context.close();
+});

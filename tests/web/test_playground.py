@@ -20,6 +20,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from dsocr.engine.fake import FakeEngine
+from dsocr.engine.layout import det_tag
+from dsocr.prompts import preset_of
 from dsocr.settings import Settings
 from server_support import dsocr_serve, running_server
 
@@ -42,12 +44,29 @@ HOSTILE_OUTPUT = (
 )
 
 
+# Labels and lines a page may really hold that name members of every JavaScript object: the
+# playground must treat them as data, never find Object.prototype's members under them.
+PROTOTYPE_NAMES = ("constructor", "__proto__", "toString", "hasOwnProperty")
+
+
+def _row(index: int) -> list[tuple[int, int, int, int]]:
+    return [(100, 100 + 200 * index, 900, 250 + 200 * index)]
+
+
 class HostileFakeEngine(FakeEngine):
-    """The fake engine, except that the ``free`` preset answers with script-bearing markup."""
+    """The fake engine, except that the ``free`` preset answers with script-bearing markup, and the
+    ``ocr`` and ``describe`` presets with lines and layout labels named like prototype members."""
 
     def _pieces(self, prompt: str, size: tuple[int, int], looping: bool, max_tokens: int) -> list[str]:
         if prompt.endswith("Free OCR."):
             return [HOSTILE_OUTPUT]
+        if preset_of(prompt) == "ocr":
+            return [det_tag(name, _row(i)) + "\n" for i, name in enumerate(PROTOTYPE_NAMES)]
+        if preset_of(prompt) == "describe":
+            return [
+                det_tag(name, _row(i)) + f"\nA block labelled {name}.\n\n"
+                for i, name in enumerate(PROTOTYPE_NAMES)
+            ]
         return super()._pieces(prompt, size, looping, max_tokens)
 
 

@@ -24,14 +24,23 @@ The fake is chosen only explicitly; the factory never falls back to it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from dsocr.engine.accounting import prompt_tokens, vision_tokens
-from dsocr.engine.base import EngineDelta, EngineInfo, EngineOutput, EngineRequest, FinishReason
+from dsocr.engine.base import (
+    EngineDelta,
+    EngineInfo,
+    EngineOutput,
+    EngineRequest,
+    FinishReason,
+    SamplingOptions,
+)
 from dsocr.engine.layout import det_tag
 from dsocr.errors import (
     DsocrError,
@@ -44,9 +53,10 @@ from dsocr.errors import (
 from dsocr.prompts import is_grounded, locate_target, preset_of
 from dsocr.types import Box
 
-__all__ = ["FAKE_MARKER_RE", "FakeEngine"]
+__all__ = ["FAKE_MARKER_RE", "FakeEngine", "SeenRequest"]
 
 FAKE_MARKER_RE = re.compile(r"\[fake:(?P<name>fail|loop|slow)(?:=(?P<value>[^\]]*))?\]")
+_T = TypeVar("_T")
 # Image size assumed for a request without an image.
 DEFAULT_SIZE = (1000, 1000)
 
@@ -110,12 +120,31 @@ _PAGE: tuple[_Item, ...] = (
 _LOOP_LINE = "the model repeats this line again and again\n"
 
 
+@dataclass(frozen=True, slots=True)
+class SeenRequest:
+    """What the fake engine remembers of a request: all of it but the image, of which only the size."""
+
+    request_id: str
+    prompt: str
+    image_size: tuple[int, int] | None
+    sampling: SamplingOptions
+    mode: str
+    model: str | None
+
+    @classmethod
+    def of(cls, request: EngineRequest) -> SeenRequest:
+        size = request.image.size if request.image is not None else None
+        return cls(request.request_id, request.prompt, size, request.sampling, request.mode, request.model)
+
+
 class FakeEngine:
     """Deterministic scripted engine implementing the ``Engine`` protocol.
 
     ``delay_s`` is spread over the streamed deltas, so an abort lands mid-way; ``fail`` is raised by
-    every request; ``loop`` makes every request a repetition loop. ``aborted`` records the ids of
-    aborted requests and ``requests`` every request seen, for tests to assert on.
+    every request; ``loop`` makes every request a repetition loop. For tests to assert on,
+    ``requests`` keeps the last ``history_size`` requests seen, without their images (a long-running
+    demo server would otherwise hold every one forever), ``request_count`` counts all of them and
+    ``aborted`` keeps the ids of the last ``history_size`` aborted requests.
     """
 
     def __init__(
@@ -126,9 +155,12 @@ class FakeEngine:
         loop: bool = False,
         start_error: DsocrError | None = None,
         model_id: str = "fake-deepseek-ocr",
+        history_size: int = 64,
     ) -> None:
         if delay_s < 0:
             raise ValueError(f"delay_s must be >= 0, got {delay_s}")
+        if history_size < 1:
+            raise ValueError(f"history_size must be >= 1, got {history_size}")
         self._delay_s = delay_s
         self._fail = fail
         self._loop = loop
@@ -137,8 +169,11 @@ class FakeEngine:
         self._started = False
         self._active: set[str] = set()
         self._abort_requested: set[str] = set()
+        self._history_size = history_size
+        # Lists, not deques, so that tests compare them with list literals; trimmed on append.
         self.aborted: list[str] = []
-        self.requests: list[EngineRequest] = []
+        self.requests: list[SeenRequest] = []
+        self.request_count = 0
 
     @property
     def info(self) -> EngineInfo:
@@ -176,15 +211,18 @@ class FakeEngine:
 
     async def generate(self, request: EngineRequest) -> EngineOutput:
         """Run one request to completion (see ``stream``)."""
-        async for delta in self.stream(request):
-            if delta.output is not None:
-                return delta.output
+        # Closed here, not whenever the event loop finalises it: until then it holds the request.
+        async with contextlib.aclosing(self.stream(request)) as stream:
+            async for delta in stream:
+                if delta.output is not None:
+                    return delta.output
         raise EngineError("the fake engine ended a stream without a final output")  # pragma: no cover
 
-    async def stream(self, request: EngineRequest) -> AsyncIterator[EngineDelta]:
+    async def stream(self, request: EngineRequest) -> AsyncGenerator[EngineDelta, None]:
         """Yield one delta per block, then a final delta carrying the ``EngineOutput``."""
         await self.check_health()
-        self.requests.append(request)
+        self.request_count += 1
+        self._remember(self.requests, SeenRequest.of(request))
         started = time.monotonic()
         markers = {m.group("name"): m.group("value") or "" for m in FAKE_MARKER_RE.finditer(request.prompt)}
         prompt = FAKE_MARKER_RE.sub("", request.prompt)
@@ -235,13 +273,13 @@ class FakeEngine:
                     break
         except (GeneratorExit, asyncio.CancelledError):
             # The consumer closed the stream or was cancelled: that is an abort too.
-            self.aborted.append(request.request_id)
+            self._remember(self.aborted, request.request_id)
             raise
         finally:
             self._active.discard(request.request_id)
             self._abort_requested.discard(request.request_id)
         if finish == "abort":
-            self.aborted.append(request.request_id)
+            self._remember(self.aborted, request.request_id)
         full = "".join(emitted)
         output = EngineOutput(
             request_id=request.request_id,
@@ -255,6 +293,10 @@ class FakeEngine:
             total_s=time.monotonic() - started,
         )
         yield EngineDelta(request_id=request.request_id, text="", finish_reason=finish, output=output)
+
+    def _remember(self, history: list[_T], item: _T) -> None:
+        history.append(item)
+        del history[: -self._history_size]
 
     def _pieces(self, prompt: str, size: tuple[int, int], looping: bool, max_tokens: int) -> list[str]:
         seed = zlib.crc32(f"{prompt}|{size[0]}x{size[1]}".encode())

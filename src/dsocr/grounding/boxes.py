@@ -2,8 +2,9 @@
 
 The model writes ``[[x1, y1, x2, y2], ...]``; real outputs also hold stray letters and signs
 (``[[550, s 331, 652, 345]]``, ``[[117, - 325, 500, 392]]``, issue #278), single-bracket lists
-and lists cut off by ``max_tokens``. Nothing here evaluates model text: numbers are read with a
-regex and the shape is checked by hand.
+and lists cut off by ``max_tokens``. A minus sign against its digits (``-5``) makes the number
+negative, so it clamps to 0; one standing apart (``- 325``) is a stray sign and ignored. Nothing
+here evaluates model text: numbers are read with a regex and the shape is checked by hand.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ __all__ = ["GRID_MAX", "parse_coordinates", "to_pixels"]
 # Coordinates are "normalised into 1000 bins": 0..999 on each axis, scaled by /999 (official code).
 GRID_MAX = 999
 
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 # The well-formed shape, checked first so the common case costs one regex and one findall.
+# Negative integers are well formed too: out of range like 1200, and clamped the same way.
 _WELL_FORMED = re.compile(
-    r"\s*\[\s*\[\s*\d+\s*,\s*\d+\s*,\s*\d+\s*,\s*\d+\s*\]"
-    r"(?:\s*,\s*\[\s*\d+\s*,\s*\d+\s*,\s*\d+\s*,\s*\d+\s*\])*\s*\]\s*"
+    r"\s*\[\s*\[\s*-?\d+\s*,\s*-?\d+\s*,\s*-?\d+\s*,\s*-?\d+\s*\]"
+    r"(?:\s*,\s*\[\s*-?\d+\s*,\s*-?\d+\s*,\s*-?\d+\s*,\s*-?\d+\s*\])*\s*\]\s*"
 )
-_INT = re.compile(r"\d+")
+_INT = re.compile(r"-?\d+")
 _SINGLE = re.compile(r"\[\[(\d{1,3}), ?(\d{1,3}), ?(\d{1,3}), ?(\d{1,3})\]\]")
 # One innermost bracket group: ``[...]`` without nested brackets.
 _GROUP = re.compile(r"\[([^\[\]]*)\]")
@@ -37,8 +39,8 @@ def _clamp(value: float) -> int:
 def _box(numbers: Sequence[float], literal: str, warnings: list[str]) -> Box | None:
     """Clamp, order corners, drop degenerate boxes (zero width or height)."""
     x1, y1, x2, y2 = (_clamp(v) for v in numbers)
-    if any(v > GRID_MAX for v in numbers):
-        warnings.append(f"coordinates above {GRID_MAX} clamped in {literal!r}")
+    if any(v > GRID_MAX or v < 0 for v in numbers):
+        warnings.append(f"coordinates outside 0-{GRID_MAX} clamped in {literal!r}")
     x1, x2 = min(x1, x2), max(x1, x2)
     y1, y2 = min(y1, y2), max(y1, y2)
     if x1 == x2 or y1 == y2:
@@ -97,7 +99,7 @@ def parse_coordinates(literal: str) -> tuple[list[Box], list[str]]:
             box = _box(numbers[i : i + 4], shown, warnings)
             if box is not None:
                 boxes.append(box)
-        if re.search(r"[^\d\s,]", group):
+        if re.search(r"[^\d\s,-]|-(?!\d)", group):  # a minus against its digits is a sign, not noise
             repaired = True
     if repaired or not literal.strip().startswith("[["):
         warnings.append(f"malformed coordinate list {shown!r} read as {[list(b) for b in boxes]}")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 import httpx
+import idna
 
 from dsocr.errors import FetchFailed, InputTooLarge, InvalidInput, UnsupportedMediaType
 from dsocr.inputs.formats import ACCEPTED_MEDIA_TYPES, normalise_media_type
@@ -42,6 +43,7 @@ __all__ = [
     "read_local_file",
     "read_source",
     "system_resolver",
+    "url_host",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -226,13 +228,22 @@ def read_confined_path(path: str, *, root: Path | None, max_bytes: int, field: s
     candidate = Path(path)
     if ".." in candidate.parts:
         raise InvalidInput("path must not contain '..'", field=field)
+    # One answer for "missing" and for "outside the root", echoing nothing: two answers would tell a
+    # client which paths exist anywhere on the server.
+    not_inside = InvalidInput(
+        "path does not name a file inside the allowed root (DSOCR_LIMITS__LOCAL_PATH_ROOT)", field=field
+    )
     try:
         real_root = root.resolve(strict=True)
+        if candidate.is_absolute() and not (
+            candidate.is_relative_to(root) or candidate.is_relative_to(real_root)
+        ):
+            raise not_inside  # without even looking at it
         target = (real_root / candidate).resolve(strict=True)
     except (OSError, RuntimeError) as exc:
-        raise InvalidInput(f"path {path!r} does not exist under the allowed root", field=field) from exc
+        raise not_inside from exc
     if not target.is_relative_to(real_root):
-        raise InvalidInput(f"path {path!r} is outside the allowed root", field=field)
+        raise not_inside
     return _read_regular_file(target, max_bytes=max_bytes, field=field, shown=path)
 
 
@@ -263,64 +274,165 @@ def _read_regular_file(path: Path, *, max_bytes: int, field: str, shown: str) ->
 
 
 # --------------------------------------------------------------------------------------------------
-# The SSRF guard
+# The SSRF guard: which addresses may be fetched
+#
+# Python's ipaddress flags (is_global, is_private) lag the IANA registries and differ between
+# Python versions, so the guard decides from the tables below and uses the flags only as a
+# backstop for blocks registered after them.
 
-_CGNAT = ipaddress.ip_network("100.64.0.0/10")
-_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4Address] | None:
-    """The IPv4 address a v6 address stands for (mapped, compatible, 6to4, NAT64), if any."""
+def _blocks(*entries: tuple[str, str]) -> tuple[tuple[_Network, str], ...]:
+    """(network, why it is refused), most specific first, so a refusal names the narrowest block."""
+    table = [(ipaddress.ip_network(network), why) for network, why in entries]
+    return tuple(sorted(table, key=lambda entry: -entry[0].prefixlen))
+
+
+# Every block of the IANA IPv4 Special-Purpose Address Registry
+# (https://www.iana.org/assignments/iana-ipv4-special-registry, as of 2025-10) plus multicast
+# (IPv4 Multicast Address Space registry). The registry marks a few anycast services globally
+# reachable (PCP and TURN in 192.0.0.0/24, AS112, AMT); they are refused all the same: the nearest
+# instance answers, which may sit inside the operator's network, and none of them serves documents.
+_IPV4_BLOCKS = _blocks(
+    ("0.0.0.0/8", "a 'this network' address (0.0.0.0/8)"),
+    ("10.0.0.0/8", "a private address (10.0.0.0/8)"),
+    ("100.64.0.0/10", "a carrier-grade NAT (100.64.0.0/10) address"),
+    ("127.0.0.0/8", "a loopback address"),
+    ("169.254.0.0/16", "a link-local address (e.g. cloud metadata)"),
+    ("172.16.0.0/12", "a private address (172.16.0.0/12)"),
+    ("192.0.0.0/24", "an IETF protocol assignment (192.0.0.0/24)"),
+    ("192.0.2.0/24", "a documentation address (192.0.2.0/24)"),
+    ("192.31.196.0/24", "an AS112 DNS anycast address (192.31.196.0/24)"),
+    ("192.52.193.0/24", "an AMT relay anycast address (192.52.193.0/24)"),
+    ("192.88.99.0/24", "a deprecated 6to4 relay anycast address (192.88.99.0/24)"),
+    ("192.168.0.0/16", "a private address (192.168.0.0/16)"),
+    ("192.175.48.0/24", "an AS112 DNS anycast address (192.175.48.0/24)"),
+    ("198.18.0.0/15", "a benchmarking address (198.18.0.0/15)"),
+    ("198.51.100.0/24", "a documentation address (198.51.100.0/24)"),
+    ("203.0.113.0/24", "a documentation address (203.0.113.0/24)"),
+    ("224.0.0.0/4", "a multicast address"),
+    ("240.0.0.0/4", "a reserved address (240.0.0.0/4)"),
+    ("255.255.255.255/32", "a reserved address (limited broadcast)"),
+)
+
+# The IANA IPv6 Special-Purpose Address Registry
+# (https://www.iana.org/assignments/iana-ipv6-special-registry, as of 2025-10), plus multicast and
+# the deprecated site-local block. The blocks that embed an IPv4 address (::ffff:0:0/96,
+# 64:ff9b::/96, 64:ff9b:1::/48, 2002::/16, Teredo 2001::/32) are judged by that address first.
+# As for IPv4, the anycast services in 2001::/23 and 2620:4f:8000::/48 are refused, and so are the
+# ORCHID and DRIP identifier blocks, which name hosts but do not locate them.
+_IPV6_BLOCKS = _blocks(
+    ("::1/128", "a loopback address"),
+    ("100::/64", "a discard-only address (100::/64)"),
+    ("100:0:0:1::/64", "a dummy address (100:0:0:1::/64)"),
+    ("2001::/23", "an IETF protocol assignment (2001::/23)"),
+    ("2001:2::/48", "a benchmarking address (2001:2::/48)"),
+    ("2001:10::/28", "an ORCHID identifier (2001:10::/28), not a locator"),
+    ("2001:20::/28", "an ORCHIDv2 identifier (2001:20::/28), not a locator"),
+    ("2001:30::/28", "a drone remote ID tag (2001:30::/28), not a locator"),
+    ("2001:db8::/32", "a documentation address (2001:db8::/32)"),
+    ("2620:4f:8000::/48", "an AS112 DNS anycast address (2620:4f:8000::/48)"),
+    ("3fff::/20", "a documentation address (3fff::/20)"),
+    ("5f00::/16", "a segment routing (SRv6) SID (5f00::/16)"),
+    ("fc00::/7", "a unique-local (fc00::/7) address"),
+    ("fe80::/10", "a link-local address"),
+    ("fec0::/10", "a site-local address (fec0::/10, deprecated)"),
+    ("ff00::/8", "a multicast address"),
+)
+# IANA allocates global unicast only from 2000::/3 (IPv6 Address Space registry).
+_IPV6_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+_NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052 §2.1
+_NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215
+# RFC 8215 lets an operator carve any RFC 6052 prefix out of the local-use /48, so an address there
+# is read with every layout whose prefix fits in it.
+_LOCAL_USE_LAYOUTS = (48, 56, 64, 96)
+# "This network": never a destination (RFC 1122 §3.2.1.3), so no translator delivers to it.
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+
+
+def _rfc6052_ipv4(ip: ipaddress.IPv6Address, prefix_length: int) -> ipaddress.IPv4Address:
+    """The IPv4 address in ``ip`` under a NAT64 prefix of ``prefix_length`` bits (RFC 6052 §2.2).
+
+    It starts right after the prefix; bits 64-71 (the "u" octet) never hold any of it.
+    """
+    packed = ip.packed
+    if prefix_length == 96:
+        return ipaddress.IPv4Address(packed[12:])
+    without_u = packed[:8] + packed[9:]
+    start = prefix_length // 8
+    return ipaddress.IPv4Address(without_u[start : start + 4])
+
+
+def _nat64_refusal(ip: ipaddress.IPv6Address) -> str | None:
+    """Why a NAT64 address is refused: the IPv4 address the translator would connect to."""
+    if ip.packed[8]:
+        return "not a NAT64 address (RFC 6052: bits 64-71 must be zero)"
+    layouts = (96,) if ip in _NAT64_WELL_KNOWN else _LOCAL_USE_LAYOUTS
+    readings = [(length, _rfc6052_ipv4(ip, length)) for length in layouts]
+    destinations = [(length, v4) for length, v4 in readings if v4 not in _THIS_NETWORK]
+    if not destinations:
+        return "a NAT64 address without an IPv4 destination (it reads as 0.0.0.0/8)"
+    for length, inner in destinations:
+        reason = _ipv4_refusal(inner)
+        if reason is not None:
+            return f"{reason} (NAT64 form of {inner}, prefix length {length})"
+    return None
+
+
+def _wrapped_refusal(inner: ipaddress.IPv4Address, form: str) -> str | None:
+    reason = _ipv4_refusal(inner)
+    return None if reason is None else f"{reason} ({form} form of {inner})"
+
+
+def _flags_refusal(ip: IPAddress) -> str | None:
+    # A backstop only: a newer Python may know blocks registered after the tables above.
+    if ip.is_private or ip.is_reserved or not ip.is_global:
+        return "not a globally routable address"
+    return None
+
+
+def _ipv4_refusal(ip: ipaddress.IPv4Address) -> str | None:
+    if ip.is_unspecified:
+        return "the unspecified address"
+    for network, why in _IPV4_BLOCKS:
+        if ip in network:
+            return why
+    return _flags_refusal(ip)
+
+
+def _ipv6_refusal(ip: ipaddress.IPv6Address) -> str | None:
+    if ip.scope_id:
+        return "a scoped (link-local) IPv6 address"
+    if ip.is_unspecified:
+        return "the unspecified address"
     if ip.ipv4_mapped is not None:
-        return "IPv4-mapped", ip.ipv4_mapped
+        return _wrapped_refusal(ip.ipv4_mapped, "IPv4-mapped")
     value = int(ip)
     if value >> 32 == 0 and value > 1:
-        return "IPv4-compatible", ipaddress.IPv4Address(value)
+        inner = ipaddress.IPv4Address(value)
+        return _wrapped_refusal(inner, "IPv4-compatible") or "a deprecated IPv4-compatible IPv6 address"
+    if ip in _NAT64_WELL_KNOWN or ip in _NAT64_LOCAL_USE:
+        return _nat64_refusal(ip)
     if ip.sixtofour is not None:
-        return "6to4", ip.sixtofour
-    if any(ip in net for net in _NAT64):
-        return "NAT64", ipaddress.IPv4Address(value & 0xFFFFFFFF)
-    return None
+        # Refused even around a public address: 6to4 relays are deprecated (RFC 7526) and the
+        # registry does not call 2002::/16 globally reachable.
+        return _wrapped_refusal(ip.sixtofour, "6to4") or "a 6to4 address (2002::/16, deprecated)"
+    if ip.teredo is not None:
+        return "a Teredo tunnel address"
+    for network, why in _IPV6_BLOCKS:
+        if ip in network:
+            return why
+    if ip not in _IPV6_GLOBAL_UNICAST:
+        return "outside the IPv6 global unicast space (2000::/3)"
+    return _flags_refusal(ip)
 
 
 def address_refusal(ip: IPAddress) -> str | None:
     """Why the SSRF guard refuses to connect to ``ip``, or None if it is a public unicast address."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.scope_id:
-            return "a scoped (link-local) IPv6 address"
-        embedded = _embedded_ipv4(ip)
-        if embedded is not None:
-            form, inner = embedded
-            reason = address_refusal(inner)
-            if reason is not None:
-                return f"{reason} ({form} form)"
-            if form == "IPv4-compatible":
-                return "a deprecated IPv4-compatible IPv6 address"
-            if form in ("IPv4-mapped", "NAT64"):
-                return None
-        if ip.teredo is not None:
-            return "a Teredo tunnel address"
-    if ip.is_unspecified:
-        return "the unspecified address"
-    if ip.is_loopback:
-        return "a loopback address"
-    if ip.is_link_local:
-        return "a link-local address (e.g. cloud metadata)"
-    if ip.is_multicast:
-        return "a multicast address"
-    if isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT:
-        return "a carrier-grade NAT (100.64.0.0/10) address"
-    if isinstance(ip, ipaddress.IPv6Address) and ip in ipaddress.IPv6Network("fc00::/7"):
-        return "a unique-local (fc00::/7) address"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
-        return "a site-local address"
-    if ip.is_reserved:
-        return "a reserved address"
-    if ip.is_private:
-        return "a private address"
-    if not ip.is_global:
-        return "not a globally routable address"
-    return None
+    if isinstance(ip, ipaddress.IPv4Address):
+        return _ipv4_refusal(ip)
+    return _ipv6_refusal(ip)
 
 
 async def system_resolver(host: str, port: int) -> Sequence[IPAddress]:
@@ -335,9 +447,55 @@ async def system_resolver(host: str, port: int) -> Sequence[IPAddress]:
     return addresses
 
 
+# A DNS label; "_" is not in the host name grammar but occurs in real names (e.g. S3 buckets).
+_HOST_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
+
+
+def url_host(url: httpx.URL) -> str:
+    """The host of ``url`` as DNS and TLS see it: IDNA A-labels, lower case, no trailing dot.
+
+    Raises ``ValueError`` saying why it is not a usable host: missing, malformed punycode, a
+    label over 63 or a name over 253 characters, or characters no host name has. (``url.host``
+    itself decodes punycode and raises ``idna.IDNAError`` on a bad label, so it is never used.)
+    """
+    try:
+        host = url.raw_host.decode("ascii").lower()
+    except UnicodeDecodeError:
+        raise ValueError("its host is not ASCII after IDNA encoding") from None
+    host = host.removesuffix(".")
+    if not host:
+        raise ValueError("it has no host")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return host
+    if len(host) > 253:
+        raise ValueError("its host name is longer than 253 characters")
+    for label in host.split("."):
+        if not _HOST_LABEL.fullmatch(label):
+            raise ValueError(f"its host {host!r} is not a valid host name")
+        if label.startswith("xn--"):
+            try:
+                idna.decode(label)
+            except UnicodeError as exc:  # idna.IDNAError and the punycode codec's own error
+                raise ValueError(f"its host {host!r} holds a malformed internationalised label") from exc
+    return host
+
+
+def _allow_list_form(name: str) -> str:
+    """An ``allow_hosts`` entry as ``url_host`` spells hosts, so ``bücher.example`` matches too."""
+    try:
+        return url_host(httpx.URL(scheme="http", host=name.strip().rstrip("."), path="/"))
+    except (httpx.InvalidURL, ValueError):
+        return name.strip().lower().rstrip(".")
+
+
 @dataclass(frozen=True, slots=True)
 class _Hop:
     url: httpx.URL  # what the user (or a redirect) asked for
+    host: str  # its host, as url_host spells it
     connect_url: httpx.URL  # the same, with the host replaced by the checked IP
     host_header: str
 
@@ -347,7 +505,7 @@ class _Guard:
         self._fetch = fetch
         self._resolver = resolver
         self._field = field
-        self._allow_hosts = {h.lower().rstrip(".") for h in fetch.allow_hosts}
+        self._allow_hosts = {_allow_list_form(h) for h in fetch.allow_hosts}
         # FetchSettings validated every entry at start-up.
         self._allow_networks = [ipaddress.ip_network(n, strict=False) for n in fetch.allow_networks]
 
@@ -367,9 +525,10 @@ class _Guard:
             raise self._refuse("plain http URLs are disabled; use https (or set DSOCR_FETCH__ALLOW_HTTP)")
         if url.userinfo:
             raise self._refuse("URLs with credentials (user:password@) are not allowed")
-        host = url.host.lower().rstrip(".")
-        if not host:
-            raise self._refuse("URL has no host")
+        try:
+            host = url_host(url)
+        except ValueError as exc:
+            raise self._refuse(f"not a valid URL: {exc}") from exc
         port = url.port or (443 if url.scheme == "https" else 80)
         try:
             literal: IPAddress | None = ipaddress.ip_address(host)
@@ -393,7 +552,7 @@ class _Guard:
         pinned = addresses[0]
         named = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets
         host_header = named if url.port is None else f"{named}:{url.port}"
-        return _Hop(url, url.copy_with(host=str(pinned)), host_header)
+        return _Hop(url, host, url.copy_with(host=str(pinned)), host_header)
 
 
 async def fetch_url(
@@ -416,7 +575,9 @@ async def fetch_url(
     """
     try:
         parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError) as exc:
+        if parsed.scheme in ("http", "https"):  # other schemes are refused by name below
+            url_host(parsed)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
         raise InvalidInput(f"not a valid URL: {exc}", field=field) from exc
     guard = _Guard(fetch, resolver or system_resolver, field)
     try:
@@ -458,7 +619,7 @@ async def _fetch_with_redirects(
     ) as client:
         for _ in range(fetch.max_redirects + 1):
             hop = await guard.check(url)
-            extensions = {"sni_hostname": hop.url.host} if hop.url.scheme == "https" else {}
+            extensions = {"sni_hostname": hop.host} if hop.url.scheme == "https" else {}
             request = client.build_request(
                 "GET",
                 hop.connect_url,
@@ -478,22 +639,38 @@ async def _fetch_with_redirects(
                         if not location:
                             message = f"redirect {response.status_code} without a Location"
                             raise FetchFailed(message, field=field)
-                        # Relative locations resolve against the URL asked for, never the IP.
-                        url = hop.url.join(location)
+                        url = _redirect_target(hop.url, location, field)
                         continue
-                    return await _read_body(response, hop.url, max_bytes=max_bytes, field=field)
+                    return await _read_body(response, hop, max_bytes=max_bytes, field=field)
                 finally:
                     await response.aclose()
             except httpx.TimeoutException as exc:
-                raise FetchFailed(f"timed out fetching {hop.url.host!r}", field=field) from exc
+                raise FetchFailed(f"timed out fetching {hop.host!r}", field=field) from exc
             except httpx.HTTPError as exc:
-                raise FetchFailed(f"could not fetch from {hop.url.host!r}: {exc}", field=field) from exc
+                raise FetchFailed(f"could not fetch from {hop.host!r}: {exc}", field=field) from exc
+            except UnicodeError as exc:
+                # httpx decodes a redirect's Location host inside send(), even without following
+                # it; malformed punycode there raises idna's error, not an httpx one.
+                raise FetchFailed(
+                    f"{hop.host!r} sent a redirect to an invalid URL: {exc}", field=field
+                ) from exc
     raise FetchFailed(f"more than {fetch.max_redirects} redirects (DSOCR_FETCH__MAX_REDIRECTS)", field=field)
 
 
-async def _read_body(response: httpx.Response, url: httpx.URL, *, max_bytes: int, field: str) -> RawInput:
+def _redirect_target(base: httpx.URL, location: str, field: str) -> httpx.URL:
+    """Where a redirect points; relative locations resolve against the URL asked for, never the IP."""
+    try:
+        target = base.join(location)
+        if target.scheme in ("http", "https"):
+            url_host(target)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise FetchFailed(f"redirect to an invalid URL: {exc}", field=field) from exc
+    return target
+
+
+async def _read_body(response: httpx.Response, hop: _Hop, *, max_bytes: int, field: str) -> RawInput:
     if response.status_code != 200:
-        raise FetchFailed(f"{url.host!r} answered HTTP {response.status_code}", field=field)
+        raise FetchFailed(f"{hop.host!r} answered HTTP {response.status_code}", field=field)
     declared = normalise_media_type(response.headers.get("content-type"))
     if declared is not None and declared not in ACCEPTED_MEDIA_TYPES:
         raise UnsupportedMediaType(f"URL returned {declared!r}, not an image or PDF", field=field)
@@ -511,5 +688,5 @@ async def _read_body(response: httpx.Response, url: httpx.URL, *, max_bytes: int
         chunks.append(chunk)
     data = b"".join(chunks)
     _check_size(len(data), max_bytes, field)
-    name = url.path.rsplit("/", 1)[-1] or None
+    name = hop.url.path.rsplit("/", 1)[-1] or None
     return RawInput(data, field, name, declared)

@@ -10,12 +10,14 @@ const OUTPUTS = "markdown,text,raw,blocks,crops,visualization";
 const KEY_STORAGE = "dsocr.apiKey";
 
 // Same palette as dsocr.render.overlay.label_colour, so boxes drawn here match the server's PNG.
-const LABEL_COLOURS = {
+// A Map: labels come from the model, and a plain object would answer "constructor" or "__proto__"
+// with Object.prototype's members. Model-controlled strings never index a plain object here.
+const LABEL_COLOURS = new Map(Object.entries({
   title: [200, 30, 45], sub_title: [230, 100, 20], text: [30, 90, 200], image: [20, 140, 60],
   image_caption: [110, 150, 20], table: [130, 50, 180], table_caption: [170, 80, 150],
   table_footnote: [120, 90, 160], equation: [0, 130, 140], figure_title: [150, 110, 0],
   header: [90, 90, 90], footer: [90, 90, 90], footnote: [100, 70, 40],
-};
+}));
 const FALLBACK_COLOURS = [
   [31, 119, 180], [214, 39, 40], [44, 160, 44], [148, 103, 189], [140, 86, 75],
   [227, 119, 194], [23, 150, 160], [188, 140, 0], [60, 60, 160], [160, 60, 60],
@@ -38,7 +40,7 @@ function crc32(text) {
 }
 
 function labelColour(label) {
-  const rgb = LABEL_COLOURS[label.trim().toLowerCase()] ?? FALLBACK_COLOURS[crc32(label) % FALLBACK_COLOURS.length];
+  const rgb = LABEL_COLOURS.get(label.trim().toLowerCase()) ?? FALLBACK_COLOURS[crc32(label) % FALLBACK_COLOURS.length];
   return `rgb(${rgb.join(",")})`;
 }
 
@@ -584,9 +586,11 @@ function blockItem(block, crops) {
   if (block.label === block.text) text.textContent = block.text;
   else text.append(renderMarkdown(block.text, crops));
   item.append(label, text);
-  if (block.crop_index !== undefined && crops[block.crop_index]) {
+  // Only an integer index: crops["constructor"] would be Array's constructor, not a crop.
+  const crop = Number.isInteger(block.crop_index) ? crops[block.crop_index] : undefined;
+  if (typeof crop === "string") {
     const image = document.createElement("img");
-    image.src = `data:image/png;base64,${crops[block.crop_index]}`;
+    image.src = `data:image/png;base64,${crop}`;
     image.alt = `figure crop ${block.crop_index}`;
     item.append(image);
   }
