@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +60,15 @@ def tree(out: Path) -> dict[str, bytes]:
         for path in sorted(out.rglob("*"))
         if path.is_file() and path.name not in skip
     }
+
+
+def run_dsocr_batch(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+    """`dsocr batch ARGS` as a user runs it: a subprocess, no DSOCR_* variables but ``env``'s."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DSOCR_", "RAY_ADDRESS"))}
+    return subprocess.run(
+        [sys.executable, "-m", "dsocr", "batch", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

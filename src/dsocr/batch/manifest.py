@@ -128,7 +128,7 @@ class Manifest:
     def register_document(
         self, *, doc_key: str, sha256: str, settings_key: str, path: str, out_name: str, pages: Iterable[int]
     ) -> None:
-        """Add (or refresh) a document that opened, and a pending row for each new page."""
+        """Add (or refresh: path, folder) a document that opened, and a pending row for each new page."""
         now = time.time()
         page_list = list(pages)
         with self._transaction():
@@ -137,7 +137,8 @@ class Manifest:
                                           status, reason, message, attempts, updated_at)
                    VALUES (?, ?, ?, ?, ?, ?, 'pending', NULL, NULL, 1, ?)
                    ON CONFLICT(doc_key) DO UPDATE SET
-                       path = excluded.path, page_count = excluded.page_count,
+                       path = excluded.path, out_name = excluded.out_name,
+                       page_count = excluded.page_count,
                        status = CASE WHEN documents.status = 'failed' THEN 'pending'
                                      ELSE documents.status END,
                        reason = NULL, message = NULL, attempts = documents.attempts + 1,
@@ -167,9 +168,9 @@ class Manifest:
                                           status, reason, message, attempts, updated_at)
                    VALUES (?, ?, ?, ?, ?, NULL, 'failed', ?, ?, 1, ?)
                    ON CONFLICT(doc_key) DO UPDATE SET
-                       path = excluded.path, status = 'failed', reason = excluded.reason,
-                       message = excluded.message, attempts = documents.attempts + 1,
-                       updated_at = excluded.updated_at""",
+                       path = excluded.path, out_name = excluded.out_name, status = 'failed',
+                       reason = excluded.reason, message = excluded.message,
+                       attempts = documents.attempts + 1, updated_at = excluded.updated_at""",
                 (doc_key, sha256, settings_key, path, out_name, reason, message, time.time()),
             )
 

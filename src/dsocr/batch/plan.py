@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Literal
 from PIL import Image
 
 from dsocr.batch.manifest import Manifest
+from dsocr.batch.names import NameAllocator, display_path
 from dsocr.batch.outputs import page_json_path
 from dsocr.errors import DsocrError, InvalidInput, UndecodableInput
 from dsocr.inputs import Document, open_document
@@ -103,7 +105,7 @@ def scan_file(path: Path, *, limits: LimitSettings, dpi: int) -> FileScan:
         data = read_local_file(path, limits=limits, field=_FIELD).data
     except DsocrError as exc:
         # Unreadable: key it by its path, so a later run retries it.
-        return FileScan(path=path, sha256="unreadable-" + _sha256(str(path).encode()), error=exc)
+        return FileScan(path=path, sha256="unreadable-" + _sha256(os.fsencode(path)), error=exc)
     digest = _sha256(data)
     try:
         if sniff_format(data) == "PDF":
@@ -175,17 +177,21 @@ def plan_run(
     """
     plan = RunPlan(settings_key=settings_key)
     first_path: dict[str, Path] = {}
-    taken = manifest.out_names()
+    names = NameAllocator(out_dir, manifest.out_names())
     for path in paths:
         scan = scan_file(path, limits=limits, dpi=dpi)
         if scan.sha256 in first_path:
             plan.duplicates.append((path, first_path[scan.sha256]))
             continue
         first_path[scan.sha256] = path
-        out_name = manifest.out_name_of(scan.sha256) or _free_name(path, scan.sha256, taken)
-        taken[out_name] = scan.sha256
+        out_name = names.name_for(path, scan.sha256, previous=manifest.out_name_of(scan.sha256))
         doc_key = f"{scan.sha256}:{settings_key}"
-        common = {"doc_key": doc_key, "sha256": scan.sha256, "settings_key": settings_key, "path": str(path)}
+        common = {
+            "doc_key": doc_key,
+            "sha256": scan.sha256,
+            "settings_key": settings_key,
+            "path": display_path(path),
+        }
         if scan.error is not None:
             manifest.fail_document(
                 **common, out_name=out_name, reason=scan.error.code, message=scan.error.message
@@ -211,15 +217,6 @@ def plan_run(
     return plan
 
 
-def _free_name(path: Path, sha256: str, taken: dict[str, str]) -> str:
-    """The file's stem, or stem-<hash prefix> when another content already has that folder."""
-    stem = path.stem or "document"
-    owner = taken.get(stem)
-    if owner is None or owner == sha256:
-        return stem
-    return f"{stem}-{sha256[:12]}"
-
-
 class PageSource:
     """Renders pages of one document on demand; thread-safe; opened on first use, then kept open.
 
@@ -241,24 +238,26 @@ class PageSource:
         with self._lock:
             if self._closed:
                 raise UndecodableInput(
-                    f"{self._path} was closed before page {page} was rendered", field=_FIELD
+                    f"{display_path(self._path)} was closed before page {page} was rendered", field=_FIELD
                 )
             if self._document is None:
                 self._document = self._open()
-            # Rendering under the lock costs no parallelism: pdfium renders one page at a time
-            # process-wide anyway (PDFIUM_LOCK).
-            return self._document.page_image(page - 1)
+            document = self._document
+        # Outside the lock: pages render in worker processes, under the render budget, several
+        # of one document at once (page_image is thread-safe; closing cancels what still runs).
+        return document.page_image(page - 1)
 
     def _open(self) -> Document:
         data = read_local_file(self._path, limits=self._limits, field=_FIELD).data
         if _sha256(data) != self._sha256:
             raise UndecodableInput(
-                f"{self._path} changed since the run started; run the batch again", field=_FIELD
+                f"{display_path(self._path)} changed since the run started; run the batch again",
+                field=_FIELD,
             )
         return open_document(data, limits=self._limits, dpi=self._dpi, field=_FIELD)
 
     def close(self) -> None:
-        """Release the PDF once running renders finished; idempotent."""
+        """Release the PDF, cancelling renders still running; idempotent."""
         with self._lock:
             self._closed = True
             document, self._document = self._document, None

@@ -15,9 +15,11 @@ import asyncio
 import functools
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from PIL import Image
 
@@ -27,7 +29,7 @@ from dsocr.batch.runner import BatchJob, BatchSummary, PreparedRun, finish_run, 
 from dsocr.engine.base import Engine, SamplingOptions
 from dsocr.engine.factory import create_engine, select_engine
 from dsocr.engine.gpus import disable_nvlink_multicast
-from dsocr.errors import ConfigError, DsocrError
+from dsocr.errors import ConfigError, DsocrError, EngineUnavailable
 from dsocr.pipeline import OutputKind, ocr_page
 from dsocr.progress import progress_bar
 from dsocr.service import new_request_id
@@ -36,6 +38,10 @@ from dsocr.settings import EngineSettings, LimitSettings, Settings
 __all__ = ["run_batch_ray"]
 
 logger = logging.getLogger(__name__)
+
+_ADDRESS = "ray_address"
+# Ray retries an unreachable cluster for many minutes; a TCP connect first fails in seconds.
+_CONNECT_TIMEOUT_S = 10.0
 
 
 def run_batch_ray(
@@ -75,12 +81,71 @@ def _import_ray() -> Any:
 
 
 def _init_ray(ray: Any, address: str | None) -> None:
+    """Join the cluster at ``address`` (or start a local Ray); typed errors naming ``ray_address``."""
     # No usage reporting and no dashboard: batch hosts are often offline, and nothing listens
     # on a port this job did not ask for.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # A local Ray instance starts its workers from this environment: NVLink multicast off there too.
     disable_nvlink_multicast()
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    shown = address or os.environ.get("RAY_ADDRESS") or "auto"
+    _check_reachable(_bootstrap_address(address, shown), shown)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except ValueError as exc:  # a malformed address, or ray://… without ray[client]
+        raise ConfigError(
+            f"cannot use Ray cluster address {shown!r}: {_first_line(exc)}", field=_ADDRESS
+        ) from exc
+    except Exception as exc:
+        raise EngineUnavailable(
+            f"cannot join the Ray cluster at {shown}: {_first_line(exc)}", field=_ADDRESS
+        ) from exc
+
+
+def _bootstrap_address(address: str | None, shown: str) -> str | None:
+    """The cluster's ``host:port`` as Ray resolves it, or None (start a local Ray; Ray Client)."""
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        return None  # ray.init starts a local instance
+    if shown.startswith("ray://"):
+        return None  # Ray Client reports its own connection errors
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:  # private API moved: leave the check to ray.init
+        return None
+    try:
+        resolved: str | None = canonicalize_bootstrap_address(shown)
+    except ValueError as exc:
+        raise ConfigError(
+            f"cannot use Ray cluster address {shown!r}: {_first_line(exc)}", field=_ADDRESS
+        ) from exc
+    except ConnectionError as exc:  # "auto" and no cluster found
+        raise EngineUnavailable(f"cannot find a Ray cluster: {_first_line(exc)}", field=_ADDRESS) from exc
+    return resolved
+
+
+def _check_reachable(bootstrap: str | None, shown: str) -> None:
+    if bootstrap is None:
+        return
+    parts = urlsplit(f"//{bootstrap}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return  # not host:port; ray.init reports it
+    if host is None or port is None:
+        return
+    try:
+        socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise EngineUnavailable(
+            f"cannot reach the Ray cluster at {shown} ({host}:{port}): {reason}; "
+            "is `ray start --head` running there?",
+            field=_ADDRESS,
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _run_pipeline(
@@ -165,8 +230,11 @@ def _actor_shape(
 def _render_document(row: dict[str, Any], *, limits: LimitSettings, dpi: int) -> Iterator[dict[str, Any]]:
     """One document row → one row per page to do, rendered (a CPU task; pages stream out one by one).
 
-    A page that cannot be rendered becomes a row carrying its failed artifacts, so it is reported.
+    A page that cannot be rendered (over the render budget included) becomes a row carrying its
+    failed artifacts, so it is reported.
     """
+    # This task renders one page at a time: one render worker process is enough.
+    limits = limits.model_copy(update={"render_workers": 1})
     source = PageSource(Path(row["path"]), sha256=str(row["sha256"]), limits=limits, dpi=dpi)
     try:
         for page in row["pages"]:

@@ -24,6 +24,7 @@ from typing import IO, Any, Literal
 
 from dsocr import errors, service
 from dsocr.batch.manifest import Manifest, settings_hash
+from dsocr.batch.names import display_path, printable
 from dsocr.batch.outputs import (
     PageArtifacts,
     assemble_document,
@@ -44,6 +45,8 @@ __all__ = [
     "BatchJob",
     "BatchSummary",
     "BatchWriter",
+    "DuplicateFile",
+    "FailedFile",
     "PreparedRun",
     "RunConfig",
     "finish_run",
@@ -132,9 +135,35 @@ def resolve_config(job: BatchJob, settings: Settings) -> RunConfig:
     )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailedFile:
+    """An input that failed in this run: the whole file (``page`` None) or one of its pages."""
+
+    path: str
+    output: str  # its folder under OUT
+    page: int | None
+    reason: str  # the error code, e.g. undecodable_input
+    message: str
+
+    def describe(self) -> str:
+        """One terminal-safe line: path, page, reason and message."""
+        where = "" if self.page is None else f" page {self.page}"
+        return printable(f"{self.path}{where}: {self.reason}: {self.message}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DuplicateFile:
+    """An input with the same bytes as an earlier one: not processed again, it shares that output."""
+
+    path: str
+    same_as: str
+    output: str  # the shared folder under OUT
+
+
 @dataclass(slots=True, kw_only=True)
 class BatchSummary:
-    """How a run went. ``failures`` counts failed pages and unopenable documents by error code."""
+    """How a run went. ``failures`` counts failed pages and unopenable documents by error code;
+    ``failed_files`` names them, ``duplicate_files`` names the inputs that share an output."""
 
     runner: Literal["local", "ray"]
     engine: str
@@ -146,6 +175,8 @@ class BatchSummary:
     pages_skipped: int = 0  # finished by an earlier run
     pages_failed: int = 0  # failed in this run (retried on the next)
     failures: dict[str, int] = field(default_factory=dict)
+    failed_files: list[FailedFile] = field(default_factory=list)
+    duplicate_files: list[DuplicateFile] = field(default_factory=list)
     scan_s: float = 0.0
     elapsed_s: float = 0.0
     first_failure_exit: int = 0
@@ -178,11 +209,33 @@ class BatchSummary:
             "pages_skipped": self.pages_skipped,
             "pages_failed": self.pages_failed,
             "failures": dict(sorted(self.failures.items())),
+            "failed_files": [asdict(failed) for failed in self.sorted_failed_files()],
+            "duplicate_files": [asdict(duplicate) for duplicate in self.duplicate_files],
             "scan_s": round(self.scan_s, 3),
             "elapsed_s": round(self.elapsed_s, 3),
             "pages_per_s": round(self.pages_per_s, 3),
             "exit_code": self.exit_code,
         }
+
+    def sorted_failed_files(self) -> list[FailedFile]:
+        """Failed files by path, then page (whole-file failures first)."""
+        return sorted(self.failed_files, key=lambda f: (f.path, f.page or 0))
+
+    def failure_lines(self, *, limit: int, summary_path: Path) -> list[str]:
+        """Up to ``limit`` lines naming a failed file each, then how many more are in the summary."""
+        lines = [f"failed: {failed.describe()}" for failed in self.sorted_failed_files()]
+        return _capped(lines, limit, f"failed, see {summary_path}")
+
+    def duplicate_lines(self, *, limit: int, out_dir: Path, summary_path: Path) -> list[str]:
+        """Up to ``limit`` lines naming a duplicate and the output it shares."""
+        lines = [
+            printable(
+                f"duplicate: {duplicate.path} has the same bytes as {duplicate.same_as}; "
+                f"both are in {out_dir / duplicate.output}"
+            )
+            for duplicate in self.duplicate_files
+        ]
+        return _capped(lines, limit, f"duplicate(s), see {summary_path}")
 
     def describe(self) -> str:
         """One human line, e.g. for the CLI."""
@@ -192,6 +245,12 @@ class BatchSummary:
             f"{self.pages_skipped} skipped (already done), {self.pages_failed} failed; "
             f"{self.elapsed_s:.1f} s, {self.pages_per_s:.2f} pages/s; failures: {failures}"
         )
+
+
+def _capped(lines: list[str], limit: int, more: str) -> list[str]:
+    if len(lines) <= limit:
+        return lines
+    return [*lines[:limit], f"… and {len(lines) - limit} more {more}"]
 
 
 def _exit_code_of(code: str) -> int:
@@ -222,7 +281,7 @@ class BatchWriter:
         self._remaining = {doc.doc_key: set(doc.todo) for doc in plan.documents if doc.error is None}
         for doc in plan.failed_documents:
             assert doc.error is not None
-            self._count_failure(doc.error.code)
+            self._count_failure(doc, None, doc.error.code, doc.error.message)
 
     def write(self, doc_key: str, artifacts: PageArtifacts) -> None:
         """Write one page's files, commit it and assemble its document when complete (blocking)."""
@@ -245,7 +304,9 @@ class BatchWriter:
                 doc_key, artifacts.page, "failed", reason=str(error["type"]), message=str(error["message"])
             )
             self._summary.pages_failed += 1
-            self._count_failure(str(error["type"]))
+            self._count_failure(
+                self._documents[doc_key], artifacts.page, str(error["type"]), str(error["message"])
+            )
         remaining = self._remaining[doc_key]
         remaining.discard(artifacts.page)
         return not remaining
@@ -264,8 +325,13 @@ class BatchWriter:
             ):
                 self.assemble(doc)
 
-    def _count_failure(self, code: str) -> None:
+    def _count_failure(self, doc: DocumentPlan, page: int | None, code: str, message: str) -> None:
         self._summary.failures[code] = self._summary.failures.get(code, 0) + 1
+        self._summary.failed_files.append(
+            FailedFile(
+                path=display_path(doc.path), output=doc.out_name, page=page, reason=code, message=message
+            )
+        )
         if not self._summary.first_failure_exit:
             self._summary.first_failure_exit = _exit_code_of(code)
 
@@ -317,6 +383,7 @@ def prepare_run(job: BatchJob, settings: Settings, *, runner: Literal["local", "
         documents=len(plan.documents),
         documents_failed=len(plan.failed_documents),
         duplicates=len(plan.duplicates),
+        duplicate_files=_duplicate_files(plan),
         pages_total=plan.pages_total,
         pages_skipped=plan.pages_total - plan.pages_todo,
         scan_s=time.perf_counter() - started,
@@ -331,6 +398,14 @@ def prepare_run(job: BatchJob, settings: Settings, *, runner: Literal["local", "
         started=started,
         lock=lock,
     )
+
+
+def _duplicate_files(plan: RunPlan) -> list[DuplicateFile]:
+    output_of = {doc.path: doc.out_name for doc in plan.documents}
+    return [
+        DuplicateFile(path=display_path(path), same_as=display_path(first), output=output_of[first])
+        for path, first in plan.duplicates
+    ]
 
 
 def _lock_out_dir(out_dir: Path) -> IO[bytes]:
@@ -362,7 +437,8 @@ def finish_run(run: PreparedRun, out_dir: Path) -> BatchSummary:
     """Assemble what is left, stamp the time and write ``summary.json``."""
     run.writer.finish()
     run.summary.elapsed_s = time.perf_counter() - run.started
-    write_text_atomic(out_dir / SUMMARY_NAME, json.dumps(run.summary.to_dict(), indent=2) + "\n")
+    body = json.dumps(run.summary.to_dict(), indent=2, ensure_ascii=False)
+    write_text_atomic(out_dir / SUMMARY_NAME, body + "\n")
     return run.summary
 
 
