@@ -19,15 +19,32 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     name="dsocr",
-    help="DeepSeek-OCR: OCR scans, photos and PDFs into markdown, text and layout blocks.",
+    help="DeepSeek-OCR: OCR scans, photos and PDFs into markdown, text and layout blocks.\n\n"
+    "Every command reads its settings from DSOCR_* environment variables (e.g. DSOCR_ENGINE__KIND=fake); "
+    "a flag, when given, overrides its variable.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from dsocr import __version__
+
+        typer.echo(f"dsocr {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the dsocr version and exit."
+        ),
+    ] = False,
+) -> None:
     """DeepSeek-OCR command line."""
 
 
@@ -163,9 +180,15 @@ class FormatChoice(str, Enum):
 
 # Options that `dsocr ocr` and `dsocr batch` share.
 EngineOption = Annotated[
-    EngineChoice, typer.Option(help="Engine: auto picks vLLM on a GPU host with the model, else cpu.")
+    EngineChoice | None,
+    typer.Option(
+        help="Engine (default: DSOCR_ENGINE__KIND, else auto: vLLM on a GPU host with the model, else cpu)."
+    ),
 ]
-ModelOption = Annotated[str | None, typer.Option(help="Hugging Face id or local directory of the model.")]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(help="Hugging Face id or local directory of the model (default: DSOCR_ENGINE__MODEL)."),
+]
 ModeOption = Annotated[str, typer.Option(help="Resolution mode: tiny, small, base, large, gundam.")]
 PresetOption = Annotated[
     str | None, typer.Option(help="Prompt preset: document (default), ocr, free, figure, describe.")
@@ -184,17 +207,23 @@ def _fail_with(exc: DsocrError) -> NoReturn:
     _fail(f"{exc.message}{where}", exc.exit_code)
 
 
-def _engine_settings_or_exit(engine: EngineChoice, model: str | None) -> Settings:
-    overrides: dict[str, Any] = {"engine": {"kind": engine.value}}
+def _engine_settings_or_exit(engine: EngineChoice | None, model: str | None) -> Settings:
+    """Settings from the environment, with the engine flags that were given on top."""
+    overrides: dict[str, Any] = {}
+    if engine is not None:
+        overrides["kind"] = engine.value
     if model is not None:
-        overrides["engine"]["model"] = model
-    return _settings_or_exit(overrides)
+        overrides["model"] = model
+    return _settings_or_exit({"engine": overrides} if overrides else {})
 
 
 def _settings_or_exit(overrides: dict[str, Any]) -> Settings:
+    """``Settings`` from the DSOCR_* environment, ``overrides`` (the flags given) replacing the
+    fields they name; an invalid value exits 2 naming its variable."""
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
-    from dsocr.settings import Settings
+    from dsocr.settings import Settings, unparsable_variables
 
     try:
         return Settings(**overrides)
@@ -202,6 +231,13 @@ def _settings_or_exit(overrides: dict[str, Any]) -> Settings:
         first = exc.errors()[0]
         where = "__".join(str(part) for part in first["loc"]).upper()
         _fail(f"invalid setting DSOCR_{where}: {first['msg']}")
+    except SettingsError as exc:
+        names = ", ".join(unparsable_variables()) or "a DSOCR_* variable"
+        reason = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+        _fail(
+            f"invalid setting {names}: list and dict settings are JSON "
+            f'(e.g. \'["a", "b"]\' or \'{{"enforce_eager": true}}\'){reason}'
+        )
 
 
 def _read_api_keys(path: Path) -> list[str]:
@@ -340,8 +376,10 @@ def serve_command(
 
 @app.command("ocr")
 def ocr_command(
-    source: Annotated[str, typer.Argument(help="An image or PDF file, or an http(s) URL of one.")],
-    engine: EngineOption = EngineChoice.auto,
+    source: Annotated[
+        str, typer.Argument(help="An image or PDF file, an http(s) URL of one, or '-' to read stdin.")
+    ],
+    engine: EngineOption = None,
     model: ModelOption = None,
     mode: ModeOption = "gundam",
     preset: PresetOption = None,
@@ -353,7 +391,10 @@ def ocr_command(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
     crops: Annotated[
         Path | None,
-        typer.Option(help="Directory for figure crops, named N.png like the markdown's images/N.png."),
+        typer.Option(
+            help="Directory for figure crops (N.png); the markdown links them there "
+            "(relative to --out's folder when given)."
+        ),
     ] = None,
     viz: Annotated[
         Path | None,
@@ -400,6 +441,16 @@ def ocr_command(
 
 # --- batch: folders of images and PDFs, resumable, locally or on Ray (src/dsocr/batch/) -------------
 
+# Failed files (and duplicates) named on stderr; summary.json lists them all.
+_LISTED_FILES = 10
+
+
+def _literal(text: str) -> str:
+    """Help text shown as written: rich markup would take the ``[ray]`` of ``dsocr[ray]`` for a tag."""
+    from typer.core import DEFAULT_MARKUP_MODE
+
+    return text.replace("[", "\\[") if DEFAULT_MARKUP_MODE == "rich" else text
+
 
 @app.command("batch")
 def batch_command(
@@ -407,7 +458,7 @@ def batch_command(
         list[str], typer.Argument(metavar="INPUT...", help="Folders (recursive), globs, images and PDFs.")
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created; holds the manifest).")],
-    engine: EngineOption = EngineChoice.auto,
+    engine: EngineOption = None,
     model: ModelOption = None,
     mode: ModeOption = "gundam",
     preset: PresetOption = None,
@@ -425,7 +476,7 @@ def batch_command(
         Path | None, typer.Option(help="SQLite manifest (default OUT/manifest.sqlite).")
     ] = None,
     ray: Annotated[
-        bool, typer.Option("--ray", help="Run as a Ray Data pipeline (pip install 'dsocr[ray]').")
+        bool, typer.Option("--ray", help=_literal("Run as a Ray Data pipeline (pip install 'dsocr[ray]')."))
     ] = False,
     ray_address: Annotated[
         str | None, typer.Option(help="Ray cluster to join (implies --ray), e.g. auto or ray://head:10001.")
@@ -433,7 +484,12 @@ def batch_command(
     ray_actors: Annotated[
         int | None, typer.Option(min=1, help="OCR actors (default: one per GPU, or per CPU for cpu/fake).")
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary line.")] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="No progress bar, summary line or duplicates (failed files still shown)."
+        ),
+    ] = False,
 ) -> None:
     """OCR many files into OUT/<name>/ (markdown, page JSON, crops), resumably.
 
@@ -469,9 +525,16 @@ def batch_command(
         _fail_with(exc)
     except KeyboardInterrupt:
         _fail("interrupted; finished pages are kept, run the same command again to resume", 130)
+    summary_path = out / "summary.json"
     if not quiet:
         typer.echo(f"dsocr batch: {summary.describe()}", err=True)
-        typer.echo(f"summary: {out / 'summary.json'}", err=True)
+    # Failed files are errors: named even with --quiet.
+    for line in summary.failure_lines(limit=_LISTED_FILES, summary_path=summary_path):
+        typer.echo(line, err=True)
+    if not quiet:
+        for line in summary.duplicate_lines(limit=_LISTED_FILES, out_dir=out, summary_path=summary_path):
+            typer.echo(line, err=True)
+        typer.echo(f"summary: {summary_path}", err=True)
     raise typer.Exit(summary.exit_code)
 
 

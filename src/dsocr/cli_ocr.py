@@ -1,9 +1,10 @@
 """The work behind ``dsocr ocr``: one file or URL through the same pipeline the server uses.
 
-No HTTP hop: the source is read (local file or SSRF-guarded URL), opened as an image or a PDF
+No HTTP hop: the source is read (local file, stdin, or SSRF-guarded URL), opened as an image or a PDF
 (:func:`dsocr.inputs.load_document`), its pages run through :func:`dsocr.pipeline.ocr_document`
 on an engine started in this process, and the results are written as markdown, text or JSON.
-Figure crops and box overlays are written to files on request. Typer types stay in ``cli.py``.
+Figure crops and box overlays are written to files on request; the markdown links the crops where
+they were written. Typer types stay in ``cli.py``.
 """
 
 from __future__ import annotations
@@ -11,26 +12,28 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 from PIL import Image
 
 from dsocr import service
 from dsocr.engine.base import Engine
 from dsocr.engine.factory import create_engine
-from dsocr.errors import InvalidInput
-from dsocr.inputs import Source, UrlSource, load_document
+from dsocr.errors import InputTooLarge, InvalidInput
+from dsocr.inputs import BytesSource, Source, UrlSource, load_document
 from dsocr.inputs.sources import read_local_file
 from dsocr.pipeline import OutputKind, PageInput, PageResult, document_pages, ocr_document
 from dsocr.progress import progress_bar
 from dsocr.prompts import build_prompt
 from dsocr.render.overlay import layout_pdf
-from dsocr.settings import Settings
+from dsocr.settings import LimitSettings, Settings
 
 __all__ = ["EXIT_PARTIAL", "OcrJob", "OcrOutcome", "OutputFormat", "run_ocr"]
 
@@ -40,6 +43,10 @@ OutputFormat = Literal["md", "txt", "json"]
 EXIT_PARTIAL = 4
 
 _IMAGE_LINK = re.compile(r"!\[\]\(images/(\d+)\.png\)")
+# Where the parser's markdown links crops; kept when no crops are written.
+_DEFAULT_CROPS_LINK = "images"
+# The source argument that reads the file from standard input.
+STDIN = "-"
 # Pages OCRed concurrently: enough to keep a batching engine busy, few enough to bound memory.
 _MAX_IN_FLIGHT = 8
 
@@ -87,13 +94,49 @@ class OcrOutcome:
 
 
 def source_of(text: str, settings: Settings) -> Source:
-    """An http(s) URL is fetched (SSRF-guarded); anything else is a local file path."""
+    """``-`` is stdin; an http(s) URL is fetched (SSRF-guarded); anything else is a local file path."""
+    if text == STDIN:
+        return read_stdin(settings.limits)
     if re.match(r"(?i)^https?://", text):
         return UrlSource(text, field="source")
     path = Path(text)
     if not path.exists():
         raise InvalidInput(f"no such file: {text}", field="source")
     return read_local_file(path, limits=settings.limits, field="source")
+
+
+def read_stdin(limits: LimitSettings) -> BytesSource:
+    """The image or PDF piped to stdin, at most the upload limit (read no further than that)."""
+    stream = sys.stdin.buffer if sys.stdin is not None else None
+    if stream is None or stream.isatty():
+        raise InvalidInput(
+            "'-' reads the image or PDF from stdin, but nothing is piped in (cat page.png | dsocr ocr -)",
+            field="source",
+        )
+    data = stream.read(limits.max_upload_bytes + 1)
+    if len(data) > limits.max_upload_bytes:
+        raise InputTooLarge(
+            f"stdin holds more than {limits.max_upload_bytes:,} bytes, the limit "
+            "(DSOCR_LIMITS__MAX_UPLOAD_BYTES)",
+            field="source",
+        )
+    if not data:
+        raise InvalidInput("stdin is empty; pipe an image or PDF in", field="source")
+    return BytesSource(data, field="source")
+
+
+def crops_link(crops_dir: Path | None, out: Path | None) -> str:
+    """The folder the markdown links crops in: ``crops_dir`` relative to the markdown file's folder
+    when it is written to ``out``, else as the user wrote it (relative to where they ran it)."""
+    if crops_dir is None:
+        return _DEFAULT_CROPS_LINK
+    if out is None:
+        return crops_dir.as_posix()
+    try:
+        relative = os.path.relpath(os.path.abspath(crops_dir), os.path.abspath(out.parent))
+    except ValueError:  # another drive (Windows): no relative path exists
+        return Path(os.path.abspath(crops_dir)).as_posix()
+    return Path(relative).as_posix()
 
 
 def run_ocr(job: OcrJob, settings: Settings, *, write_stdout: Callable[[str], None]) -> OcrOutcome:
@@ -142,7 +185,13 @@ async def _run(job: OcrJob, settings: Settings, *, write_stdout: Callable[[str],
         _report_failures(outcome)
         if len(outcome.failed) == len(outcome.results):
             return outcome  # nothing to write; the errors were reported
-        text = render(outcome.results, job.output_format, source=job.source, prompt=prompt)
+        text = render(
+            outcome.results,
+            job.output_format,
+            source=job.source,
+            prompt=prompt,
+            crops_link=crops_link(job.crops_dir, job.out),
+        )
         if job.out is None:
             write_stdout(text)
         else:
@@ -209,22 +258,29 @@ def _crop_offsets(results: list[PageResult]) -> list[int]:
     return offsets
 
 
-def _renumber_links(markdown: str, offset: int) -> str:
-    if offset == 0:
+def _relink(markdown: str, offset: int, folder: str) -> str:
+    """Page-local crop links → ``folder/N.png`` with N numbered over the document."""
+    if offset == 0 and folder == _DEFAULT_CROPS_LINK:
         return markdown
-    return _IMAGE_LINK.sub(lambda m: f"![](images/{int(m.group(1)) + offset}.png)", markdown)
+    return _IMAGE_LINK.sub(lambda m: f"![]({quote(f'{folder}/{int(m.group(1)) + offset}.png')})", markdown)
 
 
-def render(results: list[PageResult], output_format: OutputFormat, *, source: str, prompt: str) -> str:
-    """The document as markdown (pages separated by a rule), text (form feeds) or JSON."""
+def render(
+    results: list[PageResult],
+    output_format: OutputFormat,
+    *,
+    source: str,
+    prompt: str,
+    crops_link: str = _DEFAULT_CROPS_LINK,
+) -> str:
+    """The document as markdown (pages separated by a rule), text (form feeds) or JSON.
+
+    Crop links point into the folder ``crops_link`` (see :func:`crops_link`).
+    """
     offsets = _crop_offsets(results)
     if output_format == "json":
-        return (
-            json.dumps(
-                _json_document(results, offsets, source=source, prompt=prompt), ensure_ascii=False, indent=2
-            )
-            + "\n"
-        )
+        document = _json_document(results, offsets, source=source, prompt=prompt, crops_link=crops_link)
+        return json.dumps(document, ensure_ascii=False, indent=2) + "\n"
     parts: list[str] = []
     for result, offset in zip(results, offsets, strict=True):
         if result.parsed is None:
@@ -232,13 +288,13 @@ def render(results: list[PageResult], output_format: OutputFormat, *, source: st
         elif output_format == "txt":
             parts.append(result.parsed.text.strip())
         else:
-            parts.append(_renumber_links(result.parsed.markdown, offset).strip())
+            parts.append(_relink(result.parsed.markdown, offset, crops_link).strip())
     separator = "\n\f\n" if output_format == "txt" else "\n\n---\n\n"
     return separator.join(parts) + "\n"
 
 
 def _json_document(
-    results: list[PageResult], offsets: list[int], *, source: str, prompt: str
+    results: list[PageResult], offsets: list[int], *, source: str, prompt: str, crops_link: str
 ) -> dict[str, Any]:
     pages: list[dict[str, Any]] = []
     prompt_tokens = completion_tokens = 0
@@ -252,7 +308,7 @@ def _json_document(
             page["error"] = result.error.to_dict()
         else:
             page.update(service.typed_page_fields(result))
-            page["markdown"] = _renumber_links(page["markdown"], offset)
+            page["markdown"] = _relink(page["markdown"], offset, crops_link)
             page["first_crop"] = offset
         prompt_tokens += result.usage.prompt_tokens
         completion_tokens += result.usage.completion_tokens

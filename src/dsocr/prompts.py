@@ -11,6 +11,9 @@ or from a free prompt:
   ``"<image>\\nExtract all text from this image."``: a tag placed elsewhere is **moved to the front**,
   because every official prompt starts with it and the model was trained that way (§1.1). The text
   around the removed tag is joined with one space.
+* ``prompt_from_text("document")`` → the document preset; ``prompt_from_text("Read it.")`` →
+  ``"<image>\\nRead it."``: one text field that takes a preset name or a free prompt (``/predict``'s
+  ``prompt``, a chat message's text part), so a preset name means the same on every route
 
 One image per request is the supported contract (§1.2, issue #190), so a prompt with more than one
 ``<image>`` is rejected rather than silently sent with a single image.
@@ -33,6 +36,7 @@ __all__ = [
     "locate_target",
     "normalize_prompt",
     "preset_of",
+    "prompt_from_text",
 ]
 
 IMAGE_TAG: Final = "<image>"
@@ -85,6 +89,26 @@ def build_prompt(preset: str | None = None, *, prompt: str | None = None, target
             raise InvalidInput(f"target is only used with the 'locate' preset, not {name!r}", field="target")
         return PRESETS[name]
     return PRESETS["locate"].format(target=_check_target(target))
+
+
+def prompt_from_text(text: str) -> str:
+    """The full prompt for a text that is a preset name (any case, outer spaces ignored) or else a
+    free prompt, normalised.
+
+    ``locate`` alone is refused rather than sent to the model as the word: it needs a target, which
+    a single text carries as the whole prompt. Raises ``InvalidInput(field="prompt")``; callers
+    whose field has another name re-raise with theirs.
+    """
+    name = text.strip().lower()
+    if name == "locate":
+        raise InvalidInput(
+            "the 'locate' preset needs a target; write the prompt in full, e.g. "
+            "'Locate <|ref|>the title<|/ref|> in the image.'",
+            field="prompt",
+        )
+    if name in PRESETS:
+        return PRESETS[name]
+    return normalize_prompt(text)
 
 
 def normalize_prompt(prompt: str) -> str:

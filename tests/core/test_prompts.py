@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from dsocr.errors import InvalidInput
-from dsocr.prompts import PRESETS, build_prompt, is_grounded, locate_target, normalize_prompt, preset_of
+from dsocr.prompts import (
+    PRESETS,
+    build_prompt,
+    is_grounded,
+    locate_target,
+    normalize_prompt,
+    preset_of,
+    prompt_from_text,
+)
 
 OFFICIAL = {
     "document": "<image>\n<|grounding|>Convert the document to markdown.",
@@ -128,3 +136,24 @@ def test_grounded_prompts_are_document_ocr_and_locate() -> None:
 
 def test_locate_target_is_none_for_other_prompts() -> None:
     assert locate_target(OFFICIAL["free"]) is None
+
+
+@pytest.mark.parametrize(("name", "expected"), OFFICIAL.items())
+def test_a_text_that_is_a_preset_name_means_that_preset(name: str, expected: str) -> None:
+    # One text field (/predict's prompt, a chat text part) takes preset names and free prompts.
+    assert prompt_from_text(name) == expected
+    assert prompt_from_text(f"  {name.upper()} ") == expected
+
+
+def test_a_text_that_is_not_a_preset_name_stays_a_free_prompt() -> None:
+    assert prompt_from_text("Extract all text from this image. <image>") == (
+        "<image>\nExtract all text from this image."
+    )
+    assert prompt_from_text("document please") == "<image>\ndocument please"
+
+
+def test_locate_as_a_text_asks_for_its_target_instead_of_going_to_the_model() -> None:
+    with pytest.raises(InvalidInput) as info:
+        prompt_from_text("locate")
+    assert info.value.field == "prompt"
+    assert "Locate <|ref|>" in info.value.message

@@ -85,3 +85,30 @@ def test_looping_output_of_unmatched_refs_has_no_references() -> None:
     raw = "<|ref|>a<|/ref|>" * 10_000
     fields = legacy_fields(parse(raw, width=1, height=1), prompt="p", model_name="m")
     assert fields["references"] == [] and fields["extracted_text"] == raw
+
+
+def test_ocr_shape_extracted_text_keeps_every_line_the_model_read(raw_fixture: Callable[[str], str]) -> None:
+    # The OCR prompt puts each line's text inside the ref; the seed deleted those spans whole and
+    # answered newlines only. The seed's shape (line order, line breaks) stays; the text comes back.
+    raw = raw_fixture("ocr_photo.txt")
+    prompt = "<image>\n<|grounding|>OCR this image."
+    fields = legacy_fields(parse(raw, width=800, height=600, prompt=prompt), prompt=prompt, model_name="m")
+    assert list(fields) == SEED_LONG_KEYS
+    assert fields["extracted_text"].splitlines() == [
+        "越过高峰",
+        "另一种人生",
+        "OPEN 24 HOURS",
+        "Cafe & Bakery",
+    ]
+    assert fields["has_bounding_boxes"] is True and len(fields["other_references"]) == 4
+
+
+def test_ocr_shape_keeps_a_line_that_reads_image_as_text() -> None:
+    # In the OCR shape a ref is what was read, so the word "image" is text, not a figure to link.
+    raw = (
+        "<|ref|>image<|/ref|><|det|>[[1, 2, 3, 4]]<|/det|>\n"
+        "<|ref|>caption<|/ref|><|det|>[[5, 6, 7, 8]]<|/det|>"
+    )
+    prompt = "<image>\n<|grounding|>OCR this image."
+    fields = legacy_fields(parse(raw, width=10, height=10, prompt=prompt), prompt=prompt, model_name="m")
+    assert fields["extracted_text"] == "image\ncaption"

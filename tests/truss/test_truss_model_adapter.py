@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import yaml
 from fastapi import HTTPException
 from PIL import Image, ImageDraw
 
@@ -87,6 +88,18 @@ async def test_free_prompt_is_echoed_and_normalised(model: Any) -> None:
     result = await model.predict({"image_base64": _page_png(300, 200, "hello"), "prompt": prompt})
     assert result["prompt_used"] == prompt
     assert "extracted_text" in result
+
+
+async def test_the_configs_example_input_gets_grounded_output(model: Any) -> None:
+    # truss/config.yaml's example input, with the image sent inline (no network in tests).
+    config = yaml.safe_load((TRUSS_DIR / "config.yaml").read_text(encoding="utf-8"))
+    example = dict(config["model_metadata"]["example_model_input"])
+    assert example.pop("image_url").startswith("https://")
+    await asyncio.to_thread(model.load)
+    result = await model.predict({**example, "image_base64": _page_png(600, 800, "example")})
+    assert result["has_bounding_boxes"] is True
+    assert result["blocks"] and all(block["boxes_px"] for block in result["blocks"])
+    assert "<|ref|>" not in result["extracted_text"] and result["extracted_text"].strip()
 
 
 async def test_bad_input_raises_http_400_with_the_error_envelope(model: Any) -> None:
