@@ -2,6 +2,8 @@
 
 * :func:`predict` — the seed Truss server's ``/predict`` contract, byte for byte, plus typed
   additions under new keys. The Truss adapter calls exactly this.
+* :func:`load_image_admitted` — one image, with a hook (the server's admission) between reading
+  its header and decoding its pixels.
 * :func:`check_page_range` — a page range is for PDFs only.
 * :func:`sampling_options` — the engine sampling for a request, from settings and its own limits.
 
@@ -10,21 +12,29 @@ Everything raises :class:`~dsocr.errors.DsocrError` subclasses naming the field 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+
+from PIL import Image
 
 from dsocr import grounding
 from dsocr.engine.base import Engine, SamplingOptions
-from dsocr.errors import InvalidInput
+from dsocr.errors import InvalidInput, UnsupportedMediaType
 from dsocr.inputs import Base64Source, BytesSource, Document, Source, UrlSource, load_image
+from dsocr.inputs.formats import sniff_format
+from dsocr.inputs.images import ImageHeader, decode_pixels, read_image_header
+from dsocr.inputs.sources import RawInput, decode_base64, read_source
 from dsocr.pipeline import PageResult, ocr_page
-from dsocr.prompts import PRESETS, build_prompt
-from dsocr.settings import EngineSettings, LimitSettings, Settings
+from dsocr.prompts import PRESETS, build_prompt, prompt_from_text
+from dsocr.settings import EngineSettings, FetchSettings, LimitSettings, Settings
 
 __all__ = [
     "PREDICT_SOURCE_FIELDS",
+    "BeforeDecode",
     "check_page_range",
+    "load_image_admitted",
     "model_name",
     "new_request_id",
     "predict",
@@ -37,6 +47,10 @@ __all__ = [
 PREDICT_SOURCE_FIELDS = ("image_url", "image_base64", "image")
 DEFAULT_MODE = "gundam"
 _PDF_ADVICE = "send PDFs to POST /v1/ocr (one result per page)"
+
+# Awaited with an image's (width, height) once its header is read, before any pixel is decoded:
+# the server's admission, which may wait for room or refuse the request.
+BeforeDecode = Callable[[tuple[int, int]], Awaitable[None]]
 
 
 def new_request_id() -> str:
@@ -103,17 +117,20 @@ async def predict(
     settings: Settings,
     request_id: str | None = None,
     observe: Callable[[PageResult], None] | None = None,
+    before_decode: BeforeDecode | None = None,
 ) -> dict[str, Any]:
     """Run the seed's ``/predict``: one image in, the seed's response dict out.
 
-    Input: ``image_url`` | ``image_base64`` | ``image`` (exactly one) and an optional free-form
-    ``prompt`` (default: the document preset; a prompt such as ``"Extract all text from this
-    image. <image>"`` is normalised to ``<image>`` first for the model but echoed verbatim in
-    ``prompt_used``). Output: the seed's keys (long form when the output has grounding refs,
-    short form otherwise) plus ``blocks``, ``markdown``, ``usage``, ``finish_reason``,
-    ``warnings``, ``timings`` and ``request_id``. Raises ``DsocrError`` on any failure, never
+    Input: ``image_url`` | ``image_base64`` | ``image`` (exactly one) and an optional ``prompt``:
+    a preset name (``"document"``, the default, ``"ocr"``, ``"free"`` …; echoed in ``prompt_used``
+    as the preset's full prompt) or a free prompt (``"Extract all text from this image. <image>"``
+    is normalised to ``<image>`` first for the model but echoed verbatim in ``prompt_used``).
+    Output: the seed's keys (long form when the output has grounding refs, short form otherwise)
+    plus ``blocks``, ``markdown``, ``usage``, ``finish_reason``, ``warnings``, ``timings`` and
+    ``request_id``. Raises ``DsocrError`` on any failure, never
     returns an ``error`` key. The deadline is ``settings.limits.request_timeout_s``.
-    ``observe`` receives the page result (metrics) before the response is built.
+    ``observe`` receives the page result (metrics) before the response is built;
+    ``before_decode`` is awaited with the image's size before its pixels are decoded.
     """
     if not isinstance(payload, Mapping):
         raise InvalidInput("the request body must be a JSON object", field=None)
@@ -124,10 +141,19 @@ async def predict(
         raise InvalidInput(f"prompt must be a string, not {type(user_prompt).__name__}", field="prompt")
     if user_prompt is not None and not user_prompt.strip():
         user_prompt = None
-    prompt = build_prompt(prompt=user_prompt) if user_prompt is not None else build_prompt()
-    prompt_used = user_prompt if user_prompt is not None else PRESETS["document"]
+    # A preset name means the preset here too, as on /v1/ocr, the chat route and the CLI. It is
+    # echoed as the full prompt the model got; a free prompt is echoed verbatim, as the seed did.
+    prompt = prompt_from_text(user_prompt) if user_prompt is not None else build_prompt()
+    is_preset_name = user_prompt is not None and user_prompt.strip().lower() in PRESETS
+    prompt_used = user_prompt if user_prompt is not None and not is_preset_name else prompt
 
-    image = await load_image(source, limits=settings.limits, fetch=settings.fetch, pdf_advice=_PDF_ADVICE)
+    image = await load_image_admitted(
+        source,
+        limits=settings.limits,
+        fetch=settings.fetch,
+        pdf_advice=_PDF_ADVICE,
+        before_decode=before_decode,
+    )
     result = await ocr_page(
         engine,
         image,
@@ -146,6 +172,42 @@ async def predict(
     response.update(typed_page_fields(result))
     response["request_id"] = request_id
     return response
+
+
+async def load_image_admitted(
+    source: Source,
+    *,
+    limits: LimitSettings,
+    fetch: FetchSettings,
+    pdf_advice: str,
+    before_decode: BeforeDecode | None,
+) -> Image.Image:
+    """One image from ``source``, as ``load_image``, with ``before_decode`` awaited on its size
+    between reading the header and decoding the pixels (which it may refuse by raising)."""
+    if before_decode is None:
+        return await load_image(source, limits=limits, fetch=fetch, pdf_advice=pdf_advice)
+    if isinstance(source, Base64Source):
+        raw, header = await asyncio.to_thread(_read_base64_header, source, limits, pdf_advice)
+    else:
+        raw = await read_source(source, limits=limits, fetch=fetch)
+        header = await asyncio.to_thread(_read_header, raw, limits, pdf_advice)
+    await before_decode(header.size)
+    return await asyncio.to_thread(decode_pixels, raw.data, header, field=raw.field)
+
+
+def _read_header(raw: RawInput, limits: LimitSettings, pdf_advice: str) -> ImageHeader:
+    # A PDF is refused before pdfium sees it, as ``open_image`` does.
+    if sniff_format(raw.data) == "PDF":
+        raise UnsupportedMediaType(f"{raw.field} takes one image, not a PDF; {pdf_advice}", field=raw.field)
+    return read_image_header(raw.data, max_pixels=limits.max_image_pixels, field=raw.field)
+
+
+def _read_base64_header(
+    source: Base64Source, limits: LimitSettings, pdf_advice: str
+) -> tuple[RawInput, ImageHeader]:
+    # One worker job for the base64 text and the header, as the inputs loaders do.
+    raw = decode_base64(source.data, max_bytes=limits.max_upload_bytes, field=source.field)
+    return raw, _read_header(raw, limits, pdf_advice)
 
 
 def typed_page_fields(result: PageResult) -> dict[str, Any]:

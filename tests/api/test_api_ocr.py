@@ -109,6 +109,15 @@ async def test_page_range_on_an_image_is_400(client: httpx.AsyncClient) -> None:
     assert response.json()["error"]["field"] == "pages"
 
 
+async def test_two_sources_are_400_naming_the_second(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/ocr", json={"image_url": "https://example.com/a.png", "image_base64": b64(png_bytes(40, 30))}
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["field"] == "image_base64" and "only one source" in error["message"]
+
+
 async def test_unknown_field_and_bad_output_are_422_naming_the_field(client: httpx.AsyncClient) -> None:
     unknown = await client.post("/v1/ocr", json={"image_base64": b64(png_bytes()), "imagee_url": "x"})
     assert unknown.status_code == 422

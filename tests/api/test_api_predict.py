@@ -5,10 +5,14 @@ from __future__ import annotations
 import uuid
 
 import httpx
+import pytest
 from api_support import b64, pdf_bytes, png_bytes
 
+from dsocr.engine.fake import FakeEngine
 from dsocr.prompts import PRESETS
+from dsocr.settings import Settings
 from predict_contract import SEED_LONG_KEYS, SEED_SHORT_KEYS, TYPED_ADDITIONS
+from server_support import running_server
 
 
 async def test_default_prompt_returns_seed_long_form_in_seed_key_order(client: httpx.AsyncClient) -> None:
@@ -136,3 +140,56 @@ async def test_engine_failure_is_an_http_error_never_200_with_error_key(client: 
     # And the server keeps serving.
     again = await client.post("/predict", json={"image_base64": b64(png_bytes())})
     assert again.status_code == 200
+
+
+@pytest.mark.parametrize("name", ["document", "ocr", "free", "figure", "describe"])
+def test_a_preset_name_means_the_same_prompt_on_predict_v1_ocr_and_chat(name: str) -> None:
+    # truss/config.yaml's example input sends "prompt": "document": it must be grounded output,
+    # the same as the preset on the other routes, not the word "document" sent to the model.
+    image = b64(png_bytes(640, 480))
+    engine = FakeEngine()
+    with (
+        running_server(Settings(engine={"kind": "fake"}), engine) as server,
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
+        predict = http.post("/predict", json={"image_base64": image, "prompt": name})
+        native = http.post("/v1/ocr", json={"image_base64": image, "preset": name})
+        chat = http.post(
+            "/v1/chat/completions",
+            json={
+                "model": "deepseek-ai/DeepSeek-OCR",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}},
+                            {"type": "text", "text": name},
+                        ],
+                    }
+                ],
+            },
+        )
+    assert [r.status_code for r in (predict, native, chat)] == [200, 200, 200]
+    assert [request.prompt for request in engine.requests] == [PRESETS[name]] * 3
+    body = predict.json()
+    # What the model got, in full: the preset's prompt text.
+    assert body["prompt_used"] == PRESETS[name]
+    if name in ("document", "ocr"):
+        assert body["has_bounding_boxes"] is True and body["blocks"]
+        assert all(block["boxes_px"] for block in body["blocks"])
+
+
+def test_ocr_preset_extracted_text_holds_every_line_the_model_read() -> None:
+    engine = FakeEngine()
+    with running_server(Settings(engine={"kind": "fake"}), engine) as server:
+        response = httpx.post(
+            f"{server.url}/predict",
+            json={"image_base64": b64(png_bytes(640, 480)), "prompt": PRESETS["ocr"]},
+            timeout=30,
+        )
+    assert response.status_code == 200
+    body = response.json()
+    lines = [block["text"] for block in body["blocks"]]
+    assert len(lines) > 3
+    assert body["extracted_text"].splitlines() == lines
+    assert "<|ref|>" not in body["extracted_text"]

@@ -1,8 +1,10 @@
 """``POST /predict`` (the seed Truss contract) and ``POST /v1/ocr`` (the native typed API).
 
-Both routes: API key → ready engine → parse and validate the body → admission (429 when the
-queue is full) → pipeline with the request deadline, while watching for the client to go away
-(then every engine request of this HTTP request is aborted). ``/v1/ocr`` streams server-sent
+Both routes: API key → ready engine → parse and validate the body → read the input and its
+header (an image's size, a PDF's page sizes; no pixel decoded) → admission by pages and pixels
+(``dsocr.server.admission``: 429 when full, or after waiting for room) → pipeline with the
+request deadline, decoding pages as it goes, while watching for the client to go away (then every
+engine request of this HTTP request is aborted). ``/v1/ocr`` streams server-sent
 events on ``stream: true`` or ``Accept: text/event-stream``::
 
     event: page.start   data: {"page": 1, "request_id": "…-p1"}
@@ -17,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import aclosing
 from typing import Annotated, Any, TypeVar
 
@@ -25,7 +27,6 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
-from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 from starlette.types import Receive, Scope, Send
 
@@ -43,14 +44,17 @@ from dsocr.pipeline import (
     ocr_document_events,
 )
 from dsocr.prompts import build_prompt
+from dsocr.server.admission import AdmissionQueue, Ticket, page_cost
 from dsocr.server.deps import AppState, app_state, ready_engine, require_api_key
-from dsocr.server.errors import dsocr_error_body, error_body, request_id_of
+from dsocr.server.errors import dsocr_error_body, error_body, request_id_of, unparsable_body
+from dsocr.server.openapi import error_responses
 from dsocr.server.schemas import (
     OcrRequest,
     OcrResponse,
     PredictRequest,
     block_json,
     document_json,
+    ocr_form_schema,
     page_json,
     parse_outputs,
 )
@@ -59,6 +63,7 @@ __all__ = [
     "CLIENT_CLOSED_REQUEST",
     "SSE_HEADERS",
     "ClosingStreamingResponse",
+    "admit_watching",
     "read_json",
     "router",
     "run_watching_disconnect",
@@ -125,12 +130,13 @@ async def read_json(request: Request) -> Any:
         raise InvalidInput("the request body is empty; send a JSON object")
     try:
         return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"the request body is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        # json raises RecursionError for deep nesting (documented), ValueError for the rest.
+        raise unparsable_body(exc) from None
 
 
-def _client_gone_response(state: AppState) -> Response:
-    state.metrics.aborts.labels(reason="client_disconnect").inc()
+def _client_gone_response() -> Response:
+    # The metrics middleware counts the 499 as an abort (dsocr.server.metrics).
     return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
@@ -143,6 +149,7 @@ def _client_gone_response(state: AppState) -> Response:
             "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
         }
     },
+    responses=error_responses(400, 401, 413, 415, 422, 429, 500, 503, 504),
     summary="OCR one image (the original Truss /predict contract)",
 )
 async def predict(
@@ -160,24 +167,45 @@ async def predict(
         raise InvalidInput("the request body must be a JSON object")
     request_id = request_id_of(request) or service.new_request_id()
     pages: list[PageResult] = []
-    with state.admission.admit(1):
-        try:
-            body = await run_watching_disconnect(
-                request,
-                service.predict(
-                    payload,
-                    engine=engine,
-                    settings=state.settings,
-                    request_id=request_id,
-                    observe=pages.append,
-                ),
-            )
-        except ClientGone:
-            return _client_gone_response(state)
-        finally:
-            for page in pages:
-                state.metrics.observe_page(page)
+    admission = state.admission
+    admission.check_room()  # no page slot free: 429 before the image is even read
+    tickets: list[Ticket] = []
+
+    async def admit(size: tuple[int, int]) -> None:
+        # Runs inside run_watching_disconnect: a client leaving while this waits cancels it.
+        wait_s = state.settings.limits.admission_wait_s
+        tickets.append(await admission.admit([page_cost(size)], wait_s=wait_s))
+
+    try:
+        body = await run_watching_disconnect(
+            request,
+            service.predict(
+                payload,
+                engine=engine,
+                settings=state.settings,
+                request_id=request_id,
+                observe=pages.append,
+                before_decode=admit,
+            ),
+        )
+    except ClientGone:
+        return _client_gone_response()
+    finally:
+        for ticket in tickets:
+            ticket.release()
+        for page in pages:
+            state.metrics.observe_page(page)
     return JSONResponse(body)
+
+
+async def admit_watching(
+    request: Request, admission: AdmissionQueue, page_costs: list[int], *, window: int, wait_s: float
+) -> Ticket:
+    """Admission for ``page_costs``; while it waits for room, a client that leaves raises ``ClientGone``."""
+    ticket = admission.try_admit(page_costs, window=window)
+    if ticket is not None:
+        return ticket
+    return await run_watching_disconnect(request, admission.admit(page_costs, window=window, wait_s=wait_s))
 
 
 def _source_of(form_file: UploadFile | None, data: bytes | None, request: OcrRequest) -> Source:
@@ -190,6 +218,9 @@ def _source_of(form_file: UploadFile | None, data: bytes | None, request: OcrReq
         return BytesSource(
             data, filename=form_file.filename, content_type=form_file.content_type, field="file"
         )
+    given = [name for name in ("image_url", "image_base64", "path") if getattr(request, name)]
+    if len(given) > 1:
+        raise InvalidInput(f"send only one source; got {', '.join(given)}", field=given[1])
     if request.image_url:
         return UrlSource(request.image_url, field="image_url")
     if request.image_base64:
@@ -253,17 +284,14 @@ async def _parse_ocr_request(request: Request) -> tuple[OcrRequest, Source, bool
             "required": True,
             "content": {
                 "application/json": {"schema": OcrRequest.model_json_schema()},
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {"file": {"type": "string", "format": "binary"}},
-                        "description": "The file as 'file'; other OcrRequest fields as form fields.",
-                    }
-                },
+                "multipart/form-data": {"schema": ocr_form_schema()},
             },
         }
     },
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        **error_responses(400, 401, 404, 413, 415, 422, 429, 500, 503, 504),
+    },
     summary="OCR an image or a PDF (JSON, multipart, or server-sent events)",
 )
 async def ocr(
@@ -285,12 +313,24 @@ async def ocr(
     outputs = frozenset(body.outputs)
     model = service.model_name(engine, settings.engine) if body.model is None else body.model
 
+    state.admission.check_room()  # no page slot free: 429 before the input is read or opened
+    # Opening reads an image's header or a PDF's page sizes: no pixel is decoded before admission.
     document = await load_document(source, limits=settings.limits, fetch=settings.fetch, pages=body.pages)
-    service.check_page_range(document, body.pages)
-    pages = document_pages(document)
     try:
-        ticket = state.admission.admit(min(len(pages), DOCUMENT_WINDOW))
-    except DsocrError:
+        service.check_page_range(document, body.pages)
+        pages = document_pages(document)
+        costs = [page_cost(size, outputs) for size in document.page_sizes]
+        ticket = await admit_watching(
+            request,
+            state.admission,
+            costs,
+            window=DOCUMENT_WINDOW,
+            wait_s=settings.limits.admission_wait_s,
+        )
+    except ClientGone:
+        await document.aclose()
+        return _client_gone_response()
+    except BaseException:
         await document.aclose()
         raise
     window = ticket.slots
@@ -318,11 +358,14 @@ async def ocr(
             document.close()
             ticket.release()
 
+        async def on_close() -> None:
+            cleanup()
+
         return ClosingStreamingResponse(
             _sse_events(state, engine, pages, run_args, meta, cleanup),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
-            background=BackgroundTask(cleanup),
+            on_close=on_close,
         )
 
     async def collect() -> list[PageResult]:
@@ -334,26 +377,40 @@ async def ocr(
         return results
 
     try:
-        with ticket:
-            results = await run_watching_disconnect(request, collect())
+        results = await run_watching_disconnect(request, collect())
     except ClientGone:
-        return _client_gone_response(state)
+        return _client_gone_response()
     finally:
-        # Waits for renders still running in worker threads, so off the event loop.
+        # Cancels renders still running (their render workers are killed) and drops the pages'
+        # pixels; only then is their room in the admission budget given back.
         await document.aclose()
+        ticket.release()
     if document.kind == "image" and results[0].error is not None:
         # One image: its failure is the request's failure, with the right status.
         raise results[0].error
+    input_errors = [r.error for r in results if r.error is not None and r.error.status < 500]
+    if results and len(input_errors) == len(results):
+        # No page of the PDF could be read (e.g. each over its render budget): the input is at
+        # fault and nothing came out, so the request fails with the first page's error and status.
+        raise input_errors[0]
     return JSONResponse(document_json(results, outputs=outputs, **meta))
 
 
 class ClosingStreamingResponse(StreamingResponse):
-    """Closes its body generator when the response ends, however it ends.
+    """Closes its body generator when the response ends, however it ends, then runs ``on_close``.
 
     Starlette cancels the sending task on client disconnect but leaves the generator suspended;
     closing it runs its ``finally`` now (cancelling the pages and aborting them in the engine)
-    instead of whenever it is garbage-collected.
+    instead of whenever it is garbage-collected. A generator that never started (the client left
+    before the first byte) runs no ``finally`` at all, so what the request holds (admission,
+    an open engine stream) is given back by ``on_close``, which must be idempotent.
     """
+
+    def __init__(
+        self, *args: Any, on_close: Callable[[], Awaitable[None]] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -362,6 +419,8 @@ class ClosingStreamingResponse(StreamingResponse):
             aclose = getattr(self.body_iterator, "aclose", None)
             if aclose is not None:
                 await aclose()
+            if self._on_close is not None:
+                await self._on_close()
 
 
 def _sse(event: str, data: Any) -> bytes:

@@ -56,9 +56,9 @@ from dsocr.errors import (
     InvalidInput,
     ModelNotFound,
 )
-from dsocr.inputs import Base64Source, UrlSource, load_image
+from dsocr.inputs import Base64Source, UrlSource
 from dsocr.pipeline import ocr_page
-from dsocr.server.admission import Ticket
+from dsocr.server.admission import Ticket, page_cost
 from dsocr.server.deps import AppState, app_state, ready_engine, require_api_key
 from dsocr.server.errors import (
     dsocr_error_body,
@@ -66,13 +66,16 @@ from dsocr.server.errors import (
     request_id_of,
     validation_error_body,
 )
+from dsocr.server.openapi import CHAT_REQUEST_EXAMPLE, error_responses
 from dsocr.server.routes_ocr import (
     CLIENT_CLOSED_REQUEST,
     SSE_HEADERS,
     ClientGone,
     ClosingStreamingResponse,
+    admit_watching,
     run_watching_disconnect,
 )
+from dsocr.service import BeforeDecode, load_image_admitted
 from dsocr.settings import EngineSettings, LimitSettings, Settings
 
 __all__ = [
@@ -291,11 +294,8 @@ def _user_content(messages: list[ChatMessage]) -> tuple[int, list[ImagePart | Te
 
 
 def _prompt_from_text(text: str, field: str) -> str:
-    name = text.strip().lower()
     try:
-        if name in prompts.PRESETS and name != "locate":
-            return prompts.build_prompt(name)
-        return prompts.build_prompt(prompt=text)
+        return prompts.prompt_from_text(text)
     except InvalidInput as exc:
         raise InvalidInput(exc.message, field=field) from exc
 
@@ -367,8 +367,13 @@ def to_chat_job(body: ChatCompletionRequest, *, settings: Settings) -> ChatJob:
 # ---------------------------------------------------------------- image loading (I/O)
 
 
-async def chat_image(url: str, *, field: str, settings: Settings) -> Image.Image:
-    """Fetch (SSRF-guarded) or decode the chat request's image; the blocking decode runs in a thread."""
+async def chat_image(
+    url: str, *, field: str, settings: Settings, before_decode: BeforeDecode | None = None
+) -> Image.Image:
+    """Fetch (SSRF-guarded) or decode the chat request's image; the blocking decode runs in a thread.
+
+    ``before_decode`` is awaited with the image's size after its header is read, before decoding.
+    """
     scheme = url.partition(":")[0].strip().lower()
     source: UrlSource | Base64Source
     if scheme == "data":
@@ -377,13 +382,19 @@ async def chat_image(url: str, *, field: str, settings: Settings) -> Image.Image
         source = UrlSource(url, field=field)
     else:
         raise InvalidInput("image_url must be an http(s) URL or a base64 data: URL.", field=field)
-    return await load_image(source, limits=settings.limits, fetch=settings.fetch, pdf_advice=_PDF_ADVICE)
+    return await load_image_admitted(
+        source,
+        limits=settings.limits,
+        fetch=settings.fetch,
+        pdf_advice=_PDF_ADVICE,
+        before_decode=before_decode,
+    )
 
 
 # ---------------------------------------------------------------- routes
 
 
-@router.get("/v1/models", dependencies=[Depends(require_api_key)])
+@router.get("/v1/models", dependencies=[Depends(require_api_key)], responses=error_responses(401, 503))
 async def list_models(state: Annotated[AppState, Depends(app_state)]) -> dict[str, Any]:
     """The served models, in OpenAI's list shape, each with the sampling the server enforces."""
     settings = state.settings
@@ -404,7 +415,30 @@ async def list_models(state: Annotated[AppState, Depends(app_state)]) -> dict[st
     }
 
 
-@router.post("/v1/chat/completions", dependencies=[Depends(require_api_key)], response_model=None)
+@router.post(
+    "/v1/chat/completions",
+    dependencies=[Depends(require_api_key)],
+    response_model=None,
+    openapi_extra={"requestBody": {"content": {"application/json": {"example": CHAT_REQUEST_EXAMPLE}}}},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        **error_responses(
+            400,
+            401,
+            404,
+            413,
+            429,
+            500,
+            503,
+            504,
+            descriptions={
+                400: "Any invalid request, as OpenAI clients expect; `code` says which "
+                "(validation_error, undecodable_input, unsupported_media_type, input_too_large, …).",
+                413: "The request body is over the size limit.",
+            },
+        ),
+    },
+)
 async def chat_completions(
     body: ChatCompletionRequest,
     request: Request,
@@ -417,18 +451,43 @@ async def chat_completions(
     check_mode(job.mode, engine)
     request_id = request_id_of(request) or uuid.uuid4().hex
     completion_id = f"chatcmpl-{request_id}"
-    admitted = state.admission.admit(1)
-    ticket: Ticket | None = admitted
+    admission = state.admission
+    admission.check_room()  # no page slot free: 429 before the image is fetched or read
+    tickets: list[Ticket] = []
+
+    async def admit(size: tuple[int, int]) -> None:
+        wait_s = settings.limits.admission_wait_s
+        tickets.append(await admit_watching(request, admission, [page_cost(size)], window=1, wait_s=wait_s))
+
+    owns_tickets = True
     try:
-        image = await chat_image(job.image_url, field=job.image_field, settings=settings)
+        try:
+            image = await chat_image(
+                job.image_url, field=job.image_field, settings=settings, before_decode=admit
+            )
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
         if job.stream:
             stream = await _open_stream(engine, job, image, request_id=request_id)
             # The ticket now belongs to the stream, released when it ends or the client leaves.
             body_iter = _sse_events(
-                stream, job, completion_id=completion_id, request_id=request_id, state=state, ticket=admitted
+                stream,
+                job,
+                completion_id=completion_id,
+                request_id=request_id,
+                state=state,
+                ticket=tickets[0],
             )
-            ticket = None
-            return ClosingStreamingResponse(body_iter, media_type="text/event-stream", headers=SSE_HEADERS)
+            owns_tickets = False
+            ticket, deltas = tickets[0], stream.deltas
+
+            async def on_close() -> None:
+                ticket.release()
+                await _close(deltas)
+
+            return ClosingStreamingResponse(
+                body_iter, media_type="text/event-stream", headers=SSE_HEADERS, on_close=on_close
+            )
         work = ocr_page(
             engine,
             image,
@@ -443,11 +502,12 @@ async def chat_completions(
             result = await run_watching_disconnect(request, work)
         except ClientGone:
             # Nobody is listening; the engine request was aborted when the work was cancelled.
-            state.metrics.aborts.labels(reason="client_disconnect").inc()
+            # The metrics middleware counts the 499 as an abort.
             return Response(status_code=CLIENT_CLOSED_REQUEST)
     finally:
-        if ticket is not None:
-            ticket.release()
+        if owns_tickets:
+            for ticket in tickets:
+                ticket.release()
     state.metrics.observe_page(result)
     assert result.parsed is not None  # ocr_page raises instead of returning a failed page
     usage = _usage(result.usage.prompt_tokens, result.usage.vision_tokens, result.usage.completion_tokens)
@@ -569,7 +629,9 @@ async def _sse_events(
         yield _sse(dsocr_error_body(exc, request_id))
     except Exception:
         logger.exception("stream of request %s failed", request_id)
-        yield _sse(dsocr_error_body(EngineError("Internal error while streaming."), request_id))
+        error = EngineError("Internal error while streaming.")
+        state.metrics.observe_error(error.code)
+        yield _sse(dsocr_error_body(error, request_id))
     finally:
         ticket.release()
         await _close(stream.deltas)
