@@ -121,7 +121,8 @@ def serve(port: int, latency_s: float, *, async_deps: bool) -> None:
 
             await self.app(scope, receive, timed_send)
 
-    settings = Settings(engine={"kind": "fake"}, limits={"max_queue": 4096})
+    # Room for any --concurrency: the benchmark measures overhead, not the limits' refusals.
+    settings = Settings(engine={"kind": "fake"}, server={"max_concurrency": 4096}, limits={"max_queue": 4096})
     app = ServerTime(create_app(settings, engine=FixedLatencyEngine()))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 

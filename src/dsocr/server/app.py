@@ -5,10 +5,13 @@ as tests do with ``FakeEngine``), starts it (weights, warm-up, self-test) and cl
 shutdown. A failing start keeps the server up but unready — ``/ready`` and every OCR route
 answer 503 ``engine_unavailable`` with the reason — and never falls back to another engine.
 
-Middleware, outermost first: CORS (only with ``cors_origins``), request id (uuid4, echoed in
-``X-Request-Id``), metrics, body-size limit (``Content-Length`` checked up front, streamed bytes
-counted; 413 either way), upload gate (large bodies read ``upload_slots`` at a time, in arrival
-order: dsocr.server.uploads). For uvicorn: ``uvicorn dsocr.server.app:app_from_env --factory``.
+Middleware, outermost first: HEAD as GET without the body, metrics (every request, error answer
+and abandoned request counted here: dsocr.server.metrics), CORS (only with ``cors_origins``),
+request id (uuid4, echoed in ``X-Request-Id``), concurrency limit (``max_concurrency``; 503
+``server_busy``; health probes exempt), body-size limit (``Content-Length`` checked up front,
+streamed bytes counted; 413 either way), upload gate (large bodies read ``upload_slots`` at a
+time, in arrival order: dsocr.server.uploads). For uvicorn:
+``uvicorn dsocr.server.app:app_from_env --factory``.
 """
 
 from __future__ import annotations
@@ -30,16 +33,24 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dsocr import __version__
 from dsocr.engine.base import Engine
-from dsocr.errors import DsocrError, InputTooLarge
-from dsocr.server import routes_health, routes_ocr
+from dsocr.errors import DsocrError, InputTooLarge, ServerBusy
+from dsocr.server import routes_docs, routes_health, routes_ocr
 from dsocr.server.admission import AdmissionQueue
 from dsocr.server.deps import AppState, require_api_key
-from dsocr.server.errors import dsocr_error_body, install_error_handlers
+from dsocr.server.errors import dsocr_error_body, error_headers, install_error_handlers
 from dsocr.server.metrics import Metrics, MetricsMiddleware
+from dsocr.server.openapi import install_openapi
 from dsocr.server.uploads import UploadGate, UploadSlots, content_length
 from dsocr.settings import Settings
 
-__all__ = ["BodyTooLarge", "app_from_env", "body_limit_for", "create_app"]
+__all__ = [
+    "BodyTooLarge",
+    "ConcurrencyLimitMiddleware",
+    "HeadAsGetMiddleware",
+    "app_from_env",
+    "body_limit_for",
+    "create_app",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +169,70 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+class ConcurrencyLimitMiddleware:
+    """At most ``limit`` requests answered at once (``DSOCR_SERVER__MAX_CONCURRENCY``); more get 503.
+
+    A request holds its place from arrival until its answer ends (an event stream until its last
+    event). One over the limit is refused at once with ``server_busy`` and ``Retry-After: 1``,
+    before its body is read, rather than queued: a client can retry, or a load balancer try
+    another process. Health probes and scrapes (``_UNLIMITED``) are neither counted nor refused,
+    so a busy server stays live and ready and its load stays visible.
+    """
+
+    _UNLIMITED = frozenset({"/health", "/ready", "/metrics"})
+
+    def __init__(self, app: ASGIApp, *, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.active = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self._UNLIMITED:
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            request_id = scope.get("state", {}).get("request_id")
+            error = ServerBusy(
+                f"the server is answering its maximum of {self.limit} requests at once "
+                "(DSOCR_SERVER__MAX_CONCURRENCY); retry shortly",
+                retry_after=1,
+            )
+            response = JSONResponse(
+                dsocr_error_body(error, request_id),
+                status_code=error.status,
+                headers=error_headers(error, request_id),
+            )
+            await response(scope, receive, send)
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+
+class HeadAsGetMiddleware:
+    """``HEAD`` answers as ``GET`` does, headers and all, without the body (RFC 9110 §9.3.2).
+
+    The app sees a ``GET`` (its routes declare only GET), so the request metrics count it as one.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_headers_only)
+
+
 def _include_openai_routes(app: FastAPI) -> None:
     # The OpenAI-compatible routes live in their own module (another front end's translator).
     try:
@@ -226,7 +301,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     state = AppState(
         settings=settings,
         metrics=Metrics(),
-        admission=AdmissionQueue(settings.limits.max_queue),
+        admission=AdmissionQueue(settings.limits.max_queue, max_pixels=settings.limits.max_inflight_pixels),
         uploads=UploadSlots(settings.server.upload_slots, settings.server.upload_slot_s),
     )
 
@@ -254,29 +329,36 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         version=__version__,
         description="DeepSeek-OCR server: images and PDFs to markdown, text and layout blocks.",
         lifespan=lifespan,
-        docs_url="/docs",
+        # /docs and /openapi.json come from routes_docs (shipped assets, API keys); no ReDoc.
+        docs_url=None,
         redoc_url=None,
+        openapi_url=None,
     )
     app.state.dsocr = state
     install_error_handlers(app, debug=settings.debug)
+    install_openapi(app)
     app.include_router(routes_health.router)
     app.include_router(routes_ocr.router)
     _include_openai_routes(app)
+    app.include_router(routes_docs.router)
     _mount_playground(app)
 
     # add_middleware wraps: the last added is the outermost.
     app.add_middleware(UploadGate, slots=state.uploads)
     app.add_middleware(BodyLimitMiddleware, max_bytes=body_limit_for(settings))
-    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(ConcurrencyLimitMiddleware, limit=settings.server.max_concurrency)
     app.add_middleware(RequestIdMiddleware)
     if settings.server.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.server.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
             allow_headers=["Authorization", "X-Api-Key", "Content-Type", "Accept"],
             expose_headers=["X-Request-Id", "Retry-After"],
         )
+    # Outside everything else, so that every answer (CORS's and the limits' included) is counted.
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(HeadAsGetMiddleware)
     return app
 
 

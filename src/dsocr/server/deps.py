@@ -9,6 +9,8 @@ functions instead of reaching into ``app.state`` themselves::
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -18,6 +20,7 @@ from fastapi import Depends, Request
 from dsocr.engine.base import Engine
 from dsocr.errors import EngineUnavailable, Unauthorized
 from dsocr.server.admission import AdmissionQueue
+from dsocr.server.errors import LoginRequired
 from dsocr.server.metrics import Metrics
 from dsocr.server.uploads import UploadSlots
 from dsocr.settings import Settings
@@ -28,6 +31,7 @@ __all__ = [
     "check_api_key",
     "ready_engine",
     "require_api_key",
+    "require_api_key_for_docs",
     "require_api_key_for_health",
     "require_api_key_for_metrics",
 ]
@@ -72,13 +76,30 @@ async def ready_engine(state: Annotated[AppState, Depends(app_state)]) -> Engine
 
 
 def _presented_key(request: Request) -> str | None:
+    """The key from ``Authorization: Bearer``, ``X-Api-Key`` or HTTP Basic (the password).
+
+    Basic is how a browser sends it after asking for a login (``/docs``), and how it resends it
+    to the same server afterwards (Swagger's "Try it out"); the user name is ignored, and a key
+    given as the user name with no password (``curl -u KEY:``) is taken too.
+    """
     authorization = request.headers.get("authorization")
     if authorization:
         scheme, _, token = authorization.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
+        token = token.strip()
+        if scheme.lower() == "bearer" and token:
+            return token
+        if scheme.lower() == "basic" and token:
+            return _basic_password(token)
     key = request.headers.get("x-api-key")
     return key.strip() if key else None
+
+
+def _basic_password(token: str) -> str:
+    try:
+        user, _, password = base64.b64decode(token, validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return ""  # compared like any other key, and matches none
+    return password or user
 
 
 def check_api_key(settings: Settings, presented: str | None) -> None:
@@ -113,6 +134,21 @@ async def require_api_key_for_health(
     """Health probes are open unless ``settings.server.open_health`` is off."""
     if not state.settings.server.open_health:
         check_api_key(state.settings, _presented_key(request))
+
+
+async def require_api_key_for_docs(request: Request, state: Annotated[AppState, Depends(app_state)]) -> None:
+    """The API docs follow the keys unless ``settings.server.open_docs`` is on.
+
+    Refused with a Basic challenge, so that a browser opening ``/docs`` asks for the key.
+    """
+    if state.settings.server.open_docs:
+        return
+    try:
+        check_api_key(state.settings, _presented_key(request))
+    except Unauthorized as exc:
+        raise LoginRequired(
+            f"{exc.message} In a browser, enter the key as the password (any user name)."
+        ) from None
 
 
 async def require_api_key_for_metrics(

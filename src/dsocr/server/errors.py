@@ -6,11 +6,13 @@ Every error body has the same envelope, readable by OpenAI clients too::
                "field": "image_base64", "param": "image_base64", "request_id": "..."}}
 
 ``code`` is the stable :class:`~dsocr.errors.DsocrError` code; ``type`` the OpenAI-style
-category; ``param`` repeats ``field`` under the name OpenAI clients read. Three handlers are
+category; ``param`` repeats ``field`` under the name OpenAI clients read. Four handlers are
 registered: ``DsocrError`` (status from the class, found along the MRO, plus ``Retry-After`` /
 ``WWW-Authenticate`` where they apply), request validation (422 naming the field from pydantic's
-``loc``) and a generic 500 for anything unexpected (logged with the request id; the detail is
-shown only with ``settings.debug``). Routes never catch errors to convert them.
+``loc``), Starlette's own HTTP errors (404, 405, a body FastAPI could not parse) and a generic 500
+for anything unexpected (logged with the request id; the detail is shown only with
+``settings.debug``). Routes never catch errors to convert them. Nothing here counts errors:
+``dsocr.server.metrics.MetricsMiddleware`` counts every error answer once, at the server's edge.
 """
 
 from __future__ import annotations
@@ -25,18 +27,35 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dsocr.errors import DsocrError, EngineError, Unauthorized
+from dsocr.errors import DsocrError, EngineError, InvalidInput, Unauthorized
 
 __all__ = [
+    "LoginRequired",
     "error_body",
     "error_type",
     "field_from_loc",
     "install_error_handlers",
     "request_id_of",
+    "unparsable_body",
     "validation_error_body",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class LoginRequired(Unauthorized):
+    """``Unauthorized`` on pages a browser opens (``/docs``): the challenge makes it ask for the key."""
+
+
+def unparsable_body(exc: BaseException) -> InvalidInput:
+    """The error for a request body that could not be parsed as JSON, saying why."""
+    if isinstance(exc, RecursionError):
+        return InvalidInput(
+            "the request body's JSON is nested too deeply to parse; no dsocr request nests more "
+            "than a few levels",
+            field="body",
+        )
+    return InvalidInput(f"the request body is not valid JSON: {exc}", field="body")
 
 
 def error_type(error: DsocrError) -> str:
@@ -92,7 +111,10 @@ def error_headers(error: DsocrError, request_id: str | None) -> dict[str, str]:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     elif error.status in (429, 503):
         headers["Retry-After"] = "1"
-    if isinstance(error, Unauthorized):
+    if isinstance(error, LoginRequired):
+        # Browsers answer a Basic challenge with a login prompt; the key is the password.
+        headers["WWW-Authenticate"] = 'Basic realm="dsocr", charset="UTF-8"'
+    elif isinstance(error, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
     return headers
 
@@ -110,6 +132,10 @@ def validation_error_message(errors: Sequence[Mapping[str, Any]]) -> tuple[str, 
     if not errors:
         return "The request is invalid.", None
     first = errors[0]
+    if first.get("type") == "json_invalid":
+        # FastAPI's own JSON parsing (chat route): its loc is a character position, not a field.
+        detail = (first.get("ctx") or {}).get("error", "invalid JSON")
+        return f"the request body is not valid JSON: {detail}", "body"
     field = field_from_loc(first.get("loc", ()))
     message = str(first.get("msg", "invalid value"))
     text = f"{field}: {message}" if field else message
@@ -133,19 +159,12 @@ def validation_error_body(
     )
 
 
-def _count_error(request: Request, code: str) -> None:
-    metrics = getattr(getattr(request.app.state, "dsocr", None), "metrics", None)
-    if metrics is not None:
-        metrics.observe_error(code)
-
-
 def install_error_handlers(app: FastAPI, *, debug: bool) -> None:
-    """Register the three handlers on ``app``."""
+    """Register the four handlers on ``app``."""
 
     async def on_dsocr_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, DsocrError)
         request_id = request_id_of(request)
-        _count_error(request, exc.code)
         if exc.status >= 500:
             logger.warning("request %s failed: %s: %s", request_id, exc.code, exc.message)
         return JSONResponse(
@@ -157,7 +176,6 @@ def install_error_handlers(app: FastAPI, *, debug: bool) -> None:
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         request_id = request_id_of(request)
-        _count_error(request, "validation_error")
         body = validation_error_body(list(exc.errors()), request_id)
         return JSONResponse(body, status_code=422, headers={"X-Request-Id": request_id or ""})
 
@@ -169,6 +187,10 @@ def install_error_handlers(app: FastAPI, *, debug: bool) -> None:
             # Raised from inside body reading (BodyTooLarge), where FastAPI only lets
             # HTTPExceptions through: render the DsocrError it carries.
             return await on_dsocr_error(request, wrapped)
+        cause = exc.__cause__
+        if exc.status_code == 400 and isinstance(cause, RecursionError | ValueError):
+            # FastAPI could not parse the JSON body (chat route): a 400 that says why.
+            return await on_dsocr_error(request, unparsable_body(cause))
         request_id = request_id_of(request)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         body = error_body(
@@ -185,7 +207,6 @@ def install_error_handlers(app: FastAPI, *, debug: bool) -> None:
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         request_id = request_id_of(request)
-        _count_error(request, "internal_error")
         logger.error("unhandled error in request %s", request_id, exc_info=exc)
         message = "Internal server error."
         if debug:

@@ -3,14 +3,17 @@
 With several server processes (``PROMETHEUS_MULTIPROC_DIR`` set, as ``dsocr serve --workers N``
 does) every process writes its values there and ``GET /metrics`` sums them over all processes.
 
-``MetricsMiddleware`` counts every HTTP request by route template and status and times it; the
-OCR routes record pages, tokens and errors through :class:`Metrics`. ``GET /metrics`` renders the
-registry in the text exposition format.
+``MetricsMiddleware`` counts every HTTP request by route template and status and times it, and is
+the one place that counts error answers (``dsocr_errors_total{scope="request"}``, by the code of
+the error body) and clients that left before their answer (``dsocr_aborted_requests_total``). The
+OCR routes record pages and tokens through :class:`Metrics`, and errors sent inside an event
+stream, whose status was 200. ``GET /metrics`` renders the registry in the text exposition format.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -92,10 +95,16 @@ class Metrics:
         self.vision_tokens = Counter("dsocr_vision_tokens", "Vision tokens of the page images.", registry=r)
         self.output_tokens = Counter("dsocr_output_tokens", "Generated tokens.", registry=r)
         self.errors = Counter(
-            "dsocr_errors", "Errors by code (request-level and per-page).", ["code", "scope"], registry=r
+            "dsocr_errors",
+            "Errors by code: error answers and errors inside streams (scope=request), failed pages (page).",
+            ["code", "scope"],
+            registry=r,
         )
         self.aborts = Counter(
-            "dsocr_aborted_requests", "Requests aborted in the engine, by reason.", ["reason"], registry=r
+            "dsocr_aborted_requests",
+            "Requests abandoned by their client before the answer ended (their engine work is aborted).",
+            ["reason"],
+            registry=r,
         )
 
     def observe_page(self, result: PageResult) -> None:
@@ -130,7 +139,7 @@ class Metrics:
         self.output_tokens.inc(usage.completion_tokens)
 
     def observe_error(self, code: str) -> None:
-        """Record a request-level error."""
+        """Record a request-level error (``MetricsMiddleware`` does it for every error answer)."""
         self.errors.labels(code=code, scope="request").inc()
 
     def render(self) -> bytes:
@@ -152,8 +161,31 @@ def _route_template(scope: Scope) -> str:
     return path if isinstance(path, str) else "unmatched"
 
 
+# nginx's "client closed request": what a route answers when its client left (nobody reads it).
+_CLIENT_CLOSED_REQUEST = 499
+# Error bodies are a few hundred bytes; more than this is not read for its code.
+_ERROR_BODY_BYTES = 16 * 1024
+
+
+def _error_code(status: int, body: bytes) -> str:
+    """The ``code`` of an error envelope; ``http_<status>`` for a body that is not one."""
+    try:
+        code = json.loads(body)["error"]["code"]
+    except (ValueError, RecursionError, TypeError, KeyError):
+        return f"http_{status}"
+    return code if isinstance(code, str) else f"http_{status}"
+
+
 class MetricsMiddleware:
-    """Counts and times HTTP requests (pure ASGI, so streamed bodies are timed to the end)."""
+    """Counts and times HTTP requests (pure ASGI, so streamed bodies are timed to the end).
+
+    Also the one place that counts errors and abandoned requests, whatever produced them (a
+    route, an exception handler, a middleware): an answer of status 400 or more counts once in
+    ``dsocr_errors_total{scope="request"}`` under its envelope's ``code``, except ``/ready``'s
+    503, which reports readiness and fails no request. A client that left counts once in
+    ``dsocr_aborted_requests_total{reason="client_disconnect"}`` (status 499): a route's 499, or
+    a request whose client went away before its answer ended (mid-upload, mid-stream).
+    """
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
         self.app = app
@@ -165,18 +197,49 @@ class MetricsMiddleware:
             return
         status = 500
         started = time.perf_counter()
+        response_started = response_ended = client_left = False
+        error_body = bytearray()
+
+        async def receive_wrapper() -> Message:
+            nonlocal client_left
+            message = await receive()
+            if message["type"] == "http.disconnect" and not response_ended:
+                client_left = True
+            return message
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started, response_ended, client_left
+            last = False
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-            await send(message)
+                response_started = True
+            elif message["type"] == "http.response.body":
+                if status >= 400 and len(error_body) < _ERROR_BODY_BYTES:
+                    error_body.extend(message.get("body", b""))
+                last = not message.get("more_body", False)
+            try:
+                await send(message)
+            except OSError:
+                # A server on ASGI spec 2.4 reports the client's departure this way.
+                client_left = True
+                raise
+            response_ended = response_ended or last
 
         self.metrics.in_flight.inc()
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive_wrapper, send_wrapper)
         finally:
             self.metrics.in_flight.dec()
+            abandoned = status == _CLIENT_CLOSED_REQUEST or (client_left and not response_ended)
+            if abandoned and not response_started:
+                status = _CLIENT_CLOSED_REQUEST
             route = _route_template(scope)
             self.metrics.requests.labels(route=route, method=scope["method"], status=str(status)).inc()
             self.metrics.latency.labels(route=route).observe(time.perf_counter() - started)
+            if abandoned:
+                self.metrics.aborts.labels(reason="client_disconnect").inc()
+            elif not response_started:
+                # An exception escaped: the server's error middleware answers 500 internal_error.
+                self.metrics.observe_error("internal_error")
+            elif status >= 400 and not (route == "/ready" and status == 503):
+                self.metrics.observe_error(_error_code(status, bytes(error_body)))

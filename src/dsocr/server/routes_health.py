@@ -12,10 +12,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from dsocr import __version__
 from dsocr.errors import DsocrError
 from dsocr.server.deps import AppState, app_state, require_api_key_for_health, require_api_key_for_metrics
+from dsocr.server.openapi import RETRY_AFTER_HEADER, error_responses
+from dsocr.server.schemas import ReadyResponse
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["health"])
+
+_CLOSED_PROBES = {401: "DSOCR_SERVER__OPEN_HEALTH is off and the request sent no API key or a wrong one."}
 
 
 def _engine_description(state: AppState) -> dict[str, Any]:
@@ -32,7 +36,11 @@ def _engine_description(state: AppState) -> dict[str, Any]:
     return description
 
 
-@router.get("/health", dependencies=[Depends(require_api_key_for_health)])
+@router.get(
+    "/health",
+    dependencies=[Depends(require_api_key_for_health)],
+    responses=error_responses(401, descriptions=_CLOSED_PROBES),
+)
 async def health(state: Annotated[AppState, Depends(app_state)]) -> dict[str, Any]:
     """Liveness: 200 while the process serves HTTP, with the engine's state (ready or why not)."""
     # pid: which server process answered (several share the port with --workers).
@@ -42,7 +50,15 @@ async def health(state: Annotated[AppState, Depends(app_state)]) -> dict[str, An
 @router.get(
     "/ready",
     dependencies=[Depends(require_api_key_for_health)],
-    responses={503: {"description": "The engine is starting, failed to load, or is unhealthy."}},
+    responses={
+        200: {"model": ReadyResponse, "description": "The engine is ready."},
+        503: {
+            "model": ReadyResponse,
+            "description": "The engine is starting, failed to load, or is unhealthy.",
+            "headers": RETRY_AFTER_HEADER,
+        },
+        **error_responses(401, descriptions=_CLOSED_PROBES),
+    },
 )
 async def ready(state: Annotated[AppState, Depends(app_state)]) -> JSONResponse:
     """Readiness: 200 once the engine started and passed its self-test, else 503 with the reason."""

@@ -2,14 +2,16 @@
 
 Request models validate once at the edge (``extra="forbid"``: a misspelt field is a 422 naming
 it, not silently ignored). Response models document the shapes in the OpenAPI schema; the
-routes build the same dicts with :func:`page_json` and :func:`document_json`.
+routes build the same dicts with :func:`page_json` and :func:`document_json`, and every error
+body is an :class:`ErrorEnvelope` (built by :mod:`dsocr.server.errors`).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from dsocr import grounding
 from dsocr.errors import DsocrError, InvalidInput
@@ -20,13 +22,18 @@ from dsocr.types import Block
 
 __all__ = [
     "DEFAULT_OUTPUTS",
+    "EXAMPLE_IMAGE",
+    "ErrorDetail",
+    "ErrorEnvelope",
     "OcrRequest",
     "OcrResponse",
     "PageOut",
     "PredictRequest",
+    "ReadyResponse",
     "UsageOut",
     "block_json",
     "document_json",
+    "ocr_form_schema",
     "page_error_json",
     "page_json",
     "parse_outputs",
@@ -36,6 +43,53 @@ __all__ = [
 DEFAULT_OUTPUTS: tuple[OutputKind, ...] = ("markdown", "blocks")
 
 
+def _exactly_one(branches: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """JSON Schema for "exactly one of these fields is given", each branch saying what "given" is."""
+    return {
+        "oneOf": [
+            {"required": [name], "properties": {name: given}} if given else {"required": [name]}
+            for name, given in branches.items()
+        ]
+    }
+
+
+# The server counts a source as given when it is a non-empty string (null and "" are absent).
+# Documentation only: the routes' own checks decide.
+_NON_EMPTY = {"type": "string", "minLength": 1}
+_OCR_SOURCES = {"image_url": _NON_EMPTY, "image_base64": _NON_EMPTY, "path": _NON_EMPTY}
+_PREDICT_SOURCES = {"image_url": _NON_EMPTY, "image_base64": _NON_EMPTY, "image": _NON_EMPTY}
+# A 16×16 white PNG: /docs' "Try it out" and API testers send a request that succeeds.
+EXAMPLE_IMAGE = (
+    "data:image/png;base64,"
+    "iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAAAAAA6mKC9AAAAEUlEQVR42mP8z4AKmBhGtAAAIBABH+35zCgAAAAASUVORK5CYII="
+)
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong. OpenAI clients read ``message``, ``type``, ``param`` and ``code``."""
+
+    type: Literal["invalid_request_error", "authentication_error", "rate_limit_error", "server_error"]
+    code: str = Field(description="dsocr's stable error code, e.g. input_too_large, validation_error.")
+    message: str = Field(description="What was wrong and how to fix it.")
+    field: str | None = Field(description="The request field at fault, if one is.")
+    param: str | None = Field(description="The same as field, under the name OpenAI clients read.")
+    request_id: str | None = Field(description="The request's id, also in the X-Request-Id header.")
+
+
+class ErrorEnvelope(BaseModel):
+    """Every error body: ``{"error": {...}}``."""
+
+    error: ErrorDetail
+
+
+class ReadyResponse(BaseModel):
+    """``GET /ready``: ``ready`` (200), or ``unready`` with the reason (503)."""
+
+    status: Literal["ready", "unready"]
+    reason: str | None = Field(None, description="Why the engine is not ready (503 only).")
+    engine: dict[str, Any] = Field(description="The engine's kind, model, modes and state.")
+
+
 class OcrRequest(BaseModel):
     """``POST /v1/ocr`` as JSON. Give exactly one source: ``image_url``, ``image_base64`` or ``path``.
 
@@ -43,10 +97,12 @@ class OcrRequest(BaseModel):
     (``outputs`` comma-separated or repeated).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_exactly_one(_OCR_SOURCES))
 
     image_url: str | None = Field(None, description="http(s) URL of an image or PDF (SSRF-guarded).")
-    image_base64: str | None = Field(None, description="Base64 or a data: URI of an image or PDF.")
+    image_base64: str | None = Field(
+        None, description="Base64 or a data: URI of an image or PDF.", examples=[EXAMPLE_IMAGE]
+    )
     path: str | None = Field(None, description="Server-side path under DSOCR_LIMITS__LOCAL_PATH_ROOT.")
     pages: str | None = Field(None, description="PDF page selection, 1-based: '1-3,5,8-'.", max_length=1000)
     preset: str | None = Field(
@@ -60,21 +116,60 @@ class OcrRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1, description="Output token limit per page.")
     stream: bool = Field(False, description="Answer as server-sent events (also: Accept: text/event-stream).")
 
-    @model_validator(mode="after")
-    def _one_source(self) -> OcrRequest:
-        given = [name for name in ("image_url", "image_base64", "path") if getattr(self, name)]
-        if len(given) > 1:
-            raise ValueError(f"send only one source; got {', '.join(given)}")
-        return self
-
 
 class PredictRequest(BaseModel):
-    """``POST /predict``, the seed Truss contract (documentation only; the route reads the raw JSON)."""
+    """``POST /predict``, the seed Truss contract (documentation only; the route reads the raw JSON).
+
+    Give exactly one source: ``image_url``, ``image_base64`` or ``image``.
+    """
+
+    model_config = ConfigDict(json_schema_extra=_exactly_one(_PREDICT_SOURCES))
 
     image_url: str | None = None
-    image_base64: str | None = None
+    image_base64: str | None = Field(None, examples=[EXAMPLE_IMAGE])
     image: str | None = Field(None, description="Base64 or data: URI (the seed also took raw bytes).")
     prompt: str | None = Field(None, examples=["Extract all text from this image. <image>"])
+
+
+def _form_field(schema: dict[str, Any]) -> dict[str, Any]:
+    # A form field is absent or a string, never null: keep the non-null alternative only.
+    variants = [v for v in schema.get("anyOf", ()) if v != {"type": "null"}]
+    if len(variants) != 1:
+        return schema
+    field = {k: v for k, v in schema.items() if k not in ("anyOf", "default")}
+    return {**field, **variants[0]}
+
+
+def ocr_form_schema() -> dict[str, Any]:
+    """``POST /v1/ocr`` as multipart/form-data: the fields of :class:`OcrRequest` plus ``file``.
+
+    ``outputs`` is comma-separated (``markdown,blocks``) or repeated; exactly one of ``file``,
+    ``image_url``, ``image_base64`` and ``path`` is required.
+    """
+    json_schema = OcrRequest.model_json_schema()
+    properties: dict[str, Any] = {
+        # As FastAPI documents an UploadFile in OpenAPI 3.1.
+        "file": {
+            "type": "string",
+            "contentMediaType": "application/octet-stream",
+            "description": "The image or PDF.",
+        }
+    }
+    for name, schema in json_schema["properties"].items():
+        properties[name] = _form_field(schema)
+    kinds = "|".join(re.escape(kind) for kind in OUTPUT_KINDS)
+    # parse_outputs: comma-separated names, blanks around them and empty items ignored.
+    listed = {"type": "string", "pattern": rf"^[\s,]*(?:(?:{kinds})(?:\s*,[\s,]*|\s*$))*$"}
+    properties["outputs"] = {
+        "anyOf": [listed, {"type": "array", "items": listed}],
+        "description": "Outputs, comma-separated or as repeated fields (default: markdown,blocks).",
+    }
+    return {
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": False,
+        **_exactly_one({"file": {}, **_OCR_SOURCES}),
+    }
 
 
 class UsageOut(BaseModel):
