@@ -8,38 +8,19 @@ must work with the key the browser logged in with.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-from pathlib import Path
 
-import pytest
+from browser_support import BROWSER_MARKS, CHROMIUM, ROOT
 
 from dsocr.engine.fake import FakeEngine
 from dsocr.settings import Settings
 from server_support import running_server
 
-ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "web" / "docs.test.mjs"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 KEY = "docs-browser-key"
 
 
-def _missing_tools() -> str | None:
-    if shutil.which("node") is None:
-        return "node is not installed (apt-get install nodejs)"
-    if not Path(CHROMIUM).exists():
-        return f"chromium is not at {CHROMIUM} (apt-get install chromium, or set CHROMIUM)"
-    if not (ROOT / "node_modules" / "playwright-core").is_dir():
-        return "playwright-core is not installed (run `npm ci` in the repository root)"
-    return None
-
-
-_MISSING = _missing_tools()
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(_MISSING is not None, reason=_MISSING or ""),
-]
+pytestmark = BROWSER_MARKS
 
 
 def test_docs_render_offline_in_chromium_behind_the_key() -> None:

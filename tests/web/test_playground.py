@@ -11,12 +11,12 @@ The node script drives Debian's chromium through playwright-core and takes two s
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser_support import BROWSER_MARKS, CHROMIUM, ROOT
 from PIL import Image, ImageDraw
 
 from dsocr.engine.fake import FakeEngine
@@ -25,13 +25,11 @@ from dsocr.prompts import preset_of
 from dsocr.settings import Settings
 from server_support import dsocr_serve, running_server
 
-ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "web" / "playground.test.mjs"
 SAMPLE = ROOT / "examples" / "sample-page.png"
 DOCS_SHOTS = ROOT / "docs" / "img"
 # Read at import: the suite's autouse fixture removes DSOCR_* variables before each test runs.
 UPDATE_SHOTS = os.environ.get("DSOCR_UPDATE_SCREENSHOTS") == "1"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 FAKE_KEY = "playground-test-key"
 
 # Model output a browser must show as text, never run: every classic way to get script into a page.
@@ -70,22 +68,7 @@ class HostileFakeEngine(FakeEngine):
         return super()._pieces(prompt, size, looping, max_tokens)
 
 
-def _missing_tools() -> str | None:
-    if shutil.which("node") is None:
-        return "node is not installed (apt-get install nodejs)"
-    if not Path(CHROMIUM).exists():
-        return f"chromium is not at {CHROMIUM} (apt-get install chromium, or set CHROMIUM)"
-    if not (ROOT / "node_modules" / "playwright-core").is_dir():
-        return "playwright-core is not installed (run `npm ci` in the repository root)"
-    return None
-
-
-_MISSING = _missing_tools()
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(_MISSING is not None, reason=_MISSING or ""),
-]
+pytestmark = BROWSER_MARKS
 
 
 def _three_page_pdf(path: Path) -> Path:
