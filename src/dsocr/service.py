@@ -82,9 +82,13 @@ def sampling_options(
     )
 
 
-def model_name(engine: Engine, engine_settings: EngineSettings) -> str:
-    """The model name reported to clients: the served name if configured, else the engine's model."""
-    return engine_settings.served_model_name or engine.info.model_id
+def model_name(engine_settings: EngineSettings) -> str:
+    """The one name of the served model on every route: the served name if set, else the model.
+
+    Never the engine's own model (the CPU engine's recognizer, say): clients address the model
+    by this name, whichever engine answers.
+    """
+    return engine_settings.served_model_name or engine_settings.model
 
 
 def predict_source(payload: Mapping[str, Any]) -> Source:
@@ -167,7 +171,7 @@ async def predict(
         observe(result)
     assert result.parsed is not None
     response = grounding.legacy_fields(
-        result.parsed, prompt=prompt_used, model_name=model_name(engine, settings.engine)
+        result.parsed, prompt=prompt_used, model_name=model_name(settings.engine)
     )
     response.update(typed_page_fields(result))
     response["request_id"] = request_id

@@ -8,6 +8,7 @@ document finds no 5xx and no response that breaks the document.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -91,6 +92,8 @@ _ERROR_CASES: list[tuple[str, str, dict[str, Any], int]] = [
     *[("post", path, {"json": {}}, 400) for path in _OCR_ROUTES],
     *[("post", path, {"json": {}, "headers": {}}, 401) for path in _OCR_ROUTES],
     ("get", "/v1/models", {"headers": {}}, 401),
+    ("get", f"/v1/models/{MODEL}", {"headers": {}}, 401),
+    ("get", "/v1/models/gpt-4o", {}, 404),
     ("get", "/health", {"headers": {}}, 401),
     ("get", "/ready", {"headers": {}}, 401),
     ("post", "/v1/chat/completions", {"json": _chat(f"data:image/png;base64,{PNG}", model="nope")}, 404),
@@ -108,6 +111,7 @@ _ERROR_CASES: list[tuple[str, str, dict[str, Any], int]] = [
     ("post", "/v1/ocr", {"json": {"image_base64": PNG, "image_url": "https://example.invalid/a.png"}}, 400),
     # OpenAI clients map only 400 to BadRequestError: the chat route answers every invalid input 400.
     ("post", "/v1/chat/completions", {"json": _chat(f"data:image/png;base64,{TRUNCATED_PNG}")}, 400),
+    ("post", "/v1/chat/completions", {"json": {**_chat(f"data:image/png;base64,{PNG}"), "stop": "\n"}}, 400),
     *[("post", path, {"json": _engine_fault(path, "[fake:fail=overloaded]")}, 429) for path in _OCR_ROUTES],
     *[("post", path, {"json": _engine_fault(path, "[fake:fail]")}, 500) for path in _OCR_ROUTES],
     *[("post", path, {"json": _engine_fault(path, "[fake:fail=unavailable]")}, 503) for path in _OCR_ROUTES],
@@ -115,9 +119,19 @@ _ERROR_CASES: list[tuple[str, str, dict[str, Any], int]] = [
 ]
 
 
+def _operation(document: dict[str, Any], method: str, path: str) -> dict[str, Any]:
+    """The operation that serves ``path``, found through its template (``/v1/models/{model}``)."""
+    for template, operations in document["paths"].items():
+        pattern = "/".join(".+" if part.startswith("{") else re.escape(part) for part in template.split("/"))
+        if re.fullmatch(pattern, path) and method in operations:
+            operation: dict[str, Any] = operations[method]
+            return operation
+    raise AssertionError(f"{method.upper()} {path} is not in the document")
+
+
 def _check_documented(document: dict[str, Any], method: str, path: str, response: httpx.Response) -> None:
     """The status is documented for the operation, the body fits its schema, required headers are sent."""
-    operation = document["paths"][path][method]
+    operation = _operation(document, method, path)
     status = str(response.status_code)
     documented = operation["responses"].get(status)
     assert documented is not None, (

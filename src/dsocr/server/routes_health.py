@@ -14,6 +14,7 @@ from dsocr.errors import DsocrError
 from dsocr.server.deps import AppState, app_state, require_api_key_for_health, require_api_key_for_metrics
 from dsocr.server.openapi import RETRY_AFTER_HEADER, error_responses
 from dsocr.server.schemas import ReadyResponse
+from dsocr.service import model_name
 
 __all__ = ["router"]
 
@@ -23,16 +24,18 @@ _CLOSED_PROBES = {401: "DSOCR_SERVER__OPEN_HEALTH is off and the request sent no
 
 
 def _engine_description(state: AppState) -> dict[str, Any]:
-    settings = state.settings.engine
     description: dict[str, Any] = {
-        "kind": settings.kind,
-        "model": settings.served_model_name or settings.model,
+        "kind": state.settings.engine.kind,
+        "model": model_name(state.settings.engine),
         "ready": state.ready,
         "reason": None if state.ready else state.unready_reason,
     }
     if state.engine is not None:
         info = state.engine.info
-        description.update(name=info.name, model=info.model_id, version=info.version, modes=list(info.modes))
+        # The engine's own model (the CPU engine's recognizer, say) is detail, not the served name.
+        description.update(
+            name=info.name, engine_model=info.model_id, version=info.version, modes=list(info.modes)
+        )
     return description
 
 

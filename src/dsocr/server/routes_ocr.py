@@ -311,7 +311,7 @@ async def ocr(
         )
     sampling = service.sampling_options(settings.engine, settings.limits, max_tokens=body.max_tokens)
     outputs = frozenset(body.outputs)
-    model = service.model_name(engine, settings.engine) if body.model is None else body.model
+    model = service.model_name(settings.engine) if body.model is None else body.model
 
     state.admission.check_room()  # no page slot free: 429 before the input is read or opened
     # Opening reads an image's header or a PDF's page sizes: no pixel is decoded before admission.

@@ -1,4 +1,4 @@
-"""OpenAI-compatible routes: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+"""OpenAI-compatible routes: ``POST /v1/chat/completions``, ``GET /v1/models`` and ``/v1/models/{id}``.
 
 A translator, not a second server: the OpenAI wire format is mapped onto the same page pipeline
 (:func:`dsocr.pipeline.ocr_page`) and engine the native routes use. The request is one user
@@ -21,6 +21,13 @@ enforced server-side, whatever the client sends (documented here and in
   as top-level extra fields; ``ngram_size: 0`` turns the rule off.
 * ``max_tokens`` / ``max_completion_tokens`` are clamped to ``DSOCR_LIMITS__MAX_TOKENS``.
 
+A parameter the route cannot honour (``n`` > 1, ``stop``, ``logprobs``, ``response_format``,
+``tools``, ``seed`` …, see ``_UNSUPPORTED``) is refused with 400 naming it, never silently
+ignored; its no-op value (``n: 1``, ``logprobs: false`` …) is accepted. A field OpenAI does not
+define is ignored with a logged warning, as vLLM does. The model list and cards are vLLM's
+(``root``, ``max_model_len``, ``permission`` …); the model's name is
+:func:`dsocr.service.model_name` here as on every route.
+
 ``finish_reason`` is OpenAI's ``stop`` or ``length``; an engine stop for repetition or an engine
 abort is reported as ``length`` (the text is incomplete). Errors use the team envelope, which is
 OpenAI's ``{"error": {"message", "type", "param", "code"}}`` plus ``request_id``. Every invalid
@@ -40,7 +47,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -75,13 +82,14 @@ from dsocr.server.routes_ocr import (
     admit_watching,
     run_watching_disconnect,
 )
-from dsocr.service import BeforeDecode, load_image_admitted
+from dsocr.service import BeforeDecode, load_image_admitted, model_name
 from dsocr.settings import EngineSettings, LimitSettings, Settings
 
 __all__ = [
     "ChatCompletionRequest",
     "ChatJob",
     "check_mode",
+    "refuse_unsupported",
     "router",
     "served_model_names",
     "to_chat_job",
@@ -190,13 +198,15 @@ class VllmXargs(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """The subset of OpenAI's chat completion request that OCR uses, plus dsocr's extra fields.
+    """OpenAI's chat completion request as this route reads it, plus dsocr's extra fields.
 
-    Unknown fields (``user``, ``logprobs`` …) are ignored, as OpenAI-compatible servers do;
-    ``n`` other than 1 is refused rather than silently answered once.
+    Every OpenAI parameter is declared: those the route honours, those that change nothing in
+    the reading (``user``, ``metadata`` …), and those it cannot honour, which are refused
+    (:func:`refuse_unsupported`) unless they carry their no-op value. A field OpenAI does not
+    define either is ignored with a logged warning, as vLLM does.
     """
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
@@ -204,17 +214,188 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    # Accepted for compatibility; OCR always decodes greedily (see the module docstring).
+    # Accepted and pinned: OCR always decodes greedily (see the module docstring).
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
+    # Bookkeeping that does not change the reading: accepted, without effect.
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    parallel_tool_calls: bool | None = None
+    # Refused unless they hold their no-op value (see ``_UNSUPPORTED``). Typed as loosely as
+    # OpenAI allows, so that the refusal, not a type error, is what a client reads.
+    n: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0)
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
     seed: int | None = None
-    n: int = Field(1, ge=1, le=1)
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    # vLLM's extra sampling parameters, refused the same way.
     skip_special_tokens: bool | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    stop_token_ids: list[int] | None = None
+    min_tokens: int | None = None
+    ignore_eos: bool | None = None
+    bad_words: list[str] | None = None
+    allowed_token_ids: list[int] | None = None
+    prompt_logprobs: int | None = None
+    use_beam_search: bool | None = None
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
     # dsocr / vLLM extras (``extra_body`` in the OpenAI client).
     ngram_size: int | None = Field(None, ge=0)
     window_size: int | None = Field(None, ge=1)
     vllm_xargs: VllmXargs | None = None
     mode: str = "gundam"
+
+
+@dataclass(frozen=True, slots=True)
+class _Unsupported:
+    """A parameter the route cannot honour: the values that ask for nothing, and why the rest fail."""
+
+    name: str
+    no_ops: tuple[object, ...]
+    why: str
+
+
+_NO_TOOLS = "DeepSeek-OCR does not call tools"
+_NOT_REASONING = "DeepSeek-OCR is not a reasoning model"
+_TEXT_ONLY = "the route answers text only"
+_GREEDY = (
+    "decoding is greedy (temperature 0), so there is nothing to sample or seed: "
+    "the same image and prompt give the same reading"
+)
+_FREE_FORM = 'the reading is the model\'s own markdown or text; only {"type": "text"} is accepted'
+_NO_LOGPROBS = "the route returns no token log-probabilities"
+_ONE_READING = "decoding is greedy, so every choice would be the same reading"
+_NO_BIAS = "the route does not restrict or bias tokens"
+_NO_STOP = "the reading ends at the end of the page or at max_tokens; cut the text on the client"
+_REPETITION = (
+    "repetition is controlled by the no-repeat n-gram rule instead "
+    '(extra_body={"vllm_xargs": {"ngram_size": ..., "window_size": ...}})'
+)
+# Checked in this order; the first one set is named. ``None`` (not sent) is always fine.
+_UNSUPPORTED = (
+    _Unsupported("n", (1,), f"only n=1: {_ONE_READING}"),
+    _Unsupported("stop", ("", []), _NO_STOP),
+    _Unsupported("logprobs", (False,), _NO_LOGPROBS),
+    _Unsupported("top_logprobs", (0,), _NO_LOGPROBS),
+    _Unsupported("response_format", ({"type": "text"},), _FREE_FORM),
+    _Unsupported("tools", ([],), _NO_TOOLS),
+    _Unsupported("tool_choice", ("none",), _NO_TOOLS),
+    _Unsupported("functions", ([],), _NO_TOOLS),
+    _Unsupported("function_call", ("none",), _NO_TOOLS),
+    _Unsupported("seed", (), _GREEDY),
+    _Unsupported("frequency_penalty", (0,), _REPETITION),
+    _Unsupported("presence_penalty", (0,), _REPETITION),
+    _Unsupported("logit_bias", ({},), _NO_BIAS),
+    _Unsupported("reasoning_effort", (), _NOT_REASONING),
+    _Unsupported("verbosity", (), _NOT_REASONING),
+    _Unsupported("modalities", (["text"],), _TEXT_ONLY),
+    _Unsupported("audio", (), _TEXT_ONLY),
+    _Unsupported("prediction", (), "predicted outputs are not implemented"),
+    _Unsupported("web_search_options", (), "the route does not search the web"),
+    _Unsupported(
+        "skip_special_tokens",
+        (False,),
+        "only false: the grounding tags (<|ref|>…<|det|>) are part of the OCR result "
+        "(strip them on the client)",
+    ),
+    # vLLM's extras; the no-op values are the defaults of vLLM's SamplingParams.
+    _Unsupported("top_k", (0, -1), _GREEDY),
+    _Unsupported("min_p", (0,), _GREEDY),
+    _Unsupported("repetition_penalty", (1,), _REPETITION),
+    _Unsupported("stop_token_ids", ([],), _NO_STOP),
+    _Unsupported("min_tokens", (0,), _NO_STOP),
+    _Unsupported("ignore_eos", (False,), _NO_STOP),
+    _Unsupported("bad_words", ([],), _NO_BIAS),
+    _Unsupported("allowed_token_ids", (), _NO_BIAS),
+    _Unsupported("prompt_logprobs", (), _NO_LOGPROBS),
+    _Unsupported("use_beam_search", (False,), "the route decodes greedily, as the official scripts do"),
+    _Unsupported("structured_outputs", (), _FREE_FORM),
+    _Unsupported("guided_json", (), _FREE_FORM),
+    _Unsupported("guided_regex", (), _FREE_FORM),
+    _Unsupported("guided_choice", (), _FREE_FORM),
+    _Unsupported("guided_grammar", (), _FREE_FORM),
+)
+
+
+def refuse_unsupported(body: ChatCompletionRequest) -> None:
+    """``InvalidInput`` naming the first parameter the route cannot honour, with what it supports."""
+    for parameter in _UNSUPPORTED:
+        value = getattr(body, parameter.name)
+        if value is not None and value not in parameter.no_ops:
+            raise InvalidInput(f"{parameter.name} is not supported: {parameter.why}.", field=parameter.name)
+
+
+class EnforcedSampling(BaseModel):
+    """dsocr's addition to a model card: the sampling the server enforces for OCR."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    skip_special_tokens: bool = False
+    ngram_size: int
+    window_size: int
+    max_tokens_limit: int
+
+
+class ModelPermission(BaseModel):
+    """vLLM's ``permission`` entry, saying what the route allows: no sampling, no log-probabilities."""
+
+    id: str
+    object: Literal["model_permission"] = "model_permission"
+    created: int
+    allow_create_engine: bool = False
+    allow_sampling: bool = False
+    allow_logprobs: bool = False
+    allow_search_indices: bool = False
+    allow_view: bool = True
+    allow_fine_tuning: bool = False
+    organization: str = "*"
+    group: str | None = None
+    is_blocking: bool = False
+
+
+class ModelCard(BaseModel):
+    """vLLM's model card: OpenAI's model object plus ``root``, ``parent``, ``max_model_len`` …"""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = _OWNER
+    root: str | None
+    parent: str | None = None
+    max_model_len: int = Field(description="The configured context length (DSOCR_ENGINE__MAX_MODEL_LEN).")
+    permission: list[ModelPermission]
+    dsocr: EnforcedSampling
+
+
+class ModelList(BaseModel):
+    """``GET /v1/models``: OpenAI's list shape."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
 
 
 # ---------------------------------------------------------------- translation (pure)
@@ -239,7 +420,7 @@ class ChatJob:
 
 def served_model_names(settings: EngineSettings) -> list[str]:
     """The ids ``/v1/models`` lists: the default model's public name first, then extra models."""
-    primary = settings.served_model_name or settings.model
+    primary = model_name(settings)
     return [primary, *(name for name in settings.extra_models if name != primary)]
 
 
@@ -321,7 +502,6 @@ def _sampling(
         ngram_size=size or None,
         ngram_window=window if window is not None else engine.ngram_window,
         whitelist_token_ids=whitelist,
-        seed=body.seed,
     )
 
 
@@ -337,6 +517,7 @@ def check_mode(mode: str, engine: Engine) -> None:
 def to_chat_job(body: ChatCompletionRequest, *, settings: Settings) -> ChatJob:
     """Validate an OpenAI chat request and translate it; raises ``InvalidInput`` naming the field."""
     engine_model = _route_model(body.model, settings.engine)
+    refuse_unsupported(body)
     index, parts = _user_content(body.messages)
     images = [(i, part) for i, part in enumerate(parts) if isinstance(part, ImagePart)]
     texts = [(i, part) for i, part in enumerate(parts) if isinstance(part, TextPart)]
@@ -357,7 +538,8 @@ def to_chat_job(body: ChatCompletionRequest, *, settings: Settings) -> ChatJob:
         sampling=_sampling(body, limits=settings.limits, engine=settings.engine),
         mode=body.mode,
         engine_model=engine_model,
-        response_model=body.model,
+        # The public name, whichever of its names the client used (as vLLM answers).
+        response_model=model_name(settings.engine) if engine_model is None else engine_model,
         stream=body.stream,
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
         timeout_s=settings.limits.request_timeout_s,
@@ -394,25 +576,54 @@ async def chat_image(
 # ---------------------------------------------------------------- routes
 
 
-@router.get("/v1/models", dependencies=[Depends(require_api_key)], responses=error_responses(401, 503))
-async def list_models(state: Annotated[AppState, Depends(app_state)]) -> dict[str, Any]:
-    """The served models, in OpenAI's list shape, each with the sampling the server enforces."""
-    settings = state.settings
-    enforced = {
-        "temperature": 0.0,
-        "top_p": 1.0,
-        "skip_special_tokens": False,
-        "ngram_size": settings.engine.ngram_size,
-        "window_size": settings.engine.ngram_window,
-        "max_tokens_limit": settings.limits.max_tokens,
-    }
-    return {
-        "object": "list",
-        "data": [
-            {"id": name, "object": "model", "created": _STARTED, "owned_by": _OWNER, "dsocr": enforced}
-            for name in served_model_names(settings.engine)
+def _model_card(name: str, settings: Settings) -> ModelCard:
+    primary = model_name(settings.engine)
+    return ModelCard(
+        id=name,
+        created=_STARTED,
+        # What the name serves: the default model's HF id or directory, or the extra model itself.
+        root=settings.engine.model if name == primary else name,
+        max_model_len=settings.engine.max_model_len,
+        # Stable, so that listing and retrieving a model give the same card.
+        permission=[
+            ModelPermission(id=f"modelperm-{uuid.uuid5(uuid.NAMESPACE_URL, name).hex}", created=_STARTED)
         ],
-    }
+        dsocr=EnforcedSampling(
+            ngram_size=settings.engine.ngram_size,
+            window_size=settings.engine.ngram_window,
+            max_tokens_limit=settings.limits.max_tokens,
+        ),
+    )
+
+
+@router.get("/v1/models", dependencies=[Depends(require_api_key)], responses=error_responses(401, 503))
+async def list_models(state: Annotated[AppState, Depends(app_state)]) -> ModelList:
+    """The served models as vLLM lists them, each with the sampling the server enforces."""
+    return ModelList(
+        data=[_model_card(name, state.settings) for name in served_model_names(state.settings.engine)]
+    )
+
+
+@router.get(
+    # ``:path``: served ids hold slashes (``deepseek-ai/DeepSeek-OCR``).
+    "/v1/models/{model:path}",
+    dependencies=[Depends(require_api_key)],
+    responses=error_responses(401, 404, 503, descriptions={404: "No model this server serves has that id."}),
+)
+async def retrieve_model(
+    model: Annotated[
+        str,
+        Path(
+            description="A served model's id, as GET /v1/models lists it (slashes included).",
+            openapi_examples={"default model": {"value": CHAT_REQUEST_EXAMPLE["model"]}},
+        ),
+    ],
+    state: Annotated[AppState, Depends(app_state)],
+) -> ModelCard:
+    """One served model's card; any name the chat route accepts for it finds it."""
+    settings = state.settings
+    routed = _route_model(model, settings.engine)
+    return _model_card(model_name(settings.engine) if routed is None else routed, settings)
 
 
 @router.post(
@@ -433,7 +644,9 @@ async def list_models(state: Annotated[AppState, Depends(app_state)]) -> dict[st
             504,
             descriptions={
                 400: "Any invalid request, as OpenAI clients expect; `code` says which "
-                "(validation_error, undecodable_input, unsupported_media_type, input_too_large, …).",
+                "(validation_error, undecodable_input, unsupported_media_type, input_too_large, …). "
+                "A parameter the route cannot honour (stop, logprobs, response_format, tools, seed, "
+                "n > 1 …) is `invalid_input` with `param` naming it.",
                 413: "The request body is over the size limit.",
             },
         ),
@@ -446,6 +659,11 @@ async def chat_completions(
 ) -> Response:
     """OCR one image, answered as an OpenAI chat completion (or a stream of chunks)."""
     settings = state.settings
+    if body.model_extra:
+        # vLLM's behaviour: a field the protocol does not define is ignored, and the log says so
+        # (the names quoted, a few at most: they are the client's text).
+        ignored = sorted(body.model_extra)
+        logger.warning("%d field(s) in the request ignored: %.300r", len(ignored), ignored)
     job = to_chat_job(body, settings=settings)
     engine = await ready_engine(state)
     check_mode(job.mode, engine)
