@@ -1,6 +1,6 @@
 """The OCR pipeline: loaded pages → engine → grounding parser → optional renders.
 
-No web framework types here: the HTTP server, the CLI and the Truss adapter all call these
+No web framework types here: the HTTP server, the CLI and batch all call these
 functions. The two entry points are
 
 * :func:`ocr_page` — one image, one engine request; raises a :class:`~dsocr.errors.DsocrError`.

@@ -1,7 +1,7 @@
-"""Request-level operations shared by the front ends (HTTP, Truss, CLI); no web framework types.
+"""Request-level operations shared by the front ends (HTTP, CLI); no web framework types.
 
 * :func:`predict` — the seed Truss server's ``/predict`` contract, byte for byte, plus typed
-  additions under new keys. The Truss adapter calls exactly this.
+  additions under new keys.
 * :func:`load_image_admitted` — one image, with a hook (the server's admission) between reading
   its header and decoding its pixels.
 * :func:`check_page_range` — a page range is for PDFs only.
