@@ -1,7 +1,8 @@
 """The ``dsocr`` command line. Each verb is a thin front end over the library.
 
 Exit codes scripts can trust: 0 success, 1 internal error, 2 bad input or usage,
-3 engine failure, 4 partial success (some pages failed, the rest were written).
+3 engine failure, 4 partial success (some pages failed, the rest were written); the table from
+errors to codes is ``dsocr.cli_exit``.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def visualize_command(
     """Draw the layout boxes (or geometry figure) of RESULT.json on IMAGE and write a PNG."""
     import json
 
+    from dsocr.cli_exit import exit_code_of
     from dsocr.errors import DsocrError
     from dsocr.visualize import visualize
 
@@ -89,7 +91,7 @@ def visualize_command(
         drawn = visualize(image, document, page=page)
     except DsocrError as exc:
         where = f" ({exc.field})" if exc.field else ""
-        fail(f"{exc.message}{where}", exc.exit_code)
+        fail(f"{exc.message}{where}", exit_code_of(exc))
     for warning in drawn.warnings:
         typer.echo(f"warning: {warning}", err=True)
     if drawn.is_empty:
@@ -203,8 +205,10 @@ def _fail(message: str, exit_code: int = 2) -> NoReturn:
 
 
 def _fail_with(exc: DsocrError) -> NoReturn:
+    from dsocr.cli_exit import exit_code_of
+
     where = f" ({exc.field})" if exc.field else ""
-    _fail(f"{exc.message}{where}", exc.exit_code)
+    _fail(f"{exc.message}{where}", exit_code_of(exc))
 
 
 def _engine_settings_or_exit(engine: EngineChoice | None, model: str | None) -> Settings:

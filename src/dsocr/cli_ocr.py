@@ -24,6 +24,7 @@ from urllib.parse import quote
 from PIL import Image
 
 from dsocr import service
+from dsocr.cli_exit import EXIT_INTERNAL, EXIT_PARTIAL, exit_code_of
 from dsocr.engine.base import Engine
 from dsocr.engine.factory import create_engine
 from dsocr.errors import InputTooLarge, InvalidInput
@@ -38,9 +39,6 @@ from dsocr.settings import LimitSettings, Settings
 __all__ = ["EXIT_PARTIAL", "OcrJob", "OcrOutcome", "OutputFormat", "run_ocr"]
 
 OutputFormat = Literal["md", "txt", "json"]
-
-# Exit code for "some pages failed, the rest were written" (see cli.py's docstring).
-EXIT_PARTIAL = 4
 
 _IMAGE_LINK = re.compile(r"!\[\]\(images/(\d+)\.png\)")
 # Where the parser's markdown links crops; kept when no crops are written.
@@ -90,7 +88,7 @@ class OcrOutcome:
         if len(failed) < len(self.results):
             return EXIT_PARTIAL
         first = failed[0].error
-        return first.exit_code if first is not None else 1
+        return exit_code_of(first) if first is not None else EXIT_INTERNAL
 
 
 def source_of(text: str, settings: Settings) -> Source:

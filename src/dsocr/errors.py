@@ -1,29 +1,34 @@
 """The one error hierarchy of dsocr.
 
-Every failure a user can cause or meet is one of these. Each class carries a stable ``code``
-and the HTTP ``status`` it maps to, so front ends (HTTP API, CLI, Truss) never guess::
+Every failure a user can cause or meet is one of these. Each class carries a stable ``code``,
+the user-visible identifier of what went wrong::
 
-    DsocrError                    internal_error          500  exit 1
-    ├── InvalidInput              invalid_input           400  exit 2
-    │   ├── UnsupportedMediaType  unsupported_media_type  415  exit 2
-    │   ├── InputTooLarge         input_too_large         413  exit 2   bytes, pixels or pages over a limit
-    │   ├── UndecodableInput      undecodable_input       422  exit 2   image or PDF cannot be decoded
-    │   ├── RenderBudgetExceeded  render_budget_exceeded  422  exit 2   a PDF page over its render budget
-    │   ├── FetchFailed           fetch_failed            422  exit 2   URL unreachable or refused (SSRF)
-    │   └── ModelNotFound         model_not_found         404  exit 2   ``model`` names no served model
-    ├── Unauthorized              unauthorized            401  exit 2
-    ├── ServerBusy                server_busy             503  exit 3   + Retry-After; too many at once
-    ├── EngineError               engine_error            500  exit 3
-    │   ├── EngineUnavailable     engine_unavailable      503  exit 3   + Retry-After
-    │   ├── EngineOverloaded      engine_overloaded       429  exit 3   + Retry-After
-    │   └── EngineTimeout         engine_timeout          504  exit 3
-    └── ConfigError               config_error            500  exit 2   start-up only
+    DsocrError                    internal_error
+    ├── InvalidInput              invalid_input
+    │   ├── UnsupportedMediaType  unsupported_media_type
+    │   ├── InputTooLarge         input_too_large         bytes, pixels or pages over a limit
+    │   ├── UndecodableInput      undecodable_input       image or PDF cannot be decoded
+    │   ├── RenderBudgetExceeded  render_budget_exceeded  a PDF page over its render budget
+    │   ├── FetchFailed           fetch_failed            URL unreachable or refused (SSRF)
+    │   └── ModelNotFound         model_not_found         ``model`` names no served model
+    ├── Unauthorized              unauthorized
+    ├── ServerBusy                server_busy             too many at once; ``retry_after``
+    ├── EngineError               engine_error
+    │   ├── EngineUnavailable     engine_unavailable      ``retry_after``
+    │   ├── EngineOverloaded      engine_overloaded       ``retry_after``
+    │   └── EngineTimeout         engine_timeout
+    └── ConfigError               config_error            start-up only
 
 Messages are public: they say what was wrong and how to fix it, and never contain secrets.
-Nothing here knows about HTTP frameworks; ``status`` is just a number.
+Nothing here knows about front ends: each maps the classes to its own answers at its edge, the
+HTTP server to statuses (``dsocr.server.errors.HTTP_STATUS``), the CLI to exit codes
+(``dsocr.cli_exit.EXIT_CODES``), both along the exception's MRO, most specific class first.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TypeVar
 
 __all__ = [
     "ConfigError",
@@ -41,7 +46,10 @@ __all__ = [
     "Unauthorized",
     "UndecodableInput",
     "UnsupportedMediaType",
+    "lookup_by_class",
 ]
+
+_T = TypeVar("_T")
 
 
 class DsocrError(Exception):
@@ -52,8 +60,6 @@ class DsocrError(Exception):
     """
 
     code: str = "internal_error"
-    status: int = 500
-    exit_code: int = 1
 
     def __init__(self, message: str, *, field: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -69,104 +75,97 @@ class DsocrError(Exception):
         return {"type": self.code, "message": self.message, "field": self.field}
 
 
+def lookup_by_class(table: Mapping[type[DsocrError], _T], error: DsocrError | type[DsocrError]) -> _T:
+    """The entry of ``error``'s class in a front end's table, or of its nearest listed base.
+
+    Every table lists ``DsocrError`` itself, so each error, however new, gets an answer.
+    """
+    cls = error if isinstance(error, type) else type(error)
+    for base in cls.__mro__:
+        if base in table:
+            return table[base]
+    raise LookupError(f"{cls.__name__} has no entry and no listed base class in the table")
+
+
 class InvalidInput(DsocrError):
     """The request is malformed: a missing or contradictory field, a bad value."""
 
     code = "invalid_input"
-    status = 400
-    exit_code = 2
 
 
 class UnsupportedMediaType(InvalidInput):
     """The bytes are not an image or PDF format we accept."""
 
     code = "unsupported_media_type"
-    status = 415
 
 
 class InputTooLarge(InvalidInput):
     """Bytes, pixels, pages or tokens over a configured limit."""
 
     code = "input_too_large"
-    status = 413
 
 
 class UndecodableInput(InvalidInput):
     """The format is allowed but the data cannot be decoded (truncated, corrupt, encrypted)."""
 
     code = "undecodable_input"
-    status = 422
 
 
 class RenderBudgetExceeded(InvalidInput):
     """A PDF page (or the PDF's page tree) needed more render time or memory than its budget."""
 
     code = "render_budget_exceeded"
-    status = 422
 
 
 class FetchFailed(InvalidInput):
     """A URL could not be fetched: refused by the SSRF guard, unreachable, bad status, timeout."""
 
     code = "fetch_failed"
-    status = 422
 
 
 class ModelNotFound(InvalidInput):
     """The request's ``model`` names no model this server serves (OpenAI's ``model_not_found``)."""
 
     code = "model_not_found"
-    status = 404
 
 
 class Unauthorized(DsocrError):
     """Missing or wrong API key."""
 
     code = "unauthorized"
-    status = 401
-    exit_code = 2
 
 
 class ServerBusy(DsocrError):
     """The server is answering as many requests as it may at once; retry after ``retry_after``."""
 
     code = "server_busy"
-    status = 503
-    exit_code = 3
 
 
 class EngineError(DsocrError):
     """The engine failed while generating."""
 
     code = "engine_error"
-    status = 500
-    exit_code = 3
 
 
 class EngineUnavailable(EngineError):
     """The engine is not loaded or not healthy; the server is not ready."""
 
     code = "engine_unavailable"
-    status = 503
 
 
 class EngineOverloaded(EngineError):
     """The admission queue is full; retry after ``retry_after`` seconds."""
 
     code = "engine_overloaded"
-    status = 429
 
 
 class EngineTimeout(EngineError):
     """The request ran past its deadline and was aborted in the engine."""
 
     code = "engine_timeout"
-    status = 504
 
 
 class ConfigError(DsocrError):
     """Settings that cannot work (raised at start-up, naming the variable)."""
 
     code = "config_error"
-    status = 500
-    exit_code = 2

@@ -160,6 +160,8 @@ class LimitSettings(BaseModel):
     max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(60_000_000, ge=1)
     max_pdf_pages: int = Field(500, ge=1)
+    # A rendered PDF page is an image too: unset, this is 40 MP or max_image_pixels if lower;
+    # set above max_image_pixels, start-up fails naming both.
     max_page_pixels: int = Field(40_000_000, ge=1)
     pdf_dpi: int = Field(144, ge=36, le=600)
     # PDF pages render in worker processes that are killed when a page runs over its budget: a
@@ -182,6 +184,20 @@ class LimitSettings(BaseModel):
     admission_wait_s: float = Field(30.0, ge=0)
     # Local paths as input: off unless a root is configured.
     local_path_root: Path | None = None
+
+    @model_validator(mode="after")
+    def _page_within_image_limit(self) -> LimitSettings:
+        if self.max_page_pixels <= self.max_image_pixels:
+            return self
+        if "max_page_pixels" in self.model_fields_set:
+            raise ValueError(
+                f"DSOCR_LIMITS__MAX_PAGE_PIXELS ({self.max_page_pixels:,}) is over "
+                f"DSOCR_LIMITS__MAX_IMAGE_PIXELS ({self.max_image_pixels:,}): a rendered PDF page is "
+                "an image too; lower DSOCR_LIMITS__MAX_PAGE_PIXELS or raise DSOCR_LIMITS__MAX_IMAGE_PIXELS"
+            )
+        # Unset, the page limit is the default's 40 MP or the image limit, whichever is lower.
+        self.max_page_pixels = self.max_image_pixels
+        return self
 
 
 class ServerSettings(BaseModel):
@@ -219,12 +235,6 @@ class Settings(BaseSettings):
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     debug: bool = False
-
-    @model_validator(mode="after")
-    def _check(self) -> Settings:
-        if self.limits.max_page_pixels > self.limits.max_image_pixels:
-            self.limits.max_page_pixels = self.limits.max_image_pixels
-        return self
 
 
 def unparsable_variables(environ: Mapping[str, str] | None = None) -> list[str]:

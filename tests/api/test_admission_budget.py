@@ -13,6 +13,7 @@ from dsocr.engine.base import EngineDelta, EngineRequest
 from dsocr.engine.fake import FakeEngine
 from dsocr.errors import EngineOverloaded
 from dsocr.server.admission import AdmissionQueue, Ticket, page_cost
+from dsocr.server.errors import http_status
 from dsocr.settings import Settings
 
 MP = 1_000_000
@@ -42,7 +43,7 @@ async def test_no_room_within_the_wait_is_429_with_retry_after_and_holds_nothing
     with pytest.raises(EngineOverloaded) as refused:
         await queue.admit([30 * MP], wait_s=0.05)
     assert refused.value.retry_after == 1.0
-    assert refused.value.status == 429
+    assert http_status(refused.value) == 429
     assert "DSOCR_LIMITS__MAX_INFLIGHT_PIXELS" in refused.value.message
     assert "30.0 MP" in refused.value.message
     assert (queue.pixels, queue.depth) == (80 * MP, 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from dsocr.settings import Settings
+from dsocr.settings import LimitSettings, Settings
 
 
 def test_ngram_window_shorter_than_the_ngram_is_refused() -> None:
@@ -29,3 +29,28 @@ def test_engine_settings_come_from_nested_environment_variables(monkeypatch: pyt
         20,
         50,
     )
+
+
+def test_a_page_limit_over_the_image_limit_is_refused_naming_both(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DSOCR_LIMITS__MAX_IMAGE_PIXELS", "30000000")
+    monkeypatch.setenv("DSOCR_LIMITS__MAX_PAGE_PIXELS", "35000000")
+    with pytest.raises(ValidationError) as info:
+        Settings()
+    message = str(info.value)
+    assert "DSOCR_LIMITS__MAX_PAGE_PIXELS (35,000,000)" in message
+    assert "DSOCR_LIMITS__MAX_IMAGE_PIXELS (30,000,000)" in message
+
+
+def test_an_unset_page_limit_follows_a_lower_image_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DSOCR_LIMITS__MAX_IMAGE_PIXELS", "20000000")
+    limits = Settings().limits
+    assert (limits.max_image_pixels, limits.max_page_pixels) == (20_000_000, 20_000_000)
+
+
+def test_page_limit_defaults_and_explicit_values_within_the_image_limit_are_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert (Settings().limits.max_image_pixels, Settings().limits.max_page_pixels) == (60_000_000, 40_000_000)
+    monkeypatch.setenv("DSOCR_LIMITS__MAX_PAGE_PIXELS", "60000000")
+    assert Settings().limits.max_page_pixels == 60_000_000
+    assert LimitSettings(max_image_pixels=10, max_page_pixels=10).max_page_pixels == 10

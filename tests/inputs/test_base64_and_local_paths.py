@@ -89,7 +89,7 @@ async def test_base64_over_the_byte_cap_is_refused_before_decoding() -> None:
     limits = LimitSettings(max_upload_bytes=1000)
     with pytest.raises(InputTooLarge) as info:
         await _load(Base64Source("!" * 5000), limits)
-    assert info.value.status == 413
+    assert info.value.code == "input_too_large"
     assert info.value.field == "image_base64"
 
 
@@ -112,7 +112,7 @@ async def test_bad_base64_is_invalid_input(text: str, limits: LimitSettings) -> 
     with pytest.raises(InvalidInput) as info:
         await _load(Base64Source(text), limits)
     assert type(info.value) is InvalidInput
-    assert info.value.status == 400
+    assert info.value.code == "invalid_input"
     assert info.value.field == "image_base64"
 
 
@@ -124,7 +124,7 @@ async def test_data_uri_with_a_wrong_media_type_is_unsupported(
     with pytest.raises(UnsupportedMediaType) as info:
         await _load(Base64Source(uri), limits)
     assert media_type in info.value.message
-    assert info.value.status == 415
+    assert info.value.code == "unsupported_media_type"
 
 
 @pytest.mark.parametrize(

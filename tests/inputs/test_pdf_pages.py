@@ -65,7 +65,7 @@ def test_pdf_over_the_page_cap_is_refused_naming_the_limit(
         open_document(ten_thousand_pages, limits=limits, field="file")
     assert "10000 pages; limit is 500" in info.value.message
     assert info.value.field == "file"
-    assert info.value.status == 413
+    assert info.value.code == "input_too_large"
 
 
 def _record_renders(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -156,7 +156,7 @@ def test_encrypted_pdf_is_undecodable_with_a_clear_reason(limits: LimitSettings)
 def test_corrupt_pdf_is_undecodable(data: bytes, limits: LimitSettings) -> None:
     with pytest.raises(UndecodableInput) as info:
         open_document(data, limits=limits)
-    assert info.value.status == 422
+    assert info.value.code == "undecodable_input"
 
 
 def test_rotated_page_renders_landscape(limits: LimitSettings) -> None:

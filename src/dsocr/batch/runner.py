@@ -33,6 +33,7 @@ from dsocr.batch.outputs import (
     write_text_atomic,
 )
 from dsocr.batch.plan import DocumentPlan, PageSource, RunPlan, discover_inputs, plan_run
+from dsocr.cli_exit import EXIT_INTERNAL, EXIT_PARTIAL, exit_code_of_code
 from dsocr.engine.base import Engine, SamplingOptions
 from dsocr.engine.factory import create_engine, select_engine
 from dsocr.pipeline import OutputKind, PageInput, ocr_document
@@ -55,8 +56,6 @@ __all__ = [
     "run_batch",
 ]
 
-# Same convention as `dsocr ocr`: some pages failed, the rest were written.
-EXIT_PARTIAL = 4
 MANIFEST_NAME = "manifest.sqlite"
 LOCK_NAME = ".dsocr-batch.lock"
 SUMMARY_NAME = "summary.json"
@@ -194,7 +193,7 @@ class BatchSummary:
             return 0
         if self.pages_done + self.pages_skipped > 0:
             return EXIT_PARTIAL
-        return self.first_failure_exit or 1
+        return self.first_failure_exit or EXIT_INTERNAL
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (``summary.json``)."""
@@ -251,17 +250,6 @@ def _capped(lines: list[str], limit: int, more: str) -> list[str]:
     if len(lines) <= limit:
         return lines
     return [*lines[:limit], f"… and {len(lines) - limit} more {more}"]
-
-
-def _exit_code_of(code: str) -> int:
-    """The CLI exit code of an error code, from the error tree (a page error crossed as JSON)."""
-    pending: list[type[errors.DsocrError]] = [errors.DsocrError]
-    while pending:
-        cls = pending.pop()
-        if cls.code == code:
-            return cls.exit_code
-        pending.extend(cls.__subclasses__())
-    return 1
 
 
 class BatchWriter:
@@ -333,7 +321,7 @@ class BatchWriter:
             )
         )
         if not self._summary.first_failure_exit:
-            self._summary.first_failure_exit = _exit_code_of(code)
+            self._summary.first_failure_exit = exit_code_of_code(code)
 
 
 @dataclass(slots=True, kw_only=True)

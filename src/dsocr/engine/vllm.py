@@ -74,9 +74,34 @@ def repeated_ngram_count(token_ids: list[int], n: int, window: int) -> int:
     return count
 
 
+@dataclass(frozen=True, slots=True)
+class _VLLMErrors:
+    """vLLM's exception classes that ``map_engine_errors`` translates; ``()`` where a version lacks one."""
+
+    client: tuple[type[BaseException], ...]  # bad requests (vLLM >= 0.3x: not ValueErrors)
+    dead: tuple[type[BaseException], ...]  # the engine core died
+    generate: tuple[type[BaseException], ...]  # generate() failed; its cause says why
+
+
+@functools.cache
+def _vllm_errors() -> _VLLMErrors:
+    """Imported on the first failure, when vLLM is loaded already (``import dsocr`` needs no vllm)."""
+    try:
+        from vllm.exceptions import VLLMClientError
+    except ImportError:  # vLLM 0.26 has no VLLMClientError: its bad requests are ValueErrors
+        client: tuple[type[BaseException], ...] = ()
+    else:
+        client = (VLLMClientError,)
+    try:
+        from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+    except ImportError:  # no such module: every failure is a plain EngineError
+        return _VLLMErrors(client=client, dead=(), generate=())
+    return _VLLMErrors(client=client, dead=(EngineDeadError,), generate=(EngineGenerateError,))
+
+
 @contextlib.contextmanager
 def map_engine_errors(request_id: str | None = None) -> Iterator[None]:
-    """Translate vLLM's exceptions into the dsocr tree, most specific first, once, at the seam."""
+    """Translate vLLM's exceptions into the dsocr tree by type, most specific first, once, at the seam."""
     try:
         yield
     except DsocrError:
@@ -86,16 +111,15 @@ def map_engine_errors(request_id: str | None = None) -> Iterator[None]:
     except ValueError as exc:  # vLLM's request validation (prompt too long, bad extra_args, ...)
         raise InvalidInput(f"the engine rejected the request: {exc}", field="request") from exc
     except Exception as exc:
-        name = type(exc).__name__
-        # vLLM >= 0.3x raises VLLMClientError subclasses (not ValueError) for bad requests.
-        if any(c.__name__ == "VLLMClientError" for c in type(exc).__mro__):
+        vllm_errors = _vllm_errors()
+        if isinstance(exc, vllm_errors.client):
             raise InvalidInput(f"the engine rejected the request: {exc}", field="request") from exc
-        if name == "EngineDeadError":
+        if isinstance(exc, vllm_errors.dead):
             raise EngineUnavailable("the vLLM engine has died; restart the server", retry_after=30) from exc
         cause = exc.__cause__
-        if name == "EngineGenerateError" and isinstance(cause, ValueError):
+        if isinstance(exc, vllm_errors.generate) and isinstance(cause, ValueError):
             raise InvalidInput(f"the engine rejected the request: {cause}", field="request") from exc
-        raise EngineError(f"vLLM failed on request {request_id}: {name}: {exc}") from exc
+        raise EngineError(f"vLLM failed on request {request_id}: {type(exc).__name__}: {exc}") from exc
 
 
 @dataclass(slots=True)

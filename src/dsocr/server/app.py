@@ -37,7 +37,7 @@ from dsocr.errors import DsocrError, InputTooLarge, ServerBusy
 from dsocr.server import routes_docs, routes_health, routes_ocr
 from dsocr.server.admission import AdmissionQueue
 from dsocr.server.deps import AppState, require_api_key
-from dsocr.server.errors import dsocr_error_body, error_headers, install_error_handlers
+from dsocr.server.errors import dsocr_error_body, error_headers, http_status, install_error_handlers
 from dsocr.server.metrics import Metrics, MetricsMiddleware
 from dsocr.server.openapi import install_openapi
 from dsocr.server.uploads import UploadGate, UploadSlots, content_length
@@ -110,7 +110,9 @@ class BodyLimitMiddleware:
             if not drained:
                 headers["Connection"] = "close"
             error = _too_large(self.max_bytes, declared)
-            response = JSONResponse(dsocr_error_body(error, request_id), status_code=413, headers=headers)
+            response = JSONResponse(
+                dsocr_error_body(error, request_id), status_code=http_status(error), headers=headers
+            )
             await response(scope, receive, send)
             return
         received = 0
@@ -199,7 +201,7 @@ class ConcurrencyLimitMiddleware:
             )
             response = JSONResponse(
                 dsocr_error_body(error, request_id),
-                status_code=error.status,
+                status_code=http_status(error),
                 headers=error_headers(error, request_id),
             )
             await response(scope, receive, send)

@@ -6,8 +6,10 @@ Every error body has the same envelope, readable by OpenAI clients too::
                "field": "image_base64", "param": "image_base64", "request_id": "..."}}
 
 ``code`` is the stable :class:`~dsocr.errors.DsocrError` code; ``type`` the OpenAI-style
-category; ``param`` repeats ``field`` under the name OpenAI clients read. Four handlers are
-registered: ``DsocrError`` (status from the class, found along the MRO, plus ``Retry-After`` /
+category; ``param`` repeats ``field`` under the name OpenAI clients read. ``HTTP_STATUS`` is the
+one table from error classes to statuses (``http_status`` looks an error up along its MRO, most
+specific class first); the domain errors carry none. Four handlers are
+registered: ``DsocrError`` (status from ``HTTP_STATUS``, plus ``Retry-After`` /
 ``WWW-Authenticate`` where they apply), request validation (422 naming the field from pydantic's
 ``loc``), Starlette's own HTTP errors (404, 405, a body FastAPI could not parse) and a generic 500
 for anything unexpected (logged with the request id; the detail is shown only with
@@ -27,13 +29,32 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dsocr.errors import DsocrError, EngineError, InvalidInput, Unauthorized
+from dsocr.errors import (
+    ConfigError,
+    DsocrError,
+    EngineError,
+    EngineOverloaded,
+    EngineTimeout,
+    EngineUnavailable,
+    FetchFailed,
+    InputTooLarge,
+    InvalidInput,
+    ModelNotFound,
+    RenderBudgetExceeded,
+    ServerBusy,
+    Unauthorized,
+    UndecodableInput,
+    UnsupportedMediaType,
+    lookup_by_class,
+)
 
 __all__ = [
+    "HTTP_STATUS",
     "LoginRequired",
     "error_body",
     "error_type",
     "field_from_loc",
+    "http_status",
     "install_error_handlers",
     "request_id_of",
     "unparsable_body",
@@ -41,6 +62,30 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# The HTTP status of each error class; a class not listed answers its nearest listed base's.
+HTTP_STATUS: dict[type[DsocrError], int] = {
+    DsocrError: 500,
+    InvalidInput: 400,
+    UnsupportedMediaType: 415,
+    InputTooLarge: 413,
+    UndecodableInput: 422,
+    RenderBudgetExceeded: 422,
+    FetchFailed: 422,
+    ModelNotFound: 404,
+    Unauthorized: 401,
+    ServerBusy: 503,
+    EngineError: 500,
+    EngineUnavailable: 503,
+    EngineOverloaded: 429,
+    EngineTimeout: 504,
+    ConfigError: 500,
+}
+
+
+def http_status(error: DsocrError | type[DsocrError]) -> int:
+    """The status an error answers: its class's in ``HTTP_STATUS``, or its nearest base's."""
+    return lookup_by_class(HTTP_STATUS, error)
 
 
 class LoginRequired(Unauthorized):
@@ -62,9 +107,10 @@ def error_type(error: DsocrError) -> str:
     """The OpenAI-style category of an error."""
     if isinstance(error, Unauthorized):
         return "authentication_error"
-    if error.status == 429:
+    status = http_status(error)
+    if status == 429:
         return "rate_limit_error"
-    if isinstance(error, EngineError) or error.status >= 500:
+    if isinstance(error, EngineError) or status >= 500:
         return "server_error"
     return "invalid_request_error"
 
@@ -109,7 +155,7 @@ def error_headers(error: DsocrError, request_id: str | None) -> dict[str, str]:
         headers["X-Request-Id"] = request_id
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
-    elif error.status in (429, 503):
+    elif http_status(error) in (429, 503):
         headers["Retry-After"] = "1"
     if isinstance(error, LoginRequired):
         # Browsers answer a Basic challenge with a login prompt; the key is the password.
@@ -165,11 +211,12 @@ def install_error_handlers(app: FastAPI, *, debug: bool) -> None:
     async def on_dsocr_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, DsocrError)
         request_id = request_id_of(request)
-        if exc.status >= 500:
+        status = http_status(exc)
+        if status >= 500:
             logger.warning("request %s failed: %s: %s", request_id, exc.code, exc.message)
         return JSONResponse(
             dsocr_error_body(exc, request_id),
-            status_code=exc.status,
+            status_code=status,
             headers=error_headers(exc, request_id),
         )
 

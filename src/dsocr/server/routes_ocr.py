@@ -46,7 +46,7 @@ from dsocr.pipeline import (
 from dsocr.prompts import build_prompt
 from dsocr.server.admission import AdmissionQueue, Ticket, page_cost
 from dsocr.server.deps import AppState, app_state, ready_engine, require_api_key
-from dsocr.server.errors import dsocr_error_body, error_body, request_id_of, unparsable_body
+from dsocr.server.errors import dsocr_error_body, error_body, http_status, request_id_of, unparsable_body
 from dsocr.server.openapi import error_responses
 from dsocr.server.schemas import (
     OcrRequest,
@@ -388,7 +388,7 @@ async def ocr(
     if document.kind == "image" and results[0].error is not None:
         # One image: its failure is the request's failure, with the right status.
         raise results[0].error
-    input_errors = [r.error for r in results if r.error is not None and r.error.status < 500]
+    input_errors = [r.error for r in results if r.error is not None and http_status(r.error) < 500]
     if results and len(input_errors) == len(results):
         # No page of the PDF could be read (e.g. each over its render budget): the input is at
         # fault and nothing came out, so the request fails with the first page's error and status.

@@ -70,6 +70,7 @@ from dsocr.server.deps import AppState, app_state, ready_engine, require_api_key
 from dsocr.server.errors import (
     dsocr_error_body,
     error_headers,
+    http_status,
     request_id_of,
     validation_error_body,
 )
@@ -117,7 +118,7 @@ class _OpenAIRoute(APIRoute):
                 body = validation_error_body(list(exc.errors()), request_id)
                 return JSONResponse(body, status_code=400, headers=_request_id_headers(request_id))
             except InvalidInput as exc:
-                if isinstance(exc, ModelNotFound) or exc.status == 400:
+                if isinstance(exc, ModelNotFound) or http_status(exc) == 400:
                     raise
                 request_id = request_id_of(request)
                 return JSONResponse(
