@@ -7,17 +7,7 @@ import pytest
 from dsocr import errors
 from dsocr.server.errors import HTTP_STATUS, LoginRequired, http_status
 from dsocr.server.openapi import ERROR_DESCRIPTIONS
-
-
-def _all_error_classes() -> list[type[errors.DsocrError]]:
-    found: list[type[errors.DsocrError]] = []
-    pending: list[type[errors.DsocrError]] = [errors.DsocrError]
-    while pending:
-        cls = pending.pop()
-        found.append(cls)
-        pending.extend(cls.__subclasses__())
-    return found
-
+from error_classes import all_error_classes
 
 # The statuses clients have always got: the table may move, the answers may not.
 EXPECTED = {
@@ -40,7 +30,7 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("cls", _all_error_classes(), ids=lambda cls: cls.__name__)
+@pytest.mark.parametrize("cls", all_error_classes(), ids=lambda cls: cls.__name__)
 def test_every_error_class_has_an_error_status_documented_in_openapi(cls: type[errors.DsocrError]) -> None:
     status = http_status(cls)
     assert 400 <= status < 600
@@ -63,6 +53,6 @@ def test_a_class_not_in_the_table_answers_its_nearest_listed_base() -> None:
 
 
 def test_domain_errors_carry_no_status() -> None:
-    for cls in _all_error_classes():
+    for cls in all_error_classes():
         assert not hasattr(cls, "status")
         assert not hasattr(cls, "exit_code")

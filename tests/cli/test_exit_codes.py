@@ -7,17 +7,7 @@ import pytest
 from dsocr import errors
 from dsocr.cli_exit import EXIT_CODES, EXIT_INTERNAL, exit_code_of, exit_code_of_code
 from dsocr.server.errors import LoginRequired
-
-
-def _all_error_classes() -> list[type[errors.DsocrError]]:
-    found: list[type[errors.DsocrError]] = []
-    pending: list[type[errors.DsocrError]] = [errors.DsocrError]
-    while pending:
-        cls = pending.pop()
-        found.append(cls)
-        pending.extend(cls.__subclasses__())
-    return found
-
+from error_classes import all_error_classes
 
 # README: 1 internal error, 2 bad input or usage, 3 engine failure.
 EXPECTED = {
@@ -40,7 +30,7 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("cls", _all_error_classes(), ids=lambda cls: cls.__name__)
+@pytest.mark.parametrize("cls", all_error_classes(), ids=lambda cls: cls.__name__)
 def test_every_error_class_has_an_exit_code(cls: type[errors.DsocrError]) -> None:
     code = exit_code_of(cls)
     assert code in (1, 2, 3)
