@@ -12,18 +12,10 @@ proxy. The one change: nginx listens on a free loopback port instead of 8080.
 from __future__ import annotations
 
 import base64
-import configparser
 import io
-import os
-import shlex
-import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,33 +23,13 @@ import openai
 import pytest
 from PIL import Image, ImageDraw
 from truss.base.truss_config import TrussConfig
-from truss.contexts.image_builder.serving_image_builder import (
-    generate_docker_server_nginx_config,
-    generate_docker_server_supervisord_config,
-)
 
 from predict_contract import SEED_LONG_KEYS
-from server_support import free_port
-
-TRUSS_DIR = Path(__file__).resolve().parents[2] / "truss"
-NGINX = shutil.which("nginx") or next(
-    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
-)
+from server_support import NGINX, truss_docker_server
 
 pytestmark = pytest.mark.skipif(
     NGINX is None, reason="nginx is not installed (scripts/test.sh installs Debian's nginx)"
 )
-
-# An nginx main configuration around Truss's proxy.conf (a conf.d include in the image).
-NGINX_CONF = """
-daemon off;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log;
-events {{}}
-http {{
-    include {work}/proxy.conf;
-}}
-"""
 
 
 @dataclass(frozen=True)
@@ -76,83 +48,12 @@ def _page_png(width: int = 600, height: int = 800) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _wait_until(url: str, processes: list[subprocess.Popen[bytes]], logs: list[Path]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for process in processes:
-            if process.poll() is not None:
-                raise AssertionError(
-                    f"{process.args!r} exited with {process.returncode}:\n"
-                    + "\n".join(log.read_text(errors="replace") for log in logs if log.exists())
-                )
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} did not answer 200 in 60 s")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    assert NGINX is not None
     work = tmp_path_factory.mktemp("truss-docker-server")
-    config = TrussConfig.from_yaml(TRUSS_DIR / "config.yaml")
-    assert config.docker_server is not None
-    # Free ports instead of 8000 (server_port, DSOCR_SERVER__PORT) and 8080 (Truss's proxy).
-    server_port, proxy_port = free_port(), free_port()
-    rendered = config.model_copy(
-        update={"docker_server": config.docker_server.model_copy(update={"server_port": server_port})}
-    )
-    generate_docker_server_nginx_config(work, rendered)
-    generate_docker_server_supervisord_config(work, rendered)
-
-    proxy = (work / "proxy.conf").read_text(encoding="utf-8")
-    assert proxy.count("listen 8080;") == 1
-    (work / "proxy.conf").write_text(proxy.replace("listen 8080;", f"listen 127.0.0.1:{proxy_port};"))
-    (work / "nginx.conf").write_text(NGINX_CONF.format(work=work))
-
-    supervisord = configparser.ConfigParser()
-    supervisord.read(work / "supervisord.conf")
-    command = shlex.split(supervisord["program:model-server"]["command"])
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DSOCR_")}
-    env.update(config.environment_variables)
-    env.update(
-        {
-            "DSOCR_SERVER__PORT": str(server_port),
-            "DSOCR_ENGINE__KIND": "fake",
-            # One page in flight, so that a second request at once gets the 429.
-            "DSOCR_LIMITS__MAX_QUEUE": "1",
-            # `dsocr` on PATH is this environment's, as it is the image's after the build command.
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-        }
-    )
-    server_log, nginx_log = work / "server.log", work / "nginx-error.log"
-    with server_log.open("wb") as log:
-        server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    nginx = subprocess.Popen(
-        [NGINX, "-p", str(work), "-c", str(work / "nginx.conf"), "-e", str(nginx_log)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        url = f"http://127.0.0.1:{proxy_port}"
-        _wait_until(f"{url}/v1/models/model", [server, nginx], [server_log, nginx_log])
-        yield Deployment(url=url, config=config)
-    finally:
-        _stop(nginx)
-        _stop(server)
+    # One page in flight, so that a second request at once gets the 429.
+    with truss_docker_server(work, {"DSOCR_ENGINE__KIND": "fake", "DSOCR_LIMITS__MAX_QUEUE": "1"}) as proxy:
+        yield Deployment(url=proxy.url, config=proxy.config)
 
 
 def test_platform_probes_reach_dsocr_health_routes(deployment: Deployment) -> None:

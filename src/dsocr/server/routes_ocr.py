@@ -34,16 +34,7 @@ from dsocr.request import DEFAULT_MODE, build_request
 from dsocr.server.deps import AppState, app_state, ready_pipeline, require_api_key
 from dsocr.server.errors import dsocr_error_body, request_id_of
 from dsocr.server.openapi import error_responses
-from dsocr.server.runs import (
-    SSE_HEADERS,
-    ClientGone,
-    ClosingStreamingResponse,
-    client_gone_response,
-    collect,
-    event_stream,
-    read_json,
-    start_run,
-)
+from dsocr.server.runs import ClientGone, client_gone_response, collect, read_json, start_run, stream_response
 from dsocr.server.schemas import OcrRequest, OcrResponse, PredictRequest, ocr_form_schema, parse_outputs
 
 __all__ = ["router"]
@@ -196,16 +187,11 @@ async def ocr(
     try:
         run = await start_run(request, pipeline, ocr_request)
         if wants_stream:
-            return ClosingStreamingResponse(
-                event_stream(
-                    run,
-                    _sse_events(state, run),
-                    metrics=state.metrics,
-                    error_event=lambda exc: _sse("error", dsocr_error_body(exc, run.request.request_id)),
-                ),
-                media_type="text/event-stream",
-                headers=SSE_HEADERS,
-                on_close=run.aclose,
+            return stream_response(
+                run,
+                _sse_events(run),
+                metrics=state.metrics,
+                error_event=lambda exc: _sse("error", dsocr_error_body(exc, ocr_request.request_id)),
             )
         results = await collect(request, run)
     except ClientGone:
@@ -217,7 +203,7 @@ def _sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
 
 
-async def _sse_events(state: AppState, run: Run) -> AsyncIterator[bytes]:
+async def _sse_events(run: Run) -> AsyncIterator[bytes]:
     """The run's events as server-sent events, then a ``done`` summary."""
     names = run.request.outputs
     context = run.render_context

@@ -70,13 +70,11 @@ from dsocr.server.errors import (
 )
 from dsocr.server.openapi import CHAT_REQUEST_EXAMPLE, error_responses
 from dsocr.server.runs import (
-    SSE_HEADERS,
     ClientGone,
-    ClosingStreamingResponse,
     client_gone_response,
     collect,
-    event_stream,
     start_run,
+    stream_response,
     watching_disconnect,
 )
 from dsocr.settings import Settings
@@ -571,16 +569,11 @@ async def chat_completions(
                 await run.aclose()
                 raise
             chunks = _chunks(first, events, completion_id=completion_id, run=run, include_usage=include_usage)
-            return ClosingStreamingResponse(
-                event_stream(
-                    run,
-                    chunks,
-                    metrics=state.metrics,
-                    error_event=lambda exc: _sse(dsocr_error_body(exc, ocr_request.request_id)) + _DONE,
-                ),
-                media_type="text/event-stream",
-                headers=SSE_HEADERS,
-                on_close=run.aclose,
+            return stream_response(
+                run,
+                chunks,
+                metrics=state.metrics,
+                error_event=lambda exc: _sse(dsocr_error_body(exc, ocr_request.request_id)) + _DONE,
             )
         results = await collect(request, run)
     except ClientGone:

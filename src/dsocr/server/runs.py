@@ -27,14 +27,13 @@ from dsocr.server.metrics import Metrics
 
 __all__ = [
     "CLIENT_CLOSED_REQUEST",
-    "SSE_HEADERS",
     "ClientGone",
     "ClosingStreamingResponse",
     "client_gone_response",
     "collect",
-    "event_stream",
     "read_json",
     "start_run",
+    "stream_response",
     "watching_disconnect",
 ]
 
@@ -120,7 +119,27 @@ async def collect(request: Request, run: Run) -> list[PageResult]:
         await run.aclose()
 
 
-async def event_stream(
+def stream_response(
+    run: Run,
+    encoded: AsyncIterator[bytes],
+    *,
+    metrics: Metrics,
+    error_event: Callable[[DsocrError], bytes],
+) -> ClosingStreamingResponse:
+    """The response streaming ``encoded`` (a run's events as server-sent events); see ``_events``.
+
+    Whether the stream ends, fails or its client leaves (even before the first byte), the run is
+    closed: its pages stop, its engine requests are aborted, its admission is given back.
+    """
+    return ClosingStreamingResponse(
+        _events(run, encoded, metrics=metrics, error_event=error_event),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+        on_close=run.aclose,
+    )
+
+
+async def _events(
     run: Run,
     encoded: AsyncIterator[bytes],
     *,
