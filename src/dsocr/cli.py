@@ -233,8 +233,12 @@ def _settings_or_exit(overrides: dict[str, Any]) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = "__".join(str(part) for part in first["loc"]).upper()
-        _fail(f"invalid setting DSOCR_{where}: {first['msg']}")
+        where = "DSOCR_" + "__".join(part for part in first["loc"] if isinstance(part, str)).upper()
+        if first["type"] == "extra_forbidden":
+            _fail(f"unknown setting {where}: no setting has this name")
+        if first["type"] == "value_error":  # dsocr's own checks name their variables
+            _fail(f"invalid settings: {first.get('ctx', {}).get('error', first['msg'])}")
+        _fail(f"invalid setting {where}: {first['msg']}")
     except SettingsError as exc:
         names = ", ".join(unparsable_variables()) or "a DSOCR_* variable"
         reason = f": {exc.__cause__}" if exc.__cause__ is not None else ""

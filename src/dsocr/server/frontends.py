@@ -74,7 +74,7 @@ def serve_vllm_frontends(
     if engine.replicas != 1:
         raise ConfigError(
             "--workers > 1 on the vLLM engine shares one engine core; for several GPUs use "
-            "DSOCR_ENGINE__DATA_PARALLEL_SIZE instead of DSOCR_ENGINE__REPLICAS",
+            "DSOCR_ENGINE__VLLM__DATA_PARALLEL_SIZE instead of DSOCR_ENGINE__REPLICAS",
             field="engine.replicas",
         )
     try:
@@ -87,7 +87,7 @@ def serve_vllm_frontends(
     from dsocr.engine.vllm import vllm_engine_args, vllm_engine_config
 
     name = engine.served_model_name or engine.model
-    args = vllm_engine_args(engine, name, engine.model, engine.gpu_memory_utilization)
+    args = vllm_engine_args(engine, name, engine.model, engine.vllm.gpu_memory_utilization)
     args._api_process_count, args._api_process_rank = workers, -1
     from vllm.usage.usage_lib import UsageContext
 
