@@ -78,14 +78,16 @@ def wait_ready(
     process: subprocess.Popen[Any] | None = None,
     output: Callable[[], str] = lambda: "",
     timeout_s: float = 60,
+    headers: dict[str, str] | None = None,
 ) -> None:
-    """Poll ``base``/ready until it answers 200; ``output`` explains a process that exited."""
+    """Poll ``base``/ready (with ``headers``) until it answers 200; ``output`` explains a process
+    that exited."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise AssertionError(f"the server exited with {process.returncode}: {output()}")
         try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+            if httpx.get(f"{base}/ready", headers=headers, timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
@@ -100,14 +102,18 @@ def dsocr_serve(
     stderr: IO[Any] | int = subprocess.PIPE,
     output: Callable[[], str] | None = None,
     timeout_s: float = 60,
+    env: dict[str, str] | None = None,
+    ready_headers: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """``python -m dsocr serve --port P ARGS…`` until ready; yields (root URL, process).
 
-    The developer's ``DSOCR_*`` variables are not passed on. On exit the process is terminated
-    (killed after 20 s).
+    The developer's ``DSOCR_*`` variables are not passed on, only those in ``env``;
+    ``ready_headers`` go with the readiness polls (an API key where health is closed). On exit the
+    process is terminated (killed after 20 s).
     """
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DSOCR_")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DSOCR_")}
+    env = {**clean, **(env or {})}
     process = subprocess.Popen(
         [sys.executable, "-m", "dsocr", "serve", "--port", str(port), *args],
         stdout=stdout,
@@ -123,7 +129,7 @@ def dsocr_serve(
         return process.stderr.read() if process.stderr is not None else ""
 
     try:
-        wait_ready(base, process=process, output=exited_output, timeout_s=timeout_s)
+        wait_ready(base, process=process, output=exited_output, timeout_s=timeout_s, headers=ready_headers)
         yield base, process
     finally:
         process.terminate()

@@ -155,14 +155,14 @@ def test_dsocr_serve_turns_multicast_off_before_starting_uvicorn(monkeypatch: py
         monkeypatch.delenv(name, raising=False)
     seen: dict[str, Any] = {}
 
-    def fake_run(*args: Any, **kwargs: Any) -> None:
+    def fake_run(app: Any, **kwargs: Any) -> None:
         seen.update({name: os.environ.get(name) for name in NVLINK_MULTICAST_OFF})
-        seen["workers"] = kwargs.get("workers")
+        seen["engine"] = app.state.dsocr.settings.engine.kind
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
-    result = CliRunner().invoke(app, ["serve", "--engine", "fake", "--workers", "2"])
+    result = CliRunner().invoke(app, ["serve", "--engine", "fake"])
     assert result.exit_code == 0, result.output
-    assert seen == {**NVLINK_MULTICAST_OFF, "workers": 2}
+    assert seen == {**NVLINK_MULTICAST_OFF, "engine": "fake"}
 
 
 # ---- the factory's replica pool ------------------------------------------------------------------
