@@ -68,24 +68,21 @@ def bench_writer(out: Path, *, pages: int) -> None:
     from dsocr.batch.outputs import page_artifacts
     from dsocr.batch.plan import DocumentPlan, RunPlan
     from dsocr.batch.runner import BatchSummary, BatchWriter
-    from dsocr.engine.base import SamplingOptions
     from dsocr.engine.fake import FakeEngine
-    from dsocr.pipeline import ocr_page
-    from dsocr.prompts import build_prompt
+    from dsocr.pipeline import PageInput, Pipeline
+    from dsocr.request import build_request
+    from dsocr.settings import Settings
 
     async def one_result() -> object:
         engine = FakeEngine()
         await engine.start()
         image = Image.open(EXAMPLES / "sample-page.png").convert("RGB")
-        return await ocr_page(
-            engine,
-            image,
-            prompt=build_prompt(),
-            mode="gundam",
-            sampling=SamplingOptions(),
-            request_id="bench",
-            outputs=frozenset({"crops"}),
-        )
+        settings = Settings(engine={"kind": "fake"})
+        request = build_request(settings, source=None, request_id="bench", outputs=["crops"], deadline=False)
+        pipeline = Pipeline(engine, limits=settings.limits, fetch=settings.fetch)
+        async for result in pipeline.run_pages(request, [PageInput(number=1, load=lambda: image)]):
+            return result
+        raise AssertionError("no result")
 
     result = asyncio.run(one_result())
     numbers = tuple(range(1, pages + 1))

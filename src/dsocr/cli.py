@@ -171,14 +171,6 @@ class EngineChoice(str, Enum):
     fake = "fake"
 
 
-class FormatChoice(str, Enum):
-    """``dsocr ocr --format`` values."""
-
-    md = "md"
-    txt = "txt"
-    json = "json"
-
-
 # Options that `dsocr ocr` and `dsocr batch` share.
 EngineOption = Annotated[
     EngineChoice | None,
@@ -387,8 +379,8 @@ def ocr_command(
     prompt: PromptOption = None,
     pages: Annotated[str | None, typer.Option(help="PDF pages, e.g. 1-3,5 (default: all).")] = None,
     output_format: Annotated[
-        FormatChoice, typer.Option("--format", help="Output: md, txt or json.")
-    ] = FormatChoice.md,
+        str, typer.Option("--format", help="Output file format: md, txt, json (or a format's name).")
+    ] = "md",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
     crops: Annotated[
         Path | None,
@@ -418,7 +410,7 @@ def ocr_command(
         preset=preset,
         prompt=prompt,
         pages=pages,
-        output_format=output_format.value,
+        output_format=output_format,
         out=out,
         crops_dir=crops,
         viz=viz,

@@ -1,46 +1,39 @@
 """The work behind ``dsocr ocr``: one file or URL through the same pipeline the server uses.
 
-No HTTP hop: the source is read (local file, stdin, or SSRF-guarded URL), opened as an image or a PDF
-(:func:`dsocr.inputs.load_document`), its pages run through :func:`dsocr.pipeline.ocr_document`
-on an engine started in this process, and the results are written as markdown, text or JSON.
-Figure crops and box overlays are written to files on request; the markdown links the crops where
-they were written. Typer types stay in ``cli.py``.
+No HTTP hop: the source (local file, stdin, or SSRF-guarded URL) becomes the same
+:class:`~dsocr.request.OcrRequest` the server builds, runs through :class:`dsocr.pipeline.Pipeline`
+on an engine started in this process (no admission and no deadline: a local job), and the results
+are written in a file format of :mod:`dsocr.outputs` (markdown, text, JSON …). Figure crops and
+box overlays are written to files on request; the markdown links the crops where they were
+written. Typer types stay in ``cli.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import quote
 
-from PIL import Image
-
-from dsocr import service
+from dsocr import outputs
 from dsocr.cli_exit import EXIT_INTERNAL, EXIT_PARTIAL, exit_code_of
 from dsocr.engine.base import Engine
 from dsocr.engine.factory import create_engine
 from dsocr.errors import InputTooLarge, InvalidInput
-from dsocr.inputs import BytesSource, Source, UrlSource, load_document
-from dsocr.inputs.sources import read_local_file
-from dsocr.pipeline import OutputKind, PageInput, PageResult, document_pages, ocr_document
+from dsocr.inputs import BytesSource, Source
+from dsocr.inputs.sources import read_local_file, source_of
+from dsocr.pipeline import PageResult, Pipeline, Run
 from dsocr.progress import progress_bar
-from dsocr.prompts import build_prompt
-from dsocr.render.overlay import layout_pdf
+from dsocr.request import build_request
 from dsocr.settings import LimitSettings, Settings
 
-__all__ = ["EXIT_PARTIAL", "OcrJob", "OcrOutcome", "OutputFormat", "run_ocr"]
+__all__ = ["EXIT_PARTIAL", "OcrJob", "OcrOutcome", "run_ocr"]
 
-OutputFormat = Literal["md", "txt", "json"]
-
-_IMAGE_LINK = re.compile(r"!\[\]\(images/(\d+)\.png\)")
 # Where the parser's markdown links crops; kept when no crops are written.
 _DEFAULT_CROPS_LINK = "images"
 # The source argument that reads the file from standard input.
@@ -58,7 +51,7 @@ class OcrJob:
     preset: str | None = None
     prompt: str | None = None
     pages: str | None = None
-    output_format: OutputFormat = "md"
+    output_format: str = "md"
     out: Path | None = None
     crops_dir: Path | None = None
     viz: Path | None = None
@@ -91,12 +84,12 @@ class OcrOutcome:
         return exit_code_of(first) if first is not None else EXIT_INTERNAL
 
 
-def source_of(text: str, settings: Settings) -> Source:
-    """``-`` is stdin; an http(s) URL is fetched (SSRF-guarded); anything else is a local file path."""
+def cli_source(text: str, settings: Settings) -> Source:
+    """``-`` is stdin; an http(s) or data: URL is read as on the server; anything else a local file."""
     if text == STDIN:
         return read_stdin(settings.limits)
-    if re.match(r"(?i)^https?://", text):
-        return UrlSource(text, field="source")
+    if re.match(r"(?i)^(https?|data):", text):
+        return source_of(text, kind="url", field="source")
     path = Path(text)
     if not path.exists():
         raise InvalidInput(f"no such file: {text}", field="source")
@@ -142,70 +135,80 @@ def run_ocr(job: OcrJob, settings: Settings, *, write_stdout: Callable[[str], No
     return asyncio.run(_run(job, settings, write_stdout=write_stdout))
 
 
-async def _run(job: OcrJob, settings: Settings, *, write_stdout: Callable[[str], None]) -> OcrOutcome:
-    prompt = build_prompt(job.preset, prompt=job.prompt)
-    sampling = service.sampling_options(settings.engine, settings.limits, max_tokens=job.max_tokens)
-    source = await asyncio.to_thread(source_of, job.source, settings)
-    document = await load_document(source, limits=settings.limits, fetch=settings.fetch, pages=job.pages)
-    service.check_page_range(document, job.pages)
-    page_inputs = document_pages(document)
-    outputs: set[OutputKind] = set()
+def _drawn_outputs(job: OcrJob) -> list[str]:
+    """The formats drawn from the page images: what the crop and overlay files need."""
+    drawn: list[str] = []
     if job.crops_dir is not None:
-        outputs.add("crops")
+        drawn.append("crops")
     if job.viz is not None and job.viz.suffix.lower() != ".pdf":
-        outputs.add("visualization")
+        drawn.append("visualization")
+    return drawn
+
+
+async def _run(job: OcrJob, settings: Settings, *, write_stdout: Callable[[str], None]) -> OcrOutcome:
+    file_format = outputs.file_output(job.output_format)
+    source = await asyncio.to_thread(cli_source, job.source, settings)
+    request = build_request(
+        settings,
+        source=source,
+        preset=job.preset,
+        prompt=job.prompt,
+        mode=job.mode,
+        outputs=_drawn_outputs(job),
+        max_tokens=job.max_tokens,
+        pages=job.pages,
+        deadline=False,
+    )
     outcome = OcrOutcome()
-    try:
-        async with _started_engine(settings) as engine:
-            outcome.engine_name = engine.info.name
-            if job.mode not in engine.info.modes:
-                raise InvalidInput(
-                    f"mode {job.mode!r} is not served by the {engine.info.name} engine; "
-                    f"choose from {', '.join(engine.info.modes)}",
-                    field="mode",
-                )
-            pages = ocr_document(
-                engine,
-                page_inputs,
-                prompt=prompt,
-                mode=job.mode,
-                sampling=sampling,
-                request_id=service.new_request_id(),
-                outputs=frozenset(outputs),
-                max_in_flight=_MAX_IN_FLIGHT,
-                timeout_s=None,
-            )
+    async with _started_engine(settings) as engine:
+        outcome.engine_name = engine.info.name
+        pipeline = Pipeline(engine, limits=settings.limits, fetch=settings.fetch, window=_MAX_IN_FLIGHT)
+        async with await pipeline.start(request) as run:
+            page_count = len(run.page_numbers)
             # One page needs no bar.
-            with progress_bar(len(page_inputs), quiet=job.quiet or len(page_inputs) < 2) as advance:
-                async for result in pages:
-                    outcome.results.append(result)
-                    advance()
-        _report_failures(outcome)
-        if len(outcome.failed) == len(outcome.results):
-            return outcome  # nothing to write; the errors were reported
-        text = render(
-            outcome.results,
-            job.output_format,
-            source=job.source,
-            prompt=prompt,
-            crops_link=crops_link(job.crops_dir, job.out),
-        )
-        if job.out is None:
-            write_stdout(text)
-        else:
-            job.out.write_text(text, encoding="utf-8")
-            outcome.written.append(job.out)
-        if job.crops_dir is not None:
-            outcome.written.extend(write_crops(outcome.results, job.crops_dir))
-        if job.viz is not None:
-            outcome.written.extend(
-                await asyncio.to_thread(
-                    write_viz, outcome.results, job.viz, page_inputs, many=document.kind == "pdf"
-                )
-            )
-    finally:
-        await document.aclose()
+            with progress_bar(page_count, quiet=job.quiet or page_count < 2) as advance:
+                async with aclosing(run.events()) as events:
+                    async for event in events:
+                        if isinstance(event, PageResult):
+                            outcome.results.append(event)
+                            advance()
+            _report_failures(outcome)
+            if len(outcome.failed) == len(outcome.results):
+                return outcome  # nothing to write; the errors were reported
+            await asyncio.to_thread(_write_files, job, run, outcome, file_format, write_stdout)
     return outcome
+
+
+def _write_files(
+    job: OcrJob,
+    run: Run,
+    outcome: OcrOutcome,
+    file_format: outputs.Output,
+    write_stdout: Callable[[str], None],
+) -> None:
+    """The output file (or stdout), the crops and the overlays (blocking)."""
+    assert file_format.file is not None
+    context = outputs.FileContext(
+        render=run.render_context,
+        source=job.source,
+        crops_link=crops_link(job.crops_dir, job.out),
+        page_image=run.page_image,
+    )
+    data = file_format.file(outcome.results, context)
+    if job.out is None:
+        write_stdout(data.decode("utf-8", errors="replace"))
+    else:
+        job.out.write_bytes(data)
+        outcome.written.append(job.out)
+    if job.crops_dir is not None:
+        outcome.written.extend(write_crops(outcome.results, job.crops_dir))
+    if job.viz is not None and job.viz.suffix.lower() == ".pdf":
+        layout = outputs.OUTPUTS["layout-pdf"].file
+        assert layout is not None
+        job.viz.write_bytes(layout(outcome.results, context))
+        outcome.written.append(job.viz)
+    elif job.viz is not None:
+        outcome.written.extend(write_viz(outcome.results, job.viz, many=run.kind == "pdf"))
 
 
 class _EngineContext:
@@ -242,89 +245,6 @@ def _report_failures(outcome: OcrOutcome) -> None:
             print(f"warning: page {result.page}: {warning}", file=sys.stderr)
 
 
-# ---------------------------------------------------------------- output formats
-
-
-def _crop_offsets(results: list[PageResult]) -> list[int]:
-    """Where each page's crop numbers start, so crops and links are numbered over the document."""
-    offsets: list[int] = []
-    total = 0
-    for result in results:
-        offsets.append(total)
-        if result.parsed is not None:
-            total += len(result.parsed.crop_boxes_px)
-    return offsets
-
-
-def _relink(markdown: str, offset: int, folder: str) -> str:
-    """Page-local crop links → ``folder/N.png`` with N numbered over the document."""
-    if offset == 0 and folder == _DEFAULT_CROPS_LINK:
-        return markdown
-    return _IMAGE_LINK.sub(lambda m: f"![]({quote(f'{folder}/{int(m.group(1)) + offset}.png')})", markdown)
-
-
-def render(
-    results: list[PageResult],
-    output_format: OutputFormat,
-    *,
-    source: str,
-    prompt: str,
-    crops_link: str = _DEFAULT_CROPS_LINK,
-) -> str:
-    """The document as markdown (pages separated by a rule), text (form feeds) or JSON.
-
-    Crop links point into the folder ``crops_link`` (see :func:`crops_link`).
-    """
-    offsets = _crop_offsets(results)
-    if output_format == "json":
-        document = _json_document(results, offsets, source=source, prompt=prompt, crops_link=crops_link)
-        return json.dumps(document, ensure_ascii=False, indent=2) + "\n"
-    parts: list[str] = []
-    for result, offset in zip(results, offsets, strict=True):
-        if result.parsed is None:
-            parts.append("" if output_format == "txt" else f"<!-- page {result.page} failed -->")
-        elif output_format == "txt":
-            parts.append(result.parsed.text.strip())
-        else:
-            parts.append(_relink(result.parsed.markdown, offset, crops_link).strip())
-    separator = "\n\f\n" if output_format == "txt" else "\n\n---\n\n"
-    return separator.join(parts) + "\n"
-
-
-def _json_document(
-    results: list[PageResult], offsets: list[int], *, source: str, prompt: str, crops_link: str
-) -> dict[str, Any]:
-    pages: list[dict[str, Any]] = []
-    prompt_tokens = completion_tokens = 0
-    for result, offset in zip(results, offsets, strict=True):
-        page: dict[str, Any] = {
-            "page": result.page,
-            "request_id": result.request_id,
-            "image_size": result.image_size,
-        }
-        if result.error is not None:
-            page["error"] = result.error.to_dict()
-        else:
-            page.update(service.typed_page_fields(result))
-            page["markdown"] = _relink(page["markdown"], offset, crops_link)
-            page["first_crop"] = offset
-        prompt_tokens += result.usage.prompt_tokens
-        completion_tokens += result.usage.completion_tokens
-        pages.append(page)
-    errors = [{"page": r.page, **r.error.to_dict()} for r in results if r.error is not None]
-    return {
-        "source": source,
-        "prompt": prompt,
-        "pages": pages,
-        "errors": errors,
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
-    }
-
-
 # ---------------------------------------------------------------- files
 
 
@@ -332,33 +252,22 @@ def write_crops(results: list[PageResult], directory: Path) -> list[Path]:
     """Write figure crops as ``DIRECTORY/N.png``, N numbered over the document like the links."""
     directory.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for result, offset in zip(results, _crop_offsets(results), strict=True):
-        for index, crop in enumerate(result.crops):
+    for result, offset in zip(results, outputs.markdown.crop_offsets(results), strict=True):
+        for index, crop in enumerate(result.drawn.get("crops", ())):
             path = directory / f"{offset + index}.png"
             path.write_bytes(base64.b64decode(crop))
             written.append(path)
     return written
 
 
-def write_viz(
-    results: list[PageResult], target: Path, pages: Sequence[PageInput], *, many: bool
-) -> list[Path]:
-    """Box overlays: one PNG (``NAME-pN.png`` per page for a PDF), or one layout PDF for ``*.pdf``."""
-    if target.suffix.lower() == ".pdf":
-        by_number = {page.number: page for page in pages}
-
-        def annotated() -> Iterator[tuple[Image.Image, Any]]:
-            for result in results:
-                if result.parsed is not None:
-                    yield by_number[result.page].load(), result.parsed
-
-        target.write_bytes(layout_pdf(annotated()))
-        return [target]
+def write_viz(results: list[PageResult], target: Path, *, many: bool) -> list[Path]:
+    """Box overlays: one PNG, or ``NAME-pN.png`` per page for a PDF."""
     written: list[Path] = []
     for result in results:
-        if result.visualization is None:
+        picture = result.drawn.get("visualization")
+        if picture is None:
             continue
         path = target.with_name(f"{target.stem}-p{result.page}{target.suffix}") if many else target
-        path.write_bytes(base64.b64decode(result.visualization))
+        path.write_bytes(base64.b64decode(picture))
         written.append(path)
     return written

@@ -1,65 +1,69 @@
-"""The OCR pipeline: loaded pages → engine → grounding parser → optional renders.
+"""The OCR pipeline: the only way from a request to the engine and back.
 
-No web framework types here: the HTTP server, the CLI and batch all call these
-functions. The two entry points are
+Every front end builds an :class:`~dsocr.request.OcrRequest` and hands it to a :class:`Pipeline`,
+which does, once for all of them:
 
-* :func:`ocr_page` — one image, one engine request; raises a :class:`~dsocr.errors.DsocrError`.
-* :func:`ocr_document` / :func:`ocr_document_events` — many pages (a PDF), submitted
-  concurrently with at most ``max_in_flight`` pages loaded and running at once (so the
-  engine's continuous batching stays fed without holding a 500-page PDF in memory); results
-  come back in page order, and a page that fails yields a :class:`PageResult` whose ``error``
-  is set, never a dropped page.
+* checks against the engine (the resolution mode) and admission (page slots and pixels: the
+  server's :class:`~dsocr.admission.AdmissionQueue`; none for local jobs) before any pixel is
+  decoded;
+* the pages, submitted concurrently with at most a window of them loaded and running at once, so
+  the engine's continuous batching stays fed without holding a 500-page PDF in memory; results
+  come back in page order as events (:class:`PageStarted`, :class:`TextDelta` or
+  :class:`BlockFound` while the engine generates, then the :class:`PageResult`), and a page that
+  fails yields a result whose ``error`` is set, never a dropped page;
+* the deadline, abort (cancelling the consumer, because its client left or the deadline passed,
+  aborts every engine request of the run, by id), per-page metrics (the ``observer``) and usage.
 
-Blocking work (page rasterising, parsing, crop/overlay drawing, PNG + base64 encoding) runs in
-worker threads so the event loop keeps serving other requests. Cancelling a caller (client
-disconnect, deadline) cancels the page tasks, and every cancelled engine request is aborted in
-the engine by id.
+Blocking work (page rasterising, parsing, drawing, PNG + base64 encoding) runs in worker threads
+so the event loop keeps serving other requests.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
-import io
 import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field
-from typing import Literal, TypeAlias
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, TypeAlias
 
 from PIL import Image
 
-from dsocr import grounding
-from dsocr.engine.base import Engine, EngineOutput, EngineRequest, FinishReason, SamplingOptions
-from dsocr.errors import DsocrError, EngineError, EngineTimeout
-from dsocr.inputs import Document
-from dsocr.render.overlay import draw_blocks
+from dsocr import grounding, outputs
+from dsocr.admission import Ticket, page_cost
+from dsocr.engine.base import Engine, EngineOutput, EngineRequest, FinishReason
+from dsocr.errors import DsocrError, EngineError, EngineTimeout, InvalidInput
+from dsocr.inputs import Document, load_document
+from dsocr.request import OcrRequest, RetryPolicy
+from dsocr.settings import FetchSettings, LimitSettings
 from dsocr.types import Block, ParsedOutput
 
 __all__ = [
-    "OUTPUT_KINDS",
+    "DOCUMENT_WINDOW",
+    "Admission",
     "BlockFound",
-    "OutputKind",
     "PageEvent",
     "PageInput",
+    "PageObserver",
     "PageResult",
     "PageStarted",
     "PageTimings",
+    "Pipeline",
+    "Run",
+    "TextDelta",
     "Usage",
     "document_pages",
-    "ocr_document",
-    "ocr_document_events",
-    "ocr_page",
 ]
 
 logger = logging.getLogger(__name__)
 
-OutputKind = Literal["markdown", "text", "blocks", "raw", "crops", "visualization"]
-OUTPUT_KINDS: tuple[OutputKind, ...] = ("markdown", "text", "blocks", "raw", "crops", "visualization")
+# Pages of one document kept loaded and running at once: enough to keep a batching engine busy
+# alongside other requests, few enough that a 500-page PDF is never all in memory.
+DOCUMENT_WINDOW = 16
 
 # A page whose output is at least this repetitive (share of text covered by repeated n-grams)
 # is flagged, so clients can retry it with another mode instead of trusting a loop.
@@ -108,9 +112,8 @@ class PageTimings:
 class PageResult:
     """The outcome of one page. Exactly one of ``parsed`` and ``error`` is set.
 
-    ``page`` is 1-based (1 for a single image). ``crops`` are base64 PNGs of the image blocks in
-    ``parsed.crop_boxes_px`` order and ``visualization`` a base64 PNG of the page with its boxes
-    drawn; both are empty unless requested through ``outputs``.
+    ``page`` is 1-based (1 for a single image). ``drawn`` holds what the request's output formats
+    computed from the page image (figure crops, the visualization …), by format name.
     """
 
     page: int
@@ -124,8 +127,7 @@ class PageResult:
     repetitive: bool = False
     warnings: tuple[str, ...] = ()
     timings: PageTimings = field(default_factory=PageTimings)
-    crops: tuple[str, ...] = ()
-    visualization: str | None = None
+    drawn: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -135,7 +137,7 @@ class PageResult:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PageInput:
-    """One page of a document, loaded only when its turn comes.
+    """One page, loaded only when its turn comes.
 
     ``load`` is blocking (it decodes or rasterises). ``render``, when given, is its awaitable
     form, which the pipeline prefers: cancelling it (client gone, deadline) stops the render
@@ -163,15 +165,23 @@ def document_pages(document: Document) -> list[PageInput]:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PageStarted:
-    """Event: results for ``page`` follow (its blocks, then its :class:`PageResult`)."""
+    """Event: results for ``page`` follow (its deltas or blocks, then its :class:`PageResult`)."""
 
     page: int
     request_id: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TextDelta:
+    """Event (``stream="text"``): text the engine generated for ``page`` since the last delta."""
+
+    page: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BlockFound:
-    """Event: a grounded block of ``page`` is complete in the engine's output so far.
+    """Event (``stream="blocks"``): a grounded block of ``page`` is complete in the output so far.
 
     Streamed blocks are previews; the authoritative list is the page's final ``parsed.blocks``.
     """
@@ -180,85 +190,217 @@ class BlockFound:
     block: Block
 
 
-PageEvent: TypeAlias = PageStarted | BlockFound | PageResult
+PageEvent: TypeAlias = PageStarted | TextDelta | BlockFound | PageResult
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Job:
-    """What every page of one call shares (so the page helpers take one argument, not five)."""
+class Admission(Protocol):
+    """Room for a request's pages (the server's :class:`~dsocr.admission.AdmissionQueue`)."""
 
-    prompt: str
-    mode: str
-    sampling: SamplingOptions
-    model: str | None
-    outputs: frozenset[OutputKind]
+    def check_room(self) -> None:
+        """Raise ``EngineOverloaded`` when no page slot is free (before the input is read)."""
+
+    def try_admit(self, page_costs: Sequence[int], *, window: int = 1) -> Ticket | None:
+        """A ticket at once, or ``None`` when the request would have to wait."""
+
+    async def admit(self, page_costs: Sequence[int], *, window: int = 1, wait_s: float = 0.0) -> Ticket:
+        """A ticket, waiting at most ``wait_s`` for room; else ``EngineOverloaded``."""
 
 
-async def ocr_page(
-    engine: Engine,
-    image: Image.Image,
-    *,
-    prompt: str,
-    mode: str,
-    sampling: SamplingOptions,
-    request_id: str,
-    model: str | None = None,
-    outputs: frozenset[OutputKind] = frozenset(),
-    page: int = 1,
-    timeout_s: float | None = None,
-    on_block: BlockCallback | None = None,
-) -> PageResult:
-    """OCR one image. ``prompt`` is the full model prompt (with ``<image>``).
+class PageObserver(Protocol):
+    """Told every page's outcome (the server's metrics)."""
 
-    Raises ``DsocrError`` subclasses: ``EngineTimeout`` after ``timeout_s`` (the request is
-    aborted in the engine), engine errors as the engine raised them. With ``on_block`` the
-    engine is streamed and each grounded block is passed to it as soon as it is complete.
+    def observe_page(self, result: PageResult) -> None:
+        """Record one page."""
+
+
+class Pipeline:
+    """The way from requests to one engine: see the module docstring.
+
+    ``admission`` (with ``admission_wait_s``) bounds what runs at once; ``observer`` sees every
+    page; ``window`` is the most pages of one request loaded and running at once.
     """
-    started = time.perf_counter()
-    job = _Job(prompt=prompt, mode=mode, sampling=sampling, model=model, outputs=outputs)
-    work = _ocr_loaded_page(
-        engine, image, job, request_id=request_id, page=page, on_block=on_block, started=started, load_s=0.0
-    )
-    if timeout_s is None:
-        return await work
-    try:
-        return await asyncio.wait_for(work, timeout_s)
-    except TimeoutError:
-        raise EngineTimeout(_timeout_message(timeout_s)) from None
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        limits: LimitSettings,
+        fetch: FetchSettings,
+        admission: Admission | None = None,
+        admission_wait_s: float = 0.0,
+        observer: PageObserver | None = None,
+        window: int = DOCUMENT_WINDOW,
+    ) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self.engine = engine
+        self._limits = limits
+        self._fetch = fetch
+        self._admission = admission
+        self._admission_wait_s = admission_wait_s
+        self._observer = observer
+        self._window = window
+
+    def check(self, request: OcrRequest) -> None:
+        """What the engine and admission can refuse before the input is read (cheap, synchronous)."""
+        modes = self.engine.info.modes
+        if request.mode not in modes:
+            raise InvalidInput(
+                f"mode {request.mode!r} is not served by the {self.engine.info.name} engine; "
+                f"choose from {', '.join(modes)}",
+                field="mode",
+            )
+        if self._admission is not None:
+            self._admission.check_room()
+
+    async def start(self, request: OcrRequest) -> Run:
+        """Check the request, read and open its input (no pixel decoded), admit it; return the run.
+
+        Raises ``DsocrError`` for what the whole request fails on. Cancelling this (client gone)
+        gives back whatever it held. The caller must ``aclose`` the run (or use ``async with``).
+        """
+        if request.source is None:
+            raise ValueError("a request without a source runs through run_pages")
+        self.check(request)
+        document = await load_document(
+            request.source,
+            limits=self._limits,
+            fetch=self._fetch,
+            pages=request.pages,
+            dpi=request.dpi,
+            pdf_advice=_PDF_ADVICE if request.single_image else None,
+        )
+        try:
+            if request.pages is not None and document.kind != "pdf":
+                raise InvalidInput("a page range applies to PDFs only; this input is an image", field="pages")
+            ticket = await self._admit([page_cost(size, request.outputs) for size in document.page_sizes])
+        except BaseException:
+            await document.aclose()
+            raise
+        return Run(self, request, document, ticket)
+
+    async def _admit(self, page_costs: list[int]) -> Ticket | None:
+        if self._admission is None:
+            return None
+        ticket = self._admission.try_admit(page_costs, window=self._window)
+        if ticket is not None:
+            return ticket
+        return await self._admission.admit(page_costs, window=self._window, wait_s=self._admission_wait_s)
+
+    def run_pages(
+        self, request: OcrRequest, pages: Iterable[PageInput], *, window: int | None = None
+    ) -> AsyncGenerator[PageResult, None]:
+        """Run pages the caller loads itself (batch: many documents, one stream), without
+        admission; yields a :class:`PageResult` per page, in order. Close it to stop early."""
+        return _results_only(self.page_events(request, pages, window=window))
+
+    def page_events(
+        self, request: OcrRequest, pages: Iterable[PageInput], *, window: int | None = None
+    ) -> AsyncGenerator[PageEvent, None]:
+        """Like :meth:`run_pages`, with every event (see :class:`Run`'s ``events``)."""
+        self.check(request)
+        return self._events(request, pages, window or self._window)
+
+    async def _events(
+        self, request: OcrRequest, pages: Iterable[PageInput], window: int
+    ) -> AsyncGenerator[PageEvent, None]:
+        """The events of ``pages``, in page order; each page's result is observed as it is yielded."""
+        async with aclosing(_page_events(self.engine, pages, request, window)) as events:
+            async for event in events:
+                if isinstance(event, PageResult) and self._observer is not None:
+                    self._observer.observe_page(event)
+                yield event
 
 
-async def ocr_document(
-    engine: Engine,
-    pages: Iterable[PageInput],
-    *,
-    prompt: str,
-    mode: str,
-    sampling: SamplingOptions,
-    request_id: str,
-    model: str | None = None,
-    outputs: frozenset[OutputKind] = frozenset(),
-    max_in_flight: int = 8,
-    timeout_s: float | None = None,
-) -> AsyncGenerator[PageResult, None]:
-    """OCR many pages concurrently; yield one :class:`PageResult` per page, in page order.
+class Run:
+    """One admitted request: its events, once, then ``aclose`` (idempotent) gives back what it holds.
 
-    A page that fails (cannot be rasterised, over a limit, engine error) yields a result with
-    ``error`` set. Raises ``EngineTimeout`` when the whole document runs past ``timeout_s``
-    (pages still running are aborted in the engine).
+    ``kind`` is the input's (``image`` or ``pdf``). For an image, the page's failure is the
+    request's: ``events`` raises it instead of yielding a failed result.
     """
-    events = ocr_document_events(
-        engine,
-        pages,
-        prompt=prompt,
-        mode=mode,
-        sampling=sampling,
-        request_id=request_id,
-        model=model,
-        outputs=outputs,
-        max_in_flight=max_in_flight,
-        timeout_s=timeout_s,
-        stream_blocks=False,
-    )
+
+    def __init__(
+        self, pipeline: Pipeline, request: OcrRequest, document: Document, ticket: Ticket | None
+    ) -> None:
+        self.request = request
+        self.kind = document.kind
+        self._pipeline = pipeline
+        self._document = document
+        self._ticket = ticket
+        self._closed = False
+        self._events: AsyncGenerator[PageEvent, None] | None = None
+
+    @property
+    def render_context(self) -> outputs.RenderContext:
+        """What output formats echo of this run."""
+        return self.request.render_context(self.kind)
+
+    @property
+    def page_numbers(self) -> list[int]:
+        """The 1-based numbers of the pages the run reads, in order."""
+        return [index + 1 for index in self._document.page_indices]
+
+    def page_image(self, number: int) -> Image.Image:
+        """Page ``number`` (1-based) decoded again, while the run is open (blocking: a layout PDF's)."""
+        return self._document.page_image(number - 1)
+
+    def events(self) -> AsyncGenerator[PageEvent, None]:
+        """The run's events in page order (see the module docstring); raises ``EngineTimeout`` at the
+        deadline. Leaving early (or ``aclose``) cancels the pages still running and aborts them in
+        the engine."""
+        if self._events is not None:
+            raise RuntimeError("a run's events are read once")
+        self._events = self._page_events()
+        return self._events
+
+    async def _page_events(self) -> AsyncGenerator[PageEvent, None]:
+        window = self._ticket.slots if self._ticket is not None else self._pipeline._window
+        pages = document_pages(self._document)
+        async with aclosing(self._pipeline._events(self.request, pages, window)) as events:
+            async for event in events:
+                if isinstance(event, PageResult) and event.error is not None and self.kind == "image":
+                    raise event.error
+                yield event
+
+    async def results(self) -> list[PageResult]:
+        """Every page's result. When no page of a document could be read (each over a limit, say),
+        the input is at fault and nothing came out: the first page's error is raised."""
+        results: list[PageResult] = []
+        async with aclosing(self.events()) as events:
+            async for event in events:
+                if isinstance(event, PageResult):
+                    results.append(event)
+        input_errors = [r.error for r in results if isinstance(r.error, InvalidInput)]
+        if results and len(input_errors) == len(results):
+            raise input_errors[0]
+        return results
+
+    async def aclose(self) -> None:
+        """Stop the pages still running (aborted in the engine), cancel renders (their workers are
+        killed), drop the pages' pixels, then give the admission room back."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._events is not None:
+                await self._events.aclose()
+            await self._document.aclose()
+        finally:
+            if self._ticket is not None:
+                self._ticket.release()
+
+    async def __aenter__(self) -> Run:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+# Where a door that reads one image points PDFs to.
+_PDF_ADVICE = "send PDFs to POST /v1/ocr (one result per page)"
+
+
+async def _results_only(events: AsyncGenerator[PageEvent, None]) -> AsyncGenerator[PageResult, None]:
     # Closing explicitly: when our consumer stops early, the pages still running are cancelled now.
     async with aclosing(events):
         async for event in events:
@@ -266,72 +408,59 @@ async def ocr_document(
                 yield event
 
 
-async def ocr_document_events(
-    engine: Engine,
-    pages: Iterable[PageInput],
-    *,
-    prompt: str,
-    mode: str,
-    sampling: SamplingOptions,
-    request_id: str,
-    model: str | None = None,
-    outputs: frozenset[OutputKind] = frozenset(),
-    max_in_flight: int = 8,
-    timeout_s: float | None = None,
-    stream_blocks: bool = True,
+async def _page_events(
+    engine: Engine, pages: Iterable[PageInput], request: OcrRequest, window: int
 ) -> AsyncGenerator[PageEvent, None]:
-    """Like :func:`ocr_document`, as a stream of events in page order.
+    """Run ``pages`` concurrently, at most ``window`` at once; yield their events in page order.
 
-    For each page: :class:`PageStarted`, then (with ``stream_blocks``) a :class:`BlockFound`
-    per grounded block as the engine produces it, then its :class:`PageResult`. Pages run
-    concurrently; the blocks of later pages are held until their page's turn.
     Engine request ids are ``{request_id}-p{page}`` (``request_id`` itself for a one-page input
     would collide across documents, so pages always get the suffix).
     """
-    if max_in_flight < 1:
-        raise ValueError("max_in_flight must be at least 1")
     loop = asyncio.get_running_loop()
+    timeout_s = request.timeout_s
     deadline = None if timeout_s is None else loop.time() + timeout_s
     page_iter = iter(pages)
-    job = _Job(prompt=prompt, mode=mode, sampling=sampling, model=model, outputs=outputs)
-    window: deque[tuple[PageInput, str, asyncio.Queue[PageEvent], asyncio.Task[None]]] = deque()
+    running: deque[tuple[PageInput, str, asyncio.Queue[PageEvent], asyncio.Task[None]]] = deque()
 
     def start_next() -> None:
         page = next(page_iter, None)
         if page is None:
             return
-        page_request_id = f"{request_id}-p{page.number}"
+        page_request_id = f"{request.request_id}-p{page.number}"
         queue: asyncio.Queue[PageEvent] = asyncio.Queue()
         task = asyncio.create_task(
-            _document_page(engine, page, queue, job, request_id=page_request_id, stream_blocks=stream_blocks),
+            _document_page(engine, page, queue, request, request_id=page_request_id),
             name=f"dsocr-page-{page_request_id}",
         )
-        window.append((page, page_request_id, queue, task))
+        running.append((page, page_request_id, queue, task))
 
     try:
-        for _ in range(max_in_flight):
+        for _ in range(window):
             start_next()
-        while window:
-            page, page_request_id, queue, task = window[0]
+        while running:
+            page, page_request_id, queue, task = running[0]
             yield PageStarted(page=page.number, request_id=page_request_id)
             while True:
-                remaining = None if deadline is None else deadline - loop.time()
-                try:
-                    if remaining is not None and remaining <= 0:
-                        raise TimeoutError
-                    event = await asyncio.wait_for(queue.get(), remaining)
-                except TimeoutError:
-                    assert timeout_s is not None
-                    raise EngineTimeout(_timeout_message(timeout_s)) from None
+                if deadline is None:
+                    event = await queue.get()
+                else:
+                    remaining = deadline - loop.time()
+                    try:
+                        if remaining <= 0:
+                            raise TimeoutError
+                        event = await asyncio.wait_for(queue.get(), remaining)
+                    except TimeoutError:
+                        assert timeout_s is not None
+                        raise EngineTimeout(_timeout_message(timeout_s)) from None
                 yield event
                 if isinstance(event, PageResult):
                     break
-            window.popleft()
+            running.popleft()
             start_next()
     finally:
         # Early exit (consumer stopped, deadline, client gone): cancel what is still running;
         # each cancelled page aborts its engine request (see _run_engine).
-        tasks = [task for _, _, _, task in window]
+        tasks = [task for _, _, _, task in running]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -339,30 +468,20 @@ async def ocr_document_events(
 
 
 async def _document_page(
-    engine: Engine,
-    page: PageInput,
-    queue: asyncio.Queue[PageEvent],
-    job: _Job,
-    *,
-    request_id: str,
-    stream_blocks: bool,
+    engine: Engine, page: PageInput, queue: asyncio.Queue[PageEvent], request: OcrRequest, *, request_id: str
 ) -> None:
     """Load and OCR one page, putting its events on ``queue``; never raises a page failure."""
     started = time.perf_counter()
-
-    async def put_block(block: Block) -> None:
-        queue.put_nowait(BlockFound(page=page.number, block=block))
-
     try:
         image = await page.render() if page.render is not None else await asyncio.to_thread(page.load)
         load_s = time.perf_counter() - started
         result = await _ocr_loaded_page(
             engine,
             image,
-            job,
+            request,
+            queue,
             request_id=request_id,
             page=page.number,
-            on_block=put_block if stream_blocks else None,
             started=started,
             load_s=load_s,
         )
@@ -392,31 +511,32 @@ def _failed(page: int, request_id: str, error: DsocrError, started: float) -> Pa
 async def _ocr_loaded_page(
     engine: Engine,
     image: Image.Image,
-    job: _Job,
+    request: OcrRequest,
+    queue: asyncio.Queue[PageEvent],
     *,
     request_id: str,
     page: int,
-    on_block: BlockCallback | None,
     started: float,
     load_s: float,
 ) -> PageResult:
-    request = EngineRequest(
+    engine_request = EngineRequest(
         request_id=request_id,
-        prompt=job.prompt,
+        prompt=request.prompt,
         image=image,
-        sampling=job.sampling,
-        mode=job.mode,
-        model=job.model,
+        sampling=request.sampling,
+        mode=request.mode,
+        model=request.model,
     )
     width, height = image.size
     engine_started = time.perf_counter()
-    output = await _run_engine(engine, request, width=width, height=height, on_block=on_block)
+    output = await _run_engine(engine, engine_request, request, queue, page=page, width=width, height=height)
+    # Text already streamed to a client cannot be taken back: streamed text is not retried.
+    if request.stream != "text":
+        output = await _retried(engine, engine_request, output, request.retries)
     engine_s = time.perf_counter() - engine_started
 
     post_started = time.perf_counter()
-    parsed, crops, visualization = await asyncio.to_thread(
-        _postprocess, image, output.text, prompt=job.prompt, outputs=job.outputs
-    )
+    parsed, drawn = await asyncio.to_thread(_postprocess, image, output.text, request)
     post_s = time.perf_counter() - post_started
 
     repetitive = output.finish_reason == "repetition" or (
@@ -425,7 +545,7 @@ async def _ocr_loaded_page(
     warnings: list[str] = []
     if output.finish_reason == "length":
         warnings.append(
-            f"output truncated at max_tokens ({job.sampling.max_tokens}); "
+            f"output truncated at max_tokens ({request.sampling.max_tokens}); "
             "raise max_tokens or use a smaller mode for this page"
         )
     if repetitive:
@@ -457,61 +577,109 @@ async def _ocr_loaded_page(
             post_s=post_s,
             total_s=time.perf_counter() - started,
         ),
-        crops=crops,
-        visualization=visualization,
+        drawn=drawn,
     )
+
+
+def _flagged(output: EngineOutput, policy: RetryPolicy) -> bool:
+    if output.finish_reason == "length":
+        return True
+    score = output.repetition_score
+    return score is not None and score >= policy.repetition_threshold
+
+
+async def _retried(
+    engine: Engine, engine_request: EngineRequest, output: EngineOutput, policy: RetryPolicy
+) -> EngineOutput:
+    """``output``, or that of a retry when the page is flagged (see :class:`RetryPolicy`)."""
+    attempt = 0
+    while attempt < policy.attempts and _flagged(output, policy):
+        sampling = engine_request.sampling
+        if attempt == 0:
+            # A smaller n-gram window catches shorter loops sooner.
+            sampling = replace(
+                sampling, ngram_size=min(sampling.ngram_size or 20, 20), ngram_window=policy.ngram_window
+            )
+        else:
+            temperatures = policy.temperatures
+            sampling = replace(sampling, temperature=temperatures[min(attempt - 1, len(temperatures) - 1)])
+        retry = replace(
+            engine_request, request_id=f"{engine_request.request_id}-retry{attempt + 1}", sampling=sampling
+        )
+        logger.info(
+            "retrying %s (attempt %d): finish=%s repetition=%s",
+            engine_request.request_id,
+            attempt + 1,
+            output.finish_reason,
+            output.repetition_score,
+        )
+        try:
+            output = await engine.generate(retry)
+        except asyncio.CancelledError:
+            await _abort_quietly(engine, retry.request_id)
+            raise
+        attempt += 1
+    return output
 
 
 async def _run_engine(
     engine: Engine,
-    request: EngineRequest,
+    engine_request: EngineRequest,
+    request: OcrRequest,
+    queue: asyncio.Queue[PageEvent],
     *,
+    page: int,
     width: int,
     height: int,
-    on_block: BlockCallback | None,
 ) -> EngineOutput:
-    """Generate (or stream) one request; a cancelled caller aborts the request in the engine."""
+    """Generate (or stream) one page; a cancelled caller aborts the request in the engine."""
     try:
-        if on_block is None:
-            return await engine.generate(request)
-        return await _stream_blocks(engine, request, width=width, height=height, on_block=on_block)
+        if request.stream == "pages":
+            return await engine.generate(engine_request)
+        return await _stream(engine, engine_request, request, queue, page=page, width=width, height=height)
     except asyncio.CancelledError:
-        await _abort_quietly(engine, request.request_id)
+        await _abort_quietly(engine, engine_request.request_id)
         raise
     except DsocrError:
         raise
     except Exception as exc:
         # Engines map their own errors; anything left over is still an engine failure.
-        logger.exception("engine failed on request %s", request.request_id)
-        raise EngineError(f"The engine failed on request {request.request_id}.") from exc
+        logger.exception("engine failed on request %s", engine_request.request_id)
+        raise EngineError(f"The engine failed on request {engine_request.request_id}.") from exc
 
 
-async def _stream_blocks(
+async def _stream(
     engine: Engine,
-    request: EngineRequest,
+    engine_request: EngineRequest,
+    request: OcrRequest,
+    queue: asyncio.Queue[PageEvent],
     *,
+    page: int,
     width: int,
     height: int,
-    on_block: BlockCallback,
 ) -> EngineOutput:
-    """Stream the engine and report each grounded block once the next one starts."""
+    """Stream the engine: pass on text deltas, or report each grounded block once the next starts."""
     text = ""
     emitted = 0
     refs_seen = 0
     final: EngineOutput | None = None
-    deltas = engine.stream(request)
+    deltas = engine.stream(engine_request)
     try:
         async for delta in deltas:
-            text += delta.text
             if delta.output is not None:
                 final = delta.output
+            if request.stream == "text":
+                if delta.text:
+                    queue.put_nowait(TextDelta(page=page, text=delta.text))
+                continue
+            text += delta.text
             refs = len(_REF_OPEN.findall(text))
             if refs > refs_seen and refs >= 2:
                 refs_seen = refs
                 # Everything before the last "<|ref|>" holds only complete blocks.
                 complete = text[: text.rfind("<|ref|>")]
-                emitted = await _emit_new_blocks(
-                    complete, emitted, width=width, height=height, prompt=request.prompt, on_block=on_block
+                emitted = _emit_new_blocks(
+                    complete, emitted, page, width, height, engine_request.prompt, queue
                 )
     finally:
         # Closing the iterator early is how a stream is aborted (Engine.stream contract).
@@ -519,19 +687,20 @@ async def _stream_blocks(
         if aclose is not None:
             await aclose()
     if final is None:
-        raise EngineError(f"The engine stream for request {request.request_id} ended without a result.")
-    await _emit_new_blocks(
-        final.text, emitted, width=width, height=height, prompt=request.prompt, on_block=on_block
-    )
+        raise EngineError(
+            f"The engine stream for request {engine_request.request_id} ended without a result."
+        )
+    if request.stream == "blocks":
+        _emit_new_blocks(final.text, emitted, page, width, height, engine_request.prompt, queue)
     return final
 
 
-async def _emit_new_blocks(
-    text: str, emitted: int, *, width: int, height: int, prompt: str, on_block: BlockCallback
+def _emit_new_blocks(
+    text: str, emitted: int, page: int, width: int, height: int, prompt: str, queue: asyncio.Queue[PageEvent]
 ) -> int:
     parsed = grounding.parse(text, width=width, height=height, prompt=prompt)
     for block in parsed.blocks[emitted:]:
-        await on_block(block)
+        queue.put_nowait(BlockFound(page=page, block=block))
     return max(emitted, len(parsed.blocks))
 
 
@@ -542,25 +711,11 @@ async def _abort_quietly(engine: Engine, request_id: str) -> None:
         logger.exception("engine abort failed for request %s", request_id)
 
 
-def _postprocess(
-    image: Image.Image, raw: str, *, prompt: str, outputs: frozenset[OutputKind]
-) -> tuple[ParsedOutput, tuple[str, ...], str | None]:
-    """Parse the raw text and draw what was asked for (blocking; runs in a thread)."""
+def _postprocess(image: Image.Image, raw: str, request: OcrRequest) -> tuple[ParsedOutput, dict[str, Any]]:
+    """Parse the raw text and draw what the request's formats need (blocking; runs in a thread)."""
     width, height = image.size
-    parsed = grounding.parse(raw, width=width, height=height, prompt=prompt)
-    crops: tuple[str, ...] = ()
-    if "crops" in outputs:
-        crops = tuple(_png_base64(crop) for crop in grounding.crops(image, parsed))
-    visualization = None
-    if "visualization" in outputs:
-        visualization = _png_base64(draw_blocks(image, parsed.blocks))
-    return parsed, crops, visualization
-
-
-def _png_base64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    parsed = grounding.parse(raw, width=width, height=height, prompt=request.prompt)
+    return parsed, outputs.draw(image, parsed, request.outputs)
 
 
 def _timeout_message(timeout_s: float) -> str:

@@ -36,7 +36,7 @@ __all__ = [
 
 EngineKind = Literal["auto", "vllm", "cpu", "fake"]
 
-# A retry bans n-grams of at most this many tokens (dsocr.engine.vllm), so its window must hold one.
+# A retry bans n-grams of at most this many tokens (dsocr.pipeline), so its window must hold one.
 RETRY_NGRAM_SIZE = 20
 
 
@@ -339,7 +339,7 @@ class LimitSettings(_Section):
     max_tokens: int = Field(8192, ge=1)
     request_timeout_s: float = Field(600.0, gt=0)
     max_queue: int = Field(512, ge=1)
-    # Decoded pixels one server process holds at once (dsocr.server.admission): each page in flight
+    # Decoded pixels one server process holds at once (dsocr.admission): each page in flight
     # counts its pixels, 6 times with outputs=visualization, 2 times with crops. A request over it
     # waits up to ``admission_wait_s`` for room, then gets 429. 600 MP is 2.3 GB of decoded pages
     # (4 bytes a pixel): with the CPU engine on a 2-core, 24 GB machine, 16 to 64 concurrent 60 MP

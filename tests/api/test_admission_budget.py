@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from api_support import ClientFactory, pdf_bytes
 
+from dsocr.admission import AdmissionQueue, Ticket, page_cost
 from dsocr.engine.base import EngineDelta, EngineRequest
 from dsocr.engine.fake import FakeEngine
 from dsocr.errors import EngineOverloaded
-from dsocr.server.admission import AdmissionQueue, Ticket, page_cost
 from dsocr.server.errors import http_status
 from dsocr.settings import Settings
 

@@ -153,7 +153,8 @@ async def test_deadline_is_504_and_aborts_in_engine(make_client: ClientFactory) 
         error = response.json()["error"]
         assert error["code"] == "engine_timeout"
         assert "DSOCR_LIMITS__REQUEST_TIMEOUT_S" in error["message"]
-        assert engine.aborted == [response.headers["x-request-id"]]
+        # The page's engine request: the request id, page suffixed as on every route.
+        assert engine.aborted == [response.headers["x-request-id"] + "-p1"]
         pdf = await client.post("/v1/ocr", json={"image_base64": b64(png_bytes())})
         assert pdf.status_code == 504
         assert f"{pdf.headers['x-request-id']}-p1" in engine.aborted

@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from PIL import Image
 
-from dsocr.engine.base import EngineDelta, EngineRequest, SamplingOptions
+from dsocr.engine.base import EngineDelta, EngineRequest
 from dsocr.engine.fake import FakeEngine
 from dsocr.errors import EngineTimeout, InputTooLarge
-from dsocr.pipeline import BlockFound, PageInput, PageResult, PageStarted, ocr_document, ocr_document_events
-from dsocr.prompts import build_prompt
+from dsocr.pipeline import BlockFound, PageInput, PageResult, PageStarted, Pipeline
+from dsocr.request import StreamKind, build_request
+from dsocr.settings import Settings
 
-PROMPT = build_prompt("document")
-SAMPLING = SamplingOptions()
+SETTINGS = Settings(engine={"kind": "fake"})
+
+
+def pipeline(engine: FakeEngine) -> Pipeline:
+    return Pipeline(engine, limits=SETTINGS.limits, fetch=SETTINGS.fetch)
+
+
+def request(request_id: str, *, timeout_s: float | None = None, stream: StreamKind = "pages") -> Any:
+    built = build_request(SETTINGS, source=None, request_id=request_id, deadline=False, stream=stream)
+    return replace(built, timeout_s=timeout_s)
 
 
 class CountingEngine(FakeEngine):
@@ -56,18 +66,7 @@ async def test_results_in_page_order_with_bounded_in_flight_and_page_errors() ->
     engine = CountingEngine()
     await engine.start()
     loaded: list[int] = []
-    results = [
-        r
-        async for r in ocr_document(
-            engine,
-            pages(10, loaded),
-            prompt=PROMPT,
-            mode="gundam",
-            sampling=SAMPLING,
-            request_id="doc",
-            max_in_flight=3,
-        )
-    ]
+    results = [r async for r in pipeline(engine).run_pages(request("doc"), pages(10, loaded), window=3)]
     assert [r.page for r in results] == list(range(1, 11))
     assert engine.peak == 3  # concurrent, never more than the window
     assert results[2].error is not None and results[2].error.code == "input_too_large"
@@ -80,16 +79,7 @@ async def test_events_are_grouped_per_page() -> None:
     engine = FakeEngine()
     await engine.start()
     events = [
-        e
-        async for e in ocr_document_events(
-            engine,
-            pages(2, []),
-            prompt=PROMPT,
-            mode="gundam",
-            sampling=SAMPLING,
-            request_id="d",
-            max_in_flight=2,
-        )
+        e async for e in pipeline(engine).page_events(request("d", stream="blocks"), pages(2, []), window=2)
     ]
     kinds = [(type(e).__name__, getattr(e, "page", None)) for e in events]
     first_done = kinds.index(("PageResult", 1))
@@ -107,15 +97,42 @@ async def test_deadline_raises_and_aborts_every_running_page() -> None:
     engine = FakeEngine(delay_s=10)
     await engine.start()
     with pytest.raises(EngineTimeout):
-        async for _ in ocr_document(
-            engine,
-            pages(2, []),
-            prompt=PROMPT,
-            mode="gundam",
-            sampling=SAMPLING,
-            request_id="slow",
-            max_in_flight=2,
-            timeout_s=0.1,
-        ):
+        async for _ in pipeline(engine).run_pages(request("slow", timeout_s=0.1), pages(2, []), window=2):
             pass
     assert sorted(set(engine.aborted)) == ["slow-p1", "slow-p2"]
+
+
+async def test_flagged_pages_are_retried_with_a_smaller_window_then_warmer() -> None:
+    settings = Settings(engine={"kind": "fake", "retry_attempts": 2})
+    engine = FakeEngine()
+    await engine.start()
+    built = build_request(settings, source=None, request_id="r", max_tokens=3, deadline=False)
+    image = Image.new("RGB", (200, 100), "white")
+    (result,) = [
+        r
+        async for r in Pipeline(engine, limits=settings.limits, fetch=settings.fetch).run_pages(
+            built, [PageInput(number=1, load=lambda: image)]
+        )
+    ]
+    seen = {request.request_id: request.sampling for request in engine.requests}
+    assert list(seen) == ["r-p1", "r-p1-retry1", "r-p1-retry2"]
+    assert seen["r-p1-retry1"].ngram_window == settings.engine.retry_ngram_window
+    assert seen["r-p1-retry2"].temperature == settings.engine.retry_temperatures[0]
+    # Still cut at max_tokens after both retries: the page keeps its flag, nothing is hidden.
+    assert result.finish_reason == "length" and any("truncated" in w for w in result.warnings)
+
+
+async def test_streamed_text_is_not_retried() -> None:
+    settings = Settings(engine={"kind": "fake", "retry_attempts": 2})
+    engine = FakeEngine()
+    await engine.start()
+    built = build_request(settings, source=None, request_id="s", max_tokens=3, deadline=False, stream="text")
+    image = Image.new("RGB", (200, 100), "white")
+    events = [
+        e
+        async for e in Pipeline(engine, limits=settings.limits, fetch=settings.fetch).page_events(
+            built, [PageInput(number=1, load=lambda: image)]
+        )
+    ]
+    assert [request.request_id for request in engine.requests] == ["s-p1"]
+    assert any(type(e).__name__ == "TextDelta" for e in events)

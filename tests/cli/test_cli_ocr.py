@@ -67,7 +67,7 @@ def test_text_and_json_formats(png: Path) -> None:
     (page,) = document["pages"]
     assert page["page"] == 1 and page["image_size"] == [600, 800]
     assert page["blocks"] and page["markdown"].startswith("# ")
-    assert document["errors"] == []
+    assert document["failed_pages"] == [] and page["error"] is None
     assert document["usage"]["completion_tokens"] == page["usage"]["completion_tokens"] > 0
 
 
@@ -135,7 +135,7 @@ def test_engine_failure_exits_3(png: Path) -> None:
     code, out, err = ocr(str(png), "--prompt", "Free OCR. [fake:fail]")
     assert code == 3
     assert out == "", "nothing is written when no page succeeded"
-    assert "page 1" in err
+    assert "error: fake failure" in err
 
 
 class _FailsOnWidePages(FakeEngine):
@@ -160,8 +160,8 @@ def test_some_pages_failing_exits_4_and_reports_them(tmp_path: Path, monkeypatch
     code, raw, err = ocr(str(path), "--format", "json")
     assert code == 4
     document = json.loads(raw)
-    assert [e["page"] for e in document["errors"]] == [2]
-    assert [p.get("error", {}).get("type") for p in document["pages"]] == [None, "engine_error", None]
+    assert document["failed_pages"] == [2]
+    assert [(p["error"] or {}).get("code") for p in document["pages"]] == [None, "engine_error", None]
     assert "page 2" in err and "1 of 3 page(s) failed" in err
 
 

@@ -44,7 +44,7 @@ def test_ocr_reports_the_page_over_budget_writes_the_others_and_exits_4(tmp_path
         "page 2: page 2 took longer than 2 s to render (DSOCR_LIMITS__RENDER_TIMEOUT_S)" in completed.stderr
     )
     document = json.loads(out.read_text())
-    assert [page.get("error", {}).get("type") for page in document["pages"]] == [
+    assert [(page["error"] or {}).get("code") for page in document["pages"]] == [
         None,
         "render_budget_exceeded",
         None,

@@ -204,7 +204,8 @@ async def test_deadline_is_504_aborted_in_engine_then_good_request(
 ) -> None:
     response = await client.post("/predict", json={**GOOD, "prompt": "Free OCR. [fake:slow=30]"})
     assert_error(response, 504, "engine_timeout")
-    request_id = response.headers["x-request-id"]
+    # The page's engine request: the request id, page suffixed as on every route.
+    request_id = response.headers["x-request-id"] + "-p1"
     assert await wait_for(lambda: request_id in server.engine.aborted)
     await assert_still_serving(client)
 

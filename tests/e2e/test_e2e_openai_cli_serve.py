@@ -17,7 +17,7 @@ import openai
 import pytest
 from PIL import Image, ImageDraw
 
-from server_support import dsocr_serve
+from server_support import dsocr_serve, dsocr_serve_with_env
 
 KEY = "file-key-abcdef"
 
@@ -96,9 +96,10 @@ def test_serve_with_two_workers_answers_from_both_and_each_requires_the_file_key
     key_file = tmp_path / "keys.txt"
     key_file.write_text(f"{KEY}\n", encoding="utf-8")
     auth = {"Authorization": f"Bearer {KEY}"}
-    with dsocr_serve(
+    with dsocr_serve_with_env(
+        {"DSOCR_SERVER__OPEN_HEALTH": "false"},
         "--engine", "fake", "--workers", "2", "--api-key-file", str(key_file), "--log-level", "warning",
-        env={"DSOCR_SERVER__OPEN_HEALTH": "false"},
+        log=tmp_path / "serve.log",
         ready_headers=auth,
     ) as (base, process):  # fmt: skip
         seen: dict[int, int] = {}
@@ -108,7 +109,6 @@ def test_serve_with_two_workers_answers_from_both_and_each_requires_the_file_key
             pid, keyless = _pid_and_keyless_status(base)
             seen[pid] = keyless
         environments = [Path(f"/proc/{pid}/environ").read_bytes() for pid in seen]
-    process.communicate()  # reads and closes the pipes of the stopped server
     assert len(seen) == 2 and process.pid not in seen, seen
     assert set(seen.values()) == {401}, "every worker requires the key"
     # The keys reached the workers inside the settings object, not through their environment.

@@ -128,13 +128,23 @@ def test_vllm_xargs_and_temperature_reach_the_engine_as_ocr_safe_sampling(
         model=MODEL,
         messages=ocr_messages("free", page_data_url()),
         temperature=0.9,
-        max_completion_tokens=10**9,
+        max_completion_tokens=300,
         extra_body={"vllm_xargs": {"ngram_size": 20, "window_size": 50}, "skip_special_tokens": False},
     )
     sampling = server.engine.requests[-1].sampling
     assert sampling.temperature == 0.0
     assert (sampling.ngram_size, sampling.ngram_window) == (20, 50)
-    assert sampling.max_tokens == Settings().limits.max_tokens  # clamped, not refused
+    assert sampling.max_tokens == 300
+
+
+def test_max_tokens_over_the_limit_is_refused_naming_the_field(client: openai.OpenAI) -> None:
+    # Refused as on every route, never silently clamped: the client learns its text would be cut.
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=MODEL, messages=ocr_messages("free", page_data_url()), max_completion_tokens=10**9
+        )
+    assert caught.value.param == "max_completion_tokens"
+    assert "DSOCR_LIMITS__MAX_TOKENS" in caught.value.message
 
 
 def test_unknown_model_is_not_found_in_openai_shape(client: openai.OpenAI) -> None:

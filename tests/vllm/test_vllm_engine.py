@@ -70,16 +70,22 @@ async def test_per_request_ngram_override_changes_the_looping_output(engine: Any
     assert looping.text != banned.text
 
 
-async def test_length_pages_are_retried_then_flagged(
-    engine: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # One retry for this test only (the session engine runs without, to keep the suite short).
-    monkeypatch.setattr(engine, "_settings", engine._settings.model_copy(update={"retry_attempts": 1}))
-    with caplog.at_level(logging.INFO, logger="dsocr.engine.vllm"):
-        req = request(max_tokens=8, ignore_eos=True)
-        out = await engine.generate(req)
-    assert out.finish_reason == "length"  # still flagged after the retry: nothing is hidden
-    assert out.request_id == req.request_id
+async def test_length_pages_are_retried_then_flagged(engine: Any, caplog: pytest.LogCaptureFixture) -> None:
+    from dsocr.pipeline import PageInput, Pipeline
+    from dsocr.request import build_request
+    from dsocr.settings import Settings
+
+    # One retry for this request only (the session engine's settings run without, to keep it short).
+    settings = Settings(engine={"kind": "vllm", "retry_attempts": 1})
+    built = build_request(settings, source=None, prompt=PROMPT, max_tokens=8, deadline=False)
+    forced = replace(built, sampling=replace(built.sampling, ignore_eos=True))
+    image = page()
+    pipeline = Pipeline(engine, limits=settings.limits, fetch=settings.fetch)
+    with caplog.at_level(logging.INFO, logger="dsocr.pipeline"):
+        results = [r async for r in pipeline.run_pages(forced, [PageInput(number=1, load=lambda: image)])]
+    (result,) = results
+    assert result.finish_reason == "length"  # still flagged after the retry: nothing is hidden
+    assert any("truncated" in warning for warning in result.warnings)
     assert sum("retrying" in r.getMessage() for r in caplog.records) == 1  # retry_attempts=1
 
 

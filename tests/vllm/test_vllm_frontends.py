@@ -176,6 +176,19 @@ def test_metrics_sum_over_front_ends(launched: Launched) -> None:
     assert seen.pop() >= 2 + 2 + 2  # this test's pages and the previous test's
 
 
+def test_vllm_series_and_readiness_in_every_front_ends_metrics(launched: Launched) -> None:
+    r = httpx.post(launched.url + "/predict", json={"image_base64": _png_b64("vllm series")}, timeout=300)
+    assert r.status_code == 200, r.text
+    # Each front end's vLLM client records its own requests; any scrape sums them all.
+    for _ in range(6):
+        text = launched.get("/metrics").text
+        assert _metric(text, "vllm:prompt_tokens_total") > 0
+        assert _metric(text, "vllm:generation_tokens_total") > 0
+        assert "vllm:num_requests_running{" in text
+        # Summed over processes, readiness is the least of the front ends' (both are ready).
+        assert _metric(text, "dsocr_engine_ready") == 1
+
+
 def test_sigterm_stops_every_process(launched: Launched) -> None:
     children = subprocess.run(
         ["pgrep", "-P", str(launched.proc.pid)], capture_output=True, text=True, check=False

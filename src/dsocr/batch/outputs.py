@@ -21,15 +21,15 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dsocr import service
 from dsocr.errors import DsocrError
+from dsocr.outputs import RenderContext, page_json
+from dsocr.outputs.markdown import relink_crops
 from dsocr.pipeline import PageResult
 
 __all__ = [
@@ -46,8 +46,6 @@ __all__ = [
 
 # The official marker between pages (run_dpsk_ocr_pdf.py).
 PAGE_SPLIT = "\n<--- Page Split --->\n"
-
-_CROP_LINK = re.compile(r"!\[([^\]\n]*)\]\(images/(\d+)\.png\)")
 
 
 def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
@@ -124,24 +122,28 @@ def crop_name(page: int, index: int) -> str:
     return f"{page}_{index}.png"
 
 
-def _relink(markdown: str, page: int, prefix: str) -> str:
-    # The parser numbers crops per page (images/0.png); pages share one images/ folder.
-    return _CROP_LINK.sub(lambda m: f"![{m.group(1)}]({prefix}{crop_name(page, int(m.group(2)))})", markdown)
+# What a page file holds: the page JSON, without what varies from run to run
+# (timings, request ids), so the same page gives the same bytes on every run and path, and
+# without what has its own files (crops, overlay).
+_PAGE_FIELDS = ("markdown", "blocks")
+_NOT_IN_PAGE_FILES = ("timings", "request_id", "ok", "repetition_score", "crops", "visualization")
 
 
 def page_artifacts(result: PageResult, *, page: int) -> PageArtifacts:
     """The files of one pipeline result, numbered as document page ``page`` (1-based)."""
     if result.error is not None:
         return failed_artifacts(page, result.error, image_size=result.image_size)
-    fields = service.typed_page_fields(result)
-    del fields["timings"]  # varies run to run; kept out so page files are reproducible
-    crops = tuple(base64.b64decode(crop) for crop in result.crops)
-    overlay = None if result.visualization is None else base64.b64decode(result.visualization)
+    context = RenderContext(request_id=result.request_id, model="", prompt="")
+    fields = {
+        k: v for k, v in page_json(result, _PAGE_FIELDS, context).items() if k not in _NOT_IN_PAGE_FILES
+    }
+    crops = tuple(base64.b64decode(crop) for crop in result.drawn.get("crops", ()))
+    picture = result.drawn.get("visualization")
+    overlay = None if picture is None else base64.b64decode(picture)
     record: dict[str, Any] = {
-        "page": page,
-        "image_size": None if result.image_size is None else list(result.image_size),
         **fields,
-        "markdown": _relink(fields["markdown"], page, "images/"),
+        "page": page,
+        "markdown": relink_crops(fields["markdown"], lambda index: f"images/{crop_name(page, index)}"),
         "crops": [f"images/{crop_name(page, i)}" for i in range(len(crops))],
         "overlay": None if overlay is None else f"overlays/{page}.png",
         "error": None,

@@ -17,6 +17,8 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
+from contextlib import aclosing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,14 +28,14 @@ from PIL import Image
 from dsocr.batch.outputs import PageArtifacts, failed_artifacts, page_artifacts
 from dsocr.batch.plan import PageSource
 from dsocr.batch.runner import BatchJob, BatchSummary, PreparedRun, finish_run, prepare_run
-from dsocr.engine.base import Engine, SamplingOptions
+from dsocr.engine.base import Engine
 from dsocr.engine.factory import create_engine, select_engine
 from dsocr.engine.gpus import disable_nvlink_multicast
 from dsocr.errors import ConfigError, DsocrError, EngineUnavailable
-from dsocr.pipeline import OutputKind, ocr_page
+from dsocr.pipeline import PageInput, Pipeline
 from dsocr.progress import progress_bar
-from dsocr.service import new_request_id
-from dsocr.settings import EngineSettings, LimitSettings, Settings
+from dsocr.request import OcrRequest, new_request_id
+from dsocr.settings import EngineSettings, FetchSettings, LimitSettings, Settings
 
 __all__ = ["run_batch_ray"]
 
@@ -178,10 +180,8 @@ def _run_pipeline(
         fn_constructor_kwargs={
             "engine_settings": engine_settings,
             "threads": max(1, int(cpus_per_actor)),
-            "prompt": config.prompt,
-            "mode": config.mode,
-            "sampling": config.sampling,
-            "outputs": config.outputs,
+            "request": config.request,
+            "limits": settings.limits,
         },
         batch_size=job.max_in_flight,
         batch_format="pandas",
@@ -281,24 +281,16 @@ class _OcrActor:
     """One engine per actor, started once; each batch of pages runs concurrently on its loop."""
 
     def __init__(
-        self,
-        *,
-        engine_settings: EngineSettings,
-        threads: int,
-        prompt: str,
-        mode: str,
-        sampling: SamplingOptions,
-        outputs: frozenset[OutputKind],
+        self, *, engine_settings: EngineSettings, threads: int, request: OcrRequest, limits: LimitSettings
     ) -> None:
         self._loop = asyncio.new_event_loop()
         # Workers of a cluster joined by address do not inherit the driver's environment.
         disable_nvlink_multicast()
         self._engine = _actor_engine(engine_settings, threads)
         self._loop.run_until_complete(self._engine.start())
-        self._prompt = prompt
-        self._mode = mode
-        self._sampling = sampling
-        self._outputs = outputs
+        # Pages come rendered from the previous stage: no source to fetch, nothing to admit.
+        self._pipeline = Pipeline(self._engine, limits=limits, fetch=FetchSettings())
+        self._request = request
 
     def __call__(self, batch: Any) -> Any:
         """A pandas batch of rendered pages → the same rows with ``artifacts`` filled, pixels dropped."""
@@ -317,22 +309,8 @@ class _OcrActor:
         if row["artifacts"]:
             return str(row["artifacts"])  # failed to render: passed through
         image = Image.frombytes("RGB", (int(row["width"]), int(row["height"])), row["pixels"])
-        try:
-            result = await ocr_page(
-                self._engine,
-                image,
-                prompt=self._prompt,
-                mode=self._mode,
-                sampling=self._sampling,
-                request_id=f"{new_request_id()}-p{page}",
-                outputs=self._outputs,
-                page=page,
-            )
-        except DsocrError as exc:
-            return failed_artifacts(page, exc).to_json()  # as the local path: no size
-        except Exception:
-            logger.exception("unexpected error on page %d", page)
-            return failed_artifacts(
-                page, DsocrError(f"Internal error while processing page {page}.")
-            ).to_json()
+        request = replace(self._request, request_id=new_request_id())
+        page_input = PageInput(number=page, load=lambda: image)
+        async with aclosing(self._pipeline.run_pages(request, [page_input], window=1)) as results:
+            result = await anext(results)
         return page_artifacts(result, page=page).to_json()

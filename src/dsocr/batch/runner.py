@@ -1,7 +1,7 @@
 """``dsocr batch`` on one machine: every page of every input through one engine, resumably.
 
 The run: discover files → scan and register them in the manifest (:mod:`dsocr.batch.plan`) →
-stream the pages still to do through :func:`dsocr.pipeline.ocr_document` (at most
+stream the pages still to do through :meth:`dsocr.pipeline.Pipeline.run_pages` (at most
 ``max_in_flight`` pages rendered and running at once, across documents, so the engine stays fed
 and memory stays bounded) → write each page's files atomically, then commit it to the manifest →
 assemble each document once its last page is in → write ``summary.json``.
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from dsocr import errors, service
+from dsocr import errors
 from dsocr.batch.manifest import Manifest, settings_hash
 from dsocr.batch.names import display_path, printable
 from dsocr.batch.outputs import (
@@ -34,11 +34,11 @@ from dsocr.batch.outputs import (
 )
 from dsocr.batch.plan import DocumentPlan, PageSource, RunPlan, discover_inputs, plan_run
 from dsocr.cli_exit import EXIT_INTERNAL, EXIT_PARTIAL, exit_code_of_code
-from dsocr.engine.base import Engine, SamplingOptions
+from dsocr.engine.base import Engine
 from dsocr.engine.factory import create_engine, select_engine
-from dsocr.pipeline import OutputKind, PageInput, ocr_document
+from dsocr.pipeline import PageInput, Pipeline
 from dsocr.progress import progress_bar
-from dsocr.prompts import build_prompt
+from dsocr.request import OcrRequest, build_request
 from dsocr.settings import Settings
 
 __all__ = [
@@ -83,11 +83,9 @@ class BatchJob:
 class RunConfig:
     """A job resolved against the settings: exactly what the pages are run with."""
 
-    prompt: str
-    mode: str
-    sampling: SamplingOptions
+    # The request every page runs with (its pages come from the run's plan, not from a source).
+    request: OcrRequest
     dpi: int
-    outputs: frozenset[OutputKind]
     engine_kind: str
     # The output-affecting settings, and their hash (the manifest key's second half).
     fingerprint: dict[str, Any]
@@ -101,13 +99,20 @@ def resolve_config(job: BatchJob, settings: Settings) -> RunConfig:
     dpi = job.dpi if job.dpi is not None else settings.limits.pdf_dpi
     if not 36 <= dpi <= 600:
         raise errors.InvalidInput(f"dpi must be between 36 and 600; got {dpi}", field="dpi")
-    prompt = build_prompt(job.preset, prompt=job.prompt)
-    sampling = service.sampling_options(settings.engine, settings.limits, max_tokens=job.max_tokens)
-    outputs: set[OutputKind] = set()
-    if job.crops:
-        outputs.add("crops")
-    if job.overlays:
-        outputs.add("visualization")
+    drawn = [name for name, wanted in (("crops", job.crops), ("visualization", job.overlays)) if wanted]
+    request = build_request(
+        settings,
+        source=None,
+        preset=job.preset,
+        prompt=job.prompt,
+        mode=job.mode,
+        outputs=drawn,
+        max_tokens=job.max_tokens,
+        deadline=False,
+    )
+    sampling = request.sampling
+    prompt = request.prompt
+    outputs = request.outputs
     kind = select_engine(settings.engine).kind
     sampling_fields = asdict(sampling)
     sampling_fields["whitelist_token_ids"] = sorted(sampling.whitelist_token_ids)
@@ -123,11 +128,8 @@ def resolve_config(job: BatchJob, settings: Settings) -> RunConfig:
         "layout": 1,  # bump when the output file layout changes
     }
     return RunConfig(
-        prompt=prompt,
-        mode=job.mode,
-        sampling=sampling,
+        request=request,
         dpi=dpi,
-        outputs=frozenset(outputs),
         engine_kind=kind,
         fingerprint=fingerprint,
         settings_key=settings_hash(fingerprint),
@@ -469,7 +471,7 @@ async def _ocr_pages(run: PreparedRun, job: BatchJob, settings: Settings) -> Non
     try:
         await engine.start()
         with progress_bar(run.plan.pages_todo, quiet=job.quiet) as advance:
-            await _consume(engine, page_inputs(), slots, run, job, config, advance)
+            await _consume(engine, settings, page_inputs(), slots, run, job, config, advance)
     finally:
         await engine.close()
         for source in sources:
@@ -478,6 +480,7 @@ async def _ocr_pages(run: PreparedRun, job: BatchJob, settings: Settings) -> Non
 
 async def _consume(
     engine: Engine,
+    settings: Settings,
     pages: Iterator[PageInput],
     slots: dict[int, tuple[DocumentPlan, int, PageSource]],
     run: PreparedRun,
@@ -485,17 +488,8 @@ async def _consume(
     config: RunConfig,
     advance: Callable[[], None],
 ) -> None:
-    results = ocr_document(
-        engine,
-        pages,
-        prompt=config.prompt,
-        mode=config.mode,
-        sampling=config.sampling,
-        request_id=service.new_request_id(),
-        outputs=config.outputs,
-        max_in_flight=job.max_in_flight,
-        timeout_s=None,
-    )
+    pipeline = Pipeline(engine, limits=settings.limits, fetch=settings.fetch)
+    results = pipeline.run_pages(config.request, pages, window=job.max_in_flight)
     async with contextlib.aclosing(results):
         async for result in results:
             doc, page, source = slots.pop(result.page)

@@ -39,7 +39,7 @@ from dsocr.errors import (
     ModelNotFound,
 )
 from dsocr.ngram import repetition_score, validate_ngram_params
-from dsocr.settings import RETRY_NGRAM_SIZE, EngineSettings, encoder_cuda_graphs
+from dsocr.settings import EngineSettings, encoder_cuda_graphs
 
 __all__ = ["SUPPORTED_MODES", "VLLMEngine", "map_engine_errors", "repeated_ngram_count"]
 
@@ -217,21 +217,8 @@ class VLLMEngine:
                 s.llm.shutdown()
 
     async def generate(self, request: EngineRequest) -> EngineOutput:
-        """One request to completion, with the retry policy for flagged pages."""
-        output = await self._generate_once(request)
-        attempt = 0
-        while attempt < self._settings.retry_attempts and self._flagged(output):
-            retry = self._retry_request(request, attempt)
-            logger.info(
-                "retrying %s (attempt %d): finish=%s repetition=%s",
-                request.request_id,
-                attempt + 1,
-                output.finish_reason,
-                output.repetition_score,
-            )
-            output = await self._generate_once(retry)
-            attempt += 1
-        return replace(output, request_id=request.request_id)
+        """One request to completion (the pipeline retries flagged pages, dsocr.pipeline)."""
+        return await self._generate_once(request)
 
     async def stream(self, request: EngineRequest) -> AsyncIterator[EngineDelta]:
         """Text deltas; closing the iterator early aborts the request in vLLM (AsyncLLM does it)."""
@@ -378,7 +365,9 @@ class VLLMEngine:
             return AsyncLLM.from_vllm_config(
                 config,
                 usage_context=UsageContext.ENGINE_CONTEXT,
-                disable_log_stats=args.disable_log_stats,
+                # Off means "no default loggers"; _stat_loggers' loggers still get the stats.
+                disable_log_stats=True,
+                stat_loggers=_stat_loggers(args),
                 enable_log_requests=args.enable_log_requests,
             )
         # One of several clients of an engine core that dsocr.server.frontends launched; the
@@ -390,7 +379,8 @@ class VLLMEngine:
         return AsyncLLM.from_vllm_config(
             config,
             usage_context=UsageContext.OPENAI_API_SERVER,
-            disable_log_stats=args.disable_log_stats,
+            disable_log_stats=True,
+            stat_loggers=_stat_loggers(args),
             client_addresses=client,
             client_count=count,
             client_index=index,
@@ -583,28 +573,6 @@ class VLLMEngine:
             repetition_score=score,
         )
 
-    def _flagged(self, output: EngineOutput) -> bool:
-        if output.finish_reason == "length":
-            return True
-        score = output.repetition_score
-        return score is not None and score >= self._settings.repetition_threshold
-
-    def _retry_request(self, request: EngineRequest, attempt: int) -> EngineRequest:
-        """Attempt 0: a smaller n-gram window (catches shorter loops sooner); then temperatures."""
-        s = self._settings
-        sampling = request.sampling
-        if attempt == 0:
-            sampling = replace(
-                sampling,
-                ngram_size=min(sampling.ngram_size or RETRY_NGRAM_SIZE, RETRY_NGRAM_SIZE),
-                ngram_window=s.retry_ngram_window,
-            )
-        else:
-            # The settings hold at least one temperature; past the list's end its last one repeats.
-            temps = s.retry_temperatures
-            sampling = replace(sampling, temperature=temps[min(attempt - 1, len(temps) - 1)])
-        return replace(request, request_id=f"{request.request_id}-retry{attempt + 1}", sampling=sampling)
-
 
 _WORKER_EXTENSION = "dsocr.engine.vllm_worker.WorkerExtension"
 
@@ -633,7 +601,10 @@ def vllm_engine_args(settings: EngineSettings, name: str, model: str, memory_sha
         "mm_processor_cache_gb": 0,
         "limit_mm_per_prompt": {"image": 1},
         "logits_processors": [processor],
-        "disable_log_stats": True,
+        # vLLM's stats on (its engine core counts them), for its vllm:* series in /metrics; which
+        # loggers get them: _stat_loggers. DSOCR_ENGINE__VLLM__ARGS {"disable_log_stats": true}
+        # turns them off.
+        "disable_log_stats": False,
     }
     modes_module = _modes_module()
     if modes_module is not None:
@@ -665,6 +636,22 @@ def vllm_engine_args(settings: EngineSettings, name: str, model: str, memory_sha
         return AsyncEngineArgs(**args)
     except Exception as exc:
         raise EngineUnavailable(f"vLLM could not start {model}: {type(exc).__name__}: {exc}") from exc
+
+
+def _stat_loggers(args: Any) -> list[Any] | None:
+    """vLLM's stat loggers for one AsyncLLM: its Prometheus logger alone (dsocr.server.metrics
+    exposes its series), none when ``args.disable_log_stats``.
+
+    Not its LoggingStatLogger: that one writes its "Avg prompt throughput ..." line only when the
+    AsyncLLM's owner calls ``do_log_stats`` (``vllm serve`` does, every 10 s). dsocr logs each
+    request and /metrics carries the same rates, so it would only add work to every engine step
+    in the front-end process, whose CPU limits ingest on a GPU.
+    """
+    if args.disable_log_stats:
+        return None
+    from vllm.v1.metrics.loggers import PrometheusStatLogger
+
+    return [PrometheusStatLogger]
 
 
 def vllm_engine_config(settings: EngineSettings, args: Any, usage_context: Any) -> Any:

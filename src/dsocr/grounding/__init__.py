@@ -13,7 +13,7 @@ from dsocr.grounding.geometry import Circle, GeometryFigure, NamedPoint, Point, 
 from dsocr.grounding.legacy import legacy_fields
 from dsocr.grounding.markdown import markdown_to_text
 from dsocr.grounding.parser import LAYOUT_LABELS, parse, ref_is_text_for_prompt
-from dsocr.grounding.serialize import blocks_to_json, parsed_to_json, to_raw
+from dsocr.grounding.serialize import block_to_json, blocks_to_json, parsed_to_json, to_raw
 
 __all__ = [
     "GRID_MAX",
@@ -23,6 +23,7 @@ __all__ = [
     "NamedPoint",
     "Point",
     "Segment",
+    "block_to_json",
     "blocks_to_json",
     "crops",
     "legacy_fields",

@@ -13,29 +13,31 @@ from typing import Any
 
 from dsocr.types import Block, Box, ParsedOutput
 
-__all__ = ["blocks_to_json", "parsed_to_json", "to_raw"]
+__all__ = ["block_to_json", "blocks_to_json", "parsed_to_json", "to_raw"]
 
 
 def _box_list(boxes: Iterable[Box]) -> list[list[int]]:
     return [list(box) for box in boxes]
 
 
-def blocks_to_json(parsed: ParsedOutput) -> list[dict[str, Any]]:
-    """The wire shape of blocks: ``index``, ``label``, ``text``, ``boxes`` ([x1, y1, x2, y2] on the
+def block_to_json(block: Block) -> dict[str, Any]:
+    """One block's wire shape: ``index``, ``label``, ``text``, ``boxes`` ([x1, y1, x2, y2] on the
     0–999 grid) and ``boxes_px`` (pixels of the original image), plus ``crop_index`` for image blocks."""
-    out: list[dict[str, Any]] = []
-    for block in parsed.blocks:
-        item: dict[str, Any] = {
-            "index": block.index,
-            "label": block.label,
-            "text": block.text,
-            "boxes": _box_list(block.boxes),
-            "boxes_px": _box_list(block.boxes_px),
-        }
-        if block.crop_index is not None:
-            item["crop_index"] = block.crop_index
-        out.append(item)
-    return out
+    item: dict[str, Any] = {
+        "index": block.index,
+        "label": block.label,
+        "text": block.text,
+        "boxes": _box_list(block.boxes),
+        "boxes_px": _box_list(block.boxes_px),
+    }
+    if block.crop_index is not None:
+        item["crop_index"] = block.crop_index
+    return item
+
+
+def blocks_to_json(parsed: ParsedOutput) -> list[dict[str, Any]]:
+    """The page's blocks in their wire shape (:func:`block_to_json`)."""
+    return [block_to_json(block) for block in parsed.blocks]
 
 
 def parsed_to_json(parsed: ParsedOutput) -> dict[str, Any]:

@@ -345,15 +345,27 @@ class _PdfToOpen:
 
 
 def _prepare(
-    data: bytes, *, limits: LimitSettings, pages: str | None, dpi: int | None, field: str, name: str | None
+    data: bytes,
+    *,
+    limits: LimitSettings,
+    pages: str | None,
+    dpi: int | None,
+    field: str,
+    name: str | None,
+    pdf_advice: str | None = None,
 ) -> Document | _PdfToOpen:
-    """The part of opening that needs no render worker: sniff, then an image's header or the PDF's file."""
+    """The part of opening that needs no render worker: sniff, then an image's header or the PDF's file.
+
+    With ``pdf_advice`` the input must be one image: a PDF is refused before pdfium sees it.
+    """
     resolution = _check_dpi(dpi, limits.pdf_dpi)
     fmt = sniff_format(data)
     if fmt is None:
         raise UnsupportedMediaType(
             "not an accepted format: send PNG, JPEG, WebP, TIFF, BMP, GIF or PDF", field=field
         )
+    if fmt == "PDF" and pdf_advice is not None:
+        raise UnsupportedMediaType(f"{field} takes one image, not a PDF; {pdf_advice}", field=field)
     if fmt == "PDF":
         return _PdfToOpen(
             file=PdfTempFile(data),
@@ -440,19 +452,29 @@ async def load_document(
     dpi: int | None = None,
     resolver: Resolver | None = None,
     verify: ssl.SSLContext | None = None,
+    pdf_advice: str | None = None,
 ) -> Document:
     """Read ``source`` (URL, base64, bytes or confined path) and open it; see ``open_document``.
+
+    With ``pdf_advice`` the input must be one image: a PDF is refused, with that advice.
 
     Network reads are async; header reading runs in a worker thread and a PDF's page tree in a
     render worker (cancelling the call stops it). For URLs, ``resolver`` replaces DNS resolution
     (tests) and ``verify`` the trusted CAs.
     """
     if isinstance(source, Base64Source):
-        prepared = await asyncio.to_thread(_prepare_base64, source, limits, pages, dpi)
+        prepared = await asyncio.to_thread(_prepare_base64, source, limits, pages, dpi, pdf_advice)
     else:
         raw = await read_source(source, limits=limits, fetch=fetch, resolver=resolver, verify=verify)
         prepared = await asyncio.to_thread(
-            _prepare, raw.data, limits=limits, pages=pages, dpi=dpi, field=raw.field, name=raw.name
+            _prepare,
+            raw.data,
+            limits=limits,
+            pages=pages,
+            dpi=dpi,
+            field=raw.field,
+            name=raw.name,
+            pdf_advice=pdf_advice,
         )
     if isinstance(prepared, Document):
         return prepared
@@ -465,10 +487,12 @@ async def load_document(
 
 
 def _prepare_base64(
-    source: Base64Source, limits: LimitSettings, pages: str | None, dpi: int | None
+    source: Base64Source, limits: LimitSettings, pages: str | None, dpi: int | None, pdf_advice: str | None
 ) -> Document | _PdfToOpen:
     raw = decode_base64(source.data, max_bytes=limits.max_upload_bytes, field=source.field)
-    return _prepare(raw.data, limits=limits, pages=pages, dpi=dpi, field=raw.field, name=raw.name)
+    return _prepare(
+        raw.data, limits=limits, pages=pages, dpi=dpi, field=raw.field, name=raw.name, pdf_advice=pdf_advice
+    )
 
 
 def _open_base64_image(source: Base64Source, limits: LimitSettings, pdf_advice: str) -> Image.Image:

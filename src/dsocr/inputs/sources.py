@@ -37,11 +37,14 @@ __all__ = [
     "RawInput",
     "Resolver",
     "Source",
+    "SourceKind",
     "UrlSource",
     "address_refusal",
     "fetch_url",
+    "one_source",
     "read_local_file",
     "read_source",
+    "source_of",
     "system_resolver",
     "url_host",
 ]
@@ -94,6 +97,49 @@ class PathSource:
 
 
 Source = UrlSource | Base64Source | BytesSource | PathSource
+
+
+SourceKind = Literal["url", "base64", "path", "bytes"]
+"""What a request field holds: ``url`` an http(s) URL or a ``data:`` URL, ``base64`` base64 text or a
+data URI, ``path`` a confined server-side path, ``bytes`` raw bytes (or base64 text over JSON)."""
+
+
+def source_of(value: object, *, kind: SourceKind, field: str) -> Source:
+    """The source a request field's value names: the one place a string becomes a source.
+
+    Nothing is guessed from a string's length or look: the field says what it holds, and only a
+    ``url`` field also takes a ``data:`` URL (as OpenAI's ``image_url`` does).
+    """
+    if kind == "bytes" and isinstance(value, bytes | bytearray):
+        return BytesSource(bytes(value), field=field)
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field} must be a string, not {type(value).__name__}", field=field)
+    if kind == "path":
+        return PathSource(value, field=field)
+    if kind == "url":
+        scheme = value.partition(":")[0].strip().lower()
+        if scheme == "data":
+            return Base64Source(value, field=field)
+        if scheme not in ("http", "https"):
+            raise InvalidInput(f"{field} must be an http(s) URL or a base64 data: URL", field=field)
+        return UrlSource(value, field=field)
+    return Base64Source(value, field=field)
+
+
+def one_source(values: dict[str, object], kinds: dict[str, SourceKind]) -> Source:
+    """The one source among a request's source fields (``kinds``: field name → what it holds).
+
+    ``values`` holds the fields as sent; ``None`` and ``""`` count as not sent. Exactly one must be.
+    """
+    given = [name for name in kinds if values.get(name) not in (None, "", b"")]
+    if not given:
+        names = list(kinds)
+        listed = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+        raise InvalidInput(f"send an image or PDF: one of {listed}", field=names[0])
+    if len(given) > 1:
+        raise InvalidInput(f"send only one source; got {', '.join(given)}", field=given[1])
+    name = given[0]
+    return source_of(values[name], kind=kinds[name], field=name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,10 +32,10 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dsocr import __version__
+from dsocr.admission import AdmissionQueue
 from dsocr.engine.base import Engine
 from dsocr.errors import DsocrError, InputTooLarge, ServerBusy
 from dsocr.server import routes_docs, routes_health, routes_ocr
-from dsocr.server.admission import AdmissionQueue
 from dsocr.server.deps import AppState, require_api_key
 from dsocr.server.errors import dsocr_error_body, error_headers, http_status, install_error_handlers
 from dsocr.server.metrics import Metrics, MetricsMiddleware
@@ -291,6 +291,7 @@ async def _start_engine(state: AppState, engine: Engine | None) -> None:
         return
     state.ready = True
     state.unready_reason = ""
+    state.metrics.set_engine_ready(True)
 
 
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
@@ -319,6 +320,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         finally:
             state.ready = False
             state.unready_reason = "the server is shutting down"
+            state.metrics.set_engine_ready(False)
+            state.metrics.close()
             if not starting.done():
                 starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -17,9 +17,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from dsocr.admission import AdmissionQueue
 from dsocr.engine.base import Engine
 from dsocr.errors import EngineUnavailable, Unauthorized
-from dsocr.server.admission import AdmissionQueue
+from dsocr.pipeline import Pipeline
 from dsocr.server.errors import LoginRequired
 from dsocr.server.metrics import Metrics
 from dsocr.server.uploads import UploadSlots
@@ -30,6 +31,7 @@ __all__ = [
     "app_state",
     "check_api_key",
     "ready_engine",
+    "ready_pipeline",
     "require_api_key",
     "require_api_key_for_docs",
     "require_api_key_for_health",
@@ -73,6 +75,20 @@ async def ready_engine(state: Annotated[AppState, Depends(app_state)]) -> Engine
     if state.engine is None or not state.ready:
         raise EngineUnavailable(f"The OCR engine is not ready: {state.unready_reason}.", retry_after=5)
     return state.engine
+
+
+async def ready_pipeline(state: Annotated[AppState, Depends(app_state)]) -> Pipeline:
+    """The pipeline over the ready engine, with the server's admission and metrics."""
+    engine = await ready_engine(state)
+    limits = state.settings.limits
+    return Pipeline(
+        engine,
+        limits=limits,
+        fetch=state.settings.fetch,
+        admission=state.admission,
+        admission_wait_s=limits.admission_wait_s,
+        observer=state.metrics,
+    )
 
 
 def _presented_key(request: Request) -> str | None:

@@ -8,6 +8,11 @@ the one place that counts error answers (``dsocr_errors_total{scope="request"}``
 the error body) and clients that left before their answer (``dsocr_aborted_requests_total``). The
 OCR routes record pages and tokens through :class:`Metrics`, and errors sent inside an event
 stream, whose status was 200. ``GET /metrics`` renders the registry in the text exposition format.
+
+Every engine also reports its readiness (``dsocr_engine_ready``, what ``/ready`` says) and the
+build (``dsocr_build_info``). The vLLM engine adds vLLM's own ``vllm:*`` series: vLLM's Prometheus
+stat logger keeps them in prometheus_client's global registry (``_VLLMSeries`` copies them into
+this app's), or, with several processes, in the shared directory like ours.
 """
 
 from __future__ import annotations
@@ -18,14 +23,15 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dsocr.engine.base import EngineOutput
-from dsocr.pipeline import PageResult, Usage
+from dsocr.pipeline import PageResult
 
 __all__ = ["Metrics", "MetricsMiddleware", "multiprocess_metrics"]
 
@@ -50,6 +56,22 @@ def multiprocess_metrics() -> Iterator[None]:
     finally:
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         shutil.rmtree(path, ignore_errors=True)
+
+
+class _VLLMSeries(Collector):
+    """vLLM's ``vllm:*`` families from prometheus_client's global registry, where vLLM's
+    Prometheus stat logger registers them; none without a vLLM engine in this process.
+
+    vLLM keeps one set per process (each new logger unregisters the previous one's), so with
+    several vLLM engines in one process (replicas, extra models) they are the last started one's.
+    """
+
+    def collect(self) -> Iterable[Metric]:
+        return [family for family in REGISTRY.collect() if family.name.startswith("vllm:")]
+
+    def describe(self) -> Iterable[Metric]:
+        # Nothing to check for clashes: the names are vLLM's and appear only once vLLM starts.
+        return []
 
 
 class Metrics:
@@ -106,34 +128,50 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # "livemin": with several server processes, 1 only while every one of them is ready.
+        self.engine_ready = Gauge(
+            "dsocr_engine_ready",
+            "1 while the engine is ready (as /ready says), 0 while it starts, failed or is unhealthy.",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        # A gauge, not prometheus_client's Info, which has no multiprocess mode.
+        self.build_info = Gauge(
+            "dsocr_build_info",
+            "The running build: dsocr's version, the engine and the served model (always 1).",
+            ["version", "engine", "model"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self._build: tuple[str, str, str] | None = None
+        r.register(_VLLMSeries())
+
+    def set_engine_ready(self, ready: bool) -> None:
+        """Record whether the engine is ready (the app on every change, ``/metrics`` on each scrape)."""
+        self.engine_ready.set(1 if ready else 0)
+
+    def describe_build(self, *, version: str, engine: str, model: str) -> None:
+        """Set ``dsocr_build_info`` once: a second set of labels would leave two series behind
+        (label sets cannot be removed in multiprocess mode)."""
+        if self._build is None:
+            self._build = (version, engine, model)
+            self.build_info.labels(version=version, engine=engine, model=model).set(1)
+
+    def close(self) -> None:
+        """This process stops serving: with several processes, its "live" gauges (readiness,
+        requests in flight) leave the aggregates, as a process manager's exit hook would do."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
     def observe_page(self, result: PageResult) -> None:
-        """Record one page's outcome and token usage."""
-        self._observe(
-            error_code=result.error.code if result.error is not None else None,
-            finish_reason=result.finish_reason,
-            total_s=result.timings.total_s,
-            usage=result.usage,
-        )
-
-    def observe_streamed_page(self, output: EngineOutput, *, total_s: float) -> None:
-        """Record a page streamed straight from the engine (OpenAI streams), like ``observe_page``."""
-        usage = Usage(
-            prompt_tokens=output.prompt_tokens,
-            vision_tokens=output.vision_tokens,
-            completion_tokens=output.completion_tokens,
-        )
-        self._observe(error_code=None, finish_reason=output.finish_reason, total_s=total_s, usage=usage)
-
-    def _observe(
-        self, *, error_code: str | None, finish_reason: str | None, total_s: float, usage: Usage
-    ) -> None:
-        if error_code is not None:
+        """Record one page's outcome, time and token usage (the pipeline calls it for every page)."""
+        if result.error is not None:
             self.pages.labels(outcome="error").inc()
-            self.errors.labels(code=error_code, scope="page").inc()
+            self.errors.labels(code=result.error.code, scope="page").inc()
         else:
-            self.pages.labels(outcome="truncated" if finish_reason == "length" else "ok").inc()
-        self.page_latency.observe(total_s)
+            self.pages.labels(outcome="truncated" if result.finish_reason == "length" else "ok").inc()
+        self.page_latency.observe(result.timings.total_s)
+        usage = result.usage
         self.prompt_tokens.inc(usage.prompt_tokens)
         self.vision_tokens.inc(usage.vision_tokens)
         self.output_tokens.inc(usage.completion_tokens)

@@ -11,10 +11,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from dsocr import __version__
 from dsocr.errors import DsocrError
+from dsocr.request import model_name
 from dsocr.server.deps import AppState, app_state, require_api_key_for_health, require_api_key_for_metrics
 from dsocr.server.openapi import RETRY_AFTER_HEADER, error_responses
 from dsocr.server.schemas import ReadyResponse
-from dsocr.service import model_name
 
 __all__ = ["router"]
 
@@ -50,6 +50,17 @@ async def health(state: Annotated[AppState, Depends(app_state)]) -> dict[str, An
     return {"status": "ok", "version": __version__, "pid": os.getpid(), "engine": _engine_description(state)}
 
 
+async def _unready_reason(state: AppState) -> str | None:
+    """Why the engine cannot take requests now (starting, failed, unhealthy); None when ready."""
+    if state.engine is None or not state.ready:
+        return state.unready_reason
+    try:
+        await state.engine.check_health()
+    except DsocrError as exc:
+        return exc.message
+    return None
+
+
 @router.get(
     "/ready",
     dependencies=[Depends(require_api_key_for_health)],
@@ -65,14 +76,8 @@ async def health(state: Annotated[AppState, Depends(app_state)]) -> dict[str, An
 )
 async def ready(state: Annotated[AppState, Depends(app_state)]) -> JSONResponse:
     """Readiness: 200 once the engine started and passed its self-test, else 503 with the reason."""
-    reason: str | None = None
-    if state.engine is None or not state.ready:
-        reason = state.unready_reason
-    else:
-        try:
-            await state.engine.check_health()
-        except DsocrError as exc:
-            reason = exc.message
+    reason = await _unready_reason(state)
+    state.metrics.set_engine_ready(reason is None)
     if reason is not None:
         return JSONResponse(
             {"status": "unready", "reason": reason, "engine": _engine_description(state)},
@@ -86,4 +91,8 @@ async def ready(state: Annotated[AppState, Depends(app_state)]) -> JSONResponse:
 async def metrics(state: Annotated[AppState, Depends(app_state)]) -> Response:
     """Prometheus text exposition of this app's registry."""
     state.metrics.queue_depth.set(state.admission.depth)
+    # Checked now, as /ready would answer: an engine that died since its start reads 0.
+    state.metrics.set_engine_ready(await _unready_reason(state) is None)
+    engine = state.engine.info.name if state.engine is not None else state.settings.engine.kind
+    state.metrics.describe_build(version=__version__, engine=engine, model=model_name(state.settings.engine))
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,7 +1,8 @@
 """OpenAI-compatible routes: ``POST /v1/chat/completions``, ``GET /v1/models`` and ``/v1/models/{id}``.
 
-A translator, not a second server: the OpenAI wire format is mapped onto the same page pipeline
-(:func:`dsocr.pipeline.ocr_page`) and engine the native routes use. The request is one user
+A translator, not a second server: the OpenAI wire format is mapped onto the same request
+(:func:`dsocr.request.build_request`) and pipeline (:class:`dsocr.pipeline.Pipeline`) the native
+routes use, and the pipeline's events back onto OpenAI's chunks. The request is one user
 message whose content has one ``image_url`` part (an ``http(s)`` URL, fetched through the
 SSRF-guarded fetcher, or a ``data:`` URL) and optionally a text part: a preset name
 (``"document"``, ``"free"`` …, see :data:`dsocr.prompts.PRESETS`) or a prompt, with or without
@@ -19,14 +20,15 @@ enforced server-side, whatever the client sends (documented here and in
   with the server's ``ngram_size``/``window_size``. Clients may override them per request like
   vLLM's ``vllm_xargs`` (``extra_body={"vllm_xargs": {"ngram_size": 20, "window_size": 50}}``) or
   as top-level extra fields; ``ngram_size: 0`` turns the rule off.
-* ``max_tokens`` / ``max_completion_tokens`` are clamped to ``DSOCR_LIMITS__MAX_TOKENS``.
+* ``max_tokens`` / ``max_completion_tokens`` over ``DSOCR_LIMITS__MAX_TOKENS`` are refused (400
+  naming the field), as on every route; not sent, the limit is the default.
 
 A parameter the route cannot honour (``n`` > 1, ``stop``, ``logprobs``, ``response_format``,
 ``tools``, ``seed`` …, see ``_UNSUPPORTED``) is refused with 400 naming it, never silently
 ignored; its no-op value (``n: 1``, ``logprobs: false`` …) is accepted. A field OpenAI does not
 define is ignored with a logged warning, as vLLM does. The model list and cards are vLLM's
 (``root``, ``max_model_len``, ``permission`` …); the model's name is
-:func:`dsocr.service.model_name` here as on every route.
+:func:`dsocr.request.model_name` here as on every route.
 
 ``finish_reason`` is OpenAI's ``stop`` or ``length``; an engine stop for repetition or an engine
 abort is reported as ``length`` (the text is incomplete). Errors use the team envelope, which is
@@ -38,12 +40,12 @@ chunk arrive as a final ``data: {"error": …}`` event before ``data: [DONE]``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -51,22 +53,14 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from dsocr import prompts
-from dsocr.engine.base import Engine, EngineDelta, EngineRequest, FinishReason, SamplingOptions
-from dsocr.errors import (
-    DsocrError,
-    EngineError,
-    EngineTimeout,
-    InvalidInput,
-    ModelNotFound,
-)
-from dsocr.inputs import Base64Source, UrlSource
-from dsocr.pipeline import ocr_page
-from dsocr.server.admission import Ticket, page_cost
-from dsocr.server.deps import AppState, app_state, ready_engine, require_api_key
+from dsocr.engine.base import FinishReason
+from dsocr.errors import InvalidInput, ModelNotFound
+from dsocr.inputs.sources import source_of
+from dsocr.pipeline import PageEvent, PageResult, Run, TextDelta, Usage
+from dsocr.request import OcrRequest, build_request, model_name, route_model, served_model_names
+from dsocr.server.deps import AppState, app_state, ready_pipeline, require_api_key
 from dsocr.server.errors import (
     dsocr_error_body,
     error_headers,
@@ -75,25 +69,23 @@ from dsocr.server.errors import (
     validation_error_body,
 )
 from dsocr.server.openapi import CHAT_REQUEST_EXAMPLE, error_responses
-from dsocr.server.routes_ocr import (
-    CLIENT_CLOSED_REQUEST,
+from dsocr.server.runs import (
     SSE_HEADERS,
     ClientGone,
     ClosingStreamingResponse,
-    admit_watching,
-    run_watching_disconnect,
+    client_gone_response,
+    collect,
+    event_stream,
+    start_run,
+    watching_disconnect,
 )
-from dsocr.service import BeforeDecode, load_image_admitted, model_name
-from dsocr.settings import EngineSettings, LimitSettings, Settings
+from dsocr.settings import Settings
 
 __all__ = [
     "ChatCompletionRequest",
-    "ChatJob",
-    "check_mode",
     "refuse_unsupported",
     "router",
-    "served_model_names",
-    "to_chat_job",
+    "to_ocr_request",
 ]
 
 logger = logging.getLogger(__name__)
@@ -133,9 +125,6 @@ def _request_id_headers(request_id: str | None) -> dict[str, str]:
 
 
 router = APIRouter(tags=["openai"], route_class=_OpenAIRoute)
-
-# Where a chat request that sent a PDF is pointed (a chat completion reads one image).
-_PDF_ADVICE = "send PDFs to POST /v1/ocr (one result per page)"
 
 _OWNER = "dsocr"
 # When the process started: the ``created`` of every served model.
@@ -402,42 +391,6 @@ class ModelList(BaseModel):
 # ---------------------------------------------------------------- translation (pure)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ChatJob:
-    """A chat request validated and translated into one page of OCR work."""
-
-    image_url: str
-    image_field: str
-    prompt: str
-    sampling: SamplingOptions
-    mode: str
-    # ``None`` routes to the default model; otherwise one of ``EngineSettings.extra_models``.
-    engine_model: str | None
-    response_model: str
-    stream: bool
-    include_usage: bool
-    timeout_s: float
-
-
-def served_model_names(settings: EngineSettings) -> list[str]:
-    """The ids ``/v1/models`` lists: the default model's public name first, then extra models."""
-    primary = model_name(settings)
-    return [primary, *(name for name in settings.extra_models if name != primary)]
-
-
-def _route_model(requested: str, settings: EngineSettings) -> str | None:
-    """``None`` for the default model, the name itself for an extra model; else ``ModelNotFound``."""
-    if requested in (settings.served_model_name, settings.model):
-        return None
-    if requested in settings.extra_models:
-        return requested
-    served = ", ".join(served_model_names(settings))
-    raise ModelNotFound(
-        f"The model {requested!r} does not exist on this server; served models: {served} (GET /v1/models).",
-        field="model",
-    )
-
-
 def _user_content(messages: list[ChatMessage]) -> tuple[int, list[ImagePart | TextPart]]:
     user_index: int | None = None
     for index, message in enumerate(messages):
@@ -475,49 +428,9 @@ def _user_content(messages: list[ChatMessage]) -> tuple[int, list[ImagePart | Te
     return user_index, list(content)
 
 
-def _prompt_from_text(text: str, field: str) -> str:
-    try:
-        return prompts.prompt_from_text(text)
-    except InvalidInput as exc:
-        raise InvalidInput(exc.message, field=field) from exc
-
-
-def _sampling(
-    body: ChatCompletionRequest, *, limits: LimitSettings, engine: EngineSettings
-) -> SamplingOptions:
-    requested = body.max_completion_tokens or body.max_tokens or limits.max_tokens
-    xargs = body.vllm_xargs or VllmXargs()
-    ngram_size = xargs.ngram_size if xargs.ngram_size is not None else body.ngram_size
-    window = xargs.window_size if xargs.window_size is not None else body.window_size
-    size = engine.ngram_size if ngram_size is None else ngram_size
-    defaults = SamplingOptions()
-    whitelist = (
-        frozenset(xargs.whitelist_token_ids)
-        if xargs.whitelist_token_ids is not None
-        else defaults.whitelist_token_ids
-    )
-    return SamplingOptions(
-        max_tokens=min(requested, limits.max_tokens),
-        temperature=0.0,
-        top_p=1.0,
-        ngram_size=size or None,
-        ngram_window=window if window is not None else engine.ngram_window,
-        whitelist_token_ids=whitelist,
-    )
-
-
-def check_mode(mode: str, engine: Engine) -> None:
-    """``InvalidInput`` naming ``mode`` unless the engine serves that resolution mode."""
-    if mode not in engine.info.modes:
-        raise InvalidInput(
-            f"mode {mode!r} is not served by this engine; choose from {', '.join(engine.info.modes)}",
-            field="mode",
-        )
-
-
-def to_chat_job(body: ChatCompletionRequest, *, settings: Settings) -> ChatJob:
+def to_ocr_request(body: ChatCompletionRequest, *, settings: Settings, request_id: str | None) -> OcrRequest:
     """Validate an OpenAI chat request and translate it; raises ``InvalidInput`` naming the field."""
-    engine_model = _route_model(body.model, settings.engine)
+    route_model(body.model, settings.engine)  # an unknown model is named before anything else
     refuse_unsupported(body)
     index, parts = _user_content(body.messages)
     images = [(i, part) for i, part in enumerate(parts) if isinstance(part, ImagePart)]
@@ -529,48 +442,26 @@ def to_chat_job(body: ChatCompletionRequest, *, settings: Settings) -> ChatJob:
             field=content_field,
         )
     image_index, image_part = images[0]
+    image_field = f"{content_field}[{image_index}].image_url.url"
     text = "\n".join(part.text for _, part in texts).strip()
-    text_field = f"{content_field}[{texts[0][0]}].text" if texts else content_field
-    prompt = _prompt_from_text(text, text_field) if text else prompts.build_prompt(prompts.DEFAULT_PRESET)
-    return ChatJob(
-        image_url=image_part.image_url.url,
-        image_field=f"{content_field}[{image_index}].image_url.url",
-        prompt=prompt,
-        sampling=_sampling(body, limits=settings.limits, engine=settings.engine),
+    xargs = body.vllm_xargs or VllmXargs()
+    both = body.max_completion_tokens is not None and body.max_tokens is not None
+    return build_request(
+        settings,
+        source=source_of(image_part.image_url.url, kind="url", field=image_field),
+        request_id=request_id,
+        prompt=text or None,
+        prompt_field=f"{content_field}[{texts[0][0]}].text" if texts else content_field,
         mode=body.mode,
-        engine_model=engine_model,
-        # The public name, whichever of its names the client used (as vLLM answers).
-        response_model=model_name(settings.engine) if engine_model is None else engine_model,
-        stream=body.stream,
-        include_usage=bool(body.stream_options and body.stream_options.include_usage),
-        timeout_s=settings.limits.request_timeout_s,
-    )
-
-
-# ---------------------------------------------------------------- image loading (I/O)
-
-
-async def chat_image(
-    url: str, *, field: str, settings: Settings, before_decode: BeforeDecode | None = None
-) -> Image.Image:
-    """Fetch (SSRF-guarded) or decode the chat request's image; the blocking decode runs in a thread.
-
-    ``before_decode`` is awaited with the image's size after its header is read, before decoding.
-    """
-    scheme = url.partition(":")[0].strip().lower()
-    source: UrlSource | Base64Source
-    if scheme == "data":
-        source = Base64Source(url, field=field)
-    elif scheme in ("http", "https"):
-        source = UrlSource(url, field=field)
-    else:
-        raise InvalidInput("image_url must be an http(s) URL or a base64 data: URL.", field=field)
-    return await load_image_admitted(
-        source,
-        limits=settings.limits,
-        fetch=settings.fetch,
-        pdf_advice=_PDF_ADVICE,
-        before_decode=before_decode,
+        model=body.model,
+        outputs=(),
+        max_tokens=body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens,
+        max_tokens_field="max_completion_tokens" if both or body.max_tokens is None else "max_tokens",
+        ngram_size=xargs.ngram_size if xargs.ngram_size is not None else body.ngram_size,
+        ngram_window=xargs.window_size if xargs.window_size is not None else body.window_size,
+        whitelist_token_ids=xargs.whitelist_token_ids,
+        single_image=True,
+        stream="text" if body.stream else "pages",
     )
 
 
@@ -623,7 +514,7 @@ async def retrieve_model(
 ) -> ModelCard:
     """One served model's card; any name the chat route accepts for it finds it."""
     settings = state.settings
-    routed = _route_model(model, settings.engine)
+    routed = route_model(model, settings.engine)
     return _model_card(model_name(settings.engine) if routed is None else routed, settings)
 
 
@@ -659,83 +550,49 @@ async def chat_completions(
     state: Annotated[AppState, Depends(app_state)],
 ) -> Response:
     """OCR one image, answered as an OpenAI chat completion (or a stream of chunks)."""
-    settings = state.settings
     if body.model_extra:
         # vLLM's behaviour: a field the protocol does not define is ignored, and the log says so
         # (the names quoted, a few at most: they are the client's text).
         ignored = sorted(body.model_extra)
         logger.warning("%d field(s) in the request ignored: %.300r", len(ignored), ignored)
-    job = to_chat_job(body, settings=settings)
-    engine = await ready_engine(state)
-    check_mode(job.mode, engine)
-    request_id = request_id_of(request) or uuid.uuid4().hex
-    completion_id = f"chatcmpl-{request_id}"
-    admission = state.admission
-    admission.check_room()  # no page slot free: 429 before the image is fetched or read
-    tickets: list[Ticket] = []
-
-    async def admit(size: tuple[int, int]) -> None:
-        wait_s = settings.limits.admission_wait_s
-        tickets.append(await admit_watching(request, admission, [page_cost(size)], window=1, wait_s=wait_s))
-
-    owns_tickets = True
+    ocr_request = to_ocr_request(body, settings=state.settings, request_id=request_id_of(request))
+    pipeline = await ready_pipeline(state)
+    completion_id = f"chatcmpl-{ocr_request.request_id}"
+    include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     try:
-        try:
-            image = await chat_image(
-                job.image_url, field=job.image_field, settings=settings, before_decode=admit
-            )
-        except ClientGone:
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
-        if job.stream:
-            stream = await _open_stream(engine, job, image, request_id=request_id)
-            # The ticket now belongs to the stream, released when it ends or the client leaves.
-            body_iter = _sse_events(
-                stream,
-                job,
-                completion_id=completion_id,
-                request_id=request_id,
-                state=state,
-                ticket=tickets[0],
-            )
-            owns_tickets = False
-            ticket, deltas = tickets[0], stream.deltas
-
-            async def on_close() -> None:
-                ticket.release()
-                await _close(deltas)
-
+        run = await start_run(request, pipeline, ocr_request)
+        if body.stream:
+            try:
+                # Read up to the first text (or the page's end) before answering, so that an early
+                # failure (a deadline, an engine error) gets a real status, not a 200 stream.
+                events = run.events()
+                first = await _first_output(request, events)
+            except BaseException:
+                await run.aclose()
+                raise
+            chunks = _chunks(first, events, completion_id=completion_id, run=run, include_usage=include_usage)
             return ClosingStreamingResponse(
-                body_iter, media_type="text/event-stream", headers=SSE_HEADERS, on_close=on_close
+                event_stream(
+                    run,
+                    chunks,
+                    metrics=state.metrics,
+                    error_event=lambda exc: _sse(dsocr_error_body(exc, ocr_request.request_id)) + _DONE,
+                ),
+                media_type="text/event-stream",
+                headers=SSE_HEADERS,
+                on_close=run.aclose,
             )
-        work = ocr_page(
-            engine,
-            image,
-            prompt=job.prompt,
-            mode=job.mode,
-            sampling=job.sampling,
-            request_id=request_id,
-            model=job.engine_model,
-            timeout_s=settings.limits.request_timeout_s,
-        )
-        try:
-            result = await run_watching_disconnect(request, work)
-        except ClientGone:
-            # Nobody is listening; the engine request was aborted when the work was cancelled.
-            # The metrics middleware counts the 499 as an abort.
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
-    finally:
-        if owns_tickets:
-            for ticket in tickets:
-                ticket.release()
-    state.metrics.observe_page(result)
-    assert result.parsed is not None  # ocr_page raises instead of returning a failed page
-    usage = _usage(result.usage.prompt_tokens, result.usage.vision_tokens, result.usage.completion_tokens)
+        results = await collect(request, run)
+    except ClientGone:
+        return client_gone_response()
+    result = results[0]
+    assert result.parsed is not None  # an image's failure is raised, not returned
     return JSONResponse(
         {
             "id": completion_id,
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": job.response_model,
+            "model": ocr_request.public_model,
             "choices": [
                 {
                     "index": 0,
@@ -744,142 +601,78 @@ async def chat_completions(
                     "finish_reason": _FINISH_REASONS[result.finish_reason or "stop"],
                 }
             ],
-            "usage": usage,
+            "usage": _usage(result.usage),
         }
     )
 
 
 # ---------------------------------------------------------------- streaming
 
-
-@dataclass(slots=True)
-class _OpenStream:
-    """An engine stream whose first delta was already read (so early errors get a real status)."""
-
-    deltas: AsyncIterator[EngineDelta]
-    first: EngineDelta | None
-    engine: Engine
-    request_id: str
-    started: float
-    deadline: float
+_DONE = b"data: [DONE]\n\n"
 
 
-async def _open_stream(engine: Engine, job: ChatJob, image: Image.Image, *, request_id: str) -> _OpenStream:
-    request = EngineRequest(
-        request_id=request_id,
-        prompt=job.prompt,
-        image=image,
-        sampling=job.sampling,
-        mode=job.mode,
-        model=job.engine_model,
-    )
-    started = asyncio.get_running_loop().time()
-    deadline = started + job.timeout_s
-    deltas = engine.stream(request)
-    try:
-        first = await asyncio.wait_for(anext(deltas), job.timeout_s)
-    except StopAsyncIteration:
-        first = None
-    except TimeoutError:
-        await _close(deltas)
-        raise EngineTimeout(_timeout_message(job.timeout_s)) from None
-    except BaseException:
-        await _close(deltas)
-        raise
-    return _OpenStream(
-        deltas=deltas, first=first, engine=engine, request_id=request_id, started=started, deadline=deadline
-    )
+async def _first_output(request: Request, events: AsyncGenerator[PageEvent, None]) -> list[PageEvent]:
+    """The run's events up to its first text delta or its result (the client leaving stops it)."""
+
+    async def read() -> list[PageEvent]:
+        seen: list[PageEvent] = []
+        async for event in events:
+            seen.append(event)
+            if isinstance(event, TextDelta | PageResult):
+                break
+        return seen
+
+    return await watching_disconnect(request, read())
 
 
-async def _sse_events(
-    stream: _OpenStream,
-    job: ChatJob,
+async def _chunks(
+    first: list[PageEvent],
+    events: AsyncGenerator[PageEvent, None],
     *,
     completion_id: str,
-    request_id: str,
-    state: AppState,
-    ticket: Ticket,
-) -> AsyncIterator[str]:
-    """OpenAI's chunk sequence: role, content deltas, finish (+ usage chunk), ``[DONE]``.
-
-    Leaving early (client gone: Starlette cancels this generator) closes the engine stream, which
-    aborts the request in the engine; an error after the first byte becomes a final error event.
-    """
+    run: Run,
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
+    """OpenAI's chunk sequence: role, content deltas, finish (+ usage chunk), ``[DONE]``."""
     base = {
         "id": completion_id,
         "object": "chat.completion.chunk",
         "created": int(time.time()),
-        "model": job.response_model,
+        "model": run.request.public_model,
     }
-    usage_field: dict[str, None] = {"usage": None} if job.include_usage else {}
-    loop = asyncio.get_running_loop()
+    usage_field: dict[str, None] = {"usage": None} if include_usage else {}
 
-    def chunk(delta: dict[str, str], finish_reason: str | None = None) -> str:
+    def chunk(delta: dict[str, str], finish_reason: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return _sse({**base, "choices": [choice], **usage_field})
 
-    try:
-        yield chunk({"role": "assistant", "content": ""})
-        output = None
-        delta = stream.first
-        while delta is not None:
-            if delta.text:
-                yield chunk({"content": delta.text})
-            if delta.output is not None:
-                output = delta.output
-            if delta.finish_reason is not None:
-                break
-            remaining = stream.deadline - loop.time()
-            try:
-                delta = await asyncio.wait_for(anext(stream.deltas), max(remaining, 0.0))
-            except StopAsyncIteration:
-                delta = None
-            except TimeoutError:
-                raise EngineTimeout(_timeout_message(job.timeout_s)) from None
-        if output is None:
-            raise EngineError(f"The engine stream for request {request_id} ended without a result.")
-        state.metrics.observe_streamed_page(output, total_s=loop.time() - stream.started)
-        yield chunk({}, _FINISH_REASONS[output.finish_reason])
-        if job.include_usage:
-            usage = _usage(output.prompt_tokens, output.vision_tokens, output.completion_tokens)
-            yield _sse({**base, "choices": [], "usage": usage})
-    except DsocrError as exc:
-        state.metrics.observe_error(exc.code)
-        yield _sse(dsocr_error_body(exc, request_id))
-    except Exception:
-        logger.exception("stream of request %s failed", request_id)
-        error = EngineError("Internal error while streaming.")
-        state.metrics.observe_error(error.code)
-        yield _sse(dsocr_error_body(error, request_id))
-    finally:
-        ticket.release()
-        await _close(stream.deltas)
-    yield "data: [DONE]\n\n"
+    async def all_events() -> AsyncIterator[PageEvent]:
+        for event in first:
+            yield event
+        async for event in events:
+            yield event
+
+    yield chunk({"role": "assistant", "content": ""})
+    async with aclosing(events):
+        async for event in all_events():
+            if isinstance(event, TextDelta):
+                yield chunk({"content": event.text})
+            elif isinstance(event, PageResult):
+                yield chunk({}, _FINISH_REASONS[event.finish_reason or "stop"])
+                if include_usage:
+                    yield _sse({**base, "choices": [], "usage": _usage(event.usage)})
+    yield _DONE
 
 
-def _sse(payload: object) -> str:
-    return f"data: {json.dumps(payload, separators=(',', ':'), ensure_ascii=False)}\n\n"
+def _sse(payload: object) -> bytes:
+    return f"data: {json.dumps(payload, separators=(',', ':'), ensure_ascii=False)}\n\n".encode()
 
 
-async def _close(deltas: AsyncIterator[EngineDelta]) -> None:
-    # Closing an engine stream early is how the protocol aborts the request.
-    aclose = getattr(deltas, "aclose", None)
-    if aclose is not None:
-        await aclose()
-
-
-def _usage(prompt_tokens: int, vision_tokens: int, completion_tokens: int) -> dict[str, Any]:
+def _usage(usage: Usage) -> dict[str, Any]:
     return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
         # Not an OpenAI field: how many of the prompt tokens the image took.
-        "prompt_tokens_details": {"cached_tokens": 0, "image_tokens": vision_tokens},
+        "prompt_tokens_details": {"cached_tokens": 0, "image_tokens": usage.vision_tokens},
     }
-
-
-def _timeout_message(timeout_s: float) -> str:
-    return (
-        f"The request ran past its deadline of {timeout_s:g} s and was aborted "
-        "(DSOCR_LIMITS__REQUEST_TIMEOUT_S)."
-    )

@@ -2,26 +2,21 @@
 
 Request models validate once at the edge (``extra="forbid"``: a misspelt field is a 422 naming
 it, not silently ignored). Response models document the shapes in the OpenAPI schema; the
-routes build the same dicts with :func:`page_json` and :func:`document_json`, and every error
-body is an :class:`ErrorEnvelope` (built by :mod:`dsocr.server.errors`).
+routes answer with the dicts :mod:`dsocr.outputs` builds, and every error body is an
+:class:`ErrorEnvelope` (built by :mod:`dsocr.server.errors`).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from dsocr import grounding
-from dsocr.errors import DsocrError, InvalidInput
-from dsocr.grounding.markdown import join_markdown
-from dsocr.pipeline import OUTPUT_KINDS, OutputKind, PageResult, Usage
-from dsocr.service import timings_dict, usage_dict
-from dsocr.types import Block
+from dsocr.errors import InvalidInput
+from dsocr.outputs import DEFAULT_OUTPUTS, SELECTABLE, check_outputs
 
 __all__ = [
-    "DEFAULT_OUTPUTS",
     "EXAMPLE_IMAGE",
     "ErrorDetail",
     "ErrorEnvelope",
@@ -31,16 +26,9 @@ __all__ = [
     "PredictRequest",
     "ReadyResponse",
     "UsageOut",
-    "block_json",
-    "document_json",
     "ocr_form_schema",
-    "page_error_json",
-    "page_json",
     "parse_outputs",
-    "usage_json",
 ]
-
-DEFAULT_OUTPUTS: tuple[OutputKind, ...] = ("markdown", "blocks")
 
 
 def _exactly_one(branches: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -90,6 +78,14 @@ class ReadyResponse(BaseModel):
     engine: dict[str, Any] = Field(description="The engine's kind, model, modes and state.")
 
 
+def _known_output(name: str) -> str:
+    try:
+        check_outputs((name,))
+    except InvalidInput as exc:
+        raise ValueError(exc.message) from None
+    return name
+
+
 class OcrRequest(BaseModel):
     """``POST /v1/ocr`` as JSON. Give exactly one source: ``image_url``, ``image_base64`` or ``path``.
 
@@ -108,11 +104,17 @@ class OcrRequest(BaseModel):
     preset: str | None = Field(
         None, description="Prompt preset: document (default), ocr, free, figure, describe, locate."
     )
-    prompt: str | None = Field(None, description="A free prompt instead of a preset.", max_length=20_000)
+    prompt: str | None = Field(
+        None, description="A preset name or a free prompt (instead of preset).", max_length=20_000
+    )
     target: str | None = Field(None, description="What to find, for the 'locate' preset.", max_length=2_000)
     mode: str = Field("gundam", description="Resolution mode: tiny, small, base, large, gundam.")
     model: str | None = Field(None, description="Served model to use (default: the first).")
-    outputs: list[OutputKind] = Field(default_factory=lambda: list(DEFAULT_OUTPUTS))
+    outputs: list[Annotated[str, AfterValidator(_known_output)]] = Field(
+        default_factory=lambda: list(DEFAULT_OUTPUTS),
+        json_schema_extra={"items": {"type": "string", "enum": list(SELECTABLE)}},
+        description="What each page returns.",
+    )
     max_tokens: int | None = Field(None, ge=1, description="Output token limit per page.")
     stream: bool = Field(False, description="Answer as server-sent events (also: Accept: text/event-stream).")
 
@@ -128,7 +130,12 @@ class PredictRequest(BaseModel):
     image_url: str | None = None
     image_base64: str | None = Field(None, examples=[EXAMPLE_IMAGE])
     image: str | None = Field(None, description="Base64 or data: URI (the seed also took raw bytes).")
-    prompt: str | None = Field(None, examples=["Extract all text from this image. <image>"])
+    prompt: str | None = Field(
+        None,
+        description="A preset name (document, ocr, free …) or a free prompt.",
+        examples=["Extract all text from this image. <image>"],
+    )
+    mode: str | None = Field(None, description="Resolution mode (default gundam); not in the seed.")
 
 
 def _form_field(schema: dict[str, Any]) -> dict[str, Any]:
@@ -157,7 +164,7 @@ def ocr_form_schema() -> dict[str, Any]:
     }
     for name, schema in json_schema["properties"].items():
         properties[name] = _form_field(schema)
-    kinds = "|".join(re.escape(kind) for kind in OUTPUT_KINDS)
+    kinds = "|".join(re.escape(kind) for kind in SELECTABLE)
     # parse_outputs: comma-separated names, blanks around them and empty items ignored.
     listed = {"type": "string", "pattern": rf"^[\s,]*(?:(?:{kinds})(?:\s*,[\s,]*|\s*$))*$"}
     properties["outputs"] = {
@@ -219,110 +226,7 @@ class OcrResponse(BaseModel):
     usage: UsageOut
 
 
-def usage_json(usage: Usage) -> dict[str, int]:
-    """Usage totals as JSON."""
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "vision_tokens": usage.vision_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-    }
-
-
-def block_json(block: Block) -> dict[str, Any]:
-    """One block in the wire shape of ``grounding.blocks_to_json`` (for streamed ``block`` events)."""
-    item: dict[str, Any] = {
-        "index": block.index,
-        "label": block.label,
-        "text": block.text,
-        "boxes": [list(box) for box in block.boxes],
-        "boxes_px": [list(box) for box in block.boxes_px],
-    }
-    if block.crop_index is not None:
-        item["crop_index"] = block.crop_index
-    return item
-
-
-def page_error_json(error: DsocrError) -> dict[str, Any]:
-    """A per-page error: the same fields as the HTTP error envelope."""
-    return {"type": error.code, "code": error.code, "message": error.message, "field": error.field}
-
-
-def page_json(result: PageResult, outputs: frozenset[OutputKind]) -> dict[str, Any]:
-    """The wire dict of one page with only the requested outputs."""
-    out: dict[str, Any] = {
-        "page": result.page,
-        "ok": result.ok,
-        "request_id": result.request_id,
-        "image_size": list(result.image_size) if result.image_size is not None else None,
-    }
-    parsed = result.parsed
-    if parsed is not None:
-        if "markdown" in outputs:
-            out["markdown"] = parsed.markdown
-        if "text" in outputs:
-            out["text"] = parsed.text
-        if "raw" in outputs:
-            out["raw"] = parsed.raw
-        if "blocks" in outputs:
-            out["blocks"] = grounding.blocks_to_json(parsed)
-        if "crops" in outputs:
-            out["crops"] = list(result.crops)
-        if "visualization" in outputs:
-            out["visualization"] = result.visualization
-    out["usage"] = usage_dict(result)
-    out["finish_reason"] = result.finish_reason
-    out["repetitive"] = result.repetitive
-    out["repetition_score"] = result.repetition_score
-    out["warnings"] = list(result.warnings)
-    out["timings"] = timings_dict(result)
-    out["error"] = page_error_json(result.error) if result.error is not None else None
-    return out
-
-
-def document_json(
-    results: list[PageResult],
-    *,
-    outputs: frozenset[OutputKind],
-    request_id: str,
-    model: str,
-    prompt: str,
-    mode: str,
-    kind: Literal["image", "pdf"],
-) -> dict[str, Any]:
-    """The whole response: pages in order, document-level markdown/text joining them, usage totals."""
-    total = Usage()
-    for result in results:
-        total = total + result.usage
-    body: dict[str, Any] = {
-        "request_id": request_id,
-        "model": model,
-        "prompt": prompt,
-        "mode": mode,
-        "kind": kind,
-        "page_count": len(results),
-        "failed_pages": [r.page for r in results if not r.ok],
-    }
-    if "markdown" in outputs:
-        body["markdown"] = join_markdown(r.parsed.markdown for r in results if r.parsed is not None)
-    if "text" in outputs:
-        body["text"] = "\n\n".join(r.parsed.text for r in results if r.parsed is not None and r.parsed.text)
-    body["pages"] = [page_json(r, outputs) for r in results]
-    body["usage"] = usage_json(total)
-    return body
-
-
-def parse_outputs(values: list[str]) -> frozenset[OutputKind]:
-    """Form values (``"markdown,blocks"`` or repeated fields) → output kinds; unknown ones are errors."""
-    kinds: set[OutputKind] = set()
-    for value in values:
-        for item in value.split(","):
-            name = item.strip()
-            if not name:
-                continue
-            if name not in OUTPUT_KINDS:
-                raise InvalidInput(
-                    f"unknown output {name!r}; choose from {', '.join(OUTPUT_KINDS)}", field="outputs"
-                )
-            kinds.add(name)  # type: ignore[arg-type]
-    return frozenset(kinds) if kinds else frozenset(DEFAULT_OUTPUTS)
+def parse_outputs(values: list[str]) -> list[str]:
+    """Form values (``"markdown,blocks"`` or repeated fields) → output names; unknown ones are errors."""
+    names = [item.strip() for value in values for item in value.split(",") if item.strip()]
+    return sorted(check_outputs(names)) if names else list(DEFAULT_OUTPUTS)

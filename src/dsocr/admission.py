@@ -26,26 +26,16 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from dsocr.errors import EngineOverloaded
+from dsocr.outputs import pixel_weight
 
-__all__ = ["CROPS_COST", "VISUALIZATION_COST", "AdmissionQueue", "Ticket", "page_cost"]
-
-# Extra memory of the optional renders, in multiples of the page's own pixel count. Measured on a
-# 60 MP RGB PNG: the decoded page holds 4 bytes a pixel (Pillow keeps RGB in 32 bits, 229 MiB);
-# drawing its visualization (RGBA canvases, then a PNG) peaked 1.2 GB higher, 20 bytes a pixel;
-# crops copy at most the page once more before encoding them.
-VISUALIZATION_COST = 5
-CROPS_COST = 1
+__all__ = ["AdmissionQueue", "Ticket", "page_cost"]
 
 
 def page_cost(size: tuple[int, int], outputs: Collection[str] = ()) -> int:
-    """What a page of ``size`` (width, height) costs against the pixel budget, with ``outputs``."""
+    """What a page of ``size`` (width, height) costs against the pixel budget, with ``outputs``
+    drawn from it (each format says what its drawing costs: :attr:`dsocr.outputs.Output.pixel_cost`)."""
     width, height = size
-    weight = 1
-    if "visualization" in outputs:
-        weight += VISUALIZATION_COST
-    if "crops" in outputs:
-        weight += CROPS_COST
-    return max(1, width * height) * weight
+    return max(1, width * height) * pixel_weight(outputs)
 
 
 class Ticket:
