@@ -8,8 +8,9 @@ object, pickled, builds the app with ``create_app(settings)`` (and with it its o
 serves it with uvicorn. Settings never travel through the environment, so API keys given as
 flags stay out of ``/proc/PID/environ``.
 
-If a worker exits, the others are stopped and the command exits non-zero, for the supervisor to
-restart; SIGINT and SIGTERM stop every worker gracefully.
+A worker that exits is replaced, as uvicorn's own supervisor does; one that exits again and again
+right after its start stops them all, and the command exits non-zero. SIGINT and SIGTERM stop
+every worker gracefully.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import multiprocessing.connection
 import os
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -35,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 # How long a worker gets to finish its requests and close its engine after SIGTERM.
 _STOP_TIMEOUT_S = 30.0
+# A worker that exits this soon after its start, this many times in a row, cannot serve.
+_FAILED_START_S = 10.0
+_FAILED_STARTS = 3
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -53,34 +58,51 @@ def listening_socket(host: str, port: int) -> socket.socket:
 def serve_workers(settings: Settings, *, workers: int, log_level: str = "info") -> None:
     """Serve ``create_app(settings)`` from ``workers`` processes on ``settings.server``'s address.
 
-    Blocks until SIGINT / SIGTERM (then returns once the workers have stopped) or until a worker
-    exits on its own (then stops the others and raises ``EngineUnavailable``).
+    Blocks until SIGINT / SIGTERM, then returns once the workers have stopped. A worker that
+    exits is replaced; one that keeps exiting right after its start raises ``EngineUnavailable``.
     """
     sock = listening_socket(settings.server.host, settings.server.port)
     context = multiprocessing.get_context("spawn")
-    processes: list[BaseProcess] = []
-    try:
-        with multiprocess_metrics(), stop_on_sigterm():
+    running: dict[int, tuple[BaseProcess, float]] = {}
+    quick_exits = [0] * workers
+
+    def start(index: int) -> None:
+        process = context.Process(
+            target=run_worker, args=(settings, sock, log_level, index), name=f"dsocr-worker-{index}"
+        )
+        process.start()
+        running[index] = (process, time.monotonic())
+
+    with multiprocess_metrics(), stop_on_sigterm():
+        try:
             for index in range(workers):
-                process = context.Process(
-                    target=run_worker,
-                    args=(settings, sock, log_level, index),
-                    name=f"dsocr-worker-{index}",
-                )
-                process.start()
-                processes.append(process)
-            try:
-                multiprocessing.connection.wait([p.sentinel for p in processes])
-            except KeyboardInterrupt:
-                return
-            gone = [p for p in processes if p.exitcode is not None]
-            raise EngineUnavailable(
-                "stopping all server processes: "
-                + ", ".join(f"{p.name} exited with {p.exitcode}" for p in gone)
-            )
-    finally:
-        _stop(processes)
-        sock.close()
+                start(index)
+            while True:
+                multiprocessing.connection.wait([process.sentinel for process, _ in running.values()])
+                for index, (process, started) in list(running.items()):
+                    if process.exitcode is None:
+                        continue
+                    _forget(process)
+                    quick = time.monotonic() - started < _FAILED_START_S
+                    quick_exits[index] = quick_exits[index] + 1 if quick else 0
+                    if quick_exits[index] >= _FAILED_STARTS:
+                        raise EngineUnavailable(
+                            f"stopping all server processes: {process.name} exited "
+                            f"{_FAILED_STARTS} times in a row within {_FAILED_START_S:g} s of its "
+                            f"start (last exit code {process.exitcode})"
+                        )
+                    logger.warning(
+                        "%s (pid %s) exited with %s; starting another",
+                        process.name,
+                        process.pid,
+                        process.exitcode,
+                    )
+                    start(index)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            _stop([process for process, _ in running.values()])
+            sock.close()
 
 
 def run_worker(settings: Settings, sock: socket.socket, log_level: str, index: int) -> None:
@@ -102,6 +124,14 @@ def run_worker(settings: Settings, sock: socket.socket, log_level: str, index: i
     # uvicorn re-raises the SIGINT it stopped on (Ctrl-C reaches every process of the group).
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.Server(config).run(sockets=[sock])
+
+
+def _forget(process: BaseProcess) -> None:
+    """Drop a dead worker's "live" gauges from the summed metrics (it may not have done so itself)."""
+    if process.pid is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client.multiprocess import mark_process_dead
+
+        mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
 
 
 def _stop(processes: list[BaseProcess]) -> None:
