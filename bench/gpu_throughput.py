@@ -34,7 +34,7 @@ to vLLM as arrays or as Pillow images per round.
 
 Optional phases: ``engine-offline`` (the ``engine`` phase without its HTTP pass),
 ``engine-plain`` (our engine, repetition control off: the ceiling),
-``engine-devhist`` / ``engine-hostwait`` (``ngram_device_history`` on, the default / off) and
+``engine-devhist`` / ``engine-hostwait`` (``vllm.ngram_device_history`` on, the default / off) and
 ``processor`` (per-step cost of our processor vs the recipe's alone, batch ``--max-seqs``),
 ``profile`` (our engine under vLLM's torch profiler for ``--profile-steps`` decode steps of the
 timed pass: the kernels' GPU time per step against the wall time per step), ``modes`` (one page
@@ -48,18 +48,19 @@ page, its parts and a kernel profile; then ``--rounds`` rounds of timed passes, 
 last step's tokens on the device); then SAM on torch's FlexAttention, alone), ``compile``
 (the vision encoder ``torch.compile``d: with ``--rounds 0`` alone in the worker, SAM and SAM +
 CLIP against eager; else ``--rounds`` rounds of timed passes switching dsocr's compiled SAM
-(``compile_encoder``) on and off), ``encoder-cache`` and ``encoder-graphs`` (``--rounds`` rounds
+(``vllm.compile_encoder``) on and off), ``encoder-cache`` and ``encoder-graphs`` (``--rounds`` rounds
 of timed passes on one engine, switched between passes: the encoder cache's size in engine steps'
-token budgets, ``--ab 1,2`` = vLLM's own and dsocr's ``encoder_cache_steps``; vLLM's encoder CUDA
+token budgets, ``--ab 1,2`` = vLLM's own and dsocr's ``vllm.encoder_cache_steps``; vLLM's encoder CUDA
 graphs, ``--ab graphs,eager``; each pass reports the pages its steps encoded),
 ``steps`` (the n-gram processor's paths per decode step),
 ``logits`` (greedy top-20 logprobs of ``--pages`` pages × ``--tokens`` steps, saved per KV-cache
 dtype) and ``compare-logits`` (FP8 KV cache against the model dtype: token agreement and
 |Δ logprob| on identical contexts).
 
-``--engine-args JSON`` overrides dsocr ``EngineSettings`` fields for our engine's phases (e.g.
-``'{"max_num_seqs": 512, "kv_cache_dtype": "fp8"}'``); ``--max-seqs`` sets both engines' batch
-size unless ``--engine-args`` names ``max_num_seqs``; ``--recipe-max-seqs`` sets the recipe's alone.
+``--engine-args JSON`` overrides dsocr ``EngineSettings`` fields for our engine's phases, groups
+merged field by field (e.g. ``'{"vllm": {"max_num_seqs": 512, "kv_cache_dtype": "fp8"}}'``);
+``--max-seqs`` sets both engines' batch size unless ``--engine-args`` names ``vllm.max_num_seqs``;
+``--recipe-max-seqs`` sets the recipe's alone.
 ``--log-stats`` turns vLLM's periodic throughput / KV-cache log on for our engine.
 
 usage: python bench/gpu_throughput.py MODEL_DIR [--pages 256] [--tokens 1000] [--phases recipe,engine]
@@ -694,14 +695,21 @@ def engine_settings(model: str, max_seqs: int, overrides: dict[str, Any], log_st
         "kind": "vllm",
         "model": model,
         "served_model_name": "deepseek-ocr",
-        "load_format": "dummy",
-        "max_num_seqs": max_seqs,
-        "gpu_memory_utilization": 0.85,
+        "vllm": {"load_format": "dummy", "max_num_seqs": max_seqs, "gpu_memory_utilization": 0.85},
     }
-    values.update(overrides)
+    values = merged(values, overrides)
     if log_stats:
-        values["vllm_args"] = {**values.get("vllm_args", {}), "disable_log_stats": False}
+        values = merged(values, {"vllm": {"args": {"disable_log_stats": False}}})
     return values
+
+
+def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` on top; groups (dicts on both sides) are merged key by key."""
+    out = dict(base)
+    for key, value in changes.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merged(out[key], value) if both else value
+    return out
 
 
 async def run_engine_plain(
@@ -726,7 +734,7 @@ async def run_engine_plain(
 
     values = engine_settings(model, max_seqs, overrides or {}, log_stats)
     if phase in ("engine-devhist", "engine-hostwait"):
-        values["ngram_device_history"] = phase == "engine-devhist"
+        values = merged(values, {"vllm": {"ngram_device_history": phase == "engine-devhist"}})
     settings = EngineSettings(**values)
     engine = VLLMEngine(settings)
     t0 = time.monotonic()
@@ -1246,7 +1254,7 @@ async def run_profile(
         ignore_frontend=True,
     )
     values = engine_settings(model, max_seqs, overrides, False)
-    values["vllm_args"] = {**values.get("vllm_args", {}), "profiler_config": profiler}
+    values = merged(values, {"vllm": {"args": {"profiler_config": profiler}}})
     engine = VLLMEngine(EngineSettings(**values))
     await engine.start()
     print("ENGINE", json.dumps({"phase": "profile", **engine_config(engine)}), flush=True)
@@ -1713,7 +1721,7 @@ RUNTIME_AB: dict[str, tuple[Any, list[str], dict[str, Any]]] = {
     "encoder-graphs": (
         _use_encoder_graphs,
         ["graphs", "eager"],
-        {"vllm_args": {"compilation_config": {"cudagraph_mm_encoder": True}}},
+        {"vllm": {"args": {"compilation_config": {"cudagraph_mm_encoder": True}}}},
     ),
 }
 
@@ -1737,9 +1745,7 @@ async def run_runtime_ab(
     os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # collective_rpc of functions, bench only
 
     switch, _, start_with = RUNTIME_AB[phase]
-    values = engine_settings(model, max_seqs, overrides, False)
-    for key, extra in start_with.items():
-        values[key] = {**extra, **values.get(key, {})}
+    values = merged(start_with, engine_settings(model, max_seqs, overrides, False))
     engine = await started_engine(phase, values)
     (served,) = engine._served.values()
     forced = ForcedLength(engine, tokens)
@@ -1896,7 +1902,7 @@ async def run_ingest(model: str, n: int, tokens: int, max_seqs: int, overrides: 
 async def run_logits(model: str, n: int, tokens: int, overrides: dict[str, Any]) -> None:
     """Greedy top-20 logprobs of ``n`` pages × ``tokens`` steps, saved for ``compare_logits``.
 
-    Run once per KV-cache dtype (``--engine-args '{"kv_cache_dtype": "fp8"}'``); the file is named
+    Run once per KV-cache dtype (``--engine-args '{"vllm": {"kv_cache_dtype": "fp8"}}'``); the file is named
     after the dtype vLLM resolved. Repetition control is off: the model's own logits are compared.
     """
     from dsocr.engine.base import EngineRequest

@@ -6,7 +6,7 @@ Same dummy full-size DeepSeek-OCR, same synthetic A4 pages (1190×1684, Gundam),
 count (1, then ``--gpus``) and each path, one process:
 
 * ``http``  ``create_engine`` with ``replicas=g`` (one VLLMEngine per GPU behind ``EnginePool``)
-            or ``data_parallel_size=g`` (vLLM's own DP), under ``create_app`` + uvicorn on
+            or ``vllm.data_parallel_size=g`` (vLLM's own DP), under ``create_app`` + uvicorn on
             127.0.0.1; a client process posts every page to ``/v1/chat/completions`` at once after
             a warm-up of 8. pages/s = pages / wall of the timed pass.
 * ``ray``   ``run_batch_ray`` on a local Ray instance limited to g GPUs (one actor per GPU, as
@@ -49,15 +49,15 @@ def engine_settings(model: str, gpus: int, strategy: str, max_seqs: int) -> dict
 
     ``BENCH_ENGINE=fake`` swaps in the fake engine: a CPU smoke run of this script's plumbing.
     """
-    spread = {"replicas": gpus} if strategy == "replicas" else {"data_parallel_size": gpus}
+    vllm: dict[str, Any] = {"load_format": "dummy", "max_num_seqs": max_seqs, "gpu_memory_utilization": 0.85}
+    if strategy != "replicas":
+        vllm["data_parallel_size"] = gpus
     return {
         "kind": os.environ.get("BENCH_ENGINE", "vllm"),
         "model": model,
         "served_model_name": "deepseek-ocr",
-        "load_format": "dummy",
-        "max_num_seqs": max_seqs,
-        "gpu_memory_utilization": 0.85,
-        **spread,
+        "replicas": gpus if strategy == "replicas" else 1,
+        "vllm": vllm,
     }
 
 

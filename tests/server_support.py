@@ -85,14 +85,16 @@ def wait_ready(
     process: subprocess.Popen[Any] | None = None,
     output: Callable[[], str] = lambda: "",
     timeout_s: float = 60,
+    headers: dict[str, str] | None = None,
 ) -> None:
-    """Poll ``base``/ready until it answers 200; ``output`` explains a process that exited."""
+    """Poll ``base``/ready (with ``headers``) until it answers 200; ``output`` explains a process
+    that exited."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise AssertionError(f"the server exited with {process.returncode}: {output()}")
         try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+            if httpx.get(f"{base}/ready", headers=headers, timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
@@ -152,11 +154,16 @@ def _stop(process: subprocess.Popen[Any]) -> None:
 
 @contextmanager
 def dsocr_serve_with_env(
-    env: Mapping[str, str], *args: str, log: Path, timeout_s: float = 60
+    env: Mapping[str, str],
+    *args: str,
+    log: Path,
+    timeout_s: float = 60,
+    ready_headers: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``python -m dsocr serve --port P ARGS…`` with the ``DSOCR_*`` variables of ``env`` and no
     others, until ready; yields (root URL, process). Its output goes to ``log`` (a pipe nobody
-    reads would fill up and stall a long-lived server)."""
+    reads would fill up and stall a long-lived server). ``ready_headers`` go with the readiness
+    polls (an API key where health is closed)."""
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("DSOCR_")}
     with log.open("wb") as sink:
@@ -168,7 +175,13 @@ def dsocr_serve_with_env(
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base, process=process, output=lambda: log.read_text(errors="replace"), timeout_s=timeout_s)
+        wait_ready(
+            base,
+            process=process,
+            output=lambda: log.read_text(errors="replace"),
+            timeout_s=timeout_s,
+            headers=ready_headers,
+        )
         yield base, process
     finally:
         _stop(process)

@@ -7,7 +7,6 @@ errors to codes is ``dsocr.cli_exit``.
 
 from __future__ import annotations
 
-import contextlib
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -225,8 +224,12 @@ def _settings_or_exit(overrides: dict[str, Any]) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = "__".join(str(part) for part in first["loc"]).upper()
-        _fail(f"invalid setting DSOCR_{where}: {first['msg']}")
+        where = "DSOCR_" + "__".join(part for part in first["loc"] if isinstance(part, str)).upper()
+        if first["type"] == "extra_forbidden":
+            _fail(f"unknown setting {where}: no setting has this name")
+        if first["type"] == "value_error":  # dsocr's own checks name their variables
+            _fail(f"invalid settings: {first.get('ctx', {}).get('error', first['msg'])}")
+        _fail(f"invalid setting {where}: {first['msg']}")
     except SettingsError as exc:
         names = ", ".join(unparsable_variables()) or "a DSOCR_* variable"
         reason = f": {exc.__cause__}" if exc.__cause__ is not None else ""
@@ -284,32 +287,31 @@ def serve_command(
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Run the HTTP server: /v1/ocr, /predict, OpenAI-compatible /v1/chat/completions, health and metrics."""
-    import json
-    import os
-
     import uvicorn
 
     from dsocr.engine.factory import select_engine
     from dsocr.engine.gpus import disable_nvlink_multicast
+    from dsocr.errors import DsocrError
 
-    # Flags become DSOCR_* variables so that every uvicorn worker process builds the same Settings.
-    env: dict[str, str] = {}
+    # One Settings object from the environment and the flags given; it is handed to every server
+    # process as an object, never written back into the environment.
+    overrides: dict[str, dict[str, Any]] = {"engine": {}, "limits": {}, "server": {}}
     if host is not None:
-        env["DSOCR_SERVER__HOST"] = host
+        overrides["server"]["host"] = host
     if port is not None:
-        env["DSOCR_SERVER__PORT"] = str(port)
-    if engine is not None:
-        env["DSOCR_ENGINE__KIND"] = engine.value
-    if model is not None:
-        env["DSOCR_ENGINE__MODEL"] = model
+        overrides["server"]["port"] = port
     if workers is not None:
-        env["DSOCR_SERVER__WORKERS"] = str(workers)
+        overrides["server"]["workers"] = workers
+    if engine is not None:
+        overrides["engine"]["kind"] = engine.value
+    if model is not None:
+        overrides["engine"]["model"] = model
     if max_pages is not None:
-        env["DSOCR_LIMITS__MAX_PDF_PAGES"] = str(max_pages)
+        overrides["limits"]["max_pdf_pages"] = max_pages
     if max_upload_mb is not None:
-        env["DSOCR_LIMITS__MAX_UPLOAD_BYTES"] = str(int(max_upload_mb * 1024 * 1024))
+        overrides["limits"]["max_upload_bytes"] = int(max_upload_mb * 1024 * 1024)
     if timeout is not None:
-        env["DSOCR_LIMITS__REQUEST_TIMEOUT_S"] = str(timeout)
+        overrides["limits"]["request_timeout_s"] = timeout
     keys: list[str] = []
     if api_key_file is not None:
         keys.extend(_read_api_keys(api_key_file))
@@ -321,11 +323,10 @@ def serve_command(
         )
         keys.append(api_key)
     if keys:
-        env["DSOCR_SERVER__API_KEYS"] = json.dumps(keys)
-    os.environ.update(env)
-    # Every process the server starts (uvicorn workers, vLLM engine cores) inherits these.
+        overrides["server"]["api_keys"] = keys
+    settings = _settings_or_exit({section: values for section, values in overrides.items() if values})
+    # For vLLM's engine cores and their workers, which read these switches from the environment.
     disable_nvlink_multicast()
-    settings = _settings_or_exit({})
     selection = select_engine(settings.engine)
     server = settings.server
     shown_host = f"[{server.host}]" if ":" in server.host else server.host
@@ -346,28 +347,24 @@ def serve_command(
         f"dsocr: serving on {url} (playground {url}/; OpenAI base URL {url}/v1; {auth}; {processes})",
         err=True,
     )
-    if shared:
-        from dsocr.errors import DsocrError
-        from dsocr.server.frontends import serve_vllm_frontends
+    if server.workers == 1:
+        from dsocr.server.app import create_app
 
-        try:
-            serve_vllm_frontends(settings, workers=server.workers, log_level=log_level)
-        except KeyboardInterrupt:
-            pass
-        except DsocrError as exc:
-            _fail_with(exc)
+        uvicorn.run(create_app(settings), host=server.host, port=server.port, log_level=log_level)
         return
-    from dsocr.server.metrics import multiprocess_metrics
+    try:
+        if shared:
+            from dsocr.server.frontends import serve_vllm_frontends
 
-    with multiprocess_metrics() if server.workers > 1 else contextlib.nullcontext():
-        uvicorn.run(
-            "dsocr.server.app:app_from_env",
-            factory=True,
-            host=server.host,
-            port=server.port,
-            workers=server.workers,
-            log_level=log_level,
-        )
+            serve_vllm_frontends(settings, workers=server.workers, log_level=log_level)
+        else:
+            from dsocr.server.workers import serve_workers
+
+            serve_workers(settings, workers=server.workers, log_level=log_level)
+    except KeyboardInterrupt:
+        pass
+    except DsocrError as exc:
+        _fail_with(exc)
 
 
 @app.command("ocr")

@@ -1,8 +1,11 @@
 """Settings: one ``Settings`` object built by each entry point and passed down by section.
 
-Environment variables use the ``DSOCR_`` prefix and ``__`` between section and field, e.g.
-``DSOCR_ENGINE__KIND=fake``, ``DSOCR_LIMITS__MAX_PAGES=200``, ``DSOCR_SERVER__API_KEYS='["k1","k2"]'``.
-There is no global instance: tests write ``Settings(engine={"kind": "fake"})``.
+Environment variables use the ``DSOCR_`` prefix and ``__`` between section, group and field, e.g.
+``DSOCR_ENGINE__KIND=fake``, ``DSOCR_ENGINE__VLLM__MAX_NUM_SEQS=128``, ``DSOCR_LIMITS__MAX_PDF_PAGES=200``,
+``DSOCR_SERVER__API_KEYS='["k1","k2"]'``. The engine's settings are grouped: what every engine reads
+at ``engine.*``, each engine's own at ``engine.vllm.*``, ``engine.cpu.*`` and ``engine.fake.*``. A
+name that is not a setting (a typo, or a flat engine name that moved into a group) stops start-up.
+There is no global instance: tests write ``Settings(engine={"kind": "fake", "fake": {"delay_s": 0.5}})``.
 """
 
 from __future__ import annotations
@@ -10,37 +13,44 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_origin
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
+    "RETRY_NGRAM_SIZE",
+    "CpuSettings",
     "EngineSettings",
+    "FakeSettings",
     "FetchSettings",
     "LimitSettings",
     "ServerSettings",
     "Settings",
+    "VllmSettings",
+    "encoder_cuda_graphs",
     "unparsable_variables",
 ]
 
 EngineKind = Literal["auto", "vllm", "cpu", "fake"]
 
+# A retry bans n-grams of at most this many tokens (dsocr.pipeline), so its window must hold one.
+RETRY_NGRAM_SIZE = 20
 
-class EngineSettings(BaseModel):
-    """Which engine to run and how."""
 
-    kind: EngineKind = "auto"
-    # HF id or local directory of the served model (vLLM engine); also reported as ``model_name``.
-    model: str = "deepseek-ai/DeepSeek-OCR"
-    revision: str | None = None
-    # Extra served models for the vLLM engine (e.g. DeepSeek-OCR 2), routed by the ``model`` field.
-    extra_models: list[str] = Field(default_factory=list)
-    served_model_name: str | None = None
+class _Section(BaseModel):
+    # An unknown name (a typo, or a setting that moved) stops start-up instead of being ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class VllmSettings(_Section):
+    """The vLLM engine (``DSOCR_ENGINE__VLLM__*``); the other engines ignore these."""
+
+    # The GPU memory share of all served models together, split evenly between them
+    # (DSOCR_ENGINE__EXTRA_MODELS).
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    max_model_len: int = Field(8192, ge=512)
     max_num_seqs: int = Field(256, ge=1)
     # Tokens per engine step, which is also vLLM's vision-encoder budget per step. ``None``: 16384
     # on a GPU (vLLM's own offline default on H100/H200; AsyncLLM would otherwise get 2048, which
@@ -53,55 +63,210 @@ class EngineSettings(BaseModel):
     # Two steps' room fills every step: +9.4 % pages/s on ingest-only passes on the H100
     # (bench/README.md, session 11).
     encoder_cache_steps: int = Field(2, ge=1, le=8)
-    # vLLM engine on a GPU: torch's CPU threads in the engine core's worker, set through dsocr's
-    # worker extension after start. torch's default, one per core, keeps a pool of threads busy
-    # beside the thread that steps the model, for the few CPU ops it runs (vLLM gives its own
-    # multi-GPU workers one). With 1, on the H100, two A/B runs on one engine: the core's CPU
-    # time per pass −35 / −39 %, pages/s +8.6 / +12.2 % offline, −0.4 / +8.6 % over HTTP
-    # (bench/README.md, session 12). ``None``: torch's default.
+    # On a GPU: torch's CPU threads in the engine core's worker, set through dsocr's worker
+    # extension after start. torch's default, one per core, keeps a pool of threads busy beside
+    # the thread that steps the model, for the few CPU ops it runs (vLLM gives its own multi-GPU
+    # workers one). With 1, on the H100, two A/B runs on one engine: the core's CPU time per pass
+    # −35 / −39 %, pages/s +8.6 / +12.2 % offline, −0.4 / +8.6 % over HTTP (bench/README.md,
+    # session 12). ``None``: torch's default. On vLLM's CPU build those threads run the model and
+    # vLLM sizes them itself: this is not applied there.
     engine_core_threads: int | None = Field(1, ge=1)
     kv_cache_dtype: str = "auto"
-    # vLLM engine: threads that turn pages into model inputs (without device views also image
-    # tiling and normalising) in parallel, off the event loop. ``None``: one per core, at most 8.
+    # Threads that turn pages into model inputs (without device views also image tiling and
+    # normalising) in parallel, off the event loop. ``None``: one per core, at most 8.
     preprocess_workers: int | None = Field(None, ge=1)
-    # vLLM engine: send pages as pixels and build the encoder's views (resize, tiles, padding,
-    # normalising) on the GPU, bit-identical to upstream's Pillow views, instead of in the front
-    # process (dsocr.engine.page_views). ``None``: on where vLLM runs on a GPU.
+    # Send pages as pixels and build the encoder's views (resize, tiles, padding, normalising) on
+    # the GPU, bit-identical to upstream's Pillow views, instead of in the front process
+    # (dsocr.engine.page_views). ``None``: on where vLLM runs on a GPU, off with encoder CUDA graphs
+    # (``compilation_config.cudagraph_mm_encoder`` in ``args``), whose buffers take upstream's views.
     device_views: bool | None = None
-    # vLLM engine on a GPU: SAM (the vision encoder's first half) torch.compile'd for Gundam's view
-    # sizes at start (dsocr.engine.encoder_compile). Off by default: it adds 137-147 s to every
-    # start for a gain inside the pass-to-pass spread on the H100 (bench/README.md, session 10).
+    # On a GPU: SAM (the vision encoder's first half) torch.compile'd for Gundam's view sizes at
+    # start (dsocr.engine.encoder_compile). Off by default: it adds 137-147 s to every start for a
+    # gain inside the pass-to-pass spread on the H100 (bench/README.md, session 10).
     compile_encoder: bool = False
     load_format: str = "auto"
-    # Repetition control (official 30/90, whitelist <td> </td>).
-    # n = 1 would ban nothing (the official rule needs an (n-1)-token prefix); window >= n.
-    ngram_size: int = Field(30, ge=2)
-    ngram_window: int = Field(90, ge=2)
-    # vLLM engine: prove at start-up that repetition control is active (see dsocr.engine.vllm).
+    # Prove at start-up that repetition control is active (see dsocr.engine.vllm).
     self_test: bool = True
-    # Retry policy for pages that end on ``length`` or score as repetitive: first a smaller n-gram
-    # window, then a temperature schedule (as olmOCR does). 0 attempts = flag only, never retry.
-    retry_attempts: int = Field(0, ge=0, le=8)
-    retry_ngram_window: int = Field(50, ge=1)
-    retry_temperatures: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.5])
-    repetition_threshold: float = Field(0.3, ge=0, le=1)
     # Let the V1 n-gram processor read last step's tokens on the GPU instead of making vLLM wait
     # for them on the host each step (dsocr.engine.vllm_ngram.enable_device_history), so async
     # scheduling overlaps the host's work with the GPU's: +4.6 % pages/s on the H100 over five
     # alternating pairs (bench/README.md, session 7). It relies on vLLM runner internals and
     # stays off, with a logged warning, where they differ.
     ngram_device_history: bool = True
-    # Extra keyword arguments for vLLM's AsyncEngineArgs (enforce_eager, kv_cache_memory_bytes, ...).
-    vllm_args: dict[str, Any] = Field(default_factory=dict)
-    # CPU engine: inference threads (default: one per core).
-    cpu_threads: int | None = Field(None, ge=1)
-    # Fake engine knobs (tests and demos only).
-    fake_delay_s: float = Field(0.0, ge=0)
-    # Several GPUs of one host (docs/serving.md, "Multi-GPU"); "all" = every visible GPU.
-    # replicas: N independent engines behind one pool (dsocr.engine.pool), least in-flight first;
-    # for vLLM each is pinned to its own GPU. data_parallel_size: vLLM's own data parallelism.
-    replicas: Annotated[int, Field(ge=1)] | Literal["all"] = 1
+    # vLLM's own data parallelism over several GPUs of one host (docs/serving.md, "Multi-GPU");
+    # "all" = every visible GPU. The other way is DSOCR_ENGINE__REPLICAS.
     data_parallel_size: Annotated[int, Field(ge=1)] | Literal["all"] = 1
+    # Extra keyword arguments for vLLM's AsyncEngineArgs (enforce_eager, kv_cache_memory_bytes,
+    # ...). An argument that has its own setting above (or at engine level) is refused here, so
+    # that each knob has one place. Naming a ``worker_extension_cls`` of your own turns off what
+    # needs dsocr's (compile_encoder, ngram_device_history, engine_core_threads).
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _args_do_not_repeat_settings(self) -> VllmSettings:
+        named = sorted(set(self.args) & set(_VLLM_ARGS_WITH_A_SETTING))
+        if named:
+            instead = ", ".join(_VLLM_ARGS_WITH_A_SETTING[name] for name in named)
+            raise ValueError(
+                f"DSOCR_ENGINE__VLLM__ARGS names {', '.join(named)}, which dsocr sets from its own "
+                f"setting: set {instead} instead"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _device_views_fit_encoder_graphs(self) -> VllmSettings:
+        if self.device_views and encoder_cuda_graphs(self.args):
+            raise ValueError(
+                "DSOCR_ENGINE__VLLM__DEVICE_VIEWS=true cannot work with encoder CUDA graphs "
+                "(compilation_config.cudagraph_mm_encoder in DSOCR_ENGINE__VLLM__ARGS), whose "
+                "buffers take upstream's views: drop one of them"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _own_worker_extension_leaves_ours_unasked(self) -> VllmSettings:
+        if "worker_extension_cls" not in self.args:
+            return self
+        asked = [
+            f"DSOCR_ENGINE__VLLM__{name.upper()}"
+            for name in ("compile_encoder", "ngram_device_history", "engine_core_threads")
+            if name in self.model_fields_set and getattr(self, name) not in (False, None)
+        ]
+        if asked:
+            raise ValueError(
+                f"{', '.join(asked)} cannot work with the worker_extension_cls that "
+                "DSOCR_ENGINE__VLLM__ARGS names: it takes the place of dsocr's, which does that "
+                "work; drop one of them"
+            )
+        return self
+
+
+# AsyncEngineArgs that dsocr fills from a setting, and that setting's variable.
+_VLLM_ARGS_WITH_A_SETTING: dict[str, str] = {
+    "model": "DSOCR_ENGINE__MODEL",
+    "revision": "DSOCR_ENGINE__REVISION",
+    "served_model_name": "DSOCR_ENGINE__SERVED_MODEL_NAME",
+    "max_model_len": "DSOCR_ENGINE__MAX_MODEL_LEN",
+    **{
+        name: f"DSOCR_ENGINE__VLLM__{name.upper()}"
+        for name in (
+            "gpu_memory_utilization",
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "kv_cache_dtype",
+            "load_format",
+            "data_parallel_size",
+        )
+    },
+}
+
+
+def encoder_cuda_graphs(args: Mapping[str, Any]) -> bool:
+    """Whether vLLM's ``args`` turn the vision encoder's CUDA graphs on (``compilation_config``,
+    a dict, a JSON string or vLLM's own config object)."""
+    compilation = args.get("compilation_config")
+    if isinstance(compilation, str):
+        try:
+            compilation = json.loads(compilation)
+        except ValueError:
+            return False
+    if isinstance(compilation, dict):
+        return bool(compilation.get("cudagraph_mm_encoder"))
+    return bool(getattr(compilation, "cudagraph_mm_encoder", False))
+
+
+class CpuSettings(_Section):
+    """The embedded CPU engine (``DSOCR_ENGINE__CPU__*``)."""
+
+    # onnxruntime's inference threads. ``None``: one per core, split evenly between
+    # DSOCR_ENGINE__REPLICAS (at least one each).
+    threads: int | None = Field(None, ge=1)
+
+
+class FakeSettings(_Section):
+    """The scripted fake engine (``DSOCR_ENGINE__FAKE__*``; tests and demos only)."""
+
+    # Seconds each page takes, spread over its streamed pieces.
+    delay_s: float = Field(0.0, ge=0)
+
+
+# Flat engine settings that moved into a group: old name -> its place now.
+_MOVED_ENGINE_SETTINGS: dict[str, str] = {
+    **{
+        name: f"vllm.{name}"
+        for name in (
+            "gpu_memory_utilization",
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "encoder_cache_steps",
+            "engine_core_threads",
+            "kv_cache_dtype",
+            "preprocess_workers",
+            "device_views",
+            "compile_encoder",
+            "load_format",
+            "self_test",
+            "ngram_device_history",
+            "data_parallel_size",
+        )
+    },
+    "vllm_args": "vllm.args",
+    "cpu_threads": "cpu.threads",
+    "fake_delay_s": "fake.delay_s",
+}
+
+
+def _variable(path: str) -> str:
+    """``engine.vllm.max_num_seqs`` -> ``DSOCR_ENGINE__VLLM__MAX_NUM_SEQS``."""
+    return "DSOCR_" + path.replace(".", "__").upper()
+
+
+class EngineSettings(_Section):
+    """Which engine to run and how: what every engine reads here, each engine's own in its group."""
+
+    kind: EngineKind = "auto"
+    # HF id or local directory of the served model; also reported as ``model_name``.
+    model: str = "deepseek-ai/DeepSeek-OCR"
+    revision: str | None = None
+    # Extra served models for the vLLM engine (e.g. DeepSeek-OCR 2), routed by the ``model`` field.
+    extra_models: list[str] = Field(default_factory=list)
+    served_model_name: str | None = None
+    max_model_len: int = Field(8192, ge=512)
+    # Repetition control (official 30/90, whitelist <td> </td>).
+    # n = 1 would ban nothing (the official rule needs an (n-1)-token prefix); window >= n.
+    ngram_size: int = Field(30, ge=2)
+    ngram_window: int = Field(90, ge=2)
+    # Retry policy for pages that end on ``length`` or score as repetitive: first a smaller n-gram
+    # (at most RETRY_NGRAM_SIZE tokens) in a ``retry_ngram_window`` window, then one temperature
+    # per attempt from ``retry_temperatures``; attempts past its end reuse its last temperature
+    # (as olmOCR does). 0 attempts = flag only, never retry.
+    retry_attempts: int = Field(0, ge=0, le=8)
+    retry_ngram_window: int = Field(50, ge=RETRY_NGRAM_SIZE)
+    retry_temperatures: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.5], min_length=1)
+    repetition_threshold: float = Field(0.3, ge=0, le=1)
+    # N independent engines behind one pool (dsocr.engine.pool), least in-flight first; for vLLM
+    # each is pinned to its own GPU ("all" = every visible GPU). docs/serving.md, "Multi-GPU".
+    replicas: Annotated[int, Field(ge=1)] | Literal["all"] = 1
+    vllm: VllmSettings = Field(default_factory=VllmSettings)
+    cpu: CpuSettings = Field(default_factory=CpuSettings)
+    fake: FakeSettings = Field(default_factory=FakeSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_names_are_refused(cls, data: Any) -> Any:
+        # A renamed setting left in a deployment's environment would otherwise be dropped quietly.
+        if isinstance(data, Mapping):
+            moved = [name for name in _MOVED_ENGINE_SETTINGS if name in data]
+            if moved:
+                raise ValueError(
+                    "; ".join(
+                        f"{_variable('engine.' + name)} is now "
+                        f"{_variable('engine.' + _MOVED_ENGINE_SETTINGS[name])}"
+                        for name in moved
+                    )
+                    + " (engine settings are grouped by engine)"
+                )
+        return data
 
     @model_validator(mode="after")
     def _window_holds_an_ngram(self) -> EngineSettings:
@@ -114,20 +279,20 @@ class EngineSettings(BaseModel):
 
     @model_validator(mode="after")
     def _one_multi_gpu_strategy(self) -> EngineSettings:
-        if self.replicas != 1 and self.data_parallel_size != 1:
+        if self.replicas != 1 and self.vllm.data_parallel_size != 1:
             raise ValueError(
-                "set either replicas (DSOCR_ENGINE__REPLICAS) or data_parallel_size "
-                "(DSOCR_ENGINE__DATA_PARALLEL_SIZE) above 1, not both"
+                "set either DSOCR_ENGINE__REPLICAS or DSOCR_ENGINE__VLLM__DATA_PARALLEL_SIZE "
+                "above 1, not both"
             )
-        if self.data_parallel_size != 1 and self.kind in ("cpu", "fake"):
+        if self.vllm.data_parallel_size != 1 and self.kind in ("cpu", "fake"):
             raise ValueError(
-                f"data_parallel_size is a vLLM setting; the {self.kind} engine scales with replicas "
-                "(DSOCR_ENGINE__REPLICAS)"
+                "DSOCR_ENGINE__VLLM__DATA_PARALLEL_SIZE is a vLLM setting; the "
+                f"{self.kind} engine scales with DSOCR_ENGINE__REPLICAS"
             )
         return self
 
 
-class FetchSettings(BaseModel):
+class FetchSettings(_Section):
     """The SSRF-guarded URL fetcher."""
 
     allow_http: bool = False
@@ -154,7 +319,7 @@ class FetchSettings(BaseModel):
         return networks
 
 
-class LimitSettings(BaseModel):
+class LimitSettings(_Section):
     """Byte, pixel, page, token and time limits."""
 
     max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1)
@@ -200,7 +365,7 @@ class LimitSettings(BaseModel):
         return self
 
 
-class ServerSettings(BaseModel):
+class ServerSettings(_Section):
     """HTTP server."""
 
     host: str = "127.0.0.1"
@@ -238,21 +403,13 @@ class Settings(BaseSettings):
 
 
 def unparsable_variables(environ: Mapping[str, str] | None = None) -> list[str]:
-    """The ``DSOCR_*`` variables of list, dict or section settings whose value is not JSON.
+    """The ``DSOCR_*`` variables of list, dict, section or group settings whose value is not JSON.
 
     pydantic-settings decodes those values as JSON before validating, and its error names only
     the section (``engine``), not the variable; front ends use this to name it.
     """
     env = os.environ if environ is None else environ
-    complex_names: set[str] = set()
-    for section_name, section in Settings.model_fields.items():
-        model = section.annotation
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            continue
-        complex_names.add(f"DSOCR_{section_name}".upper())
-        for field_name, info in model.model_fields.items():
-            if get_origin(info.annotation) in (list, dict) or info.annotation in (list, dict):
-                complex_names.add(f"DSOCR_{section_name}__{field_name}".upper())
+    complex_names = set(_complex_variables(Settings, "DSOCR"))
     bad: list[str] = []
     for name, value in env.items():
         if name.upper() not in complex_names:
@@ -262,3 +419,15 @@ def unparsable_variables(environ: Mapping[str, str] | None = None) -> list[str]:
         except ValueError:
             bad.append(name)
     return sorted(bad)
+
+
+def _complex_variables(model: type[BaseModel], prefix: str) -> Iterator[str]:
+    """The variables under ``prefix`` whose values pydantic-settings reads as JSON."""
+    for field_name, info in model.model_fields.items():
+        name = f"{prefix}_{field_name}".upper() if prefix == "DSOCR" else f"{prefix}__{field_name}".upper()
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield name
+            yield from _complex_variables(annotation, name)
+        elif get_origin(annotation) in (list, dict) or annotation in (list, dict):
+            yield name

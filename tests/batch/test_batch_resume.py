@@ -77,7 +77,7 @@ def test_killed_run_resumes_without_lost_or_duplicated_pages(tmp_path: Path) -> 
     env = {k: v for k, v in os.environ.items() if not k.startswith("DSOCR_")}
     with subprocess.Popen(
         command,
-        env={**env, "DSOCR_ENGINE__FAKE_DELAY_S": "0.4"},
+        env={**env, "DSOCR_ENGINE__FAKE__DELAY_S": "0.4"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     ) as slow:

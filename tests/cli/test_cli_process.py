@@ -80,7 +80,7 @@ def test_an_engine_flag_overrides_the_environment(blank_png: Path) -> None:
         ("DSOCR_LIMITS__MAX_TOKENS", "lots"),
         # List and dict settings are JSON; a parse failure used to end in a traceback.
         ("DSOCR_SERVER__API_KEYS", "[not json"),
-        ("DSOCR_ENGINE__VLLM_ARGS", "enforce_eager"),
+        ("DSOCR_ENGINE__VLLM__ARGS", "enforce_eager"),
     ],
 )
 @pytest.mark.parametrize("command", ["ocr", "batch"])
@@ -93,6 +93,29 @@ def test_an_invalid_setting_stops_with_exit_2_naming_the_variable(
     assert done.stdout == ""
     assert variable in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("DSOCR_ENGINE__MAX_NUM_SEQS", "DSOCR_ENGINE__VLLM__MAX_NUM_SEQS"),
+        ("DSOCR_ENGINE__FAKE_DELAY_S", "DSOCR_ENGINE__FAKE__DELAY_S"),
+    ],
+)
+@pytest.mark.parametrize("command", ["serve", "ocr"])
+def test_a_flat_engine_variable_that_moved_stops_start_up_naming_the_new_one(
+    command: str, old: str, new: str, blank_png: Path
+) -> None:
+    args = ["--port", "0"] if command == "serve" else [str(blank_png)]
+    done = run_dsocr(command, *args, "--engine", "fake", env={old: "4"})
+    assert done.returncode == 2
+    assert f"{old} is now {new}" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_misspelt_setting_stops_serve_naming_it() -> None:
+    done = run_dsocr("serve", "--engine", "fake", "--port", "0", env={"DSOCR_SERVER__MAX_CONCURENCY": "4"})
+    assert done.returncode == 2
+    assert "unknown setting DSOCR_SERVER__MAX_CONCURENCY" in done.stderr
 
 
 def test_batch_uses_the_engine_named_in_the_environment(blank_png: Path, tmp_path: Path) -> None:

@@ -46,7 +46,7 @@ def test_vllm_requested_but_not_installed_is_unavailable_with_the_fix() -> None:
 
 
 def test_fake_is_built_only_when_named_and_takes_its_delay() -> None:
-    engine = create_engine(Settings(engine={"kind": "fake", "fake_delay_s": 0.25}).engine)
+    engine = create_engine(Settings(engine={"kind": "fake", "fake": {"delay_s": 0.25}}).engine)
     assert isinstance(engine, FakeEngine)
     assert engine.info.name == "fake"
     assert select_engine(EngineSettings(kind="fake")).kind == "fake"
@@ -54,12 +54,12 @@ def test_fake_is_built_only_when_named_and_takes_its_delay() -> None:
 
 
 def test_cpu_threads_setting_reaches_the_cpu_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DSOCR_ENGINE__CPU_THREADS", "3")
+    monkeypatch.setenv("DSOCR_ENGINE__CPU__THREADS", "3")
     engine = create_engine(Settings(engine={"kind": "cpu"}).engine)
     assert isinstance(engine, CpuEngine)
     assert engine.info.details["onnxruntime_threads"] == "3"
-    with pytest.raises(ValueError, match="cpu_threads"):
-        EngineSettings(cpu_threads=0)
+    with pytest.raises(ValueError, match="threads"):
+        EngineSettings(cpu={"threads": 0})
 
 
 def test_explicit_cpu_is_chosen_by_configuration() -> None:

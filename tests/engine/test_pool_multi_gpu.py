@@ -45,9 +45,9 @@ def test_replicas_and_data_parallel_size_read_all_or_a_number_from_the_environme
     monkeypatch.setenv("DSOCR_ENGINE__REPLICAS", "4")
     assert Settings().engine.replicas == 4
     monkeypatch.delenv("DSOCR_ENGINE__REPLICAS")
-    monkeypatch.setenv("DSOCR_ENGINE__DATA_PARALLEL_SIZE", "2")
-    assert Settings().engine.data_parallel_size == 2
-    assert (EngineSettings().replicas, EngineSettings().data_parallel_size) == (1, 1)
+    monkeypatch.setenv("DSOCR_ENGINE__VLLM__DATA_PARALLEL_SIZE", "2")
+    assert Settings().engine.vllm.data_parallel_size == 2
+    assert (EngineSettings().replicas, EngineSettings().vllm.data_parallel_size) == (1, 1)
 
 
 @pytest.mark.parametrize("value", [0, -1, "some", 1.5])
@@ -57,13 +57,15 @@ def test_a_bad_replica_count_is_refused_naming_the_field(value: object) -> None:
 
 
 def test_replicas_and_data_parallel_together_are_refused() -> None:
-    with pytest.raises(ValidationError, match=r"either replicas .* or data_parallel_size"):
-        EngineSettings(kind="vllm", replicas=2, data_parallel_size=2)
+    with pytest.raises(
+        ValidationError, match="either DSOCR_ENGINE__REPLICAS or DSOCR_ENGINE__VLLM__DATA_PARALLEL_SIZE"
+    ):
+        EngineSettings(kind="vllm", replicas=2, vllm={"data_parallel_size": 2})
 
 
 def test_data_parallel_is_refused_for_engines_without_it() -> None:
-    with pytest.raises(ValidationError, match="the cpu engine scales with replicas"):
-        EngineSettings(kind="cpu", data_parallel_size=2)
+    with pytest.raises(ValidationError, match="the cpu engine scales with DSOCR_ENGINE__REPLICAS"):
+        EngineSettings(kind="cpu", vllm={"data_parallel_size": 2})
 
 
 # ---- counting GPUs --------------------------------------------------------------------------------
@@ -102,7 +104,7 @@ def test_all_resolves_to_the_visible_gpus_and_too_many_is_a_config_error() -> No
         resolve_gpu_count("all", field="engine.replicas", visible=0)
     assert none.value.field == "engine.replicas"
     with pytest.raises(ConfigError, match=r"data_parallel_size=4 but only 2 GPU\(s\)"):
-        resolve_gpu_count(4, field="engine.data_parallel_size", visible=2)
+        resolve_gpu_count(4, field="engine.vllm.data_parallel_size", visible=2)
 
 
 def test_vllm_gets_data_parallel_size_only_above_one_and_device_ids_for_a_pinned_replica() -> None:
@@ -153,14 +155,14 @@ def test_dsocr_serve_turns_multicast_off_before_starting_uvicorn(monkeypatch: py
         monkeypatch.delenv(name, raising=False)
     seen: dict[str, Any] = {}
 
-    def fake_run(*args: Any, **kwargs: Any) -> None:
+    def fake_run(app: Any, **kwargs: Any) -> None:
         seen.update({name: os.environ.get(name) for name in NVLINK_MULTICAST_OFF})
-        seen["workers"] = kwargs.get("workers")
+        seen["engine"] = app.state.dsocr.settings.engine.kind
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
-    result = CliRunner().invoke(app, ["serve", "--engine", "fake", "--workers", "2"])
+    result = CliRunner().invoke(app, ["serve", "--engine", "fake"])
     assert result.exit_code == 0, result.output
-    assert seen == {**NVLINK_MULTICAST_OFF, "workers": 2}
+    assert seen == {**NVLINK_MULTICAST_OFF, "engine": "fake"}
 
 
 # ---- the factory's replica pool ------------------------------------------------------------------
@@ -201,10 +203,12 @@ def test_cpu_replicas_share_the_cores() -> None:
 def test_vllm_replicas_are_pinned_one_per_visible_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(factory, "vllm_installed", lambda: True)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
-    engine = create_engine(EngineSettings(kind="vllm", replicas="all", vllm_args={"enforce_eager": True}))
+    engine = create_engine(
+        EngineSettings(kind="vllm", replicas="all", vllm={"args": {"enforce_eager": True}})
+    )
     assert isinstance(engine, EnginePool)
     assert all(isinstance(e, VLLMEngine) for e in engine.engines)
-    pinned = [e._settings.vllm_args for e in engine.engines]  # type: ignore[attr-defined]
+    pinned = [e._settings.vllm.args for e in engine.engines]  # type: ignore[attr-defined]
     assert pinned == [{"enforce_eager": True, "device_ids": [i]} for i in range(3)]
     # Indices into CUDA_VISIBLE_DEVICES (vLLM composes them), one engine per GPU.
 
@@ -249,8 +253,8 @@ def test_ray_without_gpus_refuses_vllm_and_sizes_cpu_actors_by_cores() -> None:
 
 def test_each_ray_actor_runs_a_single_engine_on_its_own_gpus() -> None:
     actor = _actor_engine_settings(EngineSettings(kind="vllm", replicas="all"))
-    assert (actor.replicas, actor.data_parallel_size) == (1, 1)
-    actor = _actor_engine_settings(EngineSettings(kind="vllm", data_parallel_size="all"))
-    assert (actor.replicas, actor.data_parallel_size) == (1, 1)
-    actor = _actor_engine_settings(EngineSettings(kind="vllm", data_parallel_size=2))
-    assert actor.data_parallel_size == 2
+    assert (actor.replicas, actor.vllm.data_parallel_size) == (1, 1)
+    actor = _actor_engine_settings(EngineSettings(kind="vllm", vllm={"data_parallel_size": "all"}))
+    assert (actor.replicas, actor.vllm.data_parallel_size) == (1, 1)
+    actor = _actor_engine_settings(EngineSettings(kind="vllm", vllm={"data_parallel_size": 2}))
+    assert actor.vllm.data_parallel_size == 2

@@ -63,7 +63,7 @@ SLOW = Config(
     "slow",
     {
         "DSOCR_ENGINE__KIND": "fake",
-        "DSOCR_ENGINE__FAKE_DELAY_S": str(ENGINE_DELAY_S),
+        "DSOCR_ENGINE__FAKE__DELAY_S": str(ENGINE_DELAY_S),
         "DSOCR_LIMITS__MAX_QUEUE": "1",
         "DSOCR_LIMITS__ADMISSION_WAIT_S": "0",
     },
@@ -73,7 +73,7 @@ DEADLINE = Config(
     "deadline",
     {
         "DSOCR_ENGINE__KIND": "fake",
-        "DSOCR_ENGINE__FAKE_DELAY_S": str(ENGINE_DELAY_S),
+        "DSOCR_ENGINE__FAKE__DELAY_S": str(ENGINE_DELAY_S),
         "DSOCR_LIMITS__REQUEST_TIMEOUT_S": "1",
     },
 )

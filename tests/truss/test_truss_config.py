@@ -14,6 +14,8 @@ from packaging.utils import canonicalize_name
 from truss.base.truss_config import TrussConfig
 from truss.truss_handle.truss_handle import TrussHandle
 
+from dsocr.settings import Settings
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # mypy, in the test extra, brings tomli on 3.10
@@ -65,6 +67,17 @@ def test_weights_are_pinned_and_mounted_where_the_engine_reads_them(config: Trus
     assert env["DSOCR_ENGINE__REVISION"] == revision
     assert env["DSOCR_ENGINE__KIND"] == "vllm"
     assert source.auth is not None and source.auth.auth_secret_name in config.secrets
+
+
+def test_the_environment_is_valid_dsocr_settings_batching_as_many_pages_as_truss_lets_in(
+    config: TrussConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A misspelt or renamed variable would stop the replica at start-up, not at deploy time.
+    for name, value in config.environment_variables.items():
+        monkeypatch.setenv(name, str(value))
+    settings = Settings()
+    assert settings.engine.kind == "vllm"
+    assert settings.engine.vllm.max_num_seqs == config.runtime.predict_concurrency
 
 
 def test_requirements_pin_what_pyproject_requires(config: TrussConfig) -> None:

@@ -66,20 +66,25 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def tiny_settings(model_dir: Path, **overrides: object) -> object:
+def tiny_settings(model_dir: Path, **vllm_overrides: object) -> object:
+    """The tiny model's engine settings; ``vllm_overrides`` replace fields of ``engine.vllm``."""
     from dsocr.settings import EngineSettings
 
-    values: dict[str, object] = {
-        "kind": "vllm",
-        "model": str(model_dir),
-        "served_model_name": "deepseek-ocr-tiny",
+    vllm: dict[str, object] = {
         "load_format": "dummy",
-        "max_model_len": 1024,
         "max_num_seqs": 4,
-        "vllm_args": {"enforce_eager": True, "seed": 0},
+        "args": {"enforce_eager": True, "seed": 0},
     }
-    values.update(overrides)
-    return EngineSettings.model_validate(values)
+    vllm.update(vllm_overrides)
+    return EngineSettings.model_validate(
+        {
+            "kind": "vllm",
+            "model": str(model_dir),
+            "served_model_name": "deepseek-ocr-tiny",
+            "max_model_len": 1024,
+            "vllm": vllm,
+        }
+    )
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -93,7 +98,7 @@ async def engine(tiny_model_dir: Path) -> AsyncIterator[object]:
 
     # encoder_probe lets tests run upstream's vision encoder next to ours inside the worker.
     probe = {"enforce_eager": True, "seed": 0, "worker_extension_cls": "encoder_probe.EncoderProbe"}
-    eng = VLLMEngine(tiny_settings(tiny_model_dir, vllm_args=probe))  # type: ignore[arg-type]
+    eng = VLLMEngine(tiny_settings(tiny_model_dir, args=probe))  # type: ignore[arg-type]
     await eng.start()
     yield eng
     await eng.close()

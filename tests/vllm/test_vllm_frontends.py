@@ -39,11 +39,11 @@ START_TIMEOUT_S = 420  # CI's two cores start three vLLM processes (~10 s of imp
 def _env(model_dir: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
-        DSOCR_ENGINE__LOAD_FORMAT="dummy",
+        DSOCR_ENGINE__VLLM__LOAD_FORMAT="dummy",
         DSOCR_ENGINE__SERVED_MODEL_NAME="deepseek-ocr-tiny",
         DSOCR_ENGINE__MAX_MODEL_LEN="1024",
-        DSOCR_ENGINE__MAX_NUM_SEQS="4",
-        DSOCR_ENGINE__VLLM_ARGS='{"enforce_eager": true, "seed": 0}',
+        DSOCR_ENGINE__VLLM__MAX_NUM_SEQS="4",
+        DSOCR_ENGINE__VLLM__ARGS='{"enforce_eager": true, "seed": 0}',
         DSOCR_LIMITS__MAX_TOKENS="16",
         # vLLM's own multi-process layout, as in production (the other vLLM tests keep the
         # worker in the engine-core process).

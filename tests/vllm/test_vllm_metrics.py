@@ -37,11 +37,11 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     log = tmp_path_factory.mktemp("vllm-metrics") / "serve.log"
     env = dict(os.environ)
     env.update(
-        DSOCR_ENGINE__LOAD_FORMAT="dummy",
+        DSOCR_ENGINE__VLLM__LOAD_FORMAT="dummy",
         DSOCR_ENGINE__SERVED_MODEL_NAME=SERVED,
         DSOCR_ENGINE__MAX_MODEL_LEN="1024",
-        DSOCR_ENGINE__MAX_NUM_SEQS="4",
-        DSOCR_ENGINE__VLLM_ARGS='{"enforce_eager": true, "seed": 0}',
+        DSOCR_ENGINE__VLLM__MAX_NUM_SEQS="4",
+        DSOCR_ENGINE__VLLM__ARGS='{"enforce_eager": true, "seed": 0}',
         DSOCR_LIMITS__MAX_TOKENS="16",
         VLLM_ENABLE_V1_MULTIPROCESSING="1",  # vLLM's production layout: the engine core in its own process
     )
@@ -140,6 +140,8 @@ def test_disable_log_stats_in_vllm_args_turns_vllms_series_off(tiny_model_dir: P
     # Stats on, for the Prometheus logger alone (no periodic throughput lines in the log).
     assert on.disable_log_stats is False
     assert vllm_engine._stat_loggers(on) == [PrometheusStatLogger]
-    opted_out = settings.model_copy(update={"vllm_args": {"disable_log_stats": True}})
+    opted_out = EngineSettings(
+        kind="vllm", model=str(tiny_model_dir), vllm={"args": {"disable_log_stats": True}}
+    )
     off = vllm_engine.vllm_engine_args(opted_out, SERVED, str(tiny_model_dir), 0.5)
     assert vllm_engine._stat_loggers(off) is None

@@ -400,7 +400,8 @@ async def views_engine(engine: Any) -> AsyncIterator[Any]:
     """A second engine, same dummy weights as the session engine, with views built by the model."""
     from dsocr.engine.vllm import VLLMEngine
 
-    eng = VLLMEngine(engine._settings.model_copy(update={"device_views": True}))
+    vllm = engine._settings.vllm.model_copy(update={"device_views": True})
+    eng = VLLMEngine(engine._settings.model_copy(update={"vllm": vllm}))
     await eng.start()
     yield eng
     await eng.close()

@@ -169,7 +169,7 @@ def _run_pipeline(
     kind = config.engine_kind
     engine_settings = _actor_engine_settings(settings.engine)
     pool, cpus_per_actor, gpus_per_actor = _actor_shape(
-        ray, kind, actors, gpus_per_engine=int(engine_settings.data_parallel_size)
+        ray, kind, actors, gpus_per_engine=int(engine_settings.vllm.data_parallel_size)
     )
     dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     pages = dataset.flat_map(
@@ -198,11 +198,13 @@ def _run_pipeline(
 def _actor_engine_settings(settings: EngineSettings) -> EngineSettings:
     """The engine each actor runs: on Ray the actor pool is what spreads work over the GPUs.
 
-    ``replicas`` becomes 1 (one engine per actor) and ``data_parallel_size="all"`` becomes 1 (one
-    GPU per actor); an explicit ``data_parallel_size`` N gives each actor N GPUs.
+    ``replicas`` becomes 1 (one engine per actor) and ``vllm.data_parallel_size="all"`` becomes 1
+    (one GPU per actor); an explicit ``vllm.data_parallel_size`` N gives each actor N GPUs
+    (docs/batch.md and docs/serving.md say so).
     """
-    dp = 1 if settings.data_parallel_size == "all" else settings.data_parallel_size
-    return settings.model_copy(update={"replicas": 1, "data_parallel_size": dp})
+    dp = 1 if settings.vllm.data_parallel_size == "all" else settings.vllm.data_parallel_size
+    vllm = settings.vllm.model_copy(update={"data_parallel_size": dp})
+    return settings.model_copy(update={"replicas": 1, "vllm": vllm})
 
 
 def _actor_shape(
@@ -270,8 +272,8 @@ def _actor_engine(settings: EngineSettings, threads: int) -> Engine:
     if select_engine(settings).kind == "cpu":
         from dsocr.engine.cpu import CpuEngine
 
-        # onnxruntime would otherwise use every core of the node in every actor.
-        return CpuEngine(settings, threads=threads)
+        # Unset, onnxruntime would use every core of the node in every actor: the actor's CPUs.
+        return CpuEngine(settings, threads=settings.cpu.threads or threads)
     return create_engine(settings)
 
 

@@ -5,7 +5,7 @@ and permutes, the relative-position terms); eager PyTorch launches each one as i
 Compiled by inductor they fuse: the encoder takes 14.88 instead of 19.68 ms per A4 Gundam page
 on an H100, but a whole 256-page pass gained 4 % on average over four pairs (−4 to +11 %, inside
 the pass-to-pass spread), and the compile adds 137–147 s to every engine start (bench/README.md,
-session 10), so it is opt-in (``EngineSettings.compile_encoder``). Compiling happens once, at
+session 10), so it is opt-in (``VllmSettings.compile_encoder``). Compiling happens once, at
 engine start (``warm``), for the view sizes that matter (Gundam's 1024² view and 640² tiles); a
 request never waits for a compile: a size that was not warmed runs eager, and a batch shape the
 warmed graphs do not cover runs eager too (torch's ``eager_on_recompile`` stance).

@@ -96,13 +96,13 @@ def create_engine(settings: EngineSettings) -> Engine:
     engines: list[Engine] = []
     for index in range(replicas):
         if selection.kind == "vllm":
-            pinned = {**settings.vllm_args, "device_ids": [index]}
-            one = settings.model_copy(update={"replicas": 1, "vllm_args": pinned})
-        elif selection.kind == "cpu" and settings.cpu_threads is None:
-            # N onnxruntime pools each sized to every core would only fight over the cores.
-            one = settings.model_copy(
-                update={"replicas": 1, "cpu_threads": max(1, (os.cpu_count() or 1) // replicas)}
-            )
+            pinned = settings.vllm.model_copy(update={"args": {**settings.vllm.args, "device_ids": [index]}})
+            one = settings.model_copy(update={"replicas": 1, "vllm": pinned})
+        elif selection.kind == "cpu" and settings.cpu.threads is None:
+            # The documented default: N onnxruntime pools each sized to every core would only
+            # fight over the cores, so unset threads are the cores split between the replicas.
+            shared = settings.cpu.model_copy(update={"threads": max(1, (os.cpu_count() or 1) // replicas)})
+            one = settings.model_copy(update={"replicas": 1, "cpu": shared})
         else:
             one = settings.model_copy(update={"replicas": 1})
         engines.append(_create_one(one, selection))
@@ -127,7 +127,7 @@ def _create_one(settings: EngineSettings, selection: EngineSelection) -> Engine:
     if selection.kind == "fake":
         from dsocr.engine.fake import FakeEngine
 
-        return FakeEngine(delay_s=settings.fake_delay_s)
+        return FakeEngine(delay_s=settings.fake.delay_s)
     if selection.kind == "cpu":
         from dsocr.engine.cpu import CpuEngine, bundled_models_dir
 
@@ -136,7 +136,7 @@ def _create_one(settings: EngineSettings, selection: EngineSelection) -> Engine:
                 "the CPU engine needs rapidocr, which is not installed: pip install 'dsocr[cpu]' "
                 f"({selection.reason})"
             )
-        return CpuEngine(settings, threads=settings.cpu_threads)
+        return CpuEngine(settings, threads=settings.cpu.threads)
     if not vllm_installed():
         raise EngineUnavailable(
             "the vLLM engine was requested but vllm is not installed: pip install 'dsocr[vllm]' on a GPU "

@@ -13,7 +13,7 @@ that failed is not retried elsewhere: its caller gets the error, as with a singl
 
 Uses: one vLLM engine per GPU of a host (``DSOCR_ENGINE__REPLICAS``, each pinned to its GPU by
 ``dsocr.engine.factory``), or N CPU engines. vLLM's own data parallelism is the other way to use
-several GPUs (``DSOCR_ENGINE__DATA_PARALLEL_SIZE``); docs/serving.md compares the two.
+several GPUs (``DSOCR_ENGINE__VLLM__DATA_PARALLEL_SIZE``); docs/serving.md compares the two.
 """
 
 from __future__ import annotations

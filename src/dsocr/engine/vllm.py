@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import functools
 import inspect
-import json
 import logging
 import os
 import time
@@ -40,7 +39,7 @@ from dsocr.errors import (
     ModelNotFound,
 )
 from dsocr.ngram import repetition_score, validate_ngram_params
-from dsocr.settings import EngineSettings
+from dsocr.settings import EngineSettings, encoder_cuda_graphs
 
 __all__ = ["SUPPORTED_MODES", "VLLMEngine", "map_engine_errors", "repeated_ngram_count"]
 
@@ -186,12 +185,12 @@ class VLLMEngine:
         _prepare_environment()
         self._prep = ThreadPoolExecutor(_preprocess_workers(self._settings), thread_name_prefix="dsocr-prep")
         models = [(self._default, self._settings.model)] + [(m, m) for m in self._settings.extra_models]
-        share = self._settings.gpu_memory_utilization / len(models)
+        share = self._settings.vllm.gpu_memory_utilization / len(models)
         try:
             for name, model in models:
                 self._served[name] = await self._build(name, model, share)
             self._started = True
-            if self._settings.self_test:
+            if self._settings.vllm.self_test:
                 for served in self._served.values():
                     self._details[f"ngram_self_test[{served.name}]"] = await self._self_test(served)
                 self._details["ngram_self_test"] = (
@@ -289,16 +288,16 @@ class VLLMEngine:
             self._details[f"ngram_device_history[{name}]"] = "on" if on else "off"
             if not on:
                 logger.warning("n-gram history on the GPU is off for %s: this vLLM's runner lacks it", name)
-        elif self._settings.ngram_device_history:
+        elif self._settings.vllm.ngram_device_history:
             self._details[f"ngram_device_history[{name}]"] = "off"
             logger.warning(
-                "n-gram history on the GPU is off for %s: DSOCR_ENGINE__VLLM_ARGS names its own "
+                "n-gram history on the GPU is off for %s: DSOCR_ENGINE__VLLM__ARGS names its own "
                 "worker_extension_cls (or the engine runs Model Runner V2)",
                 name,
             )
         if (threads := _core_threads(self._settings)) is not None:
             self._details[f"engine_core_threads[{name}]"] = await self._limit_core_threads(llm, args, threads)
-        if self._settings.compile_encoder:
+        if self._settings.vllm.compile_encoder:
             self._details[f"encoder_compile[{name}]"] = await self._compile_encoder(llm, args)
         modes = SUPPORTED_MODES
         pixel_arrays = False
@@ -326,7 +325,7 @@ class VLLMEngine:
         while vLLM loaded the model (bench/README.md, session 12)."""
         if args.worker_extension_cls != _WORKER_EXTENSION:
             logger.warning(
-                "engine_core_threads ignored: DSOCR_ENGINE__VLLM_ARGS names its own worker_extension_cls"
+                "engine_core_threads ignored: DSOCR_ENGINE__VLLM__ARGS names its own worker_extension_cls"
             )
             return "torch's default (worker_extension_cls taken)"
         try:
@@ -341,7 +340,7 @@ class VLLMEngine:
         it eager (slower, same results): a compile is an optimisation, not a dependency."""
         if args.worker_extension_cls != _WORKER_EXTENSION:
             logger.warning(
-                "vision encoder compile is off: DSOCR_ENGINE__VLLM_ARGS names its own worker_extension_cls"
+                "vision encoder compile is off: DSOCR_ENGINE__VLLM__ARGS names its own worker_extension_cls"
             )
             return "off (worker_extension_cls taken)"
         logger.info("compiling the vision encoder (minutes on a machine's first start) ...")
@@ -587,23 +586,23 @@ def vllm_engine_args(settings: EngineSettings, name: str, model: str, memory_sha
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     _prepare_environment()
-    s = settings
+    s, v = settings, settings.vllm
     processor = _ngram_processor()
     args: dict[str, Any] = {
         "model": model,
         "revision": s.revision,
         "served_model_name": name,
-        "load_format": s.load_format,
+        "load_format": v.load_format,
         "max_model_len": s.max_model_len,
-        "max_num_seqs": s.max_num_seqs,
+        "max_num_seqs": v.max_num_seqs,
         "gpu_memory_utilization": memory_share,
-        "kv_cache_dtype": s.kv_cache_dtype,
+        "kv_cache_dtype": v.kv_cache_dtype,
         "enable_prefix_caching": False,
         "mm_processor_cache_gb": 0,
         "limit_mm_per_prompt": {"image": 1},
         "logits_processors": [processor],
         # vLLM's stats on (its engine core counts them), for its vllm:* series in /metrics; which
-        # loggers get them: _stat_loggers. DSOCR_ENGINE__VLLM_ARGS {"disable_log_stats": true}
+        # loggers get them: _stat_loggers. DSOCR_ENGINE__VLLM__ARGS {"disable_log_stats": true}
         # turns them off.
         "disable_log_stats": False,
     }
@@ -614,24 +613,25 @@ def vllm_engine_args(settings: EngineSettings, name: str, model: str, memory_sha
         args["hf_overrides"] = functools.partial(
             modes_module.use_mode_architecture, device_views=_device_views(s)
         )
-    if _device_history(s) or s.compile_encoder or _core_threads(s) is not None:
+    if _device_history(s) or v.compile_encoder or _core_threads(s) is not None:
         # Lets _build switch the V1 runner's per-step host wait off for the n-gram processor
         # (vllm_ngram), compile the vision encoder (vllm_modes) and set torch's CPU threads in
         # the worker.
         args["worker_extension_cls"] = _WORKER_EXTENSION
-    batched_tokens = s.max_num_batched_tokens or _default_batched_tokens()
+    batched_tokens = v.max_num_batched_tokens or _default_batched_tokens()
     if batched_tokens is not None:
         args["max_num_batched_tokens"] = batched_tokens
     # Several GPUs through vLLM's own data parallelism (one engine core per GPU, requests
-    # balanced by queue depth); an explicit DSOCR_ENGINE__VLLM_ARGS entry still wins.
+    # balanced by queue depth). DSOCR_ENGINE__VLLM__ARGS names none of the arguments above that
+    # have their own setting (VllmSettings refuses them); it may replace the rest of the recipe.
     args.update(
-        vllm_parallel_args(resolve_gpu_count(s.data_parallel_size, field="engine.data_parallel_size"))
+        vllm_parallel_args(resolve_gpu_count(v.data_parallel_size, field="engine.vllm.data_parallel_size"))
     )
-    args.update(s.vllm_args)
+    args.update(v.args)
     known = {f for f in inspect.signature(AsyncEngineArgs).parameters}
     unknown = sorted(set(args) - known)
     if unknown:
-        raise ConfigError(f"unknown vLLM engine arguments {unknown} (DSOCR_ENGINE__VLLM_ARGS)")
+        raise ConfigError(f"unknown vLLM engine arguments {unknown} (DSOCR_ENGINE__VLLM__ARGS)")
     try:
         return AsyncEngineArgs(**args)
     except Exception as exc:
@@ -656,7 +656,7 @@ def _stat_loggers(args: Any) -> list[Any] | None:
 
 def vllm_engine_config(settings: EngineSettings, args: Any, usage_context: Any) -> Any:
     """vLLM's ``VllmConfig`` from ``args`` (``vllm_engine_args``), as vLLM builds it for
-    ``usage_context``, with room in the encoder cache for ``settings.encoder_cache_steps`` steps.
+    ``usage_context``, with room in the encoder cache for ``settings.vllm.encoder_cache_steps`` steps.
 
     vLLM sizes the cache that holds the vision encoder's output until the prefill has consumed it
     to one step's token budget and offers no argument for it; the scheduler reads the size from
@@ -666,18 +666,18 @@ def vllm_engine_config(settings: EngineSettings, args: Any, usage_context: Any) 
     scheduler = config.scheduler_config
     one_step = getattr(scheduler, "encoder_cache_size", None)
     if isinstance(one_step, int) and one_step > 0:
-        scheduler.encoder_cache_size = one_step * settings.encoder_cache_steps
+        scheduler.encoder_cache_size = one_step * settings.vllm.encoder_cache_steps
     else:  # a vLLM without it: leave vLLM's own cache alone
         logger.warning("encoder_cache_steps ignored: this vLLM's scheduler config has no encoder_cache_size")
     return config
 
 
 def _core_threads(settings: EngineSettings) -> int | None:
-    """torch's CPU threads for the engine core's worker: ``engine_core_threads`` on a GPU; on a CPU
+    """torch's CPU threads for the engine core's worker: ``vllm.engine_core_threads`` on a GPU; on a CPU
     platform those threads run the model, and vLLM's CPU worker sizes them itself."""
     from vllm.platforms import current_platform
 
-    return settings.engine_core_threads if current_platform.is_cuda_alike() else None
+    return settings.vllm.engine_core_threads if current_platform.is_cuda_alike() else None
 
 
 def _modes_module(*, warn: bool = True) -> Any:
@@ -738,23 +738,14 @@ def _device_views(settings: EngineSettings) -> bool:
 
     ``None`` in the settings: on a GPU (upstream's Pillow views cost 124–143 ms of CPU per A4 page
     in the front process on the H100's host; the H100 builds the same pixels in 2.1 ms,
-    bench/bench_device_views.py), off on vLLM's CPU
-    build, where it would only move that work between processes. Always off with encoder CUDA
-    graphs, whose buffers take upstream's views.
+    bench/bench_device_views.py), off on vLLM's CPU build, where it would only move that work
+    between processes, and off with encoder CUDA graphs, whose buffers take upstream's views
+    (``true`` with those graphs is refused by ``VllmSettings``).
     """
-    compilation = settings.vllm_args.get("compilation_config")
-    if isinstance(compilation, str):
-        with contextlib.suppress(ValueError):
-            compilation = json.loads(compilation)
-    graphs = (
-        compilation.get("cudagraph_mm_encoder")
-        if isinstance(compilation, dict)
-        else getattr(compilation, "cudagraph_mm_encoder", False)
-    )
-    if graphs:
+    if settings.vllm.device_views is not None:
+        return settings.vllm.device_views
+    if encoder_cuda_graphs(settings.vllm.args):
         return False
-    if settings.device_views is not None:
-        return settings.device_views
     from vllm.platforms import current_platform
 
     return bool(current_platform.is_cuda_alike())
@@ -763,11 +754,11 @@ def _device_views(settings: EngineSettings) -> bool:
 def _device_history(settings: EngineSettings) -> bool:
     """Whether the n-gram processor should read last step's tokens on the device: asked for, and
     the processor is the V1 runner's (the V2 runner keeps its own device history)."""
-    return settings.ngram_device_history and _ngram_processor().__name__ == "NGramBanV1"
+    return settings.vllm.ngram_device_history and _ngram_processor().__name__ == "NGramBanV1"
 
 
 def _preprocess_workers(settings: EngineSettings) -> int:
-    return settings.preprocess_workers or min(8, os.cpu_count() or 1)
+    return settings.vllm.preprocess_workers or min(8, os.cpu_count() or 1)
 
 
 def _freeze_startup_heap() -> None:

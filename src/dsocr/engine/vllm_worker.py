@@ -23,7 +23,7 @@ class WorkerExtension:
     def dsocr_set_torch_threads(self, threads: int) -> int:
         """torch's CPU threads (intra-op pools) in this worker set to ``threads``; returns the
         number torch then reports. On a GPU the worker runs only small CPU ops, and by default a
-        pool of one thread per core waits beside it (dsocr.settings.EngineSettings.engine_core_threads)."""
+        pool of one thread per core waits beside it (dsocr.settings.VllmSettings.engine_core_threads)."""
         import torch
 
         torch.set_num_threads(threads)

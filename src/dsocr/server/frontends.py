@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from fastapi import FastAPI
 
 from dsocr.errors import ConfigError, EngineUnavailable
 from dsocr.server.metrics import multiprocess_metrics
+from dsocr.server.workers import listening_socket, stop_on_sigterm
 from dsocr.settings import Settings
 
 __all__ = ["AppFactory", "serve_vllm_frontends"]
@@ -74,7 +74,7 @@ def serve_vllm_frontends(
     if engine.replicas != 1:
         raise ConfigError(
             "--workers > 1 on the vLLM engine shares one engine core; for several GPUs use "
-            "DSOCR_ENGINE__DATA_PARALLEL_SIZE instead of DSOCR_ENGINE__REPLICAS",
+            "DSOCR_ENGINE__VLLM__DATA_PARALLEL_SIZE instead of DSOCR_ENGINE__REPLICAS",
             field="engine.replicas",
         )
     try:
@@ -87,7 +87,7 @@ def serve_vllm_frontends(
     from dsocr.engine.vllm import vllm_engine_args, vllm_engine_config
 
     name = engine.served_model_name or engine.model
-    args = vllm_engine_args(engine, name, engine.model, engine.gpu_memory_utilization)
+    args = vllm_engine_args(engine, name, engine.model, engine.vllm.gpu_memory_utilization)
     args._api_process_count, args._api_process_rank = workers, -1
     from vllm.usage.usage_lib import UsageContext
 
@@ -97,10 +97,10 @@ def serve_vllm_frontends(
         raise EngineUnavailable(f"vLLM could not start {engine.model}: {type(exc).__name__}: {exc}") from exc
     executor_class = Executor.get_class(config)
     frontend_args = _FrontendArgs(settings=settings, app_factory=app_factory, log_level=log_level)
-    sock = _listening_socket(settings.server.host, settings.server.port)
+    sock = listening_socket(settings.server.host, settings.server.port)
     listen_address = f"http://{settings.server.host}:{settings.server.port}"
 
-    with multiprocess_metrics(), _stop_on_sigterm():
+    with multiprocess_metrics(), stop_on_sigterm():
         launched: _Launched | None = None
         try:
             launch = _launch(
@@ -255,30 +255,3 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:
         return None
     return uvloop.new_event_loop
-
-
-def _listening_socket(host: str, port: int) -> socket.socket:
-    """The one socket every front end accepts on (bound before they start: no port race)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        sock = socket.create_server((host, port), family=family, backlog=2048)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}", field="server.port"
-        ) from exc
-    sock.set_inheritable(True)
-    return sock
-
-
-@contextlib.contextmanager
-def _stop_on_sigterm() -> Iterator[None]:
-    """SIGTERM stops the launcher like Ctrl-C: front ends first, then the engine cores."""
-
-    def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
