@@ -597,9 +597,8 @@ async def _retried(
         sampling = engine_request.sampling
         if attempt == 0:
             # A smaller n-gram window catches shorter loops sooner.
-            sampling = replace(
-                sampling, ngram_size=min(sampling.ngram_size or 20, 20), ngram_window=policy.ngram_window
-            )
+            size = min(sampling.ngram_size or policy.ngram_size, policy.ngram_size)
+            sampling = replace(sampling, ngram_size=size, ngram_window=policy.ngram_window)
         else:
             temperatures = policy.temperatures
             sampling = replace(sampling, temperature=temperatures[min(attempt - 1, len(temperatures) - 1)])

@@ -18,7 +18,7 @@ from dsocr.engine.base import SamplingOptions
 from dsocr.errors import InvalidInput, ModelNotFound
 from dsocr.inputs import Source
 from dsocr.outputs import DEFAULT_OUTPUTS, RenderContext, check_outputs
-from dsocr.settings import EngineSettings, Settings
+from dsocr.settings import RETRY_NGRAM_SIZE, EngineSettings, Settings
 
 __all__ = [
     "DEFAULT_MODE",
@@ -41,10 +41,12 @@ StreamKind = Literal["pages", "blocks", "text"]
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryPolicy:
     """What happens to a page that ends on ``length`` or scores as repetitive: up to ``attempts``
-    more tries, first with a smaller n-gram window, then with a temperature schedule (as olmOCR
-    does); a page still flagged after them keeps its flag and warning."""
+    more tries, first with shorter n-grams (at most ``ngram_size``) in a ``ngram_window`` window,
+    then with a temperature schedule (as olmOCR does); a page still flagged after them keeps its
+    flag and warning."""
 
     attempts: int = 0
+    ngram_size: int = RETRY_NGRAM_SIZE
     ngram_window: int = 50
     temperatures: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)
     repetition_threshold: float = 0.3
@@ -54,8 +56,9 @@ class RetryPolicy:
         """The policy the settings configure (``DSOCR_ENGINE__RETRY_*``)."""
         return cls(
             attempts=engine.retry_attempts,
+            ngram_size=RETRY_NGRAM_SIZE,
             ngram_window=engine.retry_ngram_window,
-            temperatures=tuple(engine.retry_temperatures) or (0.2,),
+            temperatures=tuple(engine.retry_temperatures),
             repetition_threshold=engine.repetition_threshold,
         )
 
