@@ -27,9 +27,10 @@ from dsocr.engine.factory import create_engine
 from dsocr.errors import InputTooLarge, InvalidInput
 from dsocr.inputs import BytesSource, Source
 from dsocr.inputs.sources import read_local_file, source_of
-from dsocr.pipeline import PageResult, Pipeline, Run
+from dsocr.pipeline import Pipeline, Run
 from dsocr.progress import progress_bar
 from dsocr.request import build_request
+from dsocr.results import PageResult
 from dsocr.settings import LimitSettings, Settings
 
 __all__ = ["EXIT_PARTIAL", "OcrJob", "OcrOutcome", "run_ocr"]

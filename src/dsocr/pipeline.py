@@ -28,17 +28,26 @@ import time
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeAlias
 
 from PIL import Image
 
 from dsocr import grounding, outputs
 from dsocr.admission import Ticket, page_cost
-from dsocr.engine.base import Engine, EngineOutput, EngineRequest, FinishReason
+from dsocr.engine.base import Engine, EngineOutput, EngineRequest
 from dsocr.errors import DsocrError, EngineError, EngineTimeout, InvalidInput
 from dsocr.inputs import Document, load_document
 from dsocr.request import OcrRequest, RetryPolicy
+from dsocr.results import (
+    BlockFound,
+    PageEvent,
+    PageResult,
+    PageStarted,
+    PageTimings,
+    TextDelta,
+    Usage,
+)
 from dsocr.settings import FetchSettings, LimitSettings
 from dsocr.types import Block, ParsedOutput
 
@@ -76,66 +85,6 @@ BlockCallback: TypeAlias = Callable[[Block], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Usage:
-    """Token counts. ``vision_tokens`` is the part of ``prompt_tokens`` that the image took."""
-
-    prompt_tokens: int = 0
-    vision_tokens: int = 0
-    completion_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        """Prompt plus completion tokens."""
-        return self.prompt_tokens + self.completion_tokens
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
-            vision_tokens=self.vision_tokens + other.vision_tokens,
-            completion_tokens=self.completion_tokens + other.completion_tokens,
-        )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PageTimings:
-    """Seconds spent on one page. Engine figures are ``None`` where the engine cannot tell."""
-
-    load_s: float = 0.0  # decode / rasterise (documents only; 0 for an image passed in)
-    queue_s: float | None = None  # waiting in the engine before the first step
-    first_token_s: float | None = None
-    engine_s: float = 0.0  # the engine call as seen by the pipeline
-    post_s: float = 0.0  # parse + crops + visualization
-    total_s: float = 0.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PageResult:
-    """The outcome of one page. Exactly one of ``parsed`` and ``error`` is set.
-
-    ``page`` is 1-based (1 for a single image). ``drawn`` holds what the request's output formats
-    computed from the page image (figure crops, the visualization …), by format name.
-    """
-
-    page: int
-    request_id: str
-    parsed: ParsedOutput | None = None
-    error: DsocrError | None = None
-    image_size: tuple[int, int] | None = None
-    usage: Usage = field(default_factory=Usage)
-    finish_reason: FinishReason | None = None
-    repetition_score: float | None = None
-    repetitive: bool = False
-    warnings: tuple[str, ...] = ()
-    timings: PageTimings = field(default_factory=PageTimings)
-    drawn: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        """True when the page produced output."""
-        return self.error is None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class PageInput:
     """One page, loaded only when its turn comes.
 
@@ -161,36 +110,6 @@ def document_pages(document: Document) -> list[PageInput]:
         )
         for index in document.page_indices
     ]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PageStarted:
-    """Event: results for ``page`` follow (its deltas or blocks, then its :class:`PageResult`)."""
-
-    page: int
-    request_id: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TextDelta:
-    """Event (``stream="text"``): text the engine generated for ``page`` since the last delta."""
-
-    page: int
-    text: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BlockFound:
-    """Event (``stream="blocks"``): a grounded block of ``page`` is complete in the output so far.
-
-    Streamed blocks are previews; the authoritative list is the page's final ``parsed.blocks``.
-    """
-
-    page: int
-    block: Block
-
-
-PageEvent: TypeAlias = PageStarted | TextDelta | BlockFound | PageResult
 
 
 class Admission(Protocol):

@@ -30,7 +30,7 @@ from typing import Any
 from dsocr.errors import DsocrError
 from dsocr.outputs import RenderContext, page_json
 from dsocr.outputs.markdown import relink_crops
-from dsocr.pipeline import PageResult
+from dsocr.results import PageResult
 
 __all__ = [
     "PAGE_SPLIT",

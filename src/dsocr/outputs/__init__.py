@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 from dsocr.errors import InvalidInput
 from dsocr.outputs import blocks, crops, json_file, layout_pdf, markdown, raw, text, truss, visualization
 from dsocr.outputs.base import FileContext, Output, RenderContext
+from dsocr.results import PageResult, Usage
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from dsocr.pipeline import PageResult, Usage
     from dsocr.types import ParsedOutput
 
 __all__ = [
@@ -166,8 +166,6 @@ def document_json(
     results: Sequence[PageResult], names: Collection[str], context: RenderContext
 ) -> dict[str, Any]:
     """A document as JSON: what was run, the named formats' document fields, the pages, usage."""
-    from dsocr.pipeline import Usage
-
     total = Usage()
     for result in results:
         total = total + result.usage

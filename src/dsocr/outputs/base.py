@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from PIL import Image
 
-    from dsocr.pipeline import PageResult
+    from dsocr.results import PageResult
     from dsocr.types import ParsedOutput
 
 __all__ = ["FileContext", "Output", "RenderContext"]

@@ -8,7 +8,7 @@ from dsocr.grounding import blocks_to_json
 from dsocr.outputs.base import Output, RenderContext
 
 if TYPE_CHECKING:
-    from dsocr.pipeline import PageResult
+    from dsocr.results import PageResult
 
 __all__ = ["OUTPUT"]
 

@@ -11,7 +11,7 @@ from dsocr.outputs.png import png_base64
 if TYPE_CHECKING:
     from PIL import Image
 
-    from dsocr.pipeline import PageResult
+    from dsocr.results import PageResult
     from dsocr.types import ParsedOutput
 
 __all__ = ["OUTPUT"]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from dsocr.outputs.base import FileContext, Output
 
 if TYPE_CHECKING:
-    from dsocr.pipeline import PageResult
+    from dsocr.results import PageResult
 
 __all__ = ["OUTPUT"]
 
@@ -18,7 +18,7 @@ _FIELDS = ("markdown", "text", "blocks")
 
 
 def _file(results: Sequence[PageResult], context: FileContext) -> bytes:
-    from dsocr.outputs import document_json
+    from dsocr.outputs import document_json  # here: the registry in dsocr.outputs imports this module
 
     document = {"source": context.source, **document_json(results, _FIELDS, context.render)}
     return (json.dumps(document, ensure_ascii=False, indent=2) + "\n").encode("utf-8")

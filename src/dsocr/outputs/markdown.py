@@ -11,7 +11,7 @@ from dsocr.grounding.markdown import join_markdown
 from dsocr.outputs.base import FileContext, Output, RenderContext
 
 if TYPE_CHECKING:
-    from dsocr.pipeline import PageResult
+    from dsocr.results import PageResult
 
 __all__ = ["OUTPUT", "crop_offsets", "relink_crops"]
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from dsocr.outputs.base import Output, RenderContext
 
 if TYPE_CHECKING:
-    from dsocr.pipeline import PageResult
+    from dsocr.results import PageResult
 
 __all__ = ["OUTPUT"]
 

@@ -14,7 +14,7 @@ from dsocr import grounding
 from dsocr.outputs.base import Output, RenderContext
 
 if TYPE_CHECKING:
-    from dsocr.pipeline import PageResult
+    from dsocr.results import PageResult
 
 __all__ = ["OUTPUT", "TYPED_ADDITIONS"]
 
@@ -22,7 +22,7 @@ TYPED_ADDITIONS = ("blocks", "markdown", "usage", "finish_reason", "repetitive",
 
 
 def _page(result: PageResult, context: RenderContext) -> dict[str, Any] | None:
-    from dsocr.outputs import page_json
+    from dsocr.outputs import page_json  # here: the registry in dsocr.outputs imports this module
 
     if result.parsed is None:
         return None

@@ -11,7 +11,7 @@ from dsocr.render.overlay import draw_blocks
 if TYPE_CHECKING:
     from PIL import Image
 
-    from dsocr.pipeline import PageResult
+    from dsocr.results import PageResult
     from dsocr.types import ParsedOutput
 
 __all__ = ["OUTPUT"]

@@ -31,7 +31,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dsocr.pipeline import PageResult
+from dsocr.results import PageResult
 
 __all__ = ["Metrics", "MetricsMiddleware", "multiprocess_metrics"]
 

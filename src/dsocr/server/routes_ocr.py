@@ -29,8 +29,9 @@ from dsocr.errors import InvalidInput, UnsupportedMediaType
 from dsocr.grounding import block_to_json
 from dsocr.inputs import BytesSource, Source
 from dsocr.inputs.sources import SourceKind, one_source
-from dsocr.pipeline import BlockFound, PageResult, PageStarted, Pipeline, Run
+from dsocr.pipeline import Pipeline, Run
 from dsocr.request import DEFAULT_MODE, build_request
+from dsocr.results import BlockFound, PageResult, PageStarted
 from dsocr.server.deps import AppState, app_state, ready_pipeline, require_api_key
 from dsocr.server.errors import dsocr_error_body, request_id_of
 from dsocr.server.openapi import error_responses

@@ -58,8 +58,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from dsocr.engine.base import FinishReason
 from dsocr.errors import InvalidInput, ModelNotFound
 from dsocr.inputs.sources import source_of
-from dsocr.pipeline import PageEvent, PageResult, Run, TextDelta, Usage
+from dsocr.pipeline import Run
 from dsocr.request import OcrRequest, build_request, model_name, route_model, served_model_names
+from dsocr.results import PageEvent, PageResult, TextDelta, Usage
 from dsocr.server.deps import AppState, app_state, ready_pipeline, require_api_key
 from dsocr.server.errors import (
     dsocr_error_body,

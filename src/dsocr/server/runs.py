@@ -20,8 +20,9 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from dsocr.errors import DsocrError, EngineError, InvalidInput, UnsupportedMediaType
-from dsocr.pipeline import PageResult, Pipeline, Run
+from dsocr.pipeline import Pipeline, Run
 from dsocr.request import OcrRequest
+from dsocr.results import PageResult
 from dsocr.server.errors import unparsable_body
 from dsocr.server.metrics import Metrics
 
