@@ -130,45 +130,34 @@ _NOT_IN_PAGE_FILES = ("timings", "request_id", "ok", "repetition_score", "crops"
 
 
 def page_artifacts(result: PageResult, *, page: int) -> PageArtifacts:
-    """The files of one pipeline result, numbered as document page ``page`` (1-based)."""
-    if result.error is not None:
-        return failed_artifacts(page, result.error, image_size=result.image_size)
+    """The files of one pipeline result, numbered as document page ``page`` (1-based).
+
+    A failed page gets its JSON only, with the error and empty markdown and blocks.
+    """
     context = RenderContext(request_id=result.request_id, model="", prompt="")
-    fields = {
-        k: v for k, v in page_json(result, _PAGE_FIELDS, context).items() if k not in _NOT_IN_PAGE_FILES
-    }
+    page_fields = page_json(result, _PAGE_FIELDS, context)
+    record: dict[str, Any] = {k: v for k, v in page_fields.items() if k not in _NOT_IN_PAGE_FILES}
+    record["page"] = page
     crops = tuple(base64.b64decode(crop) for crop in result.drawn.get("crops", ()))
     picture = result.drawn.get("visualization")
     overlay = None if picture is None else base64.b64decode(picture)
-    record: dict[str, Any] = {
-        **fields,
-        "page": page,
-        "markdown": relink_crops(fields["markdown"], lambda index: f"images/{crop_name(page, index)}"),
-        "crops": [f"images/{crop_name(page, i)}" for i in range(len(crops))],
-        "overlay": None if overlay is None else f"overlays/{page}.png",
-        "error": None,
-    }
+    if result.parsed is not None:
+        record["markdown"] = relink_crops(
+            record["markdown"], lambda index: f"images/{crop_name(page, index)}"
+        )
+    else:
+        # Every page file has the same keys; a failed page's are empty.
+        record.update(markdown="", blocks=[])
+    record["crops"] = [f"images/{crop_name(page, i)}" for i in range(len(crops))]
+    record["overlay"] = None if overlay is None else f"overlays/{page}.png"
     return PageArtifacts(page=page, record=record, crops=crops, overlay=overlay)
 
 
 def failed_artifacts(
     page: int, error: DsocrError, *, image_size: tuple[int, int] | None = None
 ) -> PageArtifacts:
-    """The files of a page that produced no output: a JSON naming the error."""
-    record: dict[str, Any] = {
-        "page": page,
-        "image_size": None if image_size is None else list(image_size),
-        "blocks": [],
-        "markdown": "",
-        "usage": None,
-        "finish_reason": None,
-        "repetitive": False,
-        "warnings": [],
-        "crops": [],
-        "overlay": None,
-        "error": error.to_dict(),
-    }
-    return PageArtifacts(page=page, record=record)
+    """The files of a page that failed before the pipeline had a result for it (a render failure)."""
+    return page_artifacts(PageResult(page=page, request_id="", error=error, image_size=image_size), page=page)
 
 
 def page_json_path(doc_dir: Path, page: int) -> Path:

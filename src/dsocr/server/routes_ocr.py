@@ -168,7 +168,13 @@ async def ocr(
     state: Annotated[AppState, Depends(app_state)],
     pipeline: Annotated[Pipeline, Depends(ready_pipeline)],
 ) -> Response:
-    """The native API: one image or PDF in, per-page typed results out (see the module docstring)."""
+    """The native API: one image or PDF in, per-page typed results out.
+
+    JSON or multipart (the file as ``file``). With ``stream: true`` or ``Accept:
+    text/event-stream`` the answer is server-sent events: ``page.start``, ``block`` (grounded
+    prompts, as produced), ``page.done`` (a page, as in the JSON answer), then ``done`` (request
+    id, page count, failed pages, usage, markdown/text), or ``error`` after the first byte.
+    """
     body, source = await _parse_ocr_body(request)
     wants_stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
     ocr_request = build_request(

@@ -164,7 +164,8 @@ ContentPart = Annotated[ImagePart | TextPart, Field(discriminator="type")]
 
 
 class ChatMessage(BaseModel):
-    """One chat message. Only ``user`` messages carry work; see :func:`to_chat_job`."""
+    """One chat message. One ``user`` message carries the work: one image_url part, and optionally
+    a text part with a preset name or a prompt."""
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
