@@ -101,6 +101,10 @@ class Failure(Exception):
     """A server, a phase or the client failed: that measurement has no result."""
 
 
+class Stopped(Failure):
+    """The run was told to stop (SIGTERM): nothing more may start."""
+
+
 def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
@@ -300,7 +304,7 @@ def on_sigterm(*_: object) -> None:
     for pgid in RUNNING:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
-    raise Failure("stopped by SIGTERM; the running processes were killed")
+    raise Stopped("stopped by SIGTERM; the running processes were killed")
 
 
 def run_client(
@@ -310,11 +314,21 @@ def run_client(
     ``plain``: OpenAI fields only (dsocr); else also vLLM's own (``ignore_eos``, ``vllm_xargs``)."""
     cmd = [sys.executable, str(client), "x", "--base", base, "--model-name", model_name]
     cmd += ["--pages", str(pages), "--tokens", str(tokens), *(["--plain"] if plain else [])]
+    # Its own group, like a server's: its 8 client processes go with it when the run is stopped.
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    RUNNING.add(proc.pid)
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        output = proc.communicate(timeout=timeout_s)[0]
     except subprocess.TimeoutExpired as e:
         raise Failure(f"client ran over {timeout_s:.0f} s") from e
-    results = [line.split(" ", 1)[1] for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode != 0 or not results:
-        raise Failure(f"client failed (status {done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        RUNNING.discard(proc.pid)
+    results = [line.split(" ", 1)[1] for line in output.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not results:
+        raise Failure(f"client failed (status {proc.returncode}):\n{output[-3000:]}")
     return dict(json.loads(results[-1]))
