@@ -14,8 +14,8 @@ done, and the same command goes on with the rest).
 
 On the vLLM engine the random dummy weights emit EOS at random, and the HTTP API refuses
 ``ignore_eos``; so the server process forces the length of requests asking exactly ``--tokens``
-(``ignore_eos`` set on their vLLM ``SamplingParams``, the same as gpu_throughput.py's
-``ForcedLength``). dsocr's ``dsocr_modes`` vLLM plugin (its DeepSeek-OCR subclass: all modes, views
+(``ignore_eos`` set on their vLLM ``SamplingParams``: ``serve_harness.BOOT``, which patches vLLM,
+not dsocr). dsocr's ``dsocr_modes`` vLLM plugin (its DeepSeek-OCR subclass: all modes, views
 built on the GPU) is registered for each tree through a generated entry-point folder on
 ``PYTHONPATH``, as ``pip install dsocr`` would register it; ``--no-plugin`` leaves it out.
 
@@ -26,256 +26,32 @@ built on the GPU) is registered for each tree through a generated entry-point fo
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-PAGE_PIXELS = 1190 * 1684  # the client's synthetic A4 page
-
-# Run by the server process instead of ``-m dsocr``: installs the length forcing when vLLM's
-# AsyncLLM module is first imported (dsocr imports vLLM lazily, after setting its environment),
-# then runs ``python -m dsocr serve``. argv[1]: the forced length, 0 for none.
-BOOT = r"""
-import importlib.abc, runpy, sys
-
-TOKENS = int(sys.argv[1])
-
-def force(cls):
-    generate = cls.generate
-    def forced(self, prompt, sampling_params, *args, **kwargs):
-        if getattr(sampling_params, "max_tokens", None) == TOKENS:
-            sampling_params.ignore_eos = True
-        return generate(self, prompt, sampling_params, *args, **kwargs)
-    cls.generate = forced
-    print(f"ab_http: requests of {TOKENS} tokens run to full length (ignore_eos)", file=sys.stderr)
-
-class ForceOnImport(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name != "vllm.v1.engine.async_llm":
-            return None
-        for finder in sys.meta_path:
-            find = None if finder is self else getattr(finder, "find_spec", None)
-            spec = find(name, path, target) if find else None
-            if spec is not None:
-                break
-        else:
-            return None
-        exec_module = spec.loader.exec_module
-        def exec_and_force(module):
-            exec_module(module)
-            force(module.AsyncLLM)
-        spec.loader.exec_module = exec_and_force
-        return spec
-
-if TOKENS:
-    sys.meta_path.insert(0, ForceOnImport())
-sys.argv = ["dsocr", "serve"]
-runpy.run_module("dsocr", run_name="__main__", alter_sys=True)
-"""
-
-# Run with a tree's PYTHONPATH: where its dsocr lives and every setting's dotted path, so that
-# the environment names follow the tree's own settings layout.
-PROBE = r"""
-import json, typing
-import dsocr, dsocr.settings as s
-from pydantic import BaseModel
-
-def section(annotation):
-    for a in (annotation, *typing.get_args(annotation)):
-        if isinstance(a, type) and issubclass(a, BaseModel):
-            return a
-    return None
-
-def walk(model, path):
-    for name, field in model.model_fields.items():
-        sub = section(field.annotation)
-        yield from walk(sub, [*path, name]) if sub is not None else [".".join([*path, name])]
-
-print(json.dumps({"file": dsocr.__file__, "fields": sorted(walk(s.Settings, []))}))
-"""
-
-PLUGIN_ENTRY_POINTS = "[vllm.general_plugins]\ndsocr_modes = dsocr.engine.vllm_modes:register\n"
-
-
-class Failure(Exception):
-    """A server or the client failed: the A/B has no result."""
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def python_path(*entries: str) -> str:
-    return os.pathsep.join([*entries, *filter(None, [os.environ.get("PYTHONPATH")])])
-
-
-class Tree:
-    """One source tree: its dsocr, and the environment names its settings understand."""
-
-    def __init__(self, label: str, src: Path, work: Path, plugin: bool) -> None:
-        self.label, self.src = label, src.resolve()
-        if not (self.src / "dsocr" / "__init__.py").is_file():
-            raise Failure(f"--{label} {src}: no dsocr package there (give a checkout's src folder)")
-        self.paths = [str(self.src)]
-        if plugin and (self.src / "dsocr" / "engine" / "vllm_modes.py").is_file():
-            info = work / f"plugin_{label}" / "dsocr_ab_modes-0.dist-info"
-            info.mkdir(parents=True, exist_ok=True)
-            (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dsocr-ab-modes\nVersion: 0\n")
-            (info / "entry_points.txt").write_text(PLUGIN_ENTRY_POINTS)
-            self.paths.append(str(info.parent))
-        env = {**os.environ, "PYTHONPATH": python_path(*self.paths)}
-        probe = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True)
-        if probe.returncode != 0:
-            raise Failure(f"{label}: reading {self.src}'s settings failed:\n{probe.stderr[-2000:]}")
-        found = json.loads(probe.stdout.strip().splitlines()[-1])
-        if not Path(found["file"]).resolve().is_relative_to(self.src):
-            raise Failure(f"{label}: dsocr imports from {found['file']}, not from {self.src}")
-        self.fields: list[str] = found["fields"]
-
-    def env_name(self, dotted: str, required: bool = True) -> str | None:
-        """``DSOCR_ENGINE__LOAD_FORMAT`` for ``engine.load_format``, or wherever the tree moved it
-        (``engine.vllm.load_format``, say): the one field of that name in its section, else
-        anywhere. ``a|b``: the first of two spellings that the tree has."""
-        for spelling in dotted.split("|"):
-            section, name = spelling.split(".", 1)[0], spelling.rsplit(".", 1)[-1]
-            for candidates in (
-                [f for f in self.fields if f == spelling],
-                [f for f in self.fields if f.startswith(section + ".") and f.endswith("." + name)],
-                [f for f in self.fields if f.endswith("." + name)],
-            ):
-                if len(candidates) == 1:
-                    return "DSOCR_" + candidates[0].replace(".", "__").upper()
-                if len(candidates) > 1:
-                    break
-        if required:
-            raise Failure(
-                f"{self.label}: no single setting {dotted!r} in {self.src} ({len(self.fields)} fields)"
-            )
-        print(f"note: {self.label}: setting {dotted} not found, left at its default", file=sys.stderr)
-        return None
-
-    def server_env(self, args: argparse.Namespace, port: int) -> dict[str, str]:
-        wanted: dict[str, tuple[str, bool]] = {
-            "engine.kind": (args.engine, True),
-            "server.host": ("127.0.0.1", True),
-            "server.port": (str(port), True),
-            # Room for the whole load, so that no page is refused or times out: this measures speed.
-            "limits.max_tokens": (str(max(args.tokens, 8192)), False),
-            "limits.request_timeout_s": ("3600", False),
-            "limits.max_queue": (str(max(512, 2 * args.pages)), False),
-            "limits.max_inflight_pixels": (str(max(600_000_000, 2 * (args.pages + 8) * PAGE_PIXELS)), False),
-            "limits.admission_wait_s": ("600", False),
-            "server.max_concurrency": (str(max(256, args.pages + 16)), False),
-        }
-        if args.engine == "vllm":
-            wanted |= {"engine.model": (args.model, True), "engine.load_format": ("dummy", True)}
-        elif args.fake_delay_s:
-            wanted["engine.fake.delay_s|engine.fake_delay_s"] = (str(args.fake_delay_s), True)
-        env = {**os.environ, "PYTHONPATH": python_path(*self.paths)}
-        for dotted, (value, required) in wanted.items():
-            name = self.env_name(dotted, required)
-            if name is not None:
-                env[name] = value
-        for item in args.env:
-            key, value = item.split("=", 1)
-            env[key] = value
-        return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def get_json(url: str) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-
-
-def wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path, limit_s: float) -> dict[str, Any]:
-    deadline, last = time.monotonic() + limit_s, None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise Failure(f"server exited with status {proc.returncode} before ready; log tail:\n{tail(log)}")
-        with contextlib.suppress(OSError, ValueError):
-            status, last = get_json(base + "/ready")
-            if status == 200:
-                return dict(last)
-        time.sleep(1)
-    raise Failure(f"server not ready in {limit_s:.0f} s (last /ready: {last}); log tail:\n{tail(log)}")
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether any process of the group still runs (Linux; zombies are left to their parent)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
-
-
-RUNNING: set[int] = set()  # process groups of servers started and not yet stopped
-
-
-def stop(proc: subprocess.Popen[bytes], grace_s: float) -> None:
-    """Ctrl-C to the server, then SIGTERM and SIGKILL to its group until none of it is left: the
-    next pass needs the GPU memory of this one's engine core."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(grace_s)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        deadline = time.monotonic() + 15
-        if group_alive(proc.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-        while group_alive(proc.pid) and time.monotonic() < deadline:
-            proc.poll()
-            time.sleep(0.2)
-    proc.poll()
-    RUNNING.discard(proc.pid)
-    if group_alive(proc.pid):
-        print(f"warning: processes of group {proc.pid} survive SIGKILL", file=sys.stderr)
-
-
-def on_sigterm(*_: object) -> None:
-    """A device call's time limit sends SIGTERM, and SIGKILL soon after: no time for a graceful
-    stop, and a server left behind would hold the GPU for the next call."""
-    for pgid in RUNNING:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-    raise Failure("stopped by SIGTERM; the running server was killed")
-
-
-def run_client(args: argparse.Namespace, base: str, model_name: str) -> dict[str, Any]:
-    cmd = [sys.executable, str(args.client), "x", "--base", base, "--plain", "--model-name", model_name]
-    cmd += ["--pages", str(args.pages), "--tokens", str(args.tokens)]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.client_timeout)
-    except subprocess.TimeoutExpired as e:
-        raise Failure(f"client ran over {args.client_timeout} s") from e
-    results = [line.split(" ", 1)[1] for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode != 0 or not results:
-        raise Failure(f"client failed (status {done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
-    return dict(json.loads(results[-1]))
+from serve_harness import (
+    BOOT,
+    Failure,
+    Tree,
+    engine_settings,
+    find_client,
+    free_port,
+    get_json,
+    on_sigterm,
+    run_client,
+    server_settings,
+    start,
+    stop,
+    wait_ready,
+)
 
 
 def run_pass(tree: Tree, index: int, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
@@ -283,25 +59,21 @@ def run_pass(tree: Tree, index: int, args: argparse.Namespace, logs: Path) -> di
     base = f"http://127.0.0.1:{port}"
     log = logs / f"server_{index}_{tree.label}.log"
     forced = args.tokens if args.engine == "vllm" else 0
+    settings = engine_settings(args.engine, args.model, args.fake_delay_s)
+    env = tree.env({**settings, **server_settings(port, args.pages, args.tokens)}, args.env)
     print(f"pass {index} ({tree.label}): starting the server on port {port}, log {log}", file=sys.stderr)
-    with log.open("wb") as out:
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            [sys.executable, "-c", BOOT, str(forced)],
-            env=tree.server_env(args, port),
-            cwd=logs,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # one group: the server, its engine core, their helpers
+    started = time.monotonic()
+    proc = start([sys.executable, "-c", BOOT, str(forced), "serve"], env, log)
+    try:
+        ready = wait_ready(base + "/ready", proc, log, args.ready_timeout)
+        start_s = time.monotonic() - started
+        models = get_json(base + "/v1/models")[1]["data"]
+        model, timeout_s = models[0]["id"], args.client_timeout
+        result = run_client(
+            args.client, base, model, args.pages, args.tokens, plain=True, timeout_s=timeout_s
         )
-        RUNNING.add(proc.pid)
-        try:
-            ready = wait_ready(base, proc, log, args.ready_timeout)
-            start_s = time.monotonic() - started
-            models = get_json(base + "/v1/models")[1]["data"]
-            result = run_client(args, base, models[0]["id"])
-        finally:
-            stop(proc, args.grace)
+    finally:
+        stop(proc, args.grace)
     tokens_per_page = result["out_tok_per_s"] * result["wall_s"] / result["pages"]
     if tokens_per_page < 0.98 * args.tokens:
         print(f"warning: {tokens_per_page:.0f} output tokens per page, not {args.tokens}", file=sys.stderr)
@@ -312,7 +84,7 @@ def run_pass(tree: Tree, index: int, args: argparse.Namespace, logs: Path) -> di
         "wall_s": result["wall_s"],
         "tokens_per_page": round(tokens_per_page),
         "server_start_s": round(start_s, 1),
-        "modes": ready.get("engine", {}).get("modes"),
+        "modes": (ready or {}).get("engine", {}).get("modes"),
         "src": str(tree.src),
     }
 
@@ -377,12 +149,10 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, help="start no pass that would end after this many seconds")
     ap.add_argument("--log-dir", type=Path, help="server logs (default $OUT, else a temporary folder)")
     args = ap.parse_args()
-    # ../shared stays behind on the device: there the client travels in a carried folder.
-    name = "bench_vllm_serve.py"
-    clients = [args.client] if args.client else [REPO.parent / "shared/gpu" / name, REPO / ".gpu/bin" / name]
-    args.client = next((c for c in clients if c.is_file()), clients[0])
-    if not args.client.is_file():
-        raise SystemExit(f"client not found: {args.client} (--client)")
+    try:  # ../shared stays behind on the device: there the client travels in a carried folder
+        args.client = find_client(args.client)
+    except Failure as e:
+        raise SystemExit(str(e)) from None
     if any("=" not in item for item in args.env):
         raise SystemExit("--env takes KEY=VALUE")
     signal.signal(signal.SIGTERM, on_sigterm)
