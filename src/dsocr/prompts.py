@@ -15,8 +15,9 @@ or from a free prompt:
   ``"<image>\\nRead it."``: one text field that takes a preset name or a free prompt (``/predict``'s
   ``prompt``, a chat message's text part), so a preset name means the same on every route
 
-One image per request is the supported contract (§1.2, issue #190), so a prompt with more than one
-``<image>`` is rejected rather than silently sent with a single image.
+One image per request is the supported contract (all official usage is single-image, and
+multi-image prompts are reported not to work: https://github.com/deepseek-ai/DeepSeek-OCR/issues/190),
+so a prompt with more than one ``<image>`` is rejected rather than silently sent with a single image.
 """
 
 from __future__ import annotations

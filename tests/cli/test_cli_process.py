@@ -78,7 +78,7 @@ def test_an_engine_flag_overrides_the_environment(blank_png: Path) -> None:
     [
         ("DSOCR_ENGINE__KIND", "bogus"),
         ("DSOCR_LIMITS__MAX_TOKENS", "lots"),
-        # List and dict settings are JSON; a parse failure used to end in a traceback.
+        # List and dict settings are JSON: a parse failure is a usage error too, not a traceback.
         ("DSOCR_SERVER__API_KEYS", "[not json"),
         ("DSOCR_ENGINE__VLLM__ARGS", "enforce_eager"),
     ],

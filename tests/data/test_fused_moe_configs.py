@@ -17,8 +17,8 @@ def _configs() -> list[tuple[str, dict[str, Any]]]:
 
 def test_h100_and_h200_configs_for_deepseek_ocr_moe_are_shipped_under_the_names_vllm_looks_for() -> None:
     names = [name for name, _ in _configs()]
-    # The exact files vLLM 0.26.0 reported missing (bench/logs/gpu_throughput_h100_*.log,
-    # bench/logs/gpu_s3_6_h200_moe_default.log).
+    # The exact names vLLM 0.26.0 looks for on these GPUs (its "Config file not found at …" log
+    # line names them when they are missing).
     assert "E=64,N=896,device_name=NVIDIA_H100_80GB_HBM3.json" in names
     assert "E=64,N=896,device_name=NVIDIA_H200.json" in names
 

@@ -12,8 +12,8 @@ from dsocr.grounding import parse, parse_coordinates
 @pytest.mark.parametrize(
     ("literal", "expected"),
     [
-        ("[[550, s 331, 652, 345]]", [(550, 331, 652, 345)]),  # issue #278
-        ("[[117, - 325, 500, 392]]", [(117, 325, 500, 392)]),  # issue #278: stray sign ignored
+        ("[[550, s 331, 652, 345]]", [(550, 331, 652, 345)]),  # a stray letter, as in real outputs
+        ("[[117, - 325, 500, 392]]", [(117, 325, 500, 392)]),  # a stray sign, ignored
         ("[60, 400, 940, 430]", [(60, 400, 940, 430)]),  # single-bracket list
         ("[[1, 2, 3, 4, 5, 6, 7, 8]]", [(1, 2, 3, 4), (5, 6, 7, 8)]),  # flat list of two boxes
         ("[[10.5, 20, 30.9, 40]]", [(10, 20, 30, 40)]),

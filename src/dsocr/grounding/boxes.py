@@ -1,9 +1,10 @@
 """Coordinate lists between ``<|det|>`` tags → boxes on the 0–999 grid, and grid → pixels.
 
 The model writes ``[[x1, y1, x2, y2], ...]``; real outputs also hold stray letters and signs
-(``[[550, s 331, 652, 345]]``, ``[[117, - 325, 500, 392]]``, issue #278), single-bracket lists
-and lists cut off by ``max_tokens``. A minus sign against its digits (``-5``) makes the number
-negative, so it clamps to 0; one standing apart (``- 325``) is a stray sign and ignored. Nothing
+(``[[550, s 331, 652, 345]]``, ``[[117, - 325, 500, 392]]``, reported upstream:
+https://github.com/deepseek-ai/DeepSeek-OCR/issues/278), single-bracket lists and lists cut off
+by ``max_tokens``. A minus sign against its digits (``-5``) makes the number negative, so it
+clamps to 0; one standing apart (``- 325``) is a stray sign and ignored. Nothing
 here evaluates model text: numbers are read with a regex and the shape is checked by hand.
 """
 

