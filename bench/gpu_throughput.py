@@ -1185,6 +1185,7 @@ def run_frontends(settings_path: str, workers: int, tokens: int) -> None:
     from functools import partial
 
     from dsocr.server.frontends import serve_vllm_frontends
+
     from dsocr.settings import Settings
 
     settings = Settings.model_validate_json(Path(settings_path).read_text())

