@@ -80,10 +80,6 @@ class VllmSettings(_Section):
     # (dsocr.engine.page_views). ``None``: on where vLLM runs on a GPU, off with encoder CUDA graphs
     # (``compilation_config.cudagraph_mm_encoder`` in ``args``), whose buffers take upstream's views.
     device_views: bool | None = None
-    # On a GPU: SAM (the vision encoder's first half) torch.compile'd for Gundam's view sizes at
-    # start (dsocr.engine.encoder_compile). Off by default: it adds 137-147 s to every start for a
-    # gain inside the pass-to-pass spread on the H100 (bench/README.md, session 10).
-    compile_encoder: bool = False
     load_format: str = "auto"
     # Prove at start-up that repetition control is active (see dsocr.engine.vllm).
     self_test: bool = True
@@ -99,7 +95,7 @@ class VllmSettings(_Section):
     # Extra keyword arguments for vLLM's AsyncEngineArgs (enforce_eager, kv_cache_memory_bytes,
     # ...). An argument that has its own setting above (or at engine level) is refused here, so
     # that each knob has one place. Naming a ``worker_extension_cls`` of your own turns off what
-    # needs dsocr's (compile_encoder, ngram_device_history, engine_core_threads).
+    # needs dsocr's (ngram_device_history, engine_core_threads).
     args: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -129,7 +125,7 @@ class VllmSettings(_Section):
             return self
         asked = [
             f"DSOCR_ENGINE__VLLM__{name.upper()}"
-            for name in ("compile_encoder", "ngram_device_history", "engine_core_threads")
+            for name in ("ngram_device_history", "engine_core_threads")
             if name in self.model_fields_set and getattr(self, name) not in (False, None)
         ]
         if asked:
@@ -203,7 +199,6 @@ _MOVED_ENGINE_SETTINGS: dict[str, str] = {
             "kv_cache_dtype",
             "preprocess_workers",
             "device_views",
-            "compile_encoder",
             "load_format",
             "self_test",
             "ngram_device_history",

