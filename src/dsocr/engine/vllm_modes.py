@@ -81,7 +81,6 @@ __all__ = [
     "DsocrDeepseekOCRForCausalLM",
     "device_views",
     "device_views_on",
-    "flat_pixels",
     "mode_for_kwargs",
     "modes_for",
     "register",
@@ -267,7 +266,7 @@ class DeviceViewsProcessor(DeepseekOCRProcessor):  # type: ignore[misc]
         return BatchFeature(
             data={
                 "input_ids": torch.tensor([tokens], dtype=torch.long),
-                "page_pixels": flat_pixels(pixels),
+                "page_pixels": _flat_pixels(pixels),
                 "view_plan": torch.tensor(plans, dtype=torch.long).reshape(-1, PLAN_LENGTH),
                 "images_spatial_crop": torch.tensor(grids, dtype=torch.long).reshape(-1, 2),
             }
@@ -284,16 +283,14 @@ def rgb_pixels(image: Image.Image | np.ndarray) -> np.ndarray:
     return image
 
 
-def flat_pixels(pages: list[np.ndarray]) -> torch.Tensor:
+def _flat_pixels(pages: list[np.ndarray]) -> torch.Tensor:
     """The pages' RGB bytes, one after another, as one writable uint8 tensor: one copy, by numpy.
 
     Not ``torch.cat``: a torch op of this size may run on torch's intra-op pool, and with an
     OpenMP build of torch each renderer thread gets a team of its own (torch 2.13's CPU wheel set
     to 16 threads: eight renderer threads left 145 threads in the process, against 25 this way;
-    bench/bench_pixel_copy.py).
-    The H100 host's torch started no such teams and its throughput did not move either way
-    (bench/README.md, session 14); this path also saves a copy of each page. The copy makes the
-    tensor writable: Pillow's bytes are read-only, and torch warns about those.
+    bench/bench_pixel_copy.py). The copy makes the tensor writable: Pillow's bytes are read-only,
+    and torch warns about those.
     """
     if not pages:
         return torch.empty(0, dtype=torch.uint8)
