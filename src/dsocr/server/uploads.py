@@ -7,7 +7,7 @@ the H100 host the first page of such a burst reached the engine 0.97–2.71 s in
 the first page is there in 0.03–0.08 s (17 of 19 passes) and the GPU starts at once. With
 ``upload_slots`` (16) bodies read at a time, in arrival order, the first pages are decoded and in
 the engine's batch while the rest are still being read: the first page was there 0.35–0.51 s
-in; the burst's last page and its pages/s did not move (bench/README.md, session 14).
+in; the burst's last page and its pages/s did not move.
 
 A slot is taken at the request's first body read and given back after its last byte, when the
 client goes away or the app is done with the request — and after ``upload_slot_s`` at the
