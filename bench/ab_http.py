@@ -107,7 +107,11 @@ def walk(model, path):
 print(json.dumps({"file": dsocr.__file__, "fields": sorted(walk(s.Settings, []))}))
 """
 
-PLUGIN_ENTRY_POINTS = "[vllm.general_plugins]\ndsocr_modes = dsocr.engine.vllm_modes:register\n"
+# Where each tree keeps dsocr's vLLM model class (the plugin's module), newest layout first.
+PLUGIN_MODULES = {
+    "engine/vllm/model.py": "dsocr.engine.vllm.model",
+    "engine/vllm_modes.py": "dsocr.engine.vllm_modes",
+}
 
 
 class Failure(Exception):
@@ -130,11 +134,14 @@ class Tree:
         if not (self.src / "dsocr" / "__init__.py").is_file():
             raise Failure(f"--{label} {src}: no dsocr package there (give a checkout's src folder)")
         self.paths = [str(self.src)]
-        if plugin and (self.src / "dsocr" / "engine" / "vllm_modes.py").is_file():
+        module = next((m for f, m in PLUGIN_MODULES.items() if (self.src / "dsocr" / f).is_file()), None)
+        if plugin and module is not None:
             info = work / f"plugin_{label}" / "dsocr_ab_modes-0.dist-info"
             info.mkdir(parents=True, exist_ok=True)
             (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dsocr-ab-modes\nVersion: 0\n")
-            (info / "entry_points.txt").write_text(PLUGIN_ENTRY_POINTS)
+            (info / "entry_points.txt").write_text(
+                f"[vllm.general_plugins]\ndsocr_modes = {module}:register\n"
+            )
             self.paths.append(str(info.parent))
         env = {**os.environ, "PYTHONPATH": python_path(*self.paths)}
         probe = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True)

