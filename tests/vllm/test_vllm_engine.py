@@ -159,7 +159,7 @@ async def test_bad_ngram_arguments_are_invalid_input_naming_the_field(engine: An
 
 
 async def test_device_token_history_is_on_by_default(tiny_model_dir: Path) -> None:
-    # +4.6 % pages/s on the H100 (bench/README.md, session 7): the default engine asks vLLM for
+    # +4.6 % pages/s on the H100 (bench/README.md): the default engine asks vLLM for
     # dsocr's worker extension, through which start() switches the runner's host wait off.
     from dsocr.engine.vllm.engine import vllm_engine_args
     from dsocr.settings import EngineSettings

@@ -472,19 +472,16 @@ def device_views(
     return views, tiles
 
 
-def use_fused_rel_pos(sam_model: torch.nn.Module, enabled: bool = True) -> int:
-    """Run every relative-position attention layer of ``sam_model`` on ``_fused_rel_pos_forward``
-    (or, with ``enabled=False``, on upstream's ``forward`` again); returns how many layers.
+def use_fused_rel_pos(sam_model: torch.nn.Module) -> int:
+    """Run every relative-position attention layer of ``sam_model`` on ``_fused_rel_pos_forward``;
+    returns how many layers.
 
     Set on each layer instance, so parameter names, weight loading and upstream's model class
     (the recipe) stay as they are.
     """
     layers = [m for m in sam_model.modules() if isinstance(m, RelPosAttention) and m.use_rel_pos]
     for layer in layers:
-        if enabled:
-            layer.forward = _fused_rel_pos_forward.__get__(layer)
-        else:
-            layer.__dict__.pop("forward", None)
+        layer.forward = _fused_rel_pos_forward.__get__(layer)
     return len(layers)
 
 
