@@ -268,8 +268,9 @@ def serve_command(
         int | None,
         typer.Option(
             min=1,
-            help="Server processes. On the vLLM engine they share one engine core (vLLM's API-server "
-            "scale-out); on the others each loads its own engine.",
+            help="Server processes, each with its own engine (CPU and fake engines). The vLLM engine "
+            "serves its GPUs from one process: use DSOCR_ENGINE__VLLM__DATA_PARALLEL_SIZE or "
+            "DSOCR_ENGINE__REPLICAS for several.",
         ),
     ] = None,
     max_pages: Annotated[int | None, typer.Option(min=1, help="Most PDF pages per request.")] = None,
@@ -291,7 +292,7 @@ def serve_command(
 
     from dsocr.engine.factory import select_engine
     from dsocr.engine.gpus import disable_nvlink_multicast
-    from dsocr.errors import DsocrError
+    from dsocr.errors import ConfigError, DsocrError
 
     # One Settings object from the environment and the flags given; it is handed to every server
     # process as an object, never written back into the environment.
@@ -329,6 +330,15 @@ def serve_command(
     disable_nvlink_multicast()
     selection = select_engine(settings.engine)
     server = settings.server
+    if selection.kind == "vllm" and server.workers > 1:
+        _fail_with(
+            ConfigError(
+                f"--workers {server.workers} (DSOCR_SERVER__WORKERS) is for the CPU and fake engines: "
+                "on the vLLM engine one server process serves the GPU; for several GPUs set "
+                "DSOCR_ENGINE__VLLM__DATA_PARALLEL_SIZE or DSOCR_ENGINE__REPLICAS",
+                field="server.workers",
+            )
+        )
     shown_host = f"[{server.host}]" if ":" in server.host else server.host
     typer.echo(f"dsocr: engine {selection.kind} ({selection.reason})", err=True)
     auth = (
@@ -337,14 +347,9 @@ def serve_command(
         else "no API key (open to anyone who can connect)"
     )
     url = f"http://{shown_host}:{server.port}"
-    shared = selection.kind == "vllm" and server.workers > 1
-    processes = (
-        f"{server.workers} front-end processes over one vLLM engine"
-        if shared
-        else f"{server.workers} worker(s)"
-    )
     typer.echo(
-        f"dsocr: serving on {url} (playground {url}/; OpenAI base URL {url}/v1; {auth}; {processes})",
+        f"dsocr: serving on {url} (playground {url}/; OpenAI base URL {url}/v1; {auth}; "
+        f"{server.workers} worker(s))",
         err=True,
     )
     if server.workers == 1:
@@ -352,15 +357,10 @@ def serve_command(
 
         uvicorn.run(create_app(settings), host=server.host, port=server.port, log_level=log_level)
         return
+    from dsocr.server.workers import serve_workers
+
     try:
-        if shared:
-            from dsocr.server.frontends import serve_vllm_frontends
-
-            serve_vllm_frontends(settings, workers=server.workers, log_level=log_level)
-        else:
-            from dsocr.server.workers import serve_workers
-
-            serve_workers(settings, workers=server.workers, log_level=log_level)
+        serve_workers(settings, workers=server.workers, log_level=log_level)
     except KeyboardInterrupt:
         pass
     except DsocrError as exc:

@@ -61,36 +61,33 @@ class VllmSettings(_Section):
     # step that prefilled it has run, and with async scheduling the next step is planned before
     # that: with room for one step, full ingest steps alternate with ones that take in a few pages.
     # Two steps' room fills every step: +9.4 % pages/s on ingest-only passes on the H100
-    # (bench/README.md, session 11).
+    # (bench/README.md).
     encoder_cache_steps: int = Field(2, ge=1, le=8)
     # On a GPU: torch's CPU threads in the engine core's worker, set through dsocr's worker
     # extension after start. torch's default, one per core, keeps a pool of threads busy beside
     # the thread that steps the model, for the few CPU ops it runs (vLLM gives its own multi-GPU
     # workers one). With 1, on the H100, two A/B runs on one engine: the core's CPU time per pass
-    # −35 / −39 %, pages/s +8.6 / +12.2 % offline, −0.4 / +8.6 % over HTTP (bench/README.md,
-    # session 12). ``None``: torch's default. On vLLM's CPU build those threads run the model and
-    # vLLM sizes them itself: this is not applied there.
+    # −35 / −39 %, pages/s +8.6 / +12.2 % offline, −0.4 / +8.6 % over HTTP (bench/README.md).
+    # ``None``: torch's default. On vLLM's CPU build those threads run the model and vLLM sizes
+    # them itself: this is not applied there.
     engine_core_threads: int | None = Field(1, ge=1)
     kv_cache_dtype: str = "auto"
     # Threads that turn pages into model inputs (without device views also image tiling and
     # normalising) in parallel, off the event loop. ``None``: one per core, at most 8.
     preprocess_workers: int | None = Field(None, ge=1)
     # Send pages as pixels and build the encoder's views (resize, tiles, padding, normalising) on
-    # the GPU, bit-identical to upstream's Pillow views, instead of in the front process
-    # (dsocr.engine.page_views). ``None``: on where vLLM runs on a GPU, off with encoder CUDA graphs
-    # (``compilation_config.cudagraph_mm_encoder`` in ``args``), whose buffers take upstream's views.
+    # the GPU, bit-identical to upstream's Pillow views, instead of in the server process
+    # (dsocr.engine.vllm.page_views). ``None``: on where vLLM runs on a GPU, off with encoder CUDA
+    # graphs (``compilation_config.cudagraph_mm_encoder`` in ``args``), whose buffers take
+    # upstream's views.
     device_views: bool | None = None
-    # On a GPU: SAM (the vision encoder's first half) torch.compile'd for Gundam's view sizes at
-    # start (dsocr.engine.encoder_compile). Off by default: it adds 137-147 s to every start for a
-    # gain inside the pass-to-pass spread on the H100 (bench/README.md, session 10).
-    compile_encoder: bool = False
     load_format: str = "auto"
-    # Prove at start-up that repetition control is active (see dsocr.engine.vllm).
+    # Prove at start-up that repetition control is active (see dsocr.engine.vllm.engine).
     self_test: bool = True
     # Let the V1 n-gram processor read last step's tokens on the GPU instead of making vLLM wait
-    # for them on the host each step (dsocr.engine.vllm_ngram.enable_device_history), so async
+    # for them on the host each step (dsocr.engine.vllm.ngram.enable_device_history), so async
     # scheduling overlaps the host's work with the GPU's: +4.6 % pages/s on the H100 over five
-    # alternating pairs (bench/README.md, session 7). It relies on vLLM runner internals and
+    # alternating pairs (bench/README.md). It relies on vLLM runner internals and
     # stays off, with a logged warning, where they differ.
     ngram_device_history: bool = True
     # vLLM's own data parallelism over several GPUs of one host (docs/serving.md, "Multi-GPU");
@@ -99,7 +96,7 @@ class VllmSettings(_Section):
     # Extra keyword arguments for vLLM's AsyncEngineArgs (enforce_eager, kv_cache_memory_bytes,
     # ...). An argument that has its own setting above (or at engine level) is refused here, so
     # that each knob has one place. Naming a ``worker_extension_cls`` of your own turns off what
-    # needs dsocr's (compile_encoder, ngram_device_history, engine_core_threads).
+    # needs dsocr's (ngram_device_history, engine_core_threads).
     args: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -129,7 +126,7 @@ class VllmSettings(_Section):
             return self
         asked = [
             f"DSOCR_ENGINE__VLLM__{name.upper()}"
-            for name in ("compile_encoder", "ngram_device_history", "engine_core_threads")
+            for name in ("ngram_device_history", "engine_core_threads")
             if name in self.model_fields_set and getattr(self, name) not in (False, None)
         ]
         if asked:
@@ -203,7 +200,6 @@ _MOVED_ENGINE_SETTINGS: dict[str, str] = {
             "kv_cache_dtype",
             "preprocess_workers",
             "device_views",
-            "compile_encoder",
             "load_format",
             "self_test",
             "ngram_device_history",

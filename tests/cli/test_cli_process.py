@@ -118,6 +118,22 @@ def test_a_misspelt_setting_stops_serve_naming_it() -> None:
     assert "unknown setting DSOCR_SERVER__MAX_CONCURENCY" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("flags", "env"),
+    [(["--workers", "2"], {}), ([], {"DSOCR_SERVER__WORKERS": "2"})],
+    ids=["flag", "variable"],
+)
+def test_several_workers_on_the_vllm_engine_stop_start_up_pointing_to_its_multi_gpu_settings(
+    flags: list[str], env: dict[str, str]
+) -> None:
+    # One process serves the GPU; several would each try to load the model onto it.
+    done = run_dsocr("serve", "--engine", "vllm", "--port", "0", *flags, env=env)
+    assert done.returncode == 2
+    assert "--workers 2 (DSOCR_SERVER__WORKERS) is for the CPU and fake engines" in done.stderr
+    assert "DSOCR_ENGINE__VLLM__DATA_PARALLEL_SIZE" in done.stderr and "DSOCR_ENGINE__REPLICAS" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_batch_uses_the_engine_named_in_the_environment(blank_png: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     done = run_dsocr("batch", str(blank_png), "--out", str(out), "-q", env={"DSOCR_ENGINE__KIND": "fake"})

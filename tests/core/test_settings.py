@@ -80,7 +80,6 @@ def test_each_engines_settings_come_from_its_group_of_variables(monkeypatch: pyt
         ("DSOCR_ENGINE__KV_CACHE_DTYPE", "DSOCR_ENGINE__VLLM__KV_CACHE_DTYPE"),
         ("DSOCR_ENGINE__PREPROCESS_WORKERS", "DSOCR_ENGINE__VLLM__PREPROCESS_WORKERS"),
         ("DSOCR_ENGINE__DEVICE_VIEWS", "DSOCR_ENGINE__VLLM__DEVICE_VIEWS"),
-        ("DSOCR_ENGINE__COMPILE_ENCODER", "DSOCR_ENGINE__VLLM__COMPILE_ENCODER"),
         ("DSOCR_ENGINE__LOAD_FORMAT", "DSOCR_ENGINE__VLLM__LOAD_FORMAT"),
         ("DSOCR_ENGINE__SELF_TEST", "DSOCR_ENGINE__VLLM__SELF_TEST"),
         ("DSOCR_ENGINE__NGRAM_DEVICE_HISTORY", "DSOCR_ENGINE__VLLM__NGRAM_DEVICE_HISTORY"),
@@ -106,7 +105,15 @@ def test_a_moved_name_is_refused_from_python_too() -> None:
 
 
 @pytest.mark.parametrize(
-    "variable", ["DSOCR_ENGINE__VLLM__MAX_NUM_SEQ", "DSOCR_ENGINE__NGRAM", "DSOCR_LIMITS__MAX_PAGES"]
+    "variable",
+    [
+        "DSOCR_ENGINE__VLLM__MAX_NUM_SEQ",
+        "DSOCR_ENGINE__NGRAM",
+        "DSOCR_LIMITS__MAX_PAGES",
+        # The vision encoder's compile is no setting any more, at either of its old places.
+        "DSOCR_ENGINE__VLLM__COMPILE_ENCODER",
+        "DSOCR_ENGINE__COMPILE_ENCODER",
+    ],
 )
 def test_a_name_that_is_no_setting_is_refused(variable: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(variable, "4")
@@ -147,7 +154,7 @@ def test_device_views_asked_for_with_encoder_cuda_graphs_is_refused(compilation:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("compile_encoder", True), ("ngram_device_history", True), ("engine_core_threads", 2)],
+    [("ngram_device_history", True), ("engine_core_threads", 2)],
 )
 def test_an_own_worker_extension_with_what_needs_dsocrs_is_refused(field: str, value: object) -> None:
     args = {"worker_extension_cls": "mine.Extension"}

@@ -1,4 +1,4 @@
-"""Page views built with torch (dsocr.engine.page_views) against Pillow itself.
+"""Page views built with torch (dsocr.engine.vllm.page_views) against Pillow itself.
 
 The vLLM engine on a GPU builds the encoder's views from a page's pixels on the GPU; they must be
 the pixels upstream's processor builds with Pillow, bit for bit, or the model would see other
@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from dsocr.engine.page_views import PLAN_LENGTH, ViewPlan, plan_views, render_views, resize_bicubic
+from dsocr.engine.vllm.page_views import PLAN_LENGTH, ViewPlan, plan_views, render_views, resize_bicubic
 from dsocr.modes import PAD_COLOR, V1, gundam_grid
 
 RNG_SEED = 11

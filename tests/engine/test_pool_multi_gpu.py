@@ -30,7 +30,7 @@ from dsocr.engine.gpus import (
     vllm_parallel_args,
 )
 from dsocr.engine.pool import EnginePool
-from dsocr.engine.vllm import VLLMEngine
+from dsocr.engine.vllm.engine import VLLMEngine
 from dsocr.errors import ConfigError
 from dsocr.settings import EngineSettings, Settings
 

@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from dsocr.engine.rel_pos_attention import decomposed_rel_pos, rel_pos_attention  # noqa: E402
+from dsocr.engine.vllm.rel_pos_attention import decomposed_rel_pos, rel_pos_attention  # noqa: E402
 
 
 def dense_bias_attention(q, k, v, rel_rows, rel_cols, height, width, scale):  # type: ignore[no-untyped-def]

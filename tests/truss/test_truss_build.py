@@ -91,6 +91,6 @@ def test_installing_the_gathered_package_registers_the_vllm_plugin(
         timeout=60,
     )
     found = json.loads(done.stdout)
-    assert found["plugins"] == {"dsocr_modes": "dsocr.engine.vllm_modes:register"}
+    assert found["plugins"] == {"dsocr_modes": "dsocr.engine.vllm.model:register"}
     assert Path(found["dsocr_files"]).is_relative_to(target)
     assert (target / "bin" / "dsocr").is_file(), "the console script the start command runs"

@@ -94,7 +94,7 @@ async def engine(tiny_model_dir: Path) -> AsyncIterator[object]:
     import tiny_vision_patch
 
     tiny_vision_patch.apply()
-    from dsocr.engine.vllm import VLLMEngine
+    from dsocr.engine.vllm.engine import VLLMEngine
 
     # encoder_probe lets tests run upstream's vision encoder next to ours inside the worker.
     probe = {"enforce_eager": True, "seed": 0, "worker_extension_cls": "encoder_probe.EncoderProbe"}

@@ -161,52 +161,16 @@ async def test_bad_ngram_arguments_are_invalid_input_naming_the_field(engine: An
 async def test_device_token_history_is_on_by_default(tiny_model_dir: Path) -> None:
     # +4.6 % pages/s on the H100 (bench/README.md): the default engine asks vLLM for
     # dsocr's worker extension, through which start() switches the runner's host wait off.
-    from dsocr.engine.vllm import vllm_engine_args
+    from dsocr.engine.vllm.engine import vllm_engine_args
     from dsocr.settings import EngineSettings
 
     settings = EngineSettings(kind="vllm", model=str(tiny_model_dir))
     assert settings.vllm.ngram_device_history
     args = vllm_engine_args(settings, "deepseek-ocr", str(tiny_model_dir), 0.5)
-    assert args.worker_extension_cls == "dsocr.engine.vllm_worker.WorkerExtension"
+    assert args.worker_extension_cls == "dsocr.engine.vllm.worker.WorkerExtension"
     host_wait = with_vllm(settings, ngram_device_history=False)
     off = vllm_engine_args(host_wait, "deepseek-ocr", str(tiny_model_dir), 0.5)
     assert not off.worker_extension_cls
-
-
-async def test_the_vision_encoder_compile_is_opt_in_and_runs_in_dsocrs_worker_extension(
-    tiny_model_dir: Path,
-) -> None:
-    from dsocr.engine.vllm import vllm_engine_args
-    from dsocr.settings import EngineSettings
-
-    # Off by default: +137-147 s per start for a gain inside the H100's pass-to-pass spread.
-    settings = EngineSettings(kind="vllm", model=str(tiny_model_dir), vllm={"ngram_device_history": False})
-    assert not settings.vllm.compile_encoder
-    assert not vllm_engine_args(settings, "m", str(tiny_model_dir), 0.5).worker_extension_cls
-    # Asked for, it happens in the worker, through dsocr's extension, even with device history off.
-    on = with_vllm(settings, compile_encoder=True)
-    args = vllm_engine_args(on, "m", str(tiny_model_dir), 0.5)
-    assert args.worker_extension_cls == "dsocr.engine.vllm_worker.WorkerExtension"
-
-
-async def test_a_compiled_vision_encoder_reads_pages_as_the_eager_one_does(engine: Any) -> None:
-    from dsocr.engine.vllm import VLLMEngine
-
-    vllm_args = {k: v for k, v in engine._settings.vllm.args.items() if k != "worker_extension_cls"}
-    settings = with_vllm(engine._settings, compile_encoder=True, ngram_device_history=False, args=vllm_args)
-    compiled = VLLMEngine(settings)
-    # Dynamo's graphs run as traced: inductor's code generation would take minutes on CI's cores.
-    compiled.encoder_backend = "eager"
-    await compiled.start()
-    try:
-        assert compiled.info.details["encoder_compile[deepseek-ocr-tiny]"].startswith("on (1024px,640px; ")
-        assert compiled.info.details["ngram_self_test"] == "passed"
-        # A page wider than 640 px: a 1024² global view and two 640² tiles through the graphs.
-        for image in (page(1000, 700), page()):
-            req = replace(request(max_tokens=16, ignore_eos=True), image=image)
-            assert (await compiled.generate(req)).text == (await engine.generate(req)).text
-    finally:
-        await compiled.close()
 
 
 async def test_an_operators_own_worker_extension_wins_and_device_history_reports_off(engine: Any) -> None:
@@ -218,7 +182,7 @@ async def test_an_operators_own_worker_extension_wins_and_device_history_reports
 
 
 async def test_device_token_history_bans_exactly_like_the_default_path(engine: Any) -> None:
-    from dsocr.engine.vllm import VLLMEngine
+    from dsocr.engine.vllm.engine import VLLMEngine
 
     # The session engine's test probe extension would take the worker-extension slot.
     vllm_args = {k: v for k, v in engine._settings.vllm.args.items() if k != "worker_extension_cls"}
@@ -242,7 +206,7 @@ async def test_gpu_engine_cores_run_torch_on_one_cpu_thread_and_cpu_ones_keep_vl
     import torch
     from vllm.platforms import current_platform
 
-    from dsocr.engine import vllm as vllm_engine
+    from dsocr.engine.vllm import engine as vllm_engine
     from dsocr.settings import EngineSettings
 
     # On vLLM's CPU platform torch's threads run the model: the setting leaves them alone.
@@ -258,11 +222,11 @@ async def test_gpu_engine_cores_run_torch_on_one_cpu_thread_and_cpu_ones_keep_vl
     assert vllm_engine._core_threads(settings) == 1
     assert vllm_engine._core_threads(with_vllm(settings, engine_core_threads=None)) is None
     args = vllm_engine.vllm_engine_args(settings, "m", str(tiny_model_dir), 0.5)
-    assert args.worker_extension_cls == "dsocr.engine.vllm_worker.WorkerExtension"
+    assert args.worker_extension_cls == "dsocr.engine.vllm.worker.WorkerExtension"
     monkeypatch.undo()
 
     # The extension's call sets torch's threads in the process it runs in.
-    from dsocr.engine.vllm_worker import WorkerExtension
+    from dsocr.engine.vllm.worker import WorkerExtension
 
     before = torch.get_num_threads()
     try:
@@ -295,7 +259,7 @@ async def test_gpu_engines_get_a_batch_budget_that_encodes_many_pages_per_step(
 ) -> None:
     from vllm.platforms import current_platform
 
-    from dsocr.engine import vllm as vllm_engine
+    from dsocr.engine.vllm import engine as vllm_engine
 
     # AsyncLLM alone would get 2048 tokens per step, two Gundam pages of vision encoding.
     monkeypatch.setattr(type(current_platform), "is_cuda_alike", lambda self: True)
@@ -316,7 +280,7 @@ async def test_the_encoder_cache_holds_two_steps_of_pages(engine: Any, tiny_mode
     assert cache["cache_size"] == 2 * cache["step_tokens"]
     from vllm.usage.usage_lib import UsageContext
 
-    from dsocr.engine.vllm import vllm_engine_args, vllm_engine_config
+    from dsocr.engine.vllm.engine import vllm_engine_args, vllm_engine_config
     from dsocr.settings import EngineSettings
 
     settings = EngineSettings(kind="vllm", model=str(tiny_model_dir), vllm={"encoder_cache_steps": 3})
@@ -330,8 +294,8 @@ async def test_page_views_are_built_on_gpus_by_default_and_never_under_encoder_c
 ) -> None:
     from vllm.platforms import current_platform
 
-    from dsocr.engine import vllm as vllm_engine
-    from dsocr.engine.vllm_modes import DEVICE_VIEWS_ATTRIBUTE, use_mode_architecture
+    from dsocr.engine.vllm import engine as vllm_engine
+    from dsocr.engine.vllm.model import DEVICE_VIEWS_ATTRIBUTE, use_mode_architecture
     from dsocr.settings import EngineSettings
 
     def on(**values: Any) -> bool:

@@ -132,7 +132,7 @@ def test_vllm_series_after_a_page_next_to_dsocr_series(server: str) -> None:
 def test_disable_log_stats_in_vllm_args_turns_vllms_series_off(tiny_model_dir: Path) -> None:
     from vllm.v1.metrics.loggers import PrometheusStatLogger
 
-    from dsocr.engine import vllm as vllm_engine
+    from dsocr.engine.vllm import engine as vllm_engine
     from dsocr.settings import EngineSettings
 
     settings = EngineSettings(kind="vllm", model=str(tiny_model_dir))

@@ -62,7 +62,7 @@ def test_v1_processor_bans_exactly_the_reference_tokens_over_a_changing_batch(
 ) -> None:
     from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
-    from dsocr.engine.vllm_ngram import NGramBanV1
+    from dsocr.engine.vllm.ngram import NGramBanV1
 
     rng = random.Random(7)
     proc = NGramBanV1(config(), torch.device("cpu"), False)
@@ -103,7 +103,7 @@ def test_v1_processor_bans_exactly_the_reference_tokens_over_a_changing_batch(
 def test_v1_processor_ignores_async_placeholders_until_filled() -> None:
     from vllm.v1.sample.logits_processor import BatchUpdate
 
-    from dsocr.engine.vllm_ngram import NGramBanV1
+    from dsocr.engine.vllm.ngram import NGramBanV1
 
     proc = NGramBanV1(config(), torch.device("cpu"), False)
     out = [5, 6, 5, -1]  # -1: the async scheduler's placeholder for a token still on the GPU
@@ -127,7 +127,7 @@ def test_v1_padded_ban_matches_the_reference_at_every_batch_size(batch: int) -> 
     batch's repetitive histories: every real row gets exactly the reference set."""
     from vllm.v1.sample.logits_processor import BatchUpdate
 
-    from dsocr.engine.vllm_ngram import NGramBanV1
+    from dsocr.engine.vllm.ngram import NGramBanV1
 
     rng = random.Random(batch)
     proc = NGramBanV1(config(), torch.device("cpu"), False)
@@ -167,14 +167,14 @@ def test_v1_padded_ban_matches_the_reference_at_every_batch_size(batch: int) -> 
     ],
 )
 def test_bad_arguments_are_rejected_at_admission(extra: dict[str, Any]) -> None:
-    from dsocr.engine.vllm_ngram import NGramBanV1
+    from dsocr.engine.vllm.ngram import NGramBanV1
 
     with pytest.raises(ValueError):
         NGramBanV1.validate_params(params(**extra))
 
 
 def test_v2_processor_bans_exactly_the_reference_tokens() -> None:
-    vllm_ngram = pytest.importorskip("dsocr.engine.vllm_ngram")
+    vllm_ngram = pytest.importorskip("dsocr.engine.vllm.ngram")
     if not hasattr(vllm_ngram, "NGramBanV2"):
         pytest.skip("this vLLM has no Model Runner V2 logits-processor interface")
     from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsContext
@@ -249,7 +249,7 @@ def test_v1_device_history_bans_exactly_the_reference_tokens_under_async_schedul
     ``prev_positions``, across row swaps, finished requests, new ones and resumed ones."""
     from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
-    from dsocr.engine.vllm_ngram import NGramBanV1, enable_device_history
+    from dsocr.engine.vllm.ngram import NGramBanV1, enable_device_history
 
     rng = random.Random(11)
     proc = NGramBanV1(config(), torch.device("cpu"), False)
@@ -312,7 +312,7 @@ def test_device_history_refuses_a_changed_runner_and_foreign_processors() -> Non
     from vllm.v1.sample.logits_processor import LogitsProcessor
     from vllm.v1.sample.logits_processor.state import LogitsProcessors
 
-    from dsocr.engine.vllm_ngram import NGramBanV1, enable_device_history
+    from dsocr.engine.vllm.ngram import NGramBanV1, enable_device_history
 
     proc = NGramBanV1(config(), torch.device("cpu"), False)
     changed = _fake_runner(proc)
@@ -359,8 +359,8 @@ def test_v1_padded_bans_kept_are_bounded_and_stay_exact(monkeypatch: pytest.Monk
     requests cycling through many sets must not grow them without bound, nor lose a ban."""
     from vllm.v1.sample.logits_processor import BatchUpdate
 
-    from dsocr.engine import vllm_ngram
-    from dsocr.engine.vllm_ngram import NGramBanV1
+    from dsocr.engine.vllm import ngram as vllm_ngram
+    from dsocr.engine.vllm.ngram import NGramBanV1
 
     monkeypatch.setattr(vllm_ngram, "_MAX_PADDED_BANS", 2)
     proc = NGramBanV1(config(), torch.device("cpu"), False)

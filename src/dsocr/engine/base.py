@@ -44,7 +44,7 @@ class SamplingOptions:
     ngram_window: int = 90
     whitelist_token_ids: frozenset[int] = frozenset({TD_OPEN_ID, TD_CLOSE_ID})
     seed: int | None = None
-    ignore_eos: bool = False  # benchmarks only: force the output length
+    ignore_eos: bool = False  # the engine's self-test and benchmarks: force the output length
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -143,7 +143,7 @@ def _create_one(settings: EngineSettings, selection: EngineSelection) -> Engine:
             "host, or set DSOCR_ENGINE__KIND=cpu for the embedded CPU engine"
         )
     try:
-        module = importlib.import_module("dsocr.engine.vllm")
+        module = importlib.import_module("dsocr.engine.vllm.engine")
         engine: Engine = module.VLLMEngine(settings)
     except EngineUnavailable:
         raise

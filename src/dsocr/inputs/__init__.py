@@ -54,7 +54,6 @@ from dsocr.inputs.sources import (
     Resolver,
     Source,
     UrlSource,
-    decode_base64,
     read_local_file,
     read_source,
 )
@@ -462,42 +461,20 @@ async def load_document(
     render worker (cancelling the call stops it). For URLs, ``resolver`` replaces DNS resolution
     (tests) and ``verify`` the trusted CAs.
     """
-    if isinstance(source, Base64Source):
-        prepared = await asyncio.to_thread(_prepare_base64, source, limits, pages, dpi, pdf_advice)
-    else:
-        raw = await read_source(source, limits=limits, fetch=fetch, resolver=resolver, verify=verify)
-        prepared = await asyncio.to_thread(
-            _prepare,
-            raw.data,
-            limits=limits,
-            pages=pages,
-            dpi=dpi,
-            field=raw.field,
-            name=raw.name,
-            pdf_advice=pdf_advice,
-        )
+    raw = await read_source(source, limits=limits, fetch=fetch, resolver=resolver, verify=verify)
+    prepared = await asyncio.to_thread(
+        _prepare,
+        raw.data,
+        limits=limits,
+        pages=pages,
+        dpi=dpi,
+        field=raw.field,
+        name=raw.name,
+        pdf_advice=pdf_advice,
+    )
     if isinstance(prepared, Document):
         return prepared
     return await _open_pdf_async(prepared, limits)
-
-
-# A base64 upload is decoded twice, the text into bytes and the bytes into a header (or the PDF's
-# file): one worker job for both. Under a burst of uploads every job waits its turn in the loop's
-# executor, and a second job per upload waited once more, behind every job queued meanwhile.
-
-
-def _prepare_base64(
-    source: Base64Source, limits: LimitSettings, pages: str | None, dpi: int | None, pdf_advice: str | None
-) -> Document | _PdfToOpen:
-    raw = decode_base64(source.data, max_bytes=limits.max_upload_bytes, field=source.field)
-    return _prepare(
-        raw.data, limits=limits, pages=pages, dpi=dpi, field=raw.field, name=raw.name, pdf_advice=pdf_advice
-    )
-
-
-def _open_base64_image(source: Base64Source, limits: LimitSettings, pdf_advice: str) -> Image.Image:
-    raw = decode_base64(source.data, max_bytes=limits.max_upload_bytes, field=source.field)
-    return open_image(raw.data, limits=limits, field=raw.field, pdf_advice=pdf_advice)
 
 
 def open_image(
@@ -522,8 +499,6 @@ async def load_image(
     pdf_advice: str = "send one page as an image",
 ) -> Image.Image:
     """Read ``source`` and open it as one image; see ``open_image``."""
-    if isinstance(source, Base64Source):
-        return await asyncio.to_thread(_open_base64_image, source, limits, pdf_advice)
     raw = await read_source(source, limits=limits, fetch=fetch)
     return await asyncio.to_thread(
         open_image, raw.data, limits=limits, field=raw.field, pdf_advice=pdf_advice

@@ -171,7 +171,6 @@ async def read_source(
         )
     if isinstance(source, Base64Source):
         # A page-sized payload takes milliseconds to validate and decode: not on the event loop.
-        # (dsocr.inputs' loaders decode it together with its image instead, in one thread job.)
         return await asyncio.to_thread(decode_base64, source.data, max_bytes=max_bytes, field=source.field)
     if isinstance(source, BytesSource):
         _check_size(len(source.data), max_bytes, source.field)

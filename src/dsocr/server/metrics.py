@@ -1,7 +1,8 @@
 """Prometheus metrics, one registry per app (so tests and several apps in a process never clash).
 
 With several server processes (``PROMETHEUS_MULTIPROC_DIR`` set, as ``dsocr serve --workers N``
-does) every process writes its values there and ``GET /metrics`` sums them over all processes.
+does on the CPU and fake engines) every process writes its values there and ``GET /metrics`` sums
+them over all processes.
 
 ``MetricsMiddleware`` counts every HTTP request by route template and status and times it, and is
 the one place that counts error answers (``dsocr_errors_total{scope="request"}``, by the code of
@@ -12,7 +13,7 @@ stream, whose status was 200. ``GET /metrics`` renders the registry in the text 
 Every engine also reports its readiness (``dsocr_engine_ready``, what ``/ready`` says) and the
 build (``dsocr_build_info``). The vLLM engine adds vLLM's own ``vllm:*`` series: vLLM's Prometheus
 stat logger keeps them in prometheus_client's global registry (``_VLLMSeries`` copies them into
-this app's), or, with several processes, in the shared directory like ours.
+this app's); the vLLM engine always runs in one server process.
 """
 
 from __future__ import annotations

@@ -36,10 +36,6 @@ class UploadSlots:
         if count < 0 or hold_s <= 0:
             raise ValueError("count must be >= 0 and hold_s > 0")
         self.hold_s = hold_s
-        self.resize(count)
-
-    def resize(self, count: int) -> None:
-        """Change the number of slots; for a server between bursts (bench, tests)."""
         self.count = count
         self._semaphore = asyncio.Semaphore(count) if count else None
 

@@ -1,7 +1,7 @@
 """``dsocr serve --workers N`` on the CPU and fake engines: N server processes on one socket.
 
 The socket is bound here, in the parent, and every worker accepts on it (the kernel spreads the
-connections), as dsocr.server.frontends does for the vLLM engine. Each worker is a fresh
+connections). Each worker is a fresh
 interpreter (``spawn``: the parent may already hold threads, and prometheus_client must be
 imported after ``PROMETHEUS_MULTIPROC_DIR`` is set) that receives the parent's ``Settings``
 object, pickled, builds the app with ``create_app(settings)`` (and with it its own engine) and
@@ -31,7 +31,7 @@ from dsocr.errors import ConfigError, EngineUnavailable
 from dsocr.server.metrics import multiprocess_metrics
 from dsocr.settings import Settings
 
-__all__ = ["listening_socket", "serve_workers", "stop_on_sigterm"]
+__all__ = ["serve_workers"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ _FAILED_START_S = 10.0
 _FAILED_STARTS = 3
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
+def _listening_socket(host: str, port: int) -> socket.socket:
     """The one socket every server process accepts on (bound before they start: no port race)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
@@ -61,7 +61,7 @@ def serve_workers(settings: Settings, *, workers: int, log_level: str = "info") 
     Blocks until SIGINT / SIGTERM, then returns once the workers have stopped. A worker that
     exits is replaced; one that keeps exiting right after its start raises ``EngineUnavailable``.
     """
-    sock = listening_socket(settings.server.host, settings.server.port)
+    sock = _listening_socket(settings.server.host, settings.server.port)
     context = multiprocessing.get_context("spawn")
     running: dict[int, tuple[BaseProcess, float]] = {}
     quick_exits = [0] * workers
@@ -73,7 +73,7 @@ def serve_workers(settings: Settings, *, workers: int, log_level: str = "info") 
         process.start()
         running[index] = (process, time.monotonic())
 
-    with multiprocess_metrics(), stop_on_sigterm():
+    with multiprocess_metrics(), _stop_on_sigterm():
         try:
             for index in range(workers):
                 start(index)
@@ -148,7 +148,7 @@ def _stop(processes: list[BaseProcess]) -> None:
 
 
 @contextlib.contextmanager
-def stop_on_sigterm() -> Iterator[None]:
+def _stop_on_sigterm() -> Iterator[None]:
     """SIGTERM stops the parent like Ctrl-C (a KeyboardInterrupt), which then stops its children."""
 
     def stop(signum: int, frame: Any) -> None:

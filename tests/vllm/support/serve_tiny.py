@@ -1,7 +1,6 @@
 """``dsocr`` CLI with the test-only vision-tower shrink applied where vLLM forks the model process.
 
-vLLM forks the engine core from this process on its CPU build, so the patch reaches the model;
-spawned front ends import this file as ``__mp_main__`` and stop at the guard.
+vLLM forks the engine core from this process on its CPU build, so the patch reaches the model.
 """
 
 import sys

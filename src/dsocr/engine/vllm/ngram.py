@@ -16,7 +16,7 @@ Two interfaces, same per-request arguments as the recipe (``SamplingParams.extra
 * ``NGramBanV2``: Model Runner V2's interface, where it exists (vLLM ≥ 0.3x); it reads the runner's
   own on-device token history, so it keeps no state of its own beyond the per-slot parameters.
 
-This module imports vllm at the top: only dsocr.engine.vllm imports it, after vllm is known present.
+This module imports vllm at the top: dsocr.engine.vllm.engine imports it once vllm is known present.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class _PaddedBan:
 
     Why: at batch 256 vLLM's engine core is bound by its host work. On the H100 hosts ``apply``
     took 0.80-1.51 ms of host time per step launching these kernels one by one, 0.34 ms replaying
-    them (bench/README.md, session 9).
+    them (bench/README.md).
     """
 
     def __init__(
@@ -496,7 +496,7 @@ def enable_device_history(runner: Any) -> int:
         if not hasattr(obj, name)
     ]
     if missing:
-        raise RuntimeError(f"vLLM's V1 model runner changed: no {missing}; update dsocr.engine.vllm_ngram")
+        raise RuntimeError(f"vLLM's V1 model runner changed: no {missing}; update dsocr.engine.vllm.ngram")
     ours = [p for p in batch.logitsprocs.all if isinstance(p, NGramBanV1)]
     others = [p for p in batch.logitsprocs.all if not type(p).__module__.startswith("vllm.")]
     speculative = int(getattr(runner, "num_spec_tokens", 0)) > 0

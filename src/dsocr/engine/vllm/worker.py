@@ -1,5 +1,6 @@
 """dsocr's extension of vLLM's GPU worker (``worker_extension_cls``): start-up calls that need the
-worker's model runner, made once by dsocr.engine.vllm through ``collective_rpc`` before serving."""
+worker's model runner, made once by dsocr.engine.vllm.engine through ``collective_rpc`` before
+serving."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ class WorkerExtension:
     model_runner: Any
 
     def dsocr_enable_device_ngram_history(self) -> int:
-        """The n-gram processor reads last step's tokens on the device (dsocr.engine.vllm_ngram);
+        """The n-gram processor reads last step's tokens on the device (dsocr.engine.vllm.ngram);
         returns how many processors were switched (0: this runner lacks what it needs)."""
-        from dsocr.engine.vllm_ngram import enable_device_history
+        from dsocr.engine.vllm.ngram import enable_device_history
 
         return enable_device_history(self.model_runner)
 
@@ -28,14 +29,3 @@ class WorkerExtension:
 
         torch.set_num_threads(threads)
         return int(torch.get_num_threads())
-
-    def dsocr_compile_vision_encoder(self, backend: str) -> dict[str, Any]:
-        """SAM ``torch.compile``d for Gundam's view sizes (dsocr.engine.vllm_modes); an empty
-        answer where the model is not dsocr's class (upstream's, DeepSeek-OCR 2)."""
-        from dsocr.engine.vllm_modes import DsocrDeepseekOCRForCausalLM, compile_vision_encoder
-
-        model = self.model_runner.get_model()
-        if not isinstance(model, DsocrDeepseekOCRForCausalLM):
-            return {}
-        report = compile_vision_encoder(model, backend=backend)
-        return {"sides": report.sides, "seconds": round(report.seconds, 1)}

