@@ -423,7 +423,7 @@ class VLLMEngine:
         """The request as vLLM's engine input, built off the event loop in one thread job.
 
         Building it runs the model's image processor (Gundam tiling, resizing, normalising: about
-        70 ms of CPU per A4 page, bench/bench_preprocess.py). Left to ``AsyncLLM.generate`` it runs
+        70 ms of CPU per A4 page, bench/README.md). Left to ``AsyncLLM.generate`` it runs
         on the event loop, one page after another, which starved the H100 (4.7 pages/s; 8.3 with
         threads, bench/README.md). Our threads (``preprocess_workers``) run our prompt step (RGB,
         the mode's resize) and then vLLM's renderer synchronously, several pages at once; vLLM
@@ -672,7 +672,7 @@ def _default_batched_tokens() -> int | None:
     vLLM sizes it by who builds the engine: its offline ``LLM`` class gets 16384 on H100/H200, but
     ``AsyncLLM.from_engine_args`` (this engine) gets the generic 2048. That number is also the
     vision encoder's budget per step, so 2048 encodes at most two Gundam pages (up to 933 image
-    tokens each) per step; 16384 takes about 17 (bench/README.md, "Current state", step 1). On
+    tokens each) per step; 16384 takes about 17 (bench/README.md). On
     vLLM's CPU build the larger budget only lengthens the start-up profiling run.
     """
     from vllm.platforms import current_platform
@@ -685,7 +685,7 @@ def _device_views(settings: EngineSettings) -> bool:
 
     ``None`` in the settings: on a GPU (upstream's Pillow views cost 124–143 ms of CPU per A4 page
     in the front process on the H100's host; the H100 builds the same pixels in 2.1 ms,
-    bench/bench_device_views.py), off on vLLM's CPU build, where it would only move that work
+    bench/README.md), off on vLLM's CPU build, where it would only move that work
     between processes, and off with encoder CUDA graphs, whose buffers take upstream's views
     (``true`` with those graphs is refused by ``VllmSettings``).
     """

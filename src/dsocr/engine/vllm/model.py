@@ -289,7 +289,7 @@ def _flat_pixels(pages: list[np.ndarray]) -> torch.Tensor:
     Not ``torch.cat``: a torch op of this size may run on torch's intra-op pool, and with an
     OpenMP build of torch each renderer thread gets a team of its own (torch 2.13's CPU wheel set
     to 16 threads: eight renderer threads left 145 threads in the process, against 25 this way;
-    bench/bench_pixel_copy.py). The copy makes the tensor writable: Pillow's bytes are read-only,
+    bench/README.md). The copy makes the tensor writable: Pillow's bytes are read-only,
     and torch warns about those.
     """
     if not pages:

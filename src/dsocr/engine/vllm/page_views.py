@@ -3,7 +3,7 @@
 Upstream's DeepSeek-OCR processor builds the views with Pillow in vLLM's front process: a bicubic
 resize to the tile grid, a crop per tile, a bicubic contain-resize padded onto the global view's
 square, then ToTensor/Normalize. That is 53 ms of CPU per A4 page on a 2-core dev box and
-124–143 ms on the H100's host (bench/bench_device_views.py), and 21 MB of bf16 per page crossing
+124–143 ms on the H100's host (bench/README.md), and 21 MB of bf16 per page crossing
 to the engine core. Here the front process only plans the geometry (``plan_views``,
 integers) and sends the page's uint8 pixels; the model builds the views on its own device
 (``render_views``).
