@@ -141,14 +141,16 @@ async def dsocr_offline(pages: int, tokens: int) -> None:
     t0 = time.monotonic()
     await engine.start()
     start_s = time.monotonic() - t0
+    # Modes beyond gundam show that vLLM loaded dsocr's plugin (its model class; the tree's own).
+    # Read while the engine is open: a closed engine serves no model, and reports gundam only.
+    modes = list(engine.info.modes)
     try:
         images = [page(i) for i in range(pages)]
         await offline_pass(engine, settings, images[:WARMUP_PAGES], tokens)
         wall, out_tokens = await offline_pass(engine, settings, images, tokens)
     finally:
         await engine.close()
-    # Modes beyond gundam show that vLLM loaded dsocr's plugin (its model class; the tree's own).
-    result(wall_s=wall, out_tokens=out_tokens, start_s=start_s, modes=list(engine.info.modes))
+    result(wall_s=wall, out_tokens=out_tokens, start_s=start_s, modes=modes)
 
 
 async def offline_pass(
