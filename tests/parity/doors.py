@@ -223,6 +223,24 @@ class HttpDoor(Door):
     ) -> httpx.Request:
         """The HTTP request this door sends for ``ocr`` (the same bytes its client puts on the wire)."""
 
+    def send(
+        self, sample: Sample, *, preset: str | None, prompt: str | None, mode: str | None
+    ) -> tuple[httpx.Response, Outcome | None]:
+        """Send this door's request; the response, and the refusal's outcome unless it was a 200."""
+        with httpx.Client(timeout=_HTTP_TIMEOUT_S) as client:
+            response = client.send(self.request(sample, preset=preset, prompt=prompt, mode=mode))
+        if response.status_code == 200:
+            return response, None
+        refused = Outcome(
+            self.name,
+            ok=False,
+            status=response.status_code,
+            headers=_lower(response.headers),
+            error=_http_problem(response),
+            answer=response.text,
+        )
+        return response, refused
+
     @contextmanager
     def leaving_client(
         self, sample: Sample, *, preset: str | None = None, mode: str | None = None
@@ -275,18 +293,10 @@ class NativeDoor(HttpDoor):
     def ocr(
         self, sample: Sample, *, preset: str | None = None, prompt: str | None = None, mode: str | None = None
     ) -> Outcome:
-        with httpx.Client(timeout=_HTTP_TIMEOUT_S) as client:
-            response = client.send(self.request(sample, preset=preset, prompt=prompt, mode=mode))
+        response, refused = self.send(sample, preset=preset, prompt=prompt, mode=mode)
+        if refused is not None:
+            return refused
         headers = _lower(response.headers)
-        if response.status_code != 200:
-            return Outcome(
-                self.name,
-                ok=False,
-                status=response.status_code,
-                headers=headers,
-                error=_http_problem(response),
-                answer=response.text,
-            )
         body = response.json()
         pages = tuple(
             PageOutcome(int(page["page"]), bool(page["ok"]), _page_error_code(page)) for page in body["pages"]
@@ -332,18 +342,10 @@ class PredictDoor(HttpDoor):
     def ocr(
         self, sample: Sample, *, preset: str | None = None, prompt: str | None = None, mode: str | None = None
     ) -> Outcome:
-        with httpx.Client(timeout=_HTTP_TIMEOUT_S) as client:
-            response = client.send(self.request(sample, preset=preset, prompt=prompt, mode=mode))
+        response, refused = self.send(sample, preset=preset, prompt=prompt, mode=mode)
+        if refused is not None:
+            return refused
         headers = _lower(response.headers)
-        if response.status_code != 200:
-            return Outcome(
-                self.name,
-                ok=False,
-                status=response.status_code,
-                headers=headers,
-                error=_http_problem(response),
-                answer=response.text,
-            )
         body = response.json()
         return Outcome(
             self.name,
