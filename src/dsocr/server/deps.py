@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -36,6 +37,7 @@ __all__ = [
     "require_api_key_for_docs",
     "require_api_key_for_health",
     "require_api_key_for_metrics",
+    "tenant",
 ]
 
 
@@ -173,3 +175,15 @@ async def require_api_key_for_metrics(
     """Metrics are open unless ``settings.server.open_metrics`` is off."""
     if not state.settings.server.open_metrics:
         check_api_key(state.settings, _presented_key(request))
+
+
+async def tenant(request: Request, state: Annotated[AppState, Depends(app_state)]) -> str:
+    """Who owns what a request stores (its jobs, its cached pages): an opaque id of its API key.
+
+    ``""`` when the server has no keys (one tenant). Call after ``require_api_key``: the key is
+    then one of the configured ones. The id is a hash, so storage never holds a key.
+    """
+    if not state.settings.server.api_keys:
+        return ""
+    presented = _presented_key(request) or ""
+    return hashlib.sha256(b"dsocr-tenant\0" + presented.encode()).hexdigest()[:32]
