@@ -32,6 +32,7 @@ from dsocr.settings import FetchSettings, LimitSettings
 __all__ = [
     "Base64Source",
     "BytesSource",
+    "CheckedHop",
     "IPAddress",
     "PathSource",
     "RawInput",
@@ -40,6 +41,7 @@ __all__ = [
     "SourceKind",
     "UrlSource",
     "address_refusal",
+    "checked_hop",
     "fetch_url",
     "one_source",
     "read_local_file",
@@ -538,7 +540,9 @@ def _allow_list_form(name: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _Hop:
+class CheckedHop:
+    """A URL the SSRF guard let through, and how to connect to the address it checked."""
+
     url: httpx.URL  # what the user (or a redirect) asked for
     host: str  # its host, as url_host spells it
     connect_url: httpx.URL  # the same, with the host replaced by the checked IP
@@ -563,7 +567,7 @@ class _Guard:
             candidates.append(ip.ipv4_mapped)
         return any(c.version == n.version and c in n for c in candidates for n in self._allow_networks)
 
-    async def check(self, url: httpx.URL) -> _Hop:
+    async def check(self, url: httpx.URL) -> CheckedHop:
         if url.scheme not in ("http", "https"):
             raise self._refuse(f"URL scheme {url.scheme!r} is not allowed; use https")
         if url.scheme == "http" and not self._fetch.allow_http:
@@ -597,7 +601,29 @@ class _Guard:
         pinned = addresses[0]
         named = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets
         host_header = named if url.port is None else f"{named}:{url.port}"
-        return _Hop(url, host, url.copy_with(host=str(pinned)), host_header)
+        return CheckedHop(url, host, url.copy_with(host=str(pinned)), host_header)
+
+
+def _parse_url(url: str, field: str) -> httpx.URL:
+    try:
+        parsed = httpx.URL(url)
+        if parsed.scheme in ("http", "https"):  # other schemes are refused by name by the guard
+            url_host(parsed)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        raise InvalidInput(f"not a valid URL: {exc}", field=field) from exc
+    return parsed
+
+
+async def checked_hop(
+    url: str, *, fetch: FetchSettings, field: str, resolver: Resolver | None = None
+) -> CheckedHop:
+    """Check ``url`` as ``fetch_url`` checks each hop, for a request made elsewhere (webhooks).
+
+    Raises ``InvalidInput`` for a malformed URL and ``FetchFailed`` for one the guard refuses,
+    both naming ``field``. Connect to ``connect_url``, sending ``host_header`` as Host and, for
+    https, ``host`` as the TLS SNI name; follow no redirect without checking it again.
+    """
+    return await _Guard(fetch, resolver or system_resolver, field).check(_parse_url(url, field))
 
 
 async def fetch_url(
@@ -618,12 +644,7 @@ async def fetch_url(
     Raises ``FetchFailed`` (refused, unreachable, bad status, timeout), ``InputTooLarge`` and
     ``UnsupportedMediaType`` (a Content-Type that is not an image or PDF).
     """
-    try:
-        parsed = httpx.URL(url)
-        if parsed.scheme in ("http", "https"):  # other schemes are refused by name below
-            url_host(parsed)
-    except (httpx.InvalidURL, TypeError, ValueError) as exc:
-        raise InvalidInput(f"not a valid URL: {exc}", field=field) from exc
+    parsed = _parse_url(url, field)
     guard = _Guard(fetch, resolver or system_resolver, field)
     try:
         return await asyncio.wait_for(
@@ -713,7 +734,7 @@ def _redirect_target(base: httpx.URL, location: str, field: str) -> httpx.URL:
     return target
 
 
-async def _read_body(response: httpx.Response, hop: _Hop, *, max_bytes: int, field: str) -> RawInput:
+async def _read_body(response: httpx.Response, hop: CheckedHop, *, max_bytes: int, field: str) -> RawInput:
     if response.status_code != 200:
         raise FetchFailed(f"{hop.host!r} answered HTTP {response.status_code}", field=field)
     declared = normalise_media_type(response.headers.get("content-type"))

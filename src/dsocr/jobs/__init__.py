@@ -1,0 +1,1 @@
+"""Jobs: OCR requests run in the background, stored on disk."""
