@@ -14,6 +14,7 @@ from dsocr.errors import (
     InvalidInput,
     ServerBusy,
     Unauthorized,
+    error_class,
     lookup_by_class,
 )
 
@@ -52,10 +53,4 @@ def exit_code_of(error: DsocrError | type[DsocrError]) -> int:
 def exit_code_of_code(code: str) -> int:
     """The exit code of an error known only by its ``code`` (a page error that crossed as JSON);
     ``EXIT_INTERNAL`` for a code no error class has."""
-    pending: list[type[DsocrError]] = [DsocrError]
-    while pending:
-        cls = pending.pop()
-        if cls.code == code:
-            return exit_code_of(cls)
-        pending.extend(cls.__subclasses__())
-    return EXIT_INTERNAL
+    return exit_code_of(error_class(code))

@@ -40,12 +40,17 @@ __all__ = [
     "FetchFailed",
     "InputTooLarge",
     "InvalidInput",
+    "JobNotFinished",
+    "JobNotFound",
     "ModelNotFound",
     "RenderBudgetExceeded",
     "ServerBusy",
+    "StorageFull",
+    "TooManyJobs",
     "Unauthorized",
     "UndecodableInput",
     "UnsupportedMediaType",
+    "error_class",
     "lookup_by_class",
 ]
 
@@ -85,6 +90,17 @@ def lookup_by_class(table: Mapping[type[DsocrError], _T], error: DsocrError | ty
         if base in table:
             return table[base]
     raise LookupError(f"{cls.__name__} has no entry and no listed base class in the table")
+
+
+def error_class(code: str) -> type[DsocrError]:
+    """The error class with this ``code`` (an error that crossed as JSON); ``DsocrError`` if none."""
+    pending: list[type[DsocrError]] = [DsocrError]
+    while pending:
+        cls = pending.pop()
+        if cls.code == code:
+            return cls
+        pending.extend(cls.__subclasses__())
+    return DsocrError
 
 
 class InvalidInput(DsocrError):
@@ -129,6 +145,18 @@ class ModelNotFound(InvalidInput):
     code = "model_not_found"
 
 
+class JobNotFound(InvalidInput):
+    """No job with this id is visible to the caller (none, expired, or another key's)."""
+
+    code = "job_not_found"
+
+
+class JobNotFinished(InvalidInput):
+    """A job's result was asked for before it succeeded (it is queued, running, failed or cancelled)."""
+
+    code = "job_not_finished"
+
+
 class Unauthorized(DsocrError):
     """Missing or wrong API key."""
 
@@ -139,6 +167,18 @@ class ServerBusy(DsocrError):
     """The server is answering as many requests as it may at once; retry after ``retry_after``."""
 
     code = "server_busy"
+
+
+class TooManyJobs(DsocrError):
+    """The job queue (in total or of this API key) is full; retry after ``retry_after`` seconds."""
+
+    code = "too_many_jobs"
+
+
+class StorageFull(DsocrError):
+    """Storing the job would pass the jobs' disk quota or the disk's reserve."""
+
+    code = "storage_full"
 
 
 class EngineError(DsocrError):

@@ -26,6 +26,7 @@ __all__ = [
     "EngineSettings",
     "FakeSettings",
     "FetchSettings",
+    "JobSettings",
     "LimitSettings",
     "ServerSettings",
     "Settings",
@@ -386,6 +387,38 @@ class ServerSettings(_Section):
     startup_wait_s: float = Field(5.0, ge=0)
 
 
+def _data_home() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+
+
+class JobSettings(_Section):
+    """Background jobs (``POST /v1/jobs``): where they are kept, for how long, and how many."""
+
+    enabled: bool = True
+    # SQLite plus each job's input and finished pages; a restarted server finishes its jobs.
+    dir: Path = Field(default_factory=lambda: _data_home() / "dsocr" / "jobs")
+    # Finished jobs (results, inputs) are deleted this long after they end.
+    ttl_s: float = Field(24 * 3600.0, gt=0)
+    # Bytes all stored jobs may take; a job that would pass it is refused with 507.
+    max_disk_bytes: int = Field(10 * 1024**3, ge=1)
+    # Free space the disk must keep besides the jobs' own quota.
+    min_free_bytes: int = Field(1024**3, ge=0)
+    # Jobs not finished yet (queued or running), in total and per API key; more get 429.
+    max_queued: int = Field(100, ge=1)
+    max_queued_per_key: int = Field(20, ge=1)
+    # Jobs running at once, and pages of one job in the engine at once. Few pages per job keep
+    # room in the engine's batch for interactive requests.
+    concurrency: int = Field(2, ge=1)
+    window: int = Field(4, ge=1)
+    # A running job's owner renews its lease this often; a job whose lease is this old (its
+    # server was killed) is taken over by a live server, which skips the pages already done.
+    lease_s: float = Field(15.0, gt=0)
+    # Signs completion callbacks (Standard Webhooks); unset, callbacks go unsigned.
+    webhook_secret: SecretStr | None = None
+    webhook_attempts: int = Field(5, ge=1, le=20)
+    webhook_backoff_s: float = Field(2.0, gt=0)
+
+
 class Settings(BaseSettings):
     """All dsocr settings."""
 
@@ -395,6 +428,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
     debug: bool = False
 
 

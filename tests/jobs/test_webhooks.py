@@ -7,20 +7,17 @@ A real HTTP(S) receiver on loopback records every POST; signatures are checked w
 from __future__ import annotations
 
 import base64
-import contextlib
 import email.utils
 import ipaddress
 import json
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import trustme
+from jobs_support import Received, Receiver, serving
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from dsocr.errors import FetchFailed, InvalidInput
@@ -30,70 +27,6 @@ from dsocr.settings import FetchSettings
 
 SECRET = "whsec_" + base64.b64encode(b"a 32-byte key for the test server").decode()
 PAYLOAD = {"id": "job_1", "status": "succeeded", "note": "reçu ✓", "pages": [1, 2]}
-
-
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Receiver:
-    """A webhook receiver on 127.0.0.1: answers the n-th POST with ``answers[n]`` (the last repeats)."""
-
-    port: int
-    scheme: str = "http"
-    answers: list[tuple[int, dict[str, str]]] = field(default_factory=lambda: [(200, {})])
-    requests: list[Received] = field(default_factory=list)
-    release: threading.Event = field(default_factory=threading.Event)
-    stall: bool = False
-
-    def url(self, path: str = "/hook", host: str = "127.0.0.1") -> str:
-        return f"{self.scheme}://{host}:{self.port}{path}"
-
-    @property
-    def ids(self) -> list[str]:
-        return [r.headers.get("webhook-id", "") for r in self.requests]
-
-
-@contextlib.contextmanager
-def serving(context: ssl.SSLContext | None = None) -> Iterator[Receiver]:
-    receiver: Receiver
-
-    class _Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            receiver.requests.append(Received(self.path, headers, body))
-            if receiver.stall:
-                receiver.release.wait(10)
-            answers = receiver.answers
-            status, extra = answers[min(len(receiver.requests), len(answers)) - 1]
-            self.send_response(status)
-            for name, value in extra.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, format: str, *args: object) -> None:  # quiet test output
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    if context is not None:
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-    receiver = Receiver(port=server.server_address[1], scheme="https" if context else "http")
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield receiver
-    finally:
-        receiver.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @pytest.fixture

@@ -13,10 +13,11 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from dsocr.errors import InvalidInput
+from dsocr.errors import InvalidInput, error_class
+from dsocr.grounding import parse
 from dsocr.outputs import blocks, crops, json_file, layout_pdf, markdown, raw, text, truss, visualization
 from dsocr.outputs.base import FileContext, Output, RenderContext
-from dsocr.results import PageResult, Usage
+from dsocr.results import PageResult, PageTimings, Usage
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -36,6 +37,7 @@ __all__ = [
     "draw",
     "file_output",
     "page_error_json",
+    "page_from_json",
     "page_json",
     "pixel_weight",
     "timings_json",
@@ -184,3 +186,44 @@ def document_json(
     body["pages"] = [page_json(r, names, context) for r in results]
     body["usage"] = usage_json(total)
     return body
+
+
+def page_from_json(data: Mapping[str, Any], *, prompt: str) -> PageResult:
+    """The page result that :func:`page_json` rendered, read back (a stored job page, a remote
+    server's answer). The page must have been rendered with ``raw``: the rest of the parse is
+    redone from it, exactly as the pipeline did; what formats drew from the image is their field.
+    """
+    error = data.get("error")
+    usage = data.get("usage") or {}
+    timings = data.get("timings") or {}
+    size = data.get("image_size")
+    parsed = None
+    if error is None:
+        if size is None or not isinstance(data.get("raw"), str):
+            raise ValueError(f"page {data.get('page')} has no raw output to read back")
+        parsed = parse(data["raw"], width=size[0], height=size[1], prompt=prompt)
+    drawn = {
+        name: tuple(data[name]) if isinstance(data[name], list) else data[name]
+        for name, output in OUTPUTS.items()
+        if output.draw is not None and data.get(name) is not None
+    }
+    return PageResult(
+        page=int(data["page"]),
+        request_id=str(data.get("request_id") or ""),
+        parsed=parsed,
+        error=None
+        if error is None
+        else error_class(error.get("code", ""))(error.get("message", ""), field=error.get("field")),
+        image_size=None if size is None else (int(size[0]), int(size[1])),
+        usage=Usage(
+            prompt_tokens=usage.get("prompt_tokens", 0),
+            vision_tokens=usage.get("vision_tokens", 0),
+            completion_tokens=usage.get("completion_tokens", 0),
+        ),
+        finish_reason=data.get("finish_reason"),
+        repetition_score=data.get("repetition_score"),
+        repetitive=bool(data.get("repetitive", False)),
+        warnings=tuple(data.get("warnings") or ()),
+        timings=PageTimings(**{k: v for k, v in timings.items() if k in PageTimings.__dataclass_fields__}),
+        drawn=drawn,
+    )

@@ -34,8 +34,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dsocr import __version__
 from dsocr.admission import AdmissionQueue
 from dsocr.engine.base import Engine
-from dsocr.errors import DsocrError, InputTooLarge, ServerBusy
-from dsocr.server import routes_docs, routes_health, routes_ocr
+from dsocr.errors import DsocrError, EngineUnavailable, InputTooLarge, ServerBusy
+from dsocr.pipeline import Pipeline
+from dsocr.server import routes_docs, routes_health, routes_jobs, routes_ocr
 from dsocr.server.deps import AppState, require_api_key
 from dsocr.server.errors import dsocr_error_body, error_headers, http_status, install_error_handlers
 from dsocr.server.metrics import Metrics, MetricsMiddleware
@@ -294,6 +295,42 @@ async def _start_engine(state: AppState, engine: Engine | None) -> None:
     state.metrics.set_engine_ready(True)
 
 
+def _job_pipeline(state: AppState) -> Pipeline:
+    """The pipeline jobs run through: the server's engine, admission and metrics, a few pages of
+    a job at a time; it never waits for admission (a job retries, interactive requests go first)."""
+    if state.engine is None or not state.ready:
+        raise EngineUnavailable(f"The OCR engine is not ready: {state.unready_reason}.", retry_after=5)
+    settings = state.settings
+    return Pipeline(
+        state.engine,
+        limits=settings.limits,
+        fetch=settings.fetch,
+        admission=state.admission,
+        observer=state.metrics,
+        window=settings.jobs.window,
+    )
+
+
+async def _start_jobs(state: AppState) -> None:
+    """Open the jobs' store and start their workers; if the store cannot be opened (a read-only
+    disk, say), the server runs without jobs and ``/v1/jobs`` says why."""
+    import sqlite3
+
+    from dsocr.jobs.manager import JobManager
+
+    try:
+        jobs = JobManager(state.settings, lambda: _job_pipeline(state))
+    except (OSError, sqlite3.Error) as exc:
+        state.jobs_unavailable = (
+            f"the jobs folder {state.settings.jobs.dir} cannot be used ({exc}); "
+            "set DSOCR_JOBS__DIR to a writable folder"
+        )
+        logger.error("jobs are off: %s", state.jobs_unavailable)
+        return
+    await jobs.start()
+    state.jobs = jobs
+
+
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
     """Build the HTTP app. ``engine`` overrides ``settings.engine`` (tests pass a ``FakeEngine``).
 
@@ -315,9 +352,14 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         # Fast engines (fake, CPU) are given a moment so the server opens ready.
         starting = asyncio.create_task(_start_engine(state, engine), name="dsocr-engine-start")
         await asyncio.wait({starting}, timeout=settings.server.startup_wait_s)
+        if settings.jobs.enabled:
+            await _start_jobs(state)
         try:
             yield
         finally:
+            if state.jobs is not None:
+                await state.jobs.close()
+                state.jobs = None
             state.ready = False
             state.unready_reason = "the server is shutting down"
             state.metrics.set_engine_ready(False)
@@ -344,6 +386,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     install_openapi(app)
     app.include_router(routes_health.router)
     app.include_router(routes_ocr.router)
+    if settings.jobs.enabled:
+        app.include_router(routes_jobs.router)
     _include_openai_routes(app)
     app.include_router(routes_docs.router)
     _mount_playground(app)
@@ -357,9 +401,9 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.server.cors_origins,
-            allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
+            allow_methods=["GET", "HEAD", "POST", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "X-Api-Key", "Content-Type", "Accept"],
-            expose_headers=["X-Request-Id", "Retry-After"],
+            expose_headers=["X-Request-Id", "Retry-After", "Location"],
         )
     # Outside everything else, so that every answer (CORS's and the limits' included) is counted.
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)

@@ -14,7 +14,7 @@ import binascii
 import hashlib
 import hmac
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
@@ -26,6 +26,9 @@ from dsocr.server.errors import LoginRequired
 from dsocr.server.metrics import Metrics
 from dsocr.server.uploads import UploadSlots
 from dsocr.settings import Settings
+
+if TYPE_CHECKING:
+    from dsocr.jobs.manager import JobManager
 
 __all__ = [
     "AppState",
@@ -57,6 +60,9 @@ class AppState:
     engine: Engine | None = None
     ready: bool = False
     unready_reason: str = "the engine is starting"
+    # Background jobs (``settings.jobs``), once started.
+    jobs: JobManager | None = None
+    jobs_unavailable: str = "the server is starting"
     # Request ids currently running, for debugging and the in-flight gauge.
     active: set[str] = field(default_factory=set)
 

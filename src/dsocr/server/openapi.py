@@ -62,6 +62,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "Invalid request: a missing, contradictory or malformed field (`field` names it).",
     401: "API keys are configured and the request sent none or a wrong one.",
     404: "`model` names no model this server serves.",
+    409: "The job's result is not ready: it is queued or running, or it failed or was cancelled.",
     413: "Too large: the body, the file, its pixels or its pages are over a configured limit.",
     415: "Unsupported media type: of the request body, or of the image or document sent.",
     422: "Unusable input: the image or PDF cannot be decoded, a PDF page is over its render budget, "
@@ -71,6 +72,8 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     500: "The engine failed while generating (`engine_error`), or an unexpected error (`internal_error`).",
     503: "The engine is not ready (`engine_unavailable`), or the server is answering its most requests "
     "at once (`server_busy`, DSOCR_SERVER__MAX_CONCURRENCY); retry after Retry-After seconds.",
+    507: "Storing the job would pass the jobs' disk quota (DSOCR_JOBS__MAX_DISK_BYTES) or the "
+    "disk's reserve (DSOCR_JOBS__MIN_FREE_BYTES).",
     504: "The request ran past its deadline (DSOCR_LIMITS__REQUEST_TIMEOUT_S) and was aborted.",
 }
 _ERROR_HEADERS: dict[int, dict[str, Any]] = {

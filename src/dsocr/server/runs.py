@@ -33,6 +33,7 @@ __all__ = [
     "client_gone_response",
     "collect",
     "read_json",
+    "sse",
     "start_run",
     "stream_response",
     "watching_disconnect",
@@ -81,6 +82,11 @@ async def watching_disconnect(request: Request, work: Coroutine[Any, Any, T]) ->
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def sse(event: str, data: Any) -> bytes:
+    """One server-sent event: its name and its data as compact JSON."""
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
 
 
 async def read_json(request: Request) -> dict[str, Any]:

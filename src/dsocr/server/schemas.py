@@ -20,6 +20,10 @@ __all__ = [
     "EXAMPLE_IMAGE",
     "ErrorDetail",
     "ErrorEnvelope",
+    "JobList",
+    "JobOut",
+    "JobProgress",
+    "JobRequest",
     "OcrRequest",
     "OcrResponse",
     "PageOut",
@@ -119,6 +123,50 @@ class OcrRequest(BaseModel):
     stream: bool = Field(False, description="Answer as server-sent events (also: Accept: text/event-stream).")
 
 
+class JobRequest(OcrRequest):
+    """``POST /v1/jobs``: the body of ``/v1/ocr`` (JSON or multipart), run in the background."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_exactly_one(_OCR_SOURCES))
+
+    callback_url: str | None = Field(
+        None,
+        description="https URL POSTed (signed, Standard Webhooks) when the job ends; SSRF-guarded.",
+        max_length=2_000,
+    )
+
+
+class JobProgress(BaseModel):
+    """How far a job has got."""
+
+    pages_total: int | None = Field(description="Pages the job reads; null until its input is opened.")
+    pages_done: int = Field(description="Pages finished with a result.")
+    pages_failed: int = Field(description="Pages finished with an error (named in the result).")
+
+
+class JobOut(BaseModel):
+    """A job: its state, progress and links. Times are Unix seconds."""
+
+    id: str
+    object: Literal["ocr.job"]
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    expires_at: float | None = Field(description="When the finished job and its result are deleted.")
+    progress: JobProgress
+    error: dict[str, Any] | None = Field(description="Why the job failed: code, message, field.")
+    callback: dict[str, Any] | None = Field(description="The callback URL and its delivery.")
+    links: dict[str, str]
+    deleted: bool | None = Field(None, description="DELETE of a finished job: it was deleted.")
+
+
+class JobList(BaseModel):
+    """``GET /v1/jobs``: the caller's jobs, newest first."""
+
+    object: Literal["list"]
+    data: list[JobOut]
+
+
 class PredictRequest(BaseModel):
     """``POST /predict``, the seed Truss contract (documentation only; the route reads the raw JSON).
 
@@ -147,13 +195,13 @@ def _form_field(schema: dict[str, Any]) -> dict[str, Any]:
     return {**field, **variants[0]}
 
 
-def ocr_form_schema() -> dict[str, Any]:
-    """``POST /v1/ocr`` as multipart/form-data: the fields of :class:`OcrRequest` plus ``file``.
+def ocr_form_schema(model: type[OcrRequest] = OcrRequest) -> dict[str, Any]:
+    """``POST /v1/ocr`` (or ``/v1/jobs``: ``model``) as multipart/form-data: its fields plus ``file``.
 
     ``outputs`` is comma-separated (``markdown,blocks``) or repeated; exactly one of ``file``,
     ``image_url``, ``image_base64`` and ``path`` is required.
     """
-    json_schema = OcrRequest.model_json_schema()
+    json_schema = model.model_json_schema()
     properties: dict[str, Any] = {
         # As FastAPI documents an UploadFile in OpenAPI 3.1.
         "file": {
