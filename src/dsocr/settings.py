@@ -186,6 +186,8 @@ class FakeSettings(_Section):
 
     # Seconds each page takes, spread over its streamed pieces.
     delay_s: float = Field(0.0, ge=0)
+    # Pages generated at once, like a real engine's batch; more wait their turn (None: no limit).
+    max_batch: int | None = Field(None, ge=1)
 
 
 # Flat engine settings that moved into a group: old name -> its place now.
@@ -416,7 +418,7 @@ class JobSettings(_Section):
     # Signs completion callbacks (Standard Webhooks); unset, callbacks go unsigned.
     webhook_secret: SecretStr | None = None
     webhook_attempts: int = Field(5, ge=1, le=20)
-    webhook_backoff_s: float = Field(2.0, gt=0)
+    webhook_backoff_s: float = Field(1.0, gt=0)
 
 
 class Settings(BaseSettings):

@@ -19,6 +19,10 @@ EXPECTED = {
     errors.RenderBudgetExceeded: 422,
     errors.FetchFailed: 422,
     errors.ModelNotFound: 404,
+    errors.JobNotFound: 404,
+    errors.JobNotFinished: 409,
+    errors.TooManyJobs: 429,
+    errors.StorageFull: 507,
     errors.Unauthorized: 401,
     LoginRequired: 401,
     errors.ServerBusy: 503,
@@ -39,7 +43,7 @@ def test_every_error_class_has_an_error_status_documented_in_openapi(cls: type[e
 
 
 def test_statuses_are_the_ones_clients_have_always_got() -> None:
-    public = {getattr(errors, name) for name in errors.__all__} - {errors.lookup_by_class}
+    public = {getattr(errors, name) for name in errors.__all__} - {errors.lookup_by_class, errors.error_class}
     assert set(EXPECTED) >= public
     assert {cls: http_status(cls) for cls in EXPECTED} == EXPECTED
 

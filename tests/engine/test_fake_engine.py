@@ -207,3 +207,21 @@ async def test_default_history_is_bounded() -> None:
     assert engine.request_count == 1000
     assert 0 < len(engine.requests) <= 100
     assert engine.requests[-1].request_id == "r999"
+
+
+async def test_max_batch_makes_requests_past_the_batch_wait_their_turn_in_order() -> None:
+    engine = FakeEngine(delay_s=0.2, max_batch=2)
+    await engine.start()
+    order: list[str] = []
+
+    async def run(rid: str) -> None:
+        async for delta in engine.stream(_request(PRESETS["document"], rid=rid)):
+            if delta.output is not None:
+                order.append(rid)
+
+    first = [asyncio.create_task(run(rid)) for rid in ("a", "b", "c", "d")]
+    await asyncio.gather(*first)
+    # Two at a time, first come first served: a and b end before c and d start.
+    assert set(order[:2]) == {"a", "b"} and set(order[2:]) == {"c", "d"}
+    with pytest.raises(ValueError, match="max_batch"):
+        FakeEngine(max_batch=0)

@@ -127,7 +127,7 @@ def _create_one(settings: EngineSettings, selection: EngineSelection) -> Engine:
     if selection.kind == "fake":
         from dsocr.engine.fake import FakeEngine
 
-        return FakeEngine(delay_s=settings.fake.delay_s)
+        return FakeEngine(delay_s=settings.fake.delay_s, max_batch=settings.fake.max_batch)
     if selection.kind == "cpu":
         from dsocr.engine.cpu import CpuEngine, bundled_models_dir
 

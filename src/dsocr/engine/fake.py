@@ -156,12 +156,17 @@ class FakeEngine:
         start_error: DsocrError | None = None,
         model_id: str = "fake-deepseek-ocr",
         history_size: int = 64,
+        max_batch: int | None = None,
     ) -> None:
         if delay_s < 0:
             raise ValueError(f"delay_s must be >= 0, got {delay_s}")
         if history_size < 1:
             raise ValueError(f"history_size must be >= 1, got {history_size}")
         self._delay_s = delay_s
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        # Like a real engine's batch: more requests than this wait their turn, first come first served.
+        self._batch = asyncio.Semaphore(max_batch) if max_batch is not None else None
         self._fail = fail
         self._loop = loop
         self._start_error = start_error
@@ -253,9 +258,13 @@ class FakeEngine:
         emitted: list[str] = []
         finish: FinishReason = "stop"
         first_token_s: float | None = None
+        queue_s: float | None = None
         step = delay / max(len(pieces), 1)
         self._active.add(request.request_id)
         try:
+            if self._batch is not None:
+                await self._batch.acquire()
+            queue_s = time.monotonic() - started
             for piece in pieces:
                 if step:
                     await asyncio.sleep(step)
@@ -276,6 +285,8 @@ class FakeEngine:
             self._remember(self.aborted, request.request_id)
             raise
         finally:
+            if self._batch is not None and queue_s is not None:
+                self._batch.release()
             self._active.discard(request.request_id)
             self._abort_requested.discard(request.request_id)
         if finish == "abort":
@@ -288,7 +299,7 @@ class FakeEngine:
             prompt_tokens=prompt_tokens(prompt, vision),
             vision_tokens=vision,
             completion_tokens=len(full.split()),
-            queue_s=0.0,
+            queue_s=queue_s,
             first_token_s=first_token_s,
             total_s=time.monotonic() - started,
         )

@@ -68,7 +68,7 @@ Tenant = Annotated[str, Depends(tenant)]
             },
         }
     },
-    responses=error_responses(400, 401, 413, 415, 422, 429, 503, 507, descriptions=_QUEUE_FULL),
+    responses=error_responses(400, 401, 404, 413, 415, 422, 429, 503, 507, descriptions=_QUEUE_FULL),
     summary="Start a job: OCR an image or PDF in the background",
 )
 async def create_job(request: Request, jobs: Jobs, owner: Tenant) -> Response:
@@ -96,7 +96,7 @@ async def create_job(request: Request, jobs: Jobs, owner: Tenant) -> Response:
     return JSONResponse(job_json(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 
 
-@router.get("/v1/jobs", response_model=JobList, responses=error_responses(401), summary="List your jobs")
+@router.get("/v1/jobs", response_model=JobList, responses=error_responses(401, 422), summary="List your jobs")
 async def list_jobs(
     jobs: Jobs, owner: Tenant, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> JSONResponse:
