@@ -468,6 +468,13 @@ def batch_command(
     max_tokens: MaxTokensOption = None,
     crops: Annotated[bool, typer.Option(help="Write figure crops (images/<page>_<i>.png).")] = True,
     overlays: Annotated[bool, typer.Option(help="Write box overlays (overlays/<page>.png).")] = False,
+    formats: Annotated[
+        str | None,
+        typer.Option(
+            help="Also write each document as OUT/<name>/<name>.<suffix> in these formats, comma-separated: "
+            "txt, json, pdf (searchable), hocr, alto (.xml), html. <name>.md is always written."
+        ),
+    ] = None,
     max_in_flight: Annotated[
         int, typer.Option(min=1, help="Pages rendered and in the engine at once (per actor with --ray).")
     ] = 8,
@@ -512,6 +519,7 @@ def batch_command(
         max_in_flight=max_in_flight,
         manifest_path=manifest,
         quiet=quiet,
+        formats=tuple(name.strip() for name in (formats or "").split(",") if name.strip()),
     )
     try:
         if ray or ray_address is not None:

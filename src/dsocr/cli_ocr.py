@@ -26,6 +26,7 @@ from dsocr.engine.base import Engine
 from dsocr.engine.factory import create_engine
 from dsocr.errors import InputTooLarge, InvalidInput
 from dsocr.inputs import BytesSource, Source
+from dsocr.inputs.render_worker import isolated_pdf_work
 from dsocr.inputs.sources import read_local_file, read_source, source_of
 from dsocr.pipeline import Pipeline, Run
 from dsocr.progress import progress_bar
@@ -201,7 +202,15 @@ async def _run(job: OcrJob, settings: Settings, *, write_stdout: Callable[[bytes
             _report_failures(outcome)
             if len(outcome.failed) == len(outcome.results):
                 return outcome  # nothing to write; the errors were reported
-            await asyncio.to_thread(_write_files, job, run, outcome, file_format, write_stdout, raw.data)
+            context = outputs.FileContext(
+                render=run.render_context,
+                source=job.source,
+                crops_link=crops_link(job.crops_dir, job.out),
+                page_image=run.page_image,
+                source_bytes=lambda: raw.data,
+                isolate=isolated_pdf_work(settings.limits, pages=len(outcome.results)),
+            )
+            await asyncio.to_thread(_write_files, job, run, outcome, file_format, write_stdout, context)
     return outcome
 
 
@@ -211,17 +220,10 @@ def _write_files(
     outcome: OcrOutcome,
     file_format: outputs.Output,
     write_stdout: Callable[[bytes], None],
-    source_bytes: bytes,
+    context: outputs.FileContext,
 ) -> None:
     """The output file (or stdout), the crops and the overlays (blocking)."""
     assert file_format.file is not None
-    context = outputs.FileContext(
-        render=run.render_context,
-        source=job.source,
-        crops_link=crops_link(job.crops_dir, job.out),
-        page_image=run.page_image,
-        source_bytes=lambda: source_bytes,
-    )
     data = file_format.file(outcome.results, context)
     if job.out is None:
         write_stdout(data)

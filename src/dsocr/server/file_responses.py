@@ -3,28 +3,25 @@
 :func:`file_response` is the one place a route turns results into a file response: the format
 comes from the registry (:func:`dsocr.outputs.file_output`; an unknown name is a 400 naming
 ``format``), the file is built off the event loop, and the answer carries the format's media type
-and a download name. :func:`isolated_pdf_work` is what the routes put in
-``FileContext.isolate``: pdfium work on an input runs in the render workers, under the render
-budget, never in the server process.
+and a download name. The routes set ``FileContext.isolate`` to
+:func:`dsocr.inputs.render_worker.isolated_pdf_work`: pdfium work on an input PDF runs in the
+render workers, under the render budget, never in the server process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import PurePosixPath
-from typing import Any
 from urllib.parse import quote
 
 from fastapi.responses import Response
 
 from dsocr import outputs
-from dsocr.inputs.render_worker import render_pool
 from dsocr.results import PageResult
-from dsocr.settings import LimitSettings
 
-__all__ = ["download_name", "file_response", "isolated_pdf_work"]
+__all__ = ["download_name", "file_response"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_STEM = 100
@@ -40,19 +37,6 @@ def _disposition(name: str) -> str:
     # An ASCII fallback for old clients, the real name (RFC 6266 / 5987) for the rest.
     ascii_name = _UNSAFE.sub("_", name).strip("_") or "document"
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
-
-
-def isolated_pdf_work(limits: LimitSettings, *, pages: int) -> Callable[..., Any]:
-    """``FileContext.isolate`` for the server: ``task(*args)`` in a render worker, within the render
-    memory limit and ``DSOCR_LIMITS__RENDER_TIMEOUT_S`` per page (plus one for opening)."""
-    timeout_s = limits.render_timeout_s * (pages + 1)
-
-    def run(task: Callable[..., Any], *args: Any) -> Any:
-        return render_pool(limits).call(
-            task, *args, timeout_s=timeout_s, what="the PDF", action="to write", field="format"
-        )
-
-    return run
 
 
 async def file_response(

@@ -28,13 +28,14 @@ from dsocr import outputs
 from dsocr.errors import InvalidInput, UnsupportedMediaType
 from dsocr.grounding import block_to_json
 from dsocr.inputs import BytesSource, Source
+from dsocr.inputs.render_worker import isolated_pdf_work
 from dsocr.inputs.sources import SourceKind, one_source, read_source
 from dsocr.pipeline import Pipeline, Run
 from dsocr.request import DEFAULT_MODE, build_request
 from dsocr.results import BlockFound, PageResult, PageStarted
 from dsocr.server.deps import AppState, app_state, ready_pipeline, require_api_key
 from dsocr.server.errors import dsocr_error_body, request_id_of
-from dsocr.server.file_responses import file_response, isolated_pdf_work
+from dsocr.server.file_responses import file_response
 from dsocr.server.openapi import error_responses
 from dsocr.server.runs import (
     ClientGone,
