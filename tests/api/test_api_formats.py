@@ -60,7 +60,9 @@ async def test_unknown_format_is_a_400_naming_format(client: httpx.AsyncClient) 
 
 
 async def test_a_file_cannot_be_streamed(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/ocr?format=pdf", json={"image_base64": b64(png_bytes()), "stream": True})
+    response = await client.post(
+        "/v1/ocr?format=pdf", json={"image_base64": b64(png_bytes()), "stream": True}
+    )
     assert response.status_code == 400
     assert response.json()["error"]["field"] == "format"
 
@@ -74,6 +76,6 @@ async def test_page_fields_hocr_alto_html(client: httpx.AsyncClient) -> None:
     (page,) = body["pages"]
     assert "crops" not in page, "html draws the crops it inlines, without listing them"
     assert etree.parse(io.BytesIO(page["alto"].encode())).getroot().tag.endswith("}alto")
-    assert "class=\"ocr_page\"" in page["hocr"]
+    assert 'class="ocr_page"' in page["hocr"]
     assert "<table>" in page["html"] and "data:image/png;base64," in page["html"]
     assert body["html"].startswith("<!DOCTYPE html>") and body["alto"].startswith("<?xml")
