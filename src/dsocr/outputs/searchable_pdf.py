@@ -119,7 +119,9 @@ def _add_text(pdf: Any, page: Any, font: Any, text: PageText) -> None:
         if not characters or size <= 0:
             continue
         obj = pdfium_c.FPDFPageObj_CreateTextObj(pdf.raw, font, size)
-        wide = ctypes.create_string_buffer((line + "\0").encode("utf-16-le"))
+        # A space after the line (beyond its box): extractors would otherwise join the last word
+        # to the first word of a block just to its right.
+        wide = ctypes.create_string_buffer((line + " \0").encode("utf-16-le"))
         pdfium_c.FPDFText_SetText(obj, ctypes.cast(wide, pdfium_c.FPDF_WIDESTRING))
         pdfium_c.FPDFTextObj_SetTextRenderMode(obj, pdfium_c.FPDF_TEXTRENDERMODE_INVISIBLE)
         # Stretch the line to its width, its baseline a descent above the box's bottom.
