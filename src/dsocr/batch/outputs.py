@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from dsocr import grounding
 from dsocr.errors import DsocrError
@@ -290,7 +290,7 @@ def write_document_files(
     if not formats:
         return []
     data = source.read_bytes()
-    kind = "pdf" if sniff_format(data) == "PDF" else "image"
+    kind: Literal["image", "pdf"] = "pdf" if sniff_format(data) == "PDF" else "image"
     results = page_results(doc_dir, pages, prompt=prompt, crops=any("crops" in o.uses for o in formats))
     context = FileContext(
         render=RenderContext(request_id="", model="", prompt=prompt, kind=kind),
