@@ -379,8 +379,13 @@ def ocr_command(
     prompt: PromptOption = None,
     pages: Annotated[str | None, typer.Option(help="PDF pages, e.g. 1-3,5 (default: all).")] = None,
     output_format: Annotated[
-        str, typer.Option("--format", help="Output file format: md, txt, json (or a format's name).")
-    ] = "md",
+        str | None,
+        typer.Option(
+            "--format",
+            help="Output file format: md, txt, json, pdf (searchable), hocr, alto, html (or a format's "
+            "name). Default: from --out's suffix (.md .txt .json .pdf .hocr .xml .html), else md.",
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
     crops: Annotated[
         Path | None,
@@ -396,7 +401,7 @@ def ocr_command(
     max_tokens: MaxTokensOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or warnings.")] = False,
 ) -> None:
-    """OCR an image or PDF into markdown, text or JSON (no server needed).
+    """OCR an image or PDF into markdown, text, JSON, a searchable PDF, hOCR, ALTO or HTML (no server needed).
 
     Exit codes: 0 done, 2 bad input or usage, 3 engine failure, 4 some pages failed (the rest written).
     """
@@ -418,7 +423,8 @@ def ocr_command(
         quiet=quiet,
     )
     try:
-        outcome = run_ocr(job, settings, write_stdout=lambda text: typer.echo(text, nl=False))
+        # Bytes: click writes them as they are (a PDF to a pipe stays a PDF).
+        outcome = run_ocr(job, settings, write_stdout=lambda data: typer.echo(data, nl=False))
     except DsocrError as exc:
         _fail_with(exc)
     except KeyboardInterrupt:
@@ -462,6 +468,13 @@ def batch_command(
     max_tokens: MaxTokensOption = None,
     crops: Annotated[bool, typer.Option(help="Write figure crops (images/<page>_<i>.png).")] = True,
     overlays: Annotated[bool, typer.Option(help="Write box overlays (overlays/<page>.png).")] = False,
+    formats: Annotated[
+        str | None,
+        typer.Option(
+            help="Also write each document as OUT/<name>/<name>.<suffix> in these formats, comma-separated: "
+            "txt, json, pdf (searchable), hocr, alto (.xml), html. <name>.md is always written."
+        ),
+    ] = None,
     max_in_flight: Annotated[
         int, typer.Option(min=1, help="Pages rendered and in the engine at once (per actor with --ray).")
     ] = 8,
@@ -506,6 +519,7 @@ def batch_command(
         max_in_flight=max_in_flight,
         manifest_path=manifest,
         quiet=quiet,
+        formats=tuple(name.strip() for name in (formats or "").split(",") if name.strip()),
     )
     try:
         if ray or ray_address is not None:

@@ -26,7 +26,8 @@ from dsocr.engine.base import Engine
 from dsocr.engine.factory import create_engine
 from dsocr.errors import InputTooLarge, InvalidInput
 from dsocr.inputs import BytesSource, Source
-from dsocr.inputs.sources import read_local_file, source_of
+from dsocr.inputs.render_worker import isolated_pdf_work
+from dsocr.inputs.sources import read_local_file, read_source, source_of
 from dsocr.pipeline import Pipeline, Run
 from dsocr.progress import progress_bar
 from dsocr.request import build_request
@@ -52,7 +53,8 @@ class OcrJob:
     preset: str | None = None
     prompt: str | None = None
     pages: str | None = None
-    output_format: str = "md"
+    # None: from ``out``'s suffix (``x.hocr`` → hOCR), else markdown.
+    output_format: str | None = None
     out: Path | None = None
     crops_dir: Path | None = None
     viz: Path | None = None
@@ -131,14 +133,36 @@ def crops_link(crops_dir: Path | None, out: Path | None) -> str:
     return Path(relative).as_posix()
 
 
-def run_ocr(job: OcrJob, settings: Settings, *, write_stdout: Callable[[str], None]) -> OcrOutcome:
+def run_ocr(job: OcrJob, settings: Settings, *, write_stdout: Callable[[bytes], None]) -> OcrOutcome:
     """Run ``job`` to the end; raises ``DsocrError`` when nothing could be done at all."""
     return asyncio.run(_run(job, settings, write_stdout=write_stdout))
 
 
-def _drawn_outputs(job: OcrJob) -> list[str]:
-    """The formats drawn from the page images: what the crop and overlay files need."""
-    drawn: list[str] = []
+def file_format_of(output_format: str | None, out: Path | None) -> outputs.Output:
+    """The file format: ``--format`` when given; else the one ``--out``'s suffix names; else markdown.
+
+    An ``--out`` suffix that names no format is an error (``InvalidInput`` naming ``out``): writing
+    markdown into ``scan.docx`` would only surprise.
+    """
+    if output_format is not None:
+        return outputs.file_output(output_format)
+    suffix = out.suffix if out is not None else ""
+    if not suffix:
+        return outputs.file_output("md")
+    found = outputs.FILE_FORMATS.get(suffix.lower().lstrip("."))
+    if found is None:
+        suffixes = sorted({o.suffix for o in outputs.FILE_FORMATS.values()})
+        raise InvalidInput(
+            f"cannot tell the format from --out's suffix {suffix!r}; give --format or end --out "
+            f"with one of {', '.join(suffixes)}",
+            field="out",
+        )
+    return found
+
+
+def _drawn_outputs(job: OcrJob, file_format: outputs.Output) -> list[str]:
+    """The formats drawn from the page images: what the output, crop and overlay files need."""
+    drawn: list[str] = list(file_format.uses)
     if job.crops_dir is not None:
         drawn.append("crops")
     if job.viz is not None and job.viz.suffix.lower() != ".pdf":
@@ -146,16 +170,18 @@ def _drawn_outputs(job: OcrJob) -> list[str]:
     return drawn
 
 
-async def _run(job: OcrJob, settings: Settings, *, write_stdout: Callable[[str], None]) -> OcrOutcome:
-    file_format = outputs.file_output(job.output_format)
+async def _run(job: OcrJob, settings: Settings, *, write_stdout: Callable[[bytes], None]) -> OcrOutcome:
+    file_format = file_format_of(job.output_format, job.out)
     source = await asyncio.to_thread(cli_source, job.source, settings)
+    # The input's bytes, kept for the formats that reuse them (a searchable PDF keeps a PDF's pages).
+    raw = await read_source(source, limits=settings.limits, fetch=settings.fetch)
     request = build_request(
         settings,
-        source=source,
+        source=BytesSource(raw.data, filename=raw.name, content_type=raw.declared_type, field=raw.field),
         preset=job.preset,
         prompt=job.prompt,
         mode=job.mode,
-        outputs=_drawn_outputs(job),
+        outputs=_drawn_outputs(job, file_format),
         max_tokens=job.max_tokens,
         pages=job.pages,
         deadline=False,
@@ -176,7 +202,15 @@ async def _run(job: OcrJob, settings: Settings, *, write_stdout: Callable[[str],
             _report_failures(outcome)
             if len(outcome.failed) == len(outcome.results):
                 return outcome  # nothing to write; the errors were reported
-            await asyncio.to_thread(_write_files, job, run, outcome, file_format, write_stdout)
+            context = outputs.FileContext(
+                render=run.render_context,
+                source=job.source,
+                crops_link=crops_link(job.crops_dir, job.out),
+                page_image=run.page_image,
+                source_bytes=lambda: raw.data,
+                isolate=isolated_pdf_work(settings.limits, pages=len(outcome.results)),
+            )
+            await asyncio.to_thread(_write_files, job, run, outcome, file_format, write_stdout, context)
     return outcome
 
 
@@ -185,19 +219,14 @@ def _write_files(
     run: Run,
     outcome: OcrOutcome,
     file_format: outputs.Output,
-    write_stdout: Callable[[str], None],
+    write_stdout: Callable[[bytes], None],
+    context: outputs.FileContext,
 ) -> None:
     """The output file (or stdout), the crops and the overlays (blocking)."""
     assert file_format.file is not None
-    context = outputs.FileContext(
-        render=run.render_context,
-        source=job.source,
-        crops_link=crops_link(job.crops_dir, job.out),
-        page_image=run.page_image,
-    )
     data = file_format.file(outcome.results, context)
     if job.out is None:
-        write_stdout(data.decode("utf-8", errors="replace"))
+        write_stdout(data)
     else:
         job.out.write_bytes(data)
         outcome.written.append(job.out)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pypdfium2 as pdfium
 import pytest
 from jobs_support import pdf, png, serving, wait_job
 from standardwebhooks import Webhook, WebhookVerificationError
@@ -301,3 +302,25 @@ def test_an_unusable_jobs_folder_leaves_the_server_up_and_says_why(tmp_path: Pat
         assert response.status_code == 503
         assert "DSOCR_JOBS__DIR" in response.json()["error"]["message"]
         assert client.post("/v1/ocr", json={"image_base64": _b64(png(), "image/png")}).status_code == 200
+
+
+def test_a_jobs_result_as_a_searchable_pdf_keeps_the_pages_and_carries_their_text(
+    client: httpx.Client,
+) -> None:
+    document = pdf(3)
+    job = client.post("/v1/jobs", files={"file": ("scan.pdf", document, "application/pdf")}).json()
+    wait_job(client, job["id"])
+    body = client.get(f"/v1/jobs/{job['id']}/result").json()
+    response = client.get(f"/v1/jobs/{job['id']}/result", params={"format": "pdf"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/pdf"
+    assert 'filename="scan.pdf"' in response.headers["content-disposition"]
+    out = pdfium.PdfDocument(response.content)
+    original = pdfium.PdfDocument(document)
+    assert len(out) == len(original) == 3
+    for n in range(3):
+        assert out[n].get_size() == original[n].get_size()
+        words = out[n].get_textpage().get_text_range().split()
+        first_block = [w for w in body["pages"][n]["blocks"][0]["text"].split() if w.isalpha()]
+        assert first_block
+        assert set(first_block) <= set(words)

@@ -7,6 +7,7 @@ Layout of one document ``NAME`` under the output folder::
     NAME/pages/<page>.md    the page alone (links point at ../images/)
     NAME/images/<page>_<i>.png   figure crops (crop i of page <page>)
     NAME/overlays/<page>.png     boxes drawn on the page (on request)
+    NAME/NAME.<suffix>      the document in each format of ``--formats`` (NAME.pdf, NAME.hocr …)
 
 Every file is written to a temporary name in the same folder, flushed to disk, then renamed over
 the target (``os.replace``), so a crash leaves the old file or the new one, never half of one. A
@@ -25,21 +26,27 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from dsocr import grounding
 from dsocr.errors import DsocrError
-from dsocr.outputs import RenderContext, page_json
+from dsocr.inputs.formats import sniff_format
+from dsocr.outputs import FileContext, Output, RenderContext, page_json
 from dsocr.outputs.markdown import relink_crops
 from dsocr.results import PageResult
+from dsocr.types import Block
 
 __all__ = [
     "PAGE_SPLIT",
     "PageArtifacts",
     "assemble_document",
+    "document_file_path",
     "failed_artifacts",
     "page_artifacts",
     "page_json_path",
+    "page_results",
     "write_atomic",
+    "write_document_files",
     "write_page",
     "write_text_atomic",
 ]
@@ -209,3 +216,92 @@ def assemble_document(doc_dir: Path, name: str, pages: Sequence[int], *, durable
     target = doc_dir / f"{name}.md"
     write_text_atomic(target, PAGE_SPLIT.join(parts) + "\n", durable=durable)
     return target
+
+
+def _block(item: dict[str, Any]) -> Block:
+    return Block(
+        index=int(item["index"]),
+        label=str(item["label"]),
+        text=str(item["text"]),
+        boxes=tuple((b[0], b[1], b[2], b[3]) for b in item["boxes"]),
+        boxes_px=tuple((b[0], b[1], b[2], b[3]) for b in item["boxes_px"]),
+        crop_index=item.get("crop_index"),
+    )
+
+
+def page_results(
+    doc_dir: Path, pages: Sequence[int], *, prompt: str, crops: bool = False
+) -> list[PageResult]:
+    """The document's pages rebuilt from their page files, as the pipeline gave them: the blocks
+    are parsed again (so markdown links crops page by page, ``images/<i>.png``), and with
+    ``crops`` the crop files are read back. A page not finished or failed is a failed result."""
+    results: list[PageResult] = []
+    for page in pages:
+        try:
+            record = json.loads(page_json_path(doc_dir, page).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            results.append(PageResult(page=page, request_id="", error=DsocrError("not processed yet")))
+            continue
+        error = record.get("error")
+        size = record.get("image_size")
+        image_size = (int(size[0]), int(size[1])) if size else None
+        if error is not None or image_size is None:
+            message = str(error["message"]) if error is not None else "no output"
+            results.append(
+                PageResult(page=page, request_id="", error=DsocrError(message), image_size=image_size)
+            )
+            continue
+        blocks = [_block(item) for item in record["blocks"]]
+        ref_is_text = grounding.ref_is_text_for_prompt(prompt)
+        if ref_is_text is None:
+            ref_is_text = bool(blocks) and all(block.label == block.text for block in blocks)
+        raw = grounding.to_raw(blocks, ref_is_text=ref_is_text)
+        parsed = grounding.parse(raw, width=image_size[0], height=image_size[1], prompt=prompt)
+        drawn: dict[str, Any] = {}
+        if crops:
+            drawn["crops"] = tuple(
+                base64.b64encode((doc_dir / name).read_bytes()).decode("ascii")
+                for name in record.get("crops", ())
+                if (doc_dir / name).is_file()
+            )
+        results.append(
+            PageResult(page=page, request_id="", parsed=parsed, image_size=image_size, drawn=drawn)
+        )
+    return results
+
+
+def document_file_path(doc_dir: Path, name: str, output: Output) -> Path:
+    """Where the document's file in ``output``'s format lives: ``NAME/NAME<suffix>``."""
+    return doc_dir / f"{name}{output.suffix}"
+
+
+def write_document_files(
+    doc_dir: Path,
+    name: str,
+    pages: Sequence[int],
+    *,
+    source: Path,
+    formats: Sequence[Output],
+    prompt: str,
+    isolate: Any = None,
+    durable: bool = True,
+) -> list[Path]:
+    """Write the document in each of ``formats`` from its page files; return the paths written."""
+    if not formats:
+        return []
+    data = source.read_bytes()
+    kind: Literal["image", "pdf"] = "pdf" if sniff_format(data) == "PDF" else "image"
+    results = page_results(doc_dir, pages, prompt=prompt, crops=any("crops" in o.uses for o in formats))
+    context = FileContext(
+        render=RenderContext(request_id="", model="", prompt=prompt, kind=kind),
+        source=source.name,
+        source_bytes=lambda: data,
+        isolate=isolate,
+    )
+    written: list[Path] = []
+    for output in formats:
+        assert output.file is not None
+        target = document_file_path(doc_dir, name, output)
+        write_atomic(target, output.file(results, context), durable=durable)
+        written.append(target)
+    return written

@@ -17,18 +17,20 @@ import fcntl
 import functools
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from dsocr import errors
+from dsocr import errors, outputs
 from dsocr.batch.manifest import Manifest, settings_hash
 from dsocr.batch.names import display_path, printable
 from dsocr.batch.outputs import (
     PageArtifacts,
     assemble_document,
+    document_file_path,
     page_artifacts,
+    write_document_files,
     write_page,
     write_text_atomic,
 )
@@ -36,10 +38,11 @@ from dsocr.batch.plan import DocumentPlan, PageSource, RunPlan, discover_inputs,
 from dsocr.cli_exit import EXIT_INTERNAL, EXIT_PARTIAL, exit_code_of_code
 from dsocr.engine.base import Engine
 from dsocr.engine.factory import create_engine, select_engine
+from dsocr.inputs.render_worker import isolated_pdf_work
 from dsocr.pipeline import PageInput, Pipeline
 from dsocr.progress import progress_bar
 from dsocr.request import OcrRequest, build_request
-from dsocr.settings import Settings
+from dsocr.settings import LimitSettings, Settings
 
 __all__ = [
     "EXIT_PARTIAL",
@@ -77,6 +80,8 @@ class BatchJob:
     max_in_flight: int = 8
     manifest_path: Path | None = None  # default OUT/manifest.sqlite
     quiet: bool = False
+    # Each document also written in these file formats (md, txt, json, pdf, hocr, alto, html).
+    formats: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,6 +95,18 @@ class RunConfig:
     # The output-affecting settings, and their hash (the manifest key's second half).
     fingerprint: dict[str, Any]
     settings_key: str
+    # The document files besides NAME.md; not in the fingerprint: they are made from the page files.
+    formats: tuple[outputs.Output, ...] = ()
+
+
+def document_formats(names: Sequence[str]) -> tuple[outputs.Output, ...]:
+    """The formats ``--formats`` names, each once; markdown is NAME.md, always written."""
+    chosen: list[outputs.Output] = []
+    for name in names:
+        output = outputs.file_output(name, field="formats")
+        if output.name != "markdown" and output not in chosen:
+            chosen.append(output)
+    return tuple(chosen)
 
 
 def resolve_config(job: BatchJob, settings: Settings) -> RunConfig:
@@ -133,6 +150,7 @@ def resolve_config(job: BatchJob, settings: Settings) -> RunConfig:
         engine_kind=kind,
         fingerprint=fingerprint,
         settings_key=settings_hash(fingerprint),
+        formats=document_formats(job.formats),
     )
 
 
@@ -261,12 +279,23 @@ class BatchWriter:
     """
 
     def __init__(
-        self, *, plan: RunPlan, manifest: Manifest, out_dir: Path, summary: BatchSummary, durable: bool = True
+        self,
+        *,
+        plan: RunPlan,
+        manifest: Manifest,
+        out_dir: Path,
+        summary: BatchSummary,
+        durable: bool = True,
+        config: RunConfig | None = None,
+        limits: LimitSettings | None = None,
     ) -> None:
         self._manifest = manifest
         self._out_dir = out_dir
         self._summary = summary
         self._durable = durable
+        self._formats = config.formats if config is not None else ()
+        self._prompt = config.request.prompt if config is not None else ""
+        self._limits = limits
         self._documents = {doc.doc_key: doc for doc in plan.documents}
         self._remaining = {doc.doc_key: set(doc.todo) for doc in plan.documents if doc.error is None}
         for doc in plan.failed_documents:
@@ -301,19 +330,38 @@ class BatchWriter:
         remaining.discard(artifacts.page)
         return not remaining
 
-    def assemble(self, doc: DocumentPlan) -> None:
-        """(Re)write the document's joined markdown from its page files."""
-        assemble_document(self._out_dir / doc.out_name, doc.out_name, doc.pages, durable=self._durable)
+    def assemble(self, doc: DocumentPlan, formats: Sequence[outputs.Output] | None = None) -> None:
+        """(Re)write the document's joined markdown and its ``--formats`` files from its page files."""
+        doc_dir = self._out_dir / doc.out_name
+        assemble_document(doc_dir, doc.out_name, doc.pages, durable=self._durable)
+        chosen = self._formats if formats is None else formats
+        if chosen:
+            isolate = None if self._limits is None else isolated_pdf_work(self._limits, pages=len(doc.pages))
+            write_document_files(
+                doc_dir,
+                doc.out_name,
+                doc.pages,
+                source=doc.path,
+                formats=chosen,
+                prompt=self._prompt,
+                isolate=isolate,
+                durable=self._durable,
+            )
 
     def finish(self) -> None:
-        """Assemble documents this run had nothing to do for, if their markdown is missing."""
+        """Assemble documents this run had nothing to do for, if their markdown or a file of
+        ``--formats`` is missing (a later run asked for more formats)."""
         for doc in self._documents.values():
-            if (
-                doc.error is None
-                and not doc.todo
-                and not (self._out_dir / doc.out_name / f"{doc.out_name}.md").exists()
-            ):
-                self.assemble(doc)
+            if doc.error is not None or doc.todo:
+                continue
+            doc_dir = self._out_dir / doc.out_name
+            missing = [
+                output
+                for output in self._formats
+                if not document_file_path(doc_dir, doc.out_name, output).exists()
+            ]
+            if missing or not (doc_dir / f"{doc.out_name}.md").exists():
+                self.assemble(doc, missing)
 
     def _count_failure(self, doc: DocumentPlan, page: int | None, code: str, message: str) -> None:
         self._summary.failures[code] = self._summary.failures.get(code, 0) + 1
@@ -378,7 +426,14 @@ def prepare_run(job: BatchJob, settings: Settings, *, runner: Literal["local", "
         pages_skipped=plan.pages_total - plan.pages_todo,
         scan_s=time.perf_counter() - started,
     )
-    writer = BatchWriter(plan=plan, manifest=manifest, out_dir=job.out_dir, summary=summary)
+    writer = BatchWriter(
+        plan=plan,
+        manifest=manifest,
+        out_dir=job.out_dir,
+        summary=summary,
+        config=config,
+        limits=settings.limits,
+    )
     return PreparedRun(
         config=config,
         manifest=manifest,

@@ -49,6 +49,7 @@ __all__ = [
     "PdfTempFile",
     "RenderPool",
     "cancel",
+    "isolated_pdf_work",
     "open_pdf_task",
     "render_pool",
     "render_task",
@@ -319,6 +320,20 @@ def render_pool(limits: LimitSettings) -> RenderPool:
         if pool is None:
             pool = _pools[key] = RenderPool(workers=workers, memory_mb=limits.render_memory_mb)
         return pool
+
+
+def isolated_pdf_work(limits: LimitSettings, *, pages: int) -> Callable[..., Any]:
+    """A runner of ``task(*args)`` in a render worker, under the render memory limit and
+    ``DSOCR_LIMITS__RENDER_TIMEOUT_S`` per page (plus one for opening): how a searchable PDF
+    is written from an input PDF (``dsocr.outputs.FileContext.isolate``)."""
+    timeout_s = limits.render_timeout_s * (pages + 1)
+
+    def run(task: Callable[..., Any], *args: Any) -> Any:
+        return render_pool(limits).call(
+            task, *args, timeout_s=timeout_s, what="the PDF", action="to write", field="format"
+        )
+
+    return run
 
 
 @atexit.register

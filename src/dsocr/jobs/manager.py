@@ -279,6 +279,10 @@ class JobManager:
             )
         return await asyncio.to_thread(self._read_results, job)
 
+    async def input_bytes(self, job: JobRecord) -> bytes:
+        """The job's input as it was sent (a searchable PDF keeps a PDF's own pages)."""
+        return await asyncio.to_thread(self.store.input_path(job.id).read_bytes)
+
     def _read_results(self, job: JobRecord) -> list[PageResult]:
         prompt = self.request_of(job).prompt
         return [

@@ -15,7 +15,21 @@ from typing import TYPE_CHECKING, Any
 
 from dsocr.errors import InvalidInput, error_class
 from dsocr.grounding import parse
-from dsocr.outputs import blocks, crops, json_file, layout_pdf, markdown, raw, text, truss, visualization
+from dsocr.outputs import (
+    alto,
+    blocks,
+    crops,
+    hocr,
+    html,
+    json_file,
+    layout_pdf,
+    markdown,
+    raw,
+    searchable_pdf,
+    text,
+    truss,
+    visualization,
+)
 from dsocr.outputs.base import FileContext, Output, RenderContext
 from dsocr.results import PageResult, PageTimings, Usage
 
@@ -42,6 +56,7 @@ __all__ = [
     "pixel_weight",
     "timings_json",
     "usage_json",
+    "with_uses",
 ]
 
 OUTPUTS: Mapping[str, Output] = MappingProxyType(
@@ -57,12 +72,17 @@ OUTPUTS: Mapping[str, Output] = MappingProxyType(
             truss.OUTPUT,
             json_file.OUTPUT,
             layout_pdf.OUTPUT,
+            hocr.OUTPUT,
+            alto.OUTPUT,
+            html.OUTPUT,
+            searchable_pdf.OUTPUT,
         )
     }
 )
 # What a request may list in ``outputs``, in the registry's order.
 SELECTABLE: tuple[str, ...] = tuple(name for name, output in OUTPUTS.items() if output.selectable)
-# What ``dsocr ocr --format`` writes, by the file suffix users know ("md") and by name.
+# What ``dsocr ocr --format`` writes, by the file suffix users know ("md") and by name; a name
+# wins over another format's suffix ("pdf" is the searchable PDF, not the layout PDF).
 FILE_FORMATS: Mapping[str, Output] = MappingProxyType(
     {
         **{output.suffix.lstrip("."): output for output in OUTPUTS.values() if output.file is not None},
@@ -91,15 +111,25 @@ def file_output(name: str, *, field: str = "format") -> Output:
     return output
 
 
+def with_uses(names: Iterable[str]) -> frozenset[str]:
+    """``names`` and the formats whose drawings they read (``html`` reads ``crops``)."""
+    chosen = set(names)
+    for name in list(chosen):
+        output = OUTPUTS.get(name)
+        if output is not None:
+            chosen.update(output.uses)
+    return frozenset(chosen)
+
+
 def pixel_weight(names: Collection[str]) -> int:
     """A page's cost against the pixel budget, in multiples of its pixel count, with ``names`` drawn."""
-    return 1 + sum(OUTPUTS[name].pixel_cost for name in names if name in OUTPUTS)
+    return 1 + sum(OUTPUTS[name].pixel_cost for name in with_uses(names) if name in OUTPUTS)
 
 
 def draw(image: Image.Image, parsed: ParsedOutput, names: Collection[str]) -> dict[str, Any]:
     """What the named formats compute from the page image (blocking: a worker thread's job)."""
     drawn: dict[str, Any] = {}
-    for name in names:
+    for name in sorted(with_uses(names)):
         output = OUTPUTS.get(name)
         if output is not None and output.draw is not None:
             drawn[name] = output.draw(image, parsed)

@@ -40,6 +40,12 @@ class FileContext:
     crops_link: str = "images"
     # A page's image again, by page number (layout PDF); ``None`` where the caller cannot.
     page_image: Callable[[int], Image.Image] | None = None
+    # The input's bytes as sent (the original PDF, or the image file); ``None`` where the caller
+    # does not keep them. The searchable PDF keeps a PDF's own pages from them.
+    source_bytes: Callable[[], bytes] | None = None
+    # Runs ``task(*args)`` in a separate process under the PDF render budget (the server makes no
+    # pdfium call on an input in its own process); ``None``: in this process (local jobs).
+    isolate: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,7 +56,11 @@ class Output:
     * ``document``: the value of the document's JSON field ``name`` (joining the pages);
     * ``draw``: computed from the page image in the pipeline's post-processing (blocking, in a
       worker thread), kept on the result under ``name`` for ``page`` to read;
-    * ``file``: the whole document as one file (``dsocr ocr --format``), with its ``suffix``.
+    * ``file``: the whole document as one file (``dsocr ocr --format``, ``/v1/ocr?format=``),
+      with its ``suffix`` and ``media_type``.
+
+    ``uses`` names other formats whose drawings this one reads (``html`` inlines the figure
+    crops): asking for this format, as a page field or as a file, draws them too.
 
     ``pixel_cost`` is the extra memory ``draw`` takes, in multiples of the page's pixel count: what
     admission reserves for it.
@@ -63,6 +73,8 @@ class Output:
     draw: Callable[[Image.Image, ParsedOutput], Any] | None = None
     file: Callable[[Sequence[PageResult], FileContext], bytes] | None = None
     suffix: str = ""
+    media_type: str = "application/octet-stream"
     pixel_cost: int = 0
+    uses: tuple[str, ...] = ()
     # Part of a request's outputs list (``/v1/ocr``'s ``outputs``); False for file-only formats.
     selectable: bool = True

@@ -29,5 +29,6 @@ OUTPUT = Output(
     description="The document as JSON: the /v1/ocr response with markdown, text and blocks.",
     file=_file,
     suffix=".json",
+    media_type="application/json",
     selectable=False,
 )

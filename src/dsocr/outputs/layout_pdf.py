@@ -37,5 +37,6 @@ OUTPUT = Output(
     description="A PDF of the pages with their boxes drawn.",
     file=_file,
     suffix=".pdf",
+    media_type="application/pdf",
     selectable=False,
 )

@@ -69,4 +69,5 @@ OUTPUT = Output(
     document=_document,
     file=_file,
     suffix=".md",
+    media_type="text/markdown; charset=utf-8",
 )

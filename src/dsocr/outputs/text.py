@@ -34,4 +34,5 @@ OUTPUT = Output(
     document=_document,
     file=_file,
     suffix=".txt",
+    media_type="text/plain; charset=utf-8",
 )

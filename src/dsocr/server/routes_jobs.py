@@ -5,7 +5,8 @@ job and ``Location: /v1/jobs/{id}``. The job runs through the same pipeline (:mo
 
 * ``GET /v1/jobs/{id}``: status (queued, running, succeeded, failed, cancelled), pages done,
   failed and total, the times, the error;
-* ``GET /v1/jobs/{id}/result``: ``/v1/ocr``'s JSON (``?format=md|txt`` for a file); 409
+* ``GET /v1/jobs/{id}/result``: ``/v1/ocr``'s JSON (``?format=md|txt|pdf|hocr|alto|html`` for
+  the document as one file, as ``/v1/ocr?format=`` answers it); 409
   ``job_not_finished`` until the job has succeeded;
 * ``GET /v1/jobs/{id}/events``: server-sent events: ``job`` (status), ``page.done`` per page,
   then ``done`` or ``error``;
@@ -26,8 +27,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from dsocr import outputs
 from dsocr.errors import EngineUnavailable, InvalidInput
+from dsocr.inputs.render_worker import isolated_pdf_work
 from dsocr.jobs.manager import JobManager, JobParams, job_json
 from dsocr.server.deps import AppState, app_state, require_api_key, tenant
+from dsocr.server.file_responses import file_response
 from dsocr.server.ocr_body import parse_ocr_body
 from dsocr.server.openapi import error_responses
 from dsocr.server.runs import SSE_HEADERS, sse
@@ -37,6 +40,13 @@ __all__ = ["router"]
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
 
+# The result as one file (``?format=``), by the media types of the registry's file formats.
+_FILE_MEDIA_TYPES = sorted(
+    {
+        outputs.file_output(name).media_type.split(";")[0]
+        for name in ("md", "txt", "pdf", "hocr", "alto", "html")
+    }
+)
 _NOT_FOUND = {404: "No such job for this API key (never existed, expired, deleted, or another key's)."}
 _QUEUE_FULL = {
     429: "Too many jobs queued or running, in total (DSOCR_JOBS__MAX_QUEUED) or for this key "
@@ -119,7 +129,18 @@ async def get_job(job_id: str, jobs: Jobs, owner: Tenant) -> JSONResponse:
     "/v1/jobs/{job_id}/result",
     response_model=OcrResponse,
     responses={
-        200: {"content": {"text/markdown": {}, "text/plain": {}}},
+        200: {
+            "content": {
+                media: {}
+                for media in (
+                    "text/markdown",
+                    "text/plain",
+                    "application/pdf",
+                    "application/xml",
+                    "text/html",
+                )
+            }
+        },
         **error_responses(400, 401, 404, 409, descriptions=_NOT_FOUND),
     },
     summary="A finished job's result",
@@ -128,9 +149,11 @@ async def job_result(
     job_id: str,
     jobs: Jobs,
     owner: Tenant,
+    state: Annotated[AppState, Depends(app_state)],
     format: Annotated[str | None, Query(description="A file format instead of JSON: md, txt …")] = None,
 ) -> Response:
-    """The same JSON as ``POST /v1/ocr`` (``?format=`` for the document as one file).
+    """The same JSON as ``POST /v1/ocr`` (``?format=`` for the document as one file: ``md``,
+    ``txt``, ``pdf`` — searchable, on the job's own pages —, ``hocr``, ``alto``, ``html``).
 
     409 ``job_not_finished`` while the job is queued or running, and for a failed or cancelled job.
     """
@@ -140,14 +163,15 @@ async def job_result(
     context = request.render_context("pdf" if job.kind == "pdf" else "image")
     if format is None or format == "json":
         return JSONResponse(outputs.document_json(results, request.outputs, context))
-    output = outputs.file_output(format)
-    if output.file is None or output.name == "layout-pdf":
-        raise InvalidInput(f"a job's result cannot be written as {format!r}", field="format")
-    data = output.file(results, outputs.FileContext(render=context, source=job.input.filename or job.id))
-    media = {".md": "text/markdown; charset=utf-8", ".txt": "text/plain; charset=utf-8"}.get(
-        output.suffix, "application/octet-stream"
+    settings = state.settings
+    data = await jobs.input_bytes(job)
+    file_context = outputs.FileContext(
+        render=context,
+        source=job.input.filename or job.id,
+        source_bytes=lambda: data,
+        isolate=isolated_pdf_work(settings.limits, pages=len(results)),
     )
-    return Response(data, media_type=media)
+    return await file_response(format, results, file_context)
 
 
 @router.get(

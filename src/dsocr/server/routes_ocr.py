@@ -17,18 +17,21 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from dsocr import outputs
 from dsocr.errors import InvalidInput
 from dsocr.grounding import block_to_json
-from dsocr.inputs.sources import SourceKind, one_source
+from dsocr.inputs import BytesSource, Source
+from dsocr.inputs.render_worker import isolated_pdf_work
+from dsocr.inputs.sources import SourceKind, one_source, read_source
 from dsocr.pipeline import Pipeline, Run
 from dsocr.request import DEFAULT_MODE, build_request
 from dsocr.results import BlockFound, PageResult, PageStarted
 from dsocr.server.deps import AppState, app_state, ready_pipeline, require_api_key
 from dsocr.server.errors import dsocr_error_body, request_id_of
+from dsocr.server.file_responses import file_response
 from dsocr.server.ocr_body import parse_ocr_body
 from dsocr.server.openapi import error_responses
 from dsocr.server.runs import (
@@ -39,6 +42,7 @@ from dsocr.server.runs import (
     sse,
     start_run,
     stream_response,
+    watching_disconnect,
 )
 from dsocr.server.schemas import OcrRequest, OcrResponse, PredictRequest, ocr_form_schema
 
@@ -48,6 +52,9 @@ router = APIRouter(tags=["ocr"], dependencies=[Depends(require_api_key)])
 
 # The seed's source fields, in the order it looked at them, and what each holds.
 _PREDICT_SOURCES: dict[str, SourceKind] = {"image_url": "url", "image_base64": "base64", "image": "bytes"}
+# ``?format=``: the document as one file of these formats (json: the JSON answer itself).
+_FILE_FORMAT_NAMES = ("json", "md", "txt", "pdf", "hocr", "alto", "html")
+_FILE_MEDIA_TYPES = sorted({outputs.file_output(name).media_type for name in _FILE_FORMAT_NAMES[1:]})
 
 
 def _optional_str(payload: dict[str, Any], name: str) -> str | None:
@@ -111,15 +118,29 @@ async def predict(
         }
     },
     responses={
-        200: {"content": {"text/event-stream": {}}},
+        200: {
+            "content": {
+                "text/event-stream": {},
+                **{media_type.split(";")[0]: {} for media_type in _FILE_MEDIA_TYPES},
+            }
+        },
         **error_responses(400, 401, 404, 413, 415, 422, 429, 500, 503, 504),
     },
-    summary="OCR an image or a PDF (JSON, multipart, or server-sent events)",
+    summary="OCR an image or a PDF (JSON, multipart, server-sent events, or one file)",
 )
 async def ocr(
     request: Request,
     state: Annotated[AppState, Depends(app_state)],
     pipeline: Annotated[Pipeline, Depends(ready_pipeline)],
+    format_name: Annotated[
+        str | None,
+        Query(
+            alias="format",
+            description="Answer the whole document as one file instead of JSON: "
+            + ", ".join(_FILE_FORMAT_NAMES)
+            + " (json: the JSON answer).",
+        ),
+    ] = None,
 ) -> Response:
     """The native API: one image or PDF in, per-page typed results out.
 
@@ -127,9 +148,16 @@ async def ocr(
     text/event-stream`` the answer is server-sent events: ``page.start``, ``block`` (grounded
     prompts, as produced), ``page.done`` (a page, as in the JSON answer), then ``done`` (request
     id, page count, failed pages, usage, markdown/text), or ``error`` after the first byte.
+    With ``?format=`` (``md``, ``txt``, ``pdf`` — searchable —, ``hocr``, ``alto``, ``html``) the
+    answer is the document as that file, with its media type; ``outputs`` is then ignored.
     """
+    file_format = None if format_name in (None, "json") else outputs.file_output(format_name or "")
     body, source = await parse_ocr_body(request, OcrRequest)
     wants_stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
+    if file_format is not None:
+        if body.stream:
+            raise InvalidInput("a file cannot be streamed; send stream: false with ?format=", field="format")
+        return await _ocr_file(request, state, pipeline, body, source, format_name or "")
     ocr_request = build_request(
         state.settings,
         source=source,
@@ -157,6 +185,51 @@ async def ocr(
     except ClientGone:
         return client_gone_response()
     return JSONResponse(outputs.document_json(results, ocr_request.outputs, run.render_context))
+
+
+async def _ocr_file(
+    request: Request,
+    state: AppState,
+    pipeline: Pipeline,
+    body: OcrRequest,
+    source: Source,
+    format_name: str,
+) -> Response:
+    """``/v1/ocr?format=``: the run's pages as one file, built while the run still holds its pages."""
+    output = outputs.file_output(format_name)
+    settings = state.settings
+    # The original bytes: a searchable PDF keeps a PDF's own pages, a JPEG as it was sent.
+    raw = await read_source(source, limits=settings.limits, fetch=settings.fetch)
+    data = raw.data
+    ocr_request = build_request(
+        settings,
+        source=BytesSource(data, filename=raw.name, content_type=raw.declared_type, field=raw.field),
+        request_id=request_id_of(request),
+        preset=body.preset,
+        prompt=body.prompt,
+        target=body.target,
+        mode=body.mode,
+        model=body.model,
+        outputs=output.uses,
+        max_tokens=body.max_tokens,
+        pages=body.pages,
+    )
+    try:
+        run = await start_run(request, pipeline, ocr_request)
+        try:
+            results = await watching_disconnect(request, run.results())
+            context = outputs.FileContext(
+                render=run.render_context,
+                source=raw.name or "document",
+                page_image=run.page_image,
+                source_bytes=lambda: data,
+                isolate=isolated_pdf_work(settings.limits, pages=len(results)),
+            )
+            return await watching_disconnect(request, file_response(format_name, results, context))
+        finally:
+            await run.aclose()
+    except ClientGone:
+        return client_gone_response()
 
 
 async def _sse_events(run: Run) -> AsyncIterator[bytes]:

@@ -249,6 +249,9 @@ class PageOut(BaseModel):
     blocks: list[dict[str, Any]] | None = None
     crops: list[str] | None = None
     visualization: str | None = None
+    hocr: str | None = Field(None, description="The page as an hOCR document (outputs: hocr).")
+    alto: str | None = Field(None, description="The page as an ALTO 4 document (outputs: alto).")
+    html: str | None = Field(None, description="The page's markdown as sanitised HTML (outputs: html).")
     usage: UsageOut
     finish_reason: str | None = None
     repetitive: bool = False
@@ -270,6 +273,9 @@ class OcrResponse(BaseModel):
     failed_pages: list[int]
     markdown: str | None = None
     text: str | None = None
+    hocr: str | None = Field(None, description="The document as hOCR (outputs: hocr).")
+    alto: str | None = Field(None, description="The document as ALTO 4 XML (outputs: alto).")
+    html: str | None = Field(None, description="The document as a standalone HTML page (outputs: html).")
     pages: list[PageOut]
     usage: UsageOut
 

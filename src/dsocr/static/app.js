@@ -120,6 +120,7 @@ const els = {
   placeholder: $("page-placeholder"), frame: $("page-frame"), image: $("page-image"), boxes: $("boxes"),
   pageError: $("page-error"), legend: $("legend"), copy: $("copy"),
   dlMd: $("dl-md"), dlJson: $("dl-json"), dlTxt: $("dl-txt"), dlPng: $("dl-png"),
+  dlFiles: [...document.querySelectorAll("button.dl-file")],
   panels: {
     rendered: $("tab-rendered"), source: $("tab-source"), raw: $("tab-raw"), blocks: $("tab-blocks"),
     json: $("tab-json"),
@@ -261,19 +262,32 @@ function buildRequest() {
   if (els.preset.value === "locate") common.target = els.target.value.trim();
   const headers = { Accept: "text/event-stream", ...authHeaders() };
   if (state.file) {
+    const file = state.file;
     const form = new FormData();
-    form.append("file", state.file, state.file.name);
+    form.append("file", file, file.name);
     for (const [name, value] of Object.entries(common)) form.append(name, value);
     form.append("outputs", OUTPUTS);
     form.append("stream", "true");
-    return { headers, body: form, name: state.file.name, localImage: state.previewUrl };
+    return { headers, body: form, name: file.name, localImage: state.previewUrl, source: { file, common } };
   }
   const url = els.url.value.trim();
   if (!url) return null;
   headers["Content-Type"] = "application/json";
   const body = JSON.stringify({ image_url: url, ...common, outputs: OUTPUTS.split(","), stream: true });
   const name = decodeURIComponent(url.split(/[?#]/)[0].split("/").pop() || "document");
-  return { headers, body, name, localImage: null };
+  return { headers, body, name, localImage: null, source: { url, common } };
+}
+
+/** The same document and options as a run, asked for as one file (POST /v1/ocr?format=…). */
+function fileRequest(source) {
+  if (source.file) {
+    const form = new FormData();
+    form.append("file", source.file, source.file.name);
+    for (const [name, value] of Object.entries(source.common)) form.append(name, value);
+    return { headers: authHeaders(), body: form };
+  }
+  const headers = { "Content-Type": "application/json", ...authHeaders() };
+  return { headers, body: JSON.stringify({ image_url: source.url, ...source.common }) };
 }
 
 els.form.addEventListener("submit", (event) => {
@@ -299,6 +313,8 @@ async function startRun() {
     controller: new AbortController(),
     name: request.name.replace(/\.[A-Za-z0-9]+$/, "") || "document",
     localImage: request.localImage,
+    source: request.source,
+    fetchingFile: false,
     pages: new Map(), // page number → {page, requestId, blocks, result}
     done: null,
     error: null,
@@ -659,6 +675,7 @@ function renderButtons() {
   els.dlJson.disabled = !done;
   els.dlTxt.disabled = !done;
   els.dlPng.disabled = !page?.result?.visualization;
+  for (const button of els.dlFiles) button.disabled = !done || state.run.fetchingFile;
 }
 
 function currentTabText() {
@@ -716,6 +733,44 @@ els.dlJson.addEventListener("click", () => {
   const text = JSON.stringify(documentJson(state.run), null, 2);
   download(`${state.run.name}.json`, new Blob([text], { type: "application/json" }));
 });
+// The server writes these formats (a searchable PDF needs the original document): the document is
+// sent again with ?format=, so the pages are read again (a server with a result cache answers at once).
+const FILE_SUFFIXES = new Map([["pdf", ".pdf"], ["hocr", ".hocr"], ["alto", ".xml"], ["html", ".html"]]);
+
+async function downloadFile(format) {
+  const run = state.run;
+  if (!run?.done || run.fetchingFile || !FILE_SUFFIXES.has(format)) return;
+  run.fetchingFile = true;
+  renderButtons();
+  hideError();
+  setStatus(`Preparing the ${format} file…`);
+  try {
+    const request = fileRequest(run.source);
+    const response = await fetch(`/v1/ocr?format=${encodeURIComponent(format)}`, {
+      method: "POST",
+      headers: request.headers,
+      body: request.body,
+    });
+    if (!response.ok) {
+      showError(await errorFromResponse(response));
+      setStatus("");
+    } else {
+      download(`${run.name}${FILE_SUFFIXES.get(format)}`, await response.blob());
+      setStatus(`Downloaded ${run.name}${FILE_SUFFIXES.get(format)}.`);
+    }
+  } catch (error) {
+    showError(`The request failed: ${error.message}`);
+    setStatus("");
+  } finally {
+    run.fetchingFile = false;
+    if (state.run === run) renderButtons();
+  }
+}
+
+for (const button of els.dlFiles) {
+  button.addEventListener("click", () => downloadFile(button.dataset.format));
+}
+
 els.dlPng.addEventListener("click", () => {
   const page = currentPage();
   const bytes = Uint8Array.from(atob(page.result.visualization), (c) => c.charCodeAt(0));
