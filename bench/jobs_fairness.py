@@ -6,13 +6,13 @@ generated at once, like a real engine's batch), then measures the latency of one
 
 * alone (the baseline);
 * while a ``--pages``-page PDF runs as a job (``POST /v1/jobs``), once per ``--windows`` value
-  (``DSOCR_JOBS__WINDOW``: pages of a job in the engine at once; 16 is what one ``/v1/ocr``
-  request of a document gets).
+  (``DSOCR_JOBS__WINDOW``: pages of a job in the engine at once; ``auto`` leaves it unset, a
+  share of half the batch; 16 is what one ``/v1/ocr`` request of a document gets).
 
 Prints one ``FAIR {json}`` line per run (latency p50/p95/max in seconds, the job's pages/s while
 measured) and a table. The job is cancelled after each run. Needs no GPU::
 
-    python bench/jobs_fairness.py                    # 500 pages, delay 0.2 s, batch 8, windows 4,16
+    python bench/jobs_fairness.py                    # 500 pages, delay 0.4 s, batch 8, windows auto,4,16
 """
 
 from __future__ import annotations
@@ -100,14 +100,15 @@ def _summary(seconds: list[float]) -> dict[str, float]:
     }
 
 
-def _run(args: argparse.Namespace, work: Path, window: int | None) -> dict[str, Any]:
+def _run(args: argparse.Namespace, work: Path, window: str | None) -> dict[str, Any]:
     env = {
         "DSOCR_ENGINE__KIND": "fake",
         "DSOCR_ENGINE__FAKE__DELAY_S": str(args.delay_s),
         "DSOCR_ENGINE__FAKE__MAX_BATCH": str(args.batch),
         "DSOCR_JOBS__DIR": str(work / f"jobs-{window}"),
-        "DSOCR_JOBS__WINDOW": str(window or 1),
     }
+    if window not in (None, "auto"):
+        env["DSOCR_JOBS__WINDOW"] = str(window)
     base, process = _serve(env, work / f"serve-{window}.log")
     image = _png()
     try:
@@ -141,12 +142,12 @@ def _run(args: argparse.Namespace, work: Path, window: int | None) -> dict[str, 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pages", type=int, default=500, help="pages of the job's PDF")
-    ap.add_argument("--requests", type=int, default=40, help="interactive requests per run")
-    ap.add_argument("--delay-s", type=float, default=0.2, help="the fake engine's seconds per page")
+    ap.add_argument("--requests", type=int, default=30, help="interactive requests per run")
+    ap.add_argument("--delay-s", type=float, default=0.4, help="the fake engine's seconds per page")
     ap.add_argument("--batch", type=int, default=8, help="pages the fake engine generates at once")
-    ap.add_argument("--windows", default="4,16", help="DSOCR_JOBS__WINDOW values to measure")
+    ap.add_argument("--windows", default="auto,4,16", help="DSOCR_JOBS__WINDOW values to measure")
     args = ap.parse_args()
-    windows: list[int | None] = [None, *(int(w) for w in args.windows.split(","))]
+    windows: list[str | None] = [None, *args.windows.split(",")]
     records = []
     with tempfile.TemporaryDirectory(prefix="dsocr-fairness-") as tmp:
         for window in windows:

@@ -408,10 +408,11 @@ class JobSettings(_Section):
     # Jobs not finished yet (queued or running), in total and per API key; more get 429.
     max_queued: int = Field(100, ge=1)
     max_queued_per_key: int = Field(20, ge=1)
-    # Jobs running at once, and pages of one job in the engine at once. Few pages per job keep
-    # room in the engine's batch for interactive requests.
+    # Jobs running at once, and pages of one job in the engine at once. Unset, the running jobs
+    # together take at most half the engine's batch (16 pages a job where the engine has no fixed
+    # batch), so that interactive requests find room in the batch beside them.
     concurrency: int = Field(2, ge=1)
-    window: int = Field(4, ge=1)
+    window: int | None = Field(None, ge=1)
     # A running job's owner renews its lease this often; a job whose lease is this old (its
     # server was killed) is taken over by a live server, which skips the pages already done.
     lease_s: float = Field(15.0, gt=0)

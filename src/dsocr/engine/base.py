@@ -97,6 +97,8 @@ class EngineInfo:
     version: str
     modes: tuple[str, ...] = ("gundam",)
     details: dict[str, str] = field(default_factory=dict)
+    # Pages the engine generates at once (its batch); more wait their turn. None: not fixed.
+    batch_size: int | None = None
 
 
 @runtime_checkable

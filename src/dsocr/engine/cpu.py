@@ -123,6 +123,8 @@ class CpuEngine:
             model_id="PP-OCRv6_small (rapidocr)",
             version=RAPIDOCR_VERSION,
             modes=("tiny", "small", "base", "large", "gundam"),
+            # One page at a time (one onnxruntime session, its threads on one page).
+            batch_size=1,
             details={
                 "models_dir": str(self._models_dir or bundled_models_dir()),
                 "onnxruntime_threads": str(self._threads),

@@ -167,6 +167,7 @@ class FakeEngine:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         # Like a real engine's batch: more requests than this wait their turn, first come first served.
         self._batch = asyncio.Semaphore(max_batch) if max_batch is not None else None
+        self._max_batch = max_batch
         self._fail = fail
         self._loop = loop
         self._start_error = start_error
@@ -187,6 +188,7 @@ class FakeEngine:
             model_id=self._model_id,
             version="1",
             modes=("tiny", "small", "base", "large", "gundam"),
+            batch_size=self._max_batch,
             details={
                 "note": "scripted output for tests; nothing is read from the image",
                 "completion_tokens": "whitespace-separated pieces of the output",

@@ -57,6 +57,7 @@ class EnginePool:
     def info(self) -> EngineInfo:
         """The first engine's info, with the pool's size and state in ``details``."""
         first = self._engines[0].info
+        sizes = [engine.info.batch_size for engine in self._engines]
         details = dict(first.details)
         details["replicas"] = str(len(self._engines))
         details["replicas_healthy"] = str(len(self._engines) - len(self._down))
@@ -67,6 +68,7 @@ class EnginePool:
             version=first.version,
             modes=first.modes,
             details=details,
+            batch_size=None if None in sizes else sum(s for s in sizes if s is not None),
         )
 
     @property

@@ -3,8 +3,8 @@
 A job is the request ``POST /v1/ocr`` takes, run by the same pipeline. Its input is read when it
 is submitted (limits, SSRF guard) and stored; the server then answers at once. Worker tasks take
 queued jobs from the store (:mod:`dsocr.jobs.store`), owners taking turns, and run each with at
-most ``jobs.window`` pages in the engine at once, so interactive requests keep their place in the
-engine's batch. Each finished page is stored as it comes, so a job whose server was killed is
+most half the engine's batch in the engine at once (:func:`job_window`), so interactive requests
+keep their place in the batch. Each finished page is stored as it comes, so a job whose server was killed is
 taken over (lease expired, or its process is gone) and goes on with the pages not done yet.
 
 Cancelling a running job cancels its run, which aborts its pages in the engine. A finished job
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dsocr import outputs
+from dsocr.engine.base import EngineInfo
 from dsocr.errors import (
     ConfigError,
     DsocrError,
@@ -43,12 +44,12 @@ from dsocr.inputs import BytesSource, Source
 from dsocr.inputs.sources import read_source
 from dsocr.jobs import webhooks
 from dsocr.jobs.store import JobRecord, JobStatus, JobStore, StoredInput
-from dsocr.pipeline import Pipeline
+from dsocr.pipeline import DOCUMENT_WINDOW, Pipeline
 from dsocr.request import OcrRequest, build_request
 from dsocr.results import PageResult
-from dsocr.settings import Settings
+from dsocr.settings import JobSettings, Settings
 
-__all__ = ["JobManager", "JobParams", "job_json"]
+__all__ = ["JobManager", "JobParams", "job_json", "job_window", "page_ranges"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,17 @@ def job_json(job: JobRecord) -> dict[str, Any]:
             "events": f"/v1/jobs/{job.id}/events",
         },
     }
+
+
+def job_window(jobs: JobSettings, engine: EngineInfo) -> int:
+    """Pages of one job in the engine at once: ``jobs.window``; else a share of half the engine's
+    batch, split between the jobs that may run at once (jobs fill what interactive requests leave
+    idle, never the whole batch); else, with no fixed batch, the window of one ``/v1/ocr`` document."""
+    if jobs.window is not None:
+        return jobs.window
+    if engine.batch_size is not None:
+        return max(1, engine.batch_size // (2 * jobs.concurrency))
+    return DOCUMENT_WINDOW
 
 
 def page_ranges(pages: Iterable[int]) -> str:

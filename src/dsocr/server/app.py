@@ -35,6 +35,7 @@ from dsocr import __version__
 from dsocr.admission import AdmissionQueue
 from dsocr.engine.base import Engine
 from dsocr.errors import DsocrError, EngineUnavailable, InputTooLarge, ServerBusy
+from dsocr.jobs.manager import job_window
 from dsocr.pipeline import Pipeline
 from dsocr.server import routes_docs, routes_health, routes_jobs, routes_ocr
 from dsocr.server.deps import AppState, require_api_key
@@ -307,7 +308,7 @@ def _job_pipeline(state: AppState) -> Pipeline:
         fetch=settings.fetch,
         admission=state.admission,
         observer=state.metrics,
-        window=settings.jobs.window,
+        window=job_window(settings.jobs, state.engine.info),
     )
 
 

@@ -159,7 +159,12 @@ class VLLMEngine:
         default = self._served.get(self._default)
         modes = default.modes if default is not None else SUPPORTED_MODES
         return EngineInfo(
-            name="vllm", model_id=self._default, version=self._version, modes=modes, details=details
+            name="vllm",
+            model_id=self._default,
+            version=self._version,
+            modes=modes,
+            details=details,
+            batch_size=self._settings.vllm.max_num_seqs,
         )
 
     async def start(self) -> None:
