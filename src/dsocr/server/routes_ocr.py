@@ -32,10 +32,18 @@ from dsocr.inputs.sources import SourceKind, one_source
 from dsocr.pipeline import Pipeline, Run
 from dsocr.request import DEFAULT_MODE, build_request
 from dsocr.results import BlockFound, PageResult, PageStarted
-from dsocr.server.deps import AppState, app_state, ready_pipeline, require_api_key
+from dsocr.server.deps import AppState, app_state, ready_pipeline, require_api_key, tenant
 from dsocr.server.errors import dsocr_error_body, request_id_of
-from dsocr.server.openapi import error_responses
-from dsocr.server.runs import ClientGone, client_gone_response, collect, read_json, start_run, stream_response
+from dsocr.server.openapi import CACHE_HEADER_DOC, error_responses
+from dsocr.server.runs import (
+    ClientGone,
+    cache_headers,
+    client_gone_response,
+    collect,
+    read_json,
+    start_run,
+    stream_response,
+)
 from dsocr.server.schemas import OcrRequest, OcrResponse, PredictRequest, ocr_form_schema, parse_outputs
 
 __all__ = ["router"]
@@ -65,13 +73,17 @@ def _optional_str(payload: dict[str, Any], name: str) -> str | None:
             "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
         }
     },
-    responses=error_responses(400, 401, 413, 415, 422, 429, 500, 503, 504),
+    responses={
+        200: {"headers": CACHE_HEADER_DOC},
+        **error_responses(400, 401, 413, 415, 422, 429, 500, 503, 504),
+    },
     summary="OCR one image (the original Truss /predict contract)",
 )
 async def predict(
     request: Request,
     state: Annotated[AppState, Depends(app_state)],
     pipeline: Annotated[Pipeline, Depends(ready_pipeline)],
+    scope: Annotated[str, Depends(tenant)],
 ) -> Response:
     """The seed server's contract: ``image_url`` | ``image_base64`` | ``image`` + ``prompt``.
 
@@ -86,6 +98,7 @@ async def predict(
         prompt=_optional_str(payload, "prompt"),
         mode=_optional_str(payload, "mode") or DEFAULT_MODE,
         single_image=True,
+        cache_scope=scope,
     )
     try:
         run = await start_run(request, pipeline, ocr_request)
@@ -94,7 +107,7 @@ async def predict(
         return client_gone_response()
     render = outputs.OUTPUTS["truss"].page
     assert render is not None
-    return JSONResponse(render(results[0], run.render_context))
+    return JSONResponse(render(results[0], run.render_context), headers=cache_headers(results))
 
 
 def _validated(data: dict[str, Any], *, loc_prefix: str) -> OcrRequest:
@@ -158,7 +171,7 @@ async def _parse_ocr_body(request: Request) -> tuple[OcrRequest, Source]:
         }
     },
     responses={
-        200: {"content": {"text/event-stream": {}}},
+        200: {"content": {"text/event-stream": {}}, "headers": CACHE_HEADER_DOC},
         **error_responses(400, 401, 404, 413, 415, 422, 429, 500, 503, 504),
     },
     summary="OCR an image or a PDF (JSON, multipart, or server-sent events)",
@@ -167,6 +180,7 @@ async def ocr(
     request: Request,
     state: Annotated[AppState, Depends(app_state)],
     pipeline: Annotated[Pipeline, Depends(ready_pipeline)],
+    scope: Annotated[str, Depends(tenant)],
 ) -> Response:
     """The native API: one image or PDF in, per-page typed results out.
 
@@ -190,6 +204,7 @@ async def ocr(
         max_tokens=body.max_tokens,
         pages=body.pages,
         stream="blocks" if wants_stream else "pages",
+        cache_scope=scope,
     )
     try:
         run = await start_run(request, pipeline, ocr_request)
@@ -203,7 +218,10 @@ async def ocr(
         results = await collect(request, run)
     except ClientGone:
         return client_gone_response()
-    return JSONResponse(outputs.document_json(results, ocr_request.outputs, run.render_context))
+    return JSONResponse(
+        outputs.document_json(results, ocr_request.outputs, run.render_context),
+        headers=cache_headers(results),
+    )
 
 
 def _sse(event: str, data: Any) -> bytes:
