@@ -9,9 +9,17 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def _clean_dsocr_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Settings read ``DSOCR_*`` variables: a developer's shell must not change test results."""
+def _clean_dsocr_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Settings read ``DSOCR_*`` variables: a developer's shell must not change test results.
+
+    The result cache (on by default in servers and ``dsocr ocr``) lives in a fresh folder per test,
+    servers started as processes included: no test sees pages another one stored, and nothing is
+    written to the developer's own cache.
+    """
     for name in list(os.environ):
         if name.startswith("DSOCR_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
     yield
