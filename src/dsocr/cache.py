@@ -168,7 +168,8 @@ class PageCache:
         self._failing = False
         self._db: sqlite3.Connection | None = None
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            # The pages' text is the documents' text: a folder made here is for its owner only.
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._db = self._connect()
         except (sqlite3.Error, OSError) as exc:
             logger.warning(

@@ -144,3 +144,10 @@ def test_a_tall_page_is_hashed_band_by_band_as_a_whole() -> None:
     changed = tall.copy()
     changed.putpixel((49, 999), (0, 0, 0))
     assert pixel_hash(tall) != pixel_hash(changed)
+
+
+def test_a_cache_folder_it_creates_is_its_owners_only(tmp_path: Path) -> None:
+    # The stored pages hold the documents' text.
+    cache = open_cache(tmp_path / "new" / "dsocr")
+    cache.close()
+    assert (tmp_path / "new" / "dsocr").stat().st_mode & 0o077 == 0
