@@ -18,7 +18,7 @@ from cache_support import b64, cached_settings, chat_body, metric, pdf_bytes, pn
 from dsocr.cache import CACHE_FILE
 from dsocr.engine.fake import FakeEngine
 from dsocr.settings import Settings
-from server_support import running_server
+from server_support import dsocr_serve_with_env, running_server
 
 
 def post_pdf(http: httpx.Client, document: bytes, **fields: str) -> httpx.Response:
@@ -230,6 +230,20 @@ def test_the_server_caches_by_default_in_the_users_cache_folder() -> None:
         answers = [http.post("/v1/ocr", json=body) for _ in range(2)]
     assert [r.headers["x-dsocr-cache"] for r in answers] == ["miss", "hit"]
     assert engine.request_count == 1
+
+
+@pytest.mark.parametrize("enabled", ["true", "false"])
+def test_dsocr_serve_follows_the_cache_variables(tmp_path: Path, enabled: str) -> None:
+    folder = tmp_path / "pages"
+    env = {"DSOCR_ENGINE__KIND": "fake", "DSOCR_CACHE__ENABLED": enabled, "DSOCR_CACHE__DIR": str(folder)}
+    body = {"image_base64": b64(png_bytes())}
+    with dsocr_serve_with_env(env, log=tmp_path / "serve.log") as (base, _):
+        answers = [httpx.post(f"{base}/v1/ocr", json=body, timeout=30) for _ in range(2)]
+    headers = [r.headers.get("x-dsocr-cache") for r in answers]
+    if enabled == "true":
+        assert headers == ["miss", "hit"] and (folder / CACHE_FILE).is_file()
+    else:
+        assert headers == [None, None] and not folder.exists()
 
 
 def test_a_corrupt_cache_file_does_not_break_requests(
