@@ -236,8 +236,12 @@ class PageCache:
         """Store ``output`` under ``key``, then delete the least recently used pages past ``max_bytes``."""
         if self._db is None:
             return
-        value = _encode(output)
-        size = len(key) + len(scope.encode()) + len(value.encode())
+        try:
+            value = _encode(output)
+            size = len(key) + len(scope.encode()) + len(value.encode())
+        except ValueError as exc:  # text that is no valid Unicode (a lone surrogate) is not kept
+            logger.warning("result cache %s: a page that cannot be stored is skipped: %s", self.path, exc)
+            return
         if size > self.max_bytes:
             return  # it would push out everything, itself included
         try:

@@ -51,7 +51,7 @@ class PageTimings:
     load_s: float = 0.0  # decode / rasterise (documents only; 0 for an image passed in)
     queue_s: float | None = None  # waiting in the engine before the first step
     first_token_s: float | None = None
-    engine_s: float = 0.0  # the engine call as seen by the pipeline
+    engine_s: float = 0.0  # the engine call as seen by the pipeline, cache lookup included
     post_s: float = 0.0  # parse + crops + visualization
     total_s: float = 0.0
 

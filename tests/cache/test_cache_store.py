@@ -151,3 +151,12 @@ def test_a_cache_folder_it_creates_is_its_owners_only(tmp_path: Path) -> None:
     cache = open_cache(tmp_path / "new" / "dsocr")
     cache.close()
     assert (tmp_path / "new" / "dsocr").stat().st_mode & 0o077 == 0
+
+
+def test_text_that_cannot_be_stored_is_skipped_without_failing(tmp_path: Path) -> None:
+    cache = open_cache(tmp_path)
+    try:
+        cache.put("k", "", output("broken \udc80 text"))
+        assert cache.get("k") is None
+    finally:
+        cache.close()
