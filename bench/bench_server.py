@@ -122,7 +122,13 @@ def serve(port: int, latency_s: float, *, async_deps: bool) -> None:
             await self.app(scope, receive, timed_send)
 
     # Room for any --concurrency: the benchmark measures overhead, not the limits' refusals.
-    settings = Settings(engine={"kind": "fake"}, server={"max_concurrency": 4096}, limits={"max_queue": 4096})
+    # No result cache: every request sends the same image, which it would answer without the engine.
+    settings = Settings(
+        engine={"kind": "fake"},
+        server={"max_concurrency": 4096},
+        limits={"max_queue": 4096},
+        cache={"enabled": False},
+    )
     app = ServerTime(create_app(settings, engine=FixedLatencyEngine()))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 

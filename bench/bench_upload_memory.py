@@ -139,6 +139,8 @@ def main() -> None:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("DSOCR_")}
     env["DSOCR_ENGINE__KIND"] = args.engine
+    # Every upload is the same image: the result cache would answer all but the first.
+    env["DSOCR_CACHE__ENABLED"] = "false"
     if args.budget_mp is not None:
         env["DSOCR_LIMITS__MAX_INFLIGHT_PIXELS"] = str(int(args.budget_mp * 1e6))
     if args.wait_s is not None:

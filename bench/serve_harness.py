@@ -199,8 +199,10 @@ def engine_settings(engine: str, model: str, fake_delay_s: float = 0.0) -> dict[
 
 def server_settings(port: int, pages: int, tokens: int) -> dict[str, tuple[str, bool]]:
     """A loopback server with room for the whole load, so that no page is refused or times out:
-    the benchmarks measure speed. Everything else stays at its default."""
+    the benchmarks measure speed. Everything else stays at its default, but the result cache,
+    which would answer the warm-up's pages again without the engine."""
     return {
+        "cache.enabled": ("false", False),
         "server.host": ("127.0.0.1", True),
         "server.port": (str(port), True),
         "limits.max_tokens": (str(max(tokens, 8192)), False),

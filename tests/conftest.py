@@ -14,13 +14,14 @@ def _clean_dsocr_env(
 ) -> Iterator[None]:
     """Settings read ``DSOCR_*`` variables: a developer's shell must not change test results.
 
-    What servers store by default (jobs under ``XDG_DATA_HOME``, the page cache under
-    ``XDG_CACHE_HOME``) goes to this run's temporary folder, never the developer's home.
+    What servers store by default goes to this run's temporary folders, never the developer's
+    home: jobs under ``XDG_DATA_HOME``, and the result cache (on by default in servers and
+    ``dsocr ocr``) in a fresh folder per test, servers started as processes included, so no test
+    sees pages another one stored.
     """
     for name in list(os.environ):
         if name.startswith("DSOCR_"):
             monkeypatch.delenv(name)
-    home = tmp_path_factory.getbasetemp() / "xdg"
-    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.getbasetemp() / "xdg-data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
     yield

@@ -2,7 +2,8 @@
 
 No HTTP hop: the source (local file, stdin, or SSRF-guarded URL) becomes the same
 :class:`~dsocr.request.OcrRequest` the server builds, runs through :class:`dsocr.pipeline.Pipeline`
-on an engine started in this process (no admission and no deadline: a local job), and the results
+on an engine started in this process (no admission and no deadline: a local job; the result
+cache, :mod:`dsocr.cache`, on unless ``DSOCR_CACHE__ENABLED=false``), and the results
 are written in a file format of :mod:`dsocr.outputs` (markdown, text, JSON …). Figure crops and
 box overlays are written to files on request; the markdown links the crops where they were
 written. Typer types stay in ``cli.py``.
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsocr import outputs
+from dsocr.cache import PageCache, open_cache
 from dsocr.cli_exit import EXIT_INTERNAL, EXIT_PARTIAL, exit_code_of
 from dsocr.engine.base import Engine
 from dsocr.engine.factory import create_engine
@@ -30,7 +32,7 @@ from dsocr.inputs.render_worker import isolated_pdf_work
 from dsocr.inputs.sources import read_local_file, read_source, source_of
 from dsocr.pipeline import Pipeline, Run
 from dsocr.progress import progress_bar
-from dsocr.request import build_request
+from dsocr.request import OcrRequest, build_request
 from dsocr.results import PageResult
 from dsocr.settings import LimitSettings, Settings
 
@@ -185,33 +187,57 @@ async def _run(job: OcrJob, settings: Settings, *, write_stdout: Callable[[bytes
         max_tokens=job.max_tokens,
         pages=job.pages,
         deadline=False,
+        cache_scope="",
     )
     outcome = OcrOutcome()
-    async with _started_engine(settings) as engine:
-        outcome.engine_name = engine.info.name
-        pipeline = Pipeline(engine, limits=settings.limits, fetch=settings.fetch, window=_MAX_IN_FLIGHT)
-        async with await pipeline.start(request) as run:
-            page_count = len(run.page_numbers)
-            # One page needs no bar.
-            with progress_bar(page_count, quiet=job.quiet or page_count < 2) as advance:
-                async with aclosing(run.events()) as events:
-                    async for event in events:
-                        if isinstance(event, PageResult):
-                            outcome.results.append(event)
-                            advance()
-            _report_failures(outcome)
-            if len(outcome.failed) == len(outcome.results):
-                return outcome  # nothing to write; the errors were reported
-            context = outputs.FileContext(
-                render=run.render_context,
-                source=job.source,
-                crops_link=crops_link(job.crops_dir, job.out),
-                page_image=run.page_image,
-                source_bytes=lambda: raw.data,
-                isolate=isolated_pdf_work(settings.limits, pages=len(outcome.results)),
+    cache = await asyncio.to_thread(open_cache, settings, default=True)
+    try:
+        async with _started_engine(settings) as engine:
+            outcome.engine_name = engine.info.name
+            pipeline = Pipeline(
+                engine, limits=settings.limits, fetch=settings.fetch, window=_MAX_IN_FLIGHT, cache=cache
             )
-            await asyncio.to_thread(_write_files, job, run, outcome, file_format, write_stdout, context)
+            await _run_pipeline(
+                job, settings, pipeline, request, raw.data, outcome, file_format, write_stdout
+            )
+    finally:
+        if cache is not None:
+            await asyncio.to_thread(cache.close)
     return outcome
+
+
+async def _run_pipeline(
+    job: OcrJob,
+    settings: Settings,
+    pipeline: Pipeline,
+    request: OcrRequest,
+    data: bytes,
+    outcome: OcrOutcome,
+    file_format: outputs.Output,
+    write_stdout: Callable[[bytes], None],
+) -> None:
+    async with await pipeline.start(request) as run:
+        page_count = len(run.page_numbers)
+        # One page needs no bar.
+        with progress_bar(page_count, quiet=job.quiet or page_count < 2) as advance:
+            async with aclosing(run.events()) as events:
+                async for event in events:
+                    if isinstance(event, PageResult):
+                        outcome.results.append(event)
+                        advance()
+        _report_failures(outcome)
+        _report_cache(outcome, pipeline.cache, quiet=job.quiet)
+        if len(outcome.failed) == len(outcome.results):
+            return  # nothing to write; the errors were reported
+        context = outputs.FileContext(
+            render=run.render_context,
+            source=job.source,
+            crops_link=crops_link(job.crops_dir, job.out),
+            page_image=run.page_image,
+            source_bytes=lambda: data,
+            isolate=isolated_pdf_work(settings.limits, pages=len(outcome.results)),
+        )
+        await asyncio.to_thread(_write_files, job, run, outcome, file_format, write_stdout, context)
 
 
 def _write_files(
@@ -273,6 +299,17 @@ def _report_failures(outcome: OcrOutcome) -> None:
     for result in outcome.results:
         for warning in result.warnings:
             print(f"warning: page {result.page}: {warning}", file=sys.stderr)
+
+
+def _report_cache(outcome: OcrOutcome, cache: PageCache | None, *, quiet: bool) -> None:
+    # Said, so that an instant answer is not mistaken for the engine's speed.
+    hits = sum(1 for result in outcome.results if result.cached)
+    if hits and cache is not None and not quiet:
+        print(
+            f"note: {hits} of {len(outcome.results)} page(s) came from the result cache "
+            f"({cache.path}; DSOCR_CACHE__ENABLED=false runs every page again)",
+            file=sys.stderr,
+        )
 
 
 # ---------------------------------------------------------------- files

@@ -12,7 +12,10 @@ which does, once for all of them:
   :class:`BlockFound` while the engine generates, then the :class:`PageResult`), and a page that
   fails yields a result whose ``error`` is set, never a dropped page;
 * the deadline, abort (cancelling the consumer, because its client left or the deadline passed,
-  aborts every engine request of the run, by id), per-page metrics (the ``observer``) and usage.
+  aborts every engine request of the run, by id), per-page metrics (the ``observer``) and usage;
+* the result cache (:mod:`dsocr.cache`), when given one and the request has a ``cache_scope``:
+  each loaded page is looked up by its pixels, and a hit takes the place of the engine call and
+  its retries; the stored output is then parsed and drawn exactly as a fresh one.
 
 Blocking work (page rasterising, parsing, drawing, PNG + base64 encoding) runs in worker threads
 so the event loop keeps serving other requests.
@@ -35,6 +38,7 @@ from PIL import Image
 
 from dsocr import grounding, outputs
 from dsocr.admission import Ticket, page_cost
+from dsocr.cache import PageCache, RequestCache
 from dsocr.engine.base import Engine, EngineOutput, EngineRequest
 from dsocr.errors import DsocrError, EngineError, EngineTimeout, InvalidInput
 from dsocr.inputs import Document, load_document
@@ -136,7 +140,8 @@ class Pipeline:
     """The way from requests to one engine: see the module docstring.
 
     ``admission`` (with ``admission_wait_s``) bounds what runs at once; ``observer`` sees every
-    page; ``window`` is the most pages of one request loaded and running at once.
+    page; ``window`` is the most pages of one request loaded and running at once; ``cache``
+    answers pages seen before, for requests that name a ``cache_scope``.
     """
 
     def __init__(
@@ -149,6 +154,7 @@ class Pipeline:
         admission_wait_s: float = 0.0,
         observer: PageObserver | None = None,
         window: int = DOCUMENT_WINDOW,
+        cache: PageCache | None = None,
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
@@ -159,6 +165,7 @@ class Pipeline:
         self._admission_wait_s = admission_wait_s
         self._observer = observer
         self._window = window
+        self.cache = cache
 
     def check(self, request: OcrRequest) -> None:
         """What the engine and admission can refuse before the input is read (cheap, synchronous)."""
@@ -224,7 +231,8 @@ class Pipeline:
         self, request: OcrRequest, pages: Iterable[PageInput], window: int
     ) -> AsyncGenerator[PageEvent, None]:
         """The events of ``pages``, in page order; each page's result is observed as it is yielded."""
-        async with aclosing(_page_events(self.engine, pages, request, window)) as events:
+        cache = None if self.cache is None else self.cache.for_request(request, engine=self.engine.info.name)
+        async with aclosing(_page_events(self.engine, pages, request, window, cache)) as events:
             async for event in events:
                 if isinstance(event, PageResult) and self._observer is not None:
                     self._observer.observe_page(event)
@@ -328,7 +336,7 @@ async def _results_only(events: AsyncGenerator[PageEvent, None]) -> AsyncGenerat
 
 
 async def _page_events(
-    engine: Engine, pages: Iterable[PageInput], request: OcrRequest, window: int
+    engine: Engine, pages: Iterable[PageInput], request: OcrRequest, window: int, cache: RequestCache | None
 ) -> AsyncGenerator[PageEvent, None]:
     """Run ``pages`` concurrently, at most ``window`` at once; yield their events in page order.
 
@@ -348,7 +356,7 @@ async def _page_events(
         page_request_id = f"{request.request_id}-p{page.number}"
         queue: asyncio.Queue[PageEvent] = asyncio.Queue()
         task = asyncio.create_task(
-            _document_page(engine, page, queue, request, request_id=page_request_id),
+            _document_page(engine, page, queue, request, cache, request_id=page_request_id),
             name=f"dsocr-page-{page_request_id}",
         )
         running.append((page, page_request_id, queue, task))
@@ -386,26 +394,50 @@ async def _page_events(
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _CacheEntry:
+    """A loaded page's place in the result cache: its key, what is stored there, the lookup's time."""
+
+    cache: RequestCache
+    key: str
+    stored: EngineOutput | None
+    lookup_s: float
+
+
 async def _document_page(
-    engine: Engine, page: PageInput, queue: asyncio.Queue[PageEvent], request: OcrRequest, *, request_id: str
+    engine: Engine,
+    page: PageInput,
+    queue: asyncio.Queue[PageEvent],
+    request: OcrRequest,
+    cache: RequestCache | None,
+    *,
+    request_id: str,
 ) -> None:
     """Load and OCR one page, putting its events on ``queue``; never raises a page failure."""
     started = time.perf_counter()
+    entry: _CacheEntry | None = None
     try:
         image = await page.render() if page.render is not None else await asyncio.to_thread(page.load)
         load_s = time.perf_counter() - started
+        if cache is not None:
+            lookup_started = time.perf_counter()
+            key, stored = await asyncio.to_thread(cache.lookup, image)
+            entry = _CacheEntry(
+                cache=cache, key=key, stored=stored, lookup_s=time.perf_counter() - lookup_started
+            )
         result = await _ocr_loaded_page(
             engine,
             image,
             request,
             queue,
+            entry,
             request_id=request_id,
             page=page.number,
             started=started,
             load_s=load_s,
         )
     except DsocrError as exc:
-        result = _failed(page.number, request_id, exc, started)
+        result = _failed(page.number, request_id, exc, started, entry)
     except Exception:
         # A bug, not a user error: log it with the ids, report a generic error for the page.
         logger.exception("unexpected error on page %d of request %s", page.number, request_id)
@@ -414,16 +446,20 @@ async def _document_page(
             request_id,
             DsocrError(f"Internal error while processing page {page.number}."),
             started,
+            entry,
         )
     queue.put_nowait(result)
 
 
-def _failed(page: int, request_id: str, error: DsocrError, started: float) -> PageResult:
+def _failed(
+    page: int, request_id: str, error: DsocrError, started: float, entry: _CacheEntry | None = None
+) -> PageResult:
     return PageResult(
         page=page,
         request_id=request_id,
         error=error,
         timings=PageTimings(total_s=time.perf_counter() - started),
+        cached=None if entry is None else entry.stored is not None,
     )
 
 
@@ -432,6 +468,7 @@ async def _ocr_loaded_page(
     image: Image.Image,
     request: OcrRequest,
     queue: asyncio.Queue[PageEvent],
+    entry: _CacheEntry | None,
     *,
     request_id: str,
     page: int,
@@ -448,11 +485,20 @@ async def _ocr_loaded_page(
     )
     width, height = image.size
     engine_started = time.perf_counter()
-    output = await _run_engine(engine, engine_request, request, queue, page=page, width=width, height=height)
-    # Text already streamed to a client cannot be taken back: streamed text is not retried.
-    if request.stream != "text":
-        output = await _retried(engine, engine_request, output, request.retries)
-    engine_s = time.perf_counter() - engine_started
+    if entry is not None and entry.stored is not None:
+        output = replace(entry.stored, request_id=request_id)
+        _replay(output.text, request, queue, page=page, width=width, height=height)
+    else:
+        output = await _run_engine(
+            engine, engine_request, request, queue, page=page, width=width, height=height
+        )
+        # Text already streamed to a client cannot be taken back: streamed text is not retried,
+        # and so not stored either (a cached page stands for the retried output).
+        if request.stream != "text":
+            output = await _retried(engine, engine_request, output, request.retries)
+            if entry is not None:
+                await asyncio.to_thread(entry.cache.store, entry.key, output)
+    engine_s = time.perf_counter() - engine_started + (entry.lookup_s if entry is not None else 0.0)
 
     post_started = time.perf_counter()
     parsed, drawn = await asyncio.to_thread(_postprocess, image, output.text, request)
@@ -497,6 +543,7 @@ async def _ocr_loaded_page(
             total_s=time.perf_counter() - started,
         ),
         drawn=drawn,
+        cached=None if entry is None else entry.stored is not None,
     )
 
 
@@ -611,6 +658,16 @@ async def _stream(
     if request.stream == "blocks":
         _emit_new_blocks(final.text, emitted, page, width, height, engine_request.prompt, queue)
     return final
+
+
+def _replay(
+    text: str, request: OcrRequest, queue: asyncio.Queue[PageEvent], *, page: int, width: int, height: int
+) -> None:
+    """The events a streaming request would have seen while a cached page was generated."""
+    if request.stream == "text" and text:
+        queue.put_nowait(TextDelta(page=page, text=text))
+    elif request.stream == "blocks":
+        _emit_new_blocks(text, 0, page, width, height, request.prompt, queue)
 
 
 def _emit_new_blocks(

@@ -69,7 +69,9 @@ class OcrRequest:
 
     ``source`` is ``None`` only where the caller hands the pipeline its pages itself (batch).
     ``model`` is ``None`` for the default model, else an extra served model's name. ``single_image``
-    marks doors that read one image (``/predict``, chat): a PDF is refused there.
+    marks doors that read one image (``/predict``, chat): a PDF is refused there. ``cache_scope``
+    is whose cached pages the request may reuse and add to (the server's tenant id, ``""`` for a
+    local job); ``None`` keeps it away from the result cache (:mod:`dsocr.cache`).
     """
 
     request_id: str
@@ -87,6 +89,7 @@ class OcrRequest:
     timeout_s: float | None = None
     stream: StreamKind = "pages"
     retries: RetryPolicy = RetryPolicy()
+    cache_scope: str | None = None
 
     def render_context(self, kind: Literal["image", "pdf"] = "image") -> RenderContext:
         """What the output formats echo of this request."""
@@ -157,6 +160,7 @@ def build_request(
     single_image: bool = False,
     deadline: bool = True,
     stream: StreamKind = "pages",
+    cache_scope: str | None = None,
 ) -> OcrRequest:
     """Check a front end's fields and build the request.
 
@@ -164,6 +168,8 @@ def build_request(
     ``locate``) names one explicitly; neither means the default preset. ``ngram_size`` 0 turns the
     repetition rule off. With ``deadline``, the request runs under
     ``DSOCR_LIMITS__REQUEST_TIMEOUT_S`` (the server's doors; local jobs run without one).
+    ``cache_scope`` (see :class:`OcrRequest`): the caller's tenant id on the server, ``""`` for a
+    local job, ``None`` to bypass the result cache.
     """
     if prompt is not None and not prompt.strip():
         prompt = None
@@ -204,6 +210,7 @@ def build_request(
         timeout_s=settings.limits.request_timeout_s if deadline else None,
         stream=stream,
         retries=RetryPolicy.from_settings(settings.engine),
+        cache_scope=cache_scope,
     )
 
 

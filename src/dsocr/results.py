@@ -51,7 +51,7 @@ class PageTimings:
     load_s: float = 0.0  # decode / rasterise (documents only; 0 for an image passed in)
     queue_s: float | None = None  # waiting in the engine before the first step
     first_token_s: float | None = None
-    engine_s: float = 0.0  # the engine call as seen by the pipeline
+    engine_s: float = 0.0  # the engine call as seen by the pipeline, cache lookup included
     post_s: float = 0.0  # parse + crops + visualization
     total_s: float = 0.0
 
@@ -61,7 +61,9 @@ class PageResult:
     """The outcome of one page. Exactly one of ``parsed`` and ``error`` is set.
 
     ``page`` is 1-based (1 for a single image). ``drawn`` holds what the request's output formats
-    computed from the page image (figure crops, the visualization …), by format name.
+    computed from the page image (figure crops, the visualization …), by format name. ``cached``:
+    ``True`` when the engine's output came from the result cache (:mod:`dsocr.cache`), ``False``
+    when the cache was looked up and missed, ``None`` when the request did not use it.
     """
 
     page: int
@@ -76,6 +78,7 @@ class PageResult:
     warnings: tuple[str, ...] = ()
     timings: PageTimings = field(default_factory=PageTimings)
     drawn: dict[str, Any] = field(default_factory=dict)
+    cached: bool | None = None
 
     @property
     def ok(self) -> bool:

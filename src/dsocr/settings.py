@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
     "RETRY_NGRAM_SIZE",
+    "CacheSettings",
     "CpuSettings",
     "EngineSettings",
     "FakeSettings",
@@ -422,6 +423,20 @@ class JobSettings(_Section):
     webhook_backoff_s: float = Field(1.0, gt=0)
 
 
+class CacheSettings(_Section):
+    """The result cache of finished pages (``DSOCR_CACHE__*``; dsocr.cache, docs/serving.md)."""
+
+    # None: on for ``dsocr serve`` and ``dsocr ocr``, off for ``dsocr batch`` (its manifest already
+    # skips finished pages, and a large run would evict everything else); true/false: everywhere.
+    enabled: bool | None = None
+    # None: $XDG_CACHE_HOME/dsocr, else ~/.cache/dsocr.
+    dir: Path | None = None
+    # The stored pages' bytes; past it the least recently used go first.
+    max_bytes: int = Field(1024**3, ge=0)
+    # Off: a page is found only by the API key that stored it. On: by every caller.
+    shared: bool = False
+
+
 class Settings(BaseSettings):
     """All dsocr settings."""
 
@@ -432,6 +447,7 @@ class Settings(BaseSettings):
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     debug: bool = False
 
 

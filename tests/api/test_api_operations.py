@@ -226,19 +226,21 @@ def _metric(text: str, name: str) -> float:
 
 
 async def test_streamed_chat_completions_count_in_page_metrics_like_plain_ones(
-    client: httpx.AsyncClient,
+    make_client: ClientFactory,
 ) -> None:
     url = "data:image/png;base64," + b64(png_bytes())
     body: dict[str, Any] = {
         "model": "deepseek-ai/DeepSeek-OCR",
         "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}],
     }
-    plain = await client.post("/v1/chat/completions", json=body)
-    assert plain.status_code == 200
-    after_plain = (await client.get("/metrics")).text
-    streamed = await client.post("/v1/chat/completions", json={**body, "stream": True})
-    assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
-    after_both = (await client.get("/metrics")).text
+    # The same page twice through the engine: the result cache would answer the second.
+    async with make_client(settings=Settings(engine={"kind": "fake"}, cache={"enabled": False})) as client:
+        plain = await client.post("/v1/chat/completions", json=body)
+        assert plain.status_code == 200
+        after_plain = (await client.get("/metrics")).text
+        streamed = await client.post("/v1/chat/completions", json={**body, "stream": True})
+        assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
+        after_both = (await client.get("/metrics")).text
 
     assert 'dsocr_pages_total{outcome="ok"} 1.0' in after_plain
     assert 'dsocr_pages_total{outcome="ok"} 2.0' in after_both

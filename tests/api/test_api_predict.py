@@ -148,8 +148,10 @@ def test_a_preset_name_means_the_same_prompt_on_predict_v1_ocr_and_chat(name: st
     # the same as the preset on the other routes, not the word "document" sent to the model.
     image = b64(png_bytes(640, 480))
     engine = FakeEngine()
+    # Every door must reach the engine: the result cache would answer the second and third.
+    settings = Settings(engine={"kind": "fake"}, cache={"enabled": False})
     with (
-        running_server(Settings(engine={"kind": "fake"}), engine) as server,
+        running_server(settings, engine) as server,
         httpx.Client(base_url=server.url, timeout=30) as http,
     ):
         predict = http.post("/predict", json={"image_base64": image, "prompt": name})

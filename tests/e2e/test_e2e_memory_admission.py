@@ -79,6 +79,9 @@ def serve(tmp: Path, **limits: object) -> Iterator[ServeProcess]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DSOCR_")}
     env["DSOCR_ENGINE__KIND"] = "fake"
+    # Requests are held in flight by slow pages sent again and again, which the result cache
+    # would answer at once.
+    env["DSOCR_CACHE__ENABLED"] = "false"
     # A fixed threshold keeps glibc from raising it after the first large free: pixel buffers are
     # then always mapped and unmapped, so each test's peak starts from what is live, not from
     # memory an earlier decode left in the heap.

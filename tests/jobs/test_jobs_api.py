@@ -44,7 +44,8 @@ def _comparable(body: dict[str, Any]) -> dict[str, Any]:
     """A /v1/ocr body without what differs between two runs of the same request."""
     body = {k: v for k, v in body.items() if k != "request_id"}
     body["pages"] = [
-        {k: v for k, v in page.items() if k not in ("request_id", "timings")} for page in body["pages"]
+        {k: v for k, v in page.items() if k not in ("request_id", "timings", "cached")}
+        for page in body["pages"]
     ]
     return body
 
@@ -72,6 +73,9 @@ def test_a_job_answers_202_with_its_location_and_ends_with_the_result_v1_ocr_giv
     direct = client.post("/v1/ocr", files={"file": ("scan.pdf", document, "application/pdf")}, data=fields)
     assert direct.status_code == 200
     assert _comparable(result.json()) == _comparable(direct.json())
+    # The job's pages were cached for its owner: the same request again runs no engine.
+    assert [p["cached"] for p in direct.json()["pages"]] == [True, True, True]
+    assert direct.headers["x-dsocr-cache"] == "hit"
     assert [p["page"] for p in result.json()["pages"]] == [1, 2, 3]
 
 

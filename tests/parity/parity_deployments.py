@@ -48,6 +48,11 @@ class Config:
     env: Mapping[str, str]
 
 
+# Every configuration runs each page through the engine: these servers live for the whole session
+# and the tests send the same pages again and again, which the result cache would answer (its own
+# parity across doors: tests/cache).
+_NO_CACHE = {"DSOCR_CACHE__ENABLED": "false"}
+
 DEFAULT = Config(
     "default",
     {
@@ -56,6 +61,7 @@ DEFAULT = Config(
         "DSOCR_LIMITS__MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
         # The render bomb's page fails after this; ordinary pages render in milliseconds.
         "DSOCR_LIMITS__RENDER_TIMEOUT_S": "3",
+        **_NO_CACHE,
     },
 )
 # One page slot, no waiting for room: a second request while one runs is refused at once.
@@ -66,6 +72,7 @@ SLOW = Config(
         "DSOCR_ENGINE__FAKE__DELAY_S": str(ENGINE_DELAY_S),
         "DSOCR_LIMITS__MAX_QUEUE": "1",
         "DSOCR_LIMITS__ADMISSION_WAIT_S": "0",
+        **_NO_CACHE,
     },
 )
 # A deadline far shorter than the engine's first token.
@@ -75,6 +82,7 @@ DEADLINE = Config(
         "DSOCR_ENGINE__KIND": "fake",
         "DSOCR_ENGINE__FAKE__DELAY_S": str(ENGINE_DELAY_S),
         "DSOCR_LIMITS__REQUEST_TIMEOUT_S": "1",
+        **_NO_CACHE,
     },
 )
 

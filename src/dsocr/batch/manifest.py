@@ -1,9 +1,10 @@
 """The batch manifest: which pages of which documents are done, failed or still to do (SQLite).
 
 A document is keyed by the SHA-256 of its bytes plus a hash of the settings that change its
-output (:func:`settings_hash`), so renaming a file does not redo it, while changing the mode or
-the prompt does. Each page has a status (``pending``, ``done``, ``failed`` + reason) and an
-``attempts`` count, bumped when a run hands the page to the engine.
+output (the runner's: :mod:`dsocr.fingerprint`, the result cache's keying scheme), so renaming a
+file does not redo it, while changing the mode, the prompt or the dsocr version does. Each page
+has a status (``pending``, ``done``, ``failed`` + reason) and an ``attempts`` count, bumped when
+a run hands the page to the engine.
 
 The manifest is written by one process (the batch driver) and committed after every page, once
 that page's files are on disk: a run killed at any moment (Ctrl-C, ``kill -9``) loses no page it
@@ -13,7 +14,6 @@ finished, and a page is never marked done without its files. WAL journaling make
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import time
@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-__all__ = ["DocumentRecord", "Manifest", "PageRecord", "PageStatus", "settings_hash"]
+__all__ = ["DocumentRecord", "Manifest", "PageRecord", "PageStatus"]
 
 PageStatus = Literal["pending", "done", "failed"]
 
@@ -56,12 +56,6 @@ CREATE TABLE IF NOT EXISTS settings (
     settings_json TEXT NOT NULL
 );
 """
-
-
-def settings_hash(config: Mapping[str, Any]) -> str:
-    """A short, stable hash of the output-affecting settings (canonical JSON, SHA-256)."""
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

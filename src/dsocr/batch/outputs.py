@@ -130,10 +130,10 @@ def crop_name(page: int, index: int) -> str:
 
 
 # What a page file holds: the page JSON, without what varies from run to run
-# (timings, request ids), so the same page gives the same bytes on every run and path, and
-# without what has its own files (crops, overlay).
+# (timings, request ids, whether the result cache answered), so the same page gives the same bytes
+# on every run and path, and without what has its own files (crops, overlay).
 _PAGE_FIELDS = ("markdown", "blocks")
-_NOT_IN_PAGE_FILES = ("timings", "request_id", "ok", "repetition_score", "crops", "visualization")
+_NOT_IN_PAGE_FILES = ("timings", "request_id", "ok", "repetition_score", "cached", "crops", "visualization")
 
 
 def page_artifacts(result: PageResult, *, page: int) -> PageArtifacts:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from dsocr import errors, outputs
-from dsocr.batch.manifest import Manifest, settings_hash
+from dsocr.batch.manifest import Manifest
 from dsocr.batch.names import display_path, printable
 from dsocr.batch.outputs import (
     PageArtifacts,
@@ -35,9 +35,10 @@ from dsocr.batch.outputs import (
     write_text_atomic,
 )
 from dsocr.batch.plan import DocumentPlan, PageSource, RunPlan, discover_inputs, plan_run
+from dsocr.cache import open_cache
 from dsocr.cli_exit import EXIT_INTERNAL, EXIT_PARTIAL, exit_code_of_code
-from dsocr.engine.base import Engine
 from dsocr.engine.factory import create_engine, select_engine
+from dsocr.fingerprint import fingerprint_hash, request_fingerprint
 from dsocr.inputs.render_worker import isolated_pdf_work
 from dsocr.pipeline import PageInput, Pipeline
 from dsocr.progress import progress_bar
@@ -92,7 +93,8 @@ class RunConfig:
     request: OcrRequest
     dpi: int
     engine_kind: str
-    # The output-affecting settings, and their hash (the manifest key's second half).
+    # The output-affecting settings (dsocr.fingerprint's, plus what batch writes) and their hash
+    # (the manifest key's second half).
     fingerprint: dict[str, Any]
     settings_key: str
     # The document files besides NAME.md; not in the fingerprint: they are made from the page files.
@@ -126,22 +128,14 @@ def resolve_config(job: BatchJob, settings: Settings) -> RunConfig:
         outputs=drawn,
         max_tokens=job.max_tokens,
         deadline=False,
+        # Used only where the run has a result cache (the local runner, DSOCR_CACHE__ENABLED=true).
+        cache_scope="",
     )
-    sampling = request.sampling
-    prompt = request.prompt
-    outputs = request.outputs
     kind = select_engine(settings.engine).kind
-    sampling_fields = asdict(sampling)
-    sampling_fields["whitelist_token_ids"] = sorted(sampling.whitelist_token_ids)
     fingerprint: dict[str, Any] = {
-        "engine": kind,
-        "model": None if kind == "fake" else settings.engine.model,
-        "revision": None if kind == "fake" else settings.engine.revision,
-        "prompt": prompt,
-        "mode": job.mode,
+        **request_fingerprint(request, engine=kind, settings=settings.engine),
         "dpi": dpi,
-        "sampling": sampling_fields,
-        "outputs": sorted(outputs),
+        "outputs": sorted(request.outputs),
         "layout": 1,  # bump when the output file layout changes
     }
     return RunConfig(
@@ -149,7 +143,7 @@ def resolve_config(job: BatchJob, settings: Settings) -> RunConfig:
         dpi=dpi,
         engine_kind=kind,
         fingerprint=fingerprint,
-        settings_key=settings_hash(fingerprint),
+        settings_key=fingerprint_hash(fingerprint),
         formats=document_formats(job.formats),
     )
 
@@ -191,6 +185,7 @@ class BatchSummary:
     duplicates: int = 0
     pages_total: int = 0
     pages_done: int = 0  # finished by this run
+    pages_cached: int = 0  # of those, answered by the result cache (DSOCR_CACHE__ENABLED=true)
     pages_skipped: int = 0  # finished by an earlier run
     pages_failed: int = 0  # failed in this run (retried on the next)
     failures: dict[str, int] = field(default_factory=dict)
@@ -225,6 +220,7 @@ class BatchSummary:
             "duplicates": self.duplicates,
             "pages_total": self.pages_total,
             "pages_done": self.pages_done,
+            "pages_cached": self.pages_cached,
             "pages_skipped": self.pages_skipped,
             "pages_failed": self.pages_failed,
             "failures": dict(sorted(self.failures.items())),
@@ -259,8 +255,9 @@ class BatchSummary:
     def describe(self) -> str:
         """One human line, e.g. for the CLI."""
         failures = ", ".join(f"{code}: {count}" for code, count in sorted(self.failures.items())) or "none"
+        cached = f" ({self.pages_cached} from the result cache)" if self.pages_cached else ""
         return (
-            f"{self.documents} document(s), {self.pages_total} page(s): {self.pages_done} done, "
+            f"{self.documents} document(s), {self.pages_total} page(s): {self.pages_done} done{cached}, "
             f"{self.pages_skipped} skipped (already done), {self.pages_failed} failed; "
             f"{self.elapsed_s:.1f} s, {self.pages_per_s:.2f} pages/s; failures: {failures}"
         )
@@ -523,19 +520,23 @@ async def _ocr_pages(run: PreparedRun, job: BatchJob, settings: Settings) -> Non
                 yield PageInput(number=sequence, load=functools.partial(source.render, page))
 
     engine = create_engine(settings.engine)
+    # Off unless DSOCR_CACHE__ENABLED=true: the manifest already skips finished pages.
+    cache = await asyncio.to_thread(open_cache, settings, default=False)
     try:
         await engine.start()
+        pipeline = Pipeline(engine, limits=settings.limits, fetch=settings.fetch, cache=cache)
         with progress_bar(run.plan.pages_todo, quiet=job.quiet) as advance:
-            await _consume(engine, settings, page_inputs(), slots, run, job, config, advance)
+            await _consume(pipeline, page_inputs(), slots, run, job, config, advance)
     finally:
         await engine.close()
+        if cache is not None:
+            await asyncio.to_thread(cache.close)
         for source in sources:
             await asyncio.to_thread(source.close)
 
 
 async def _consume(
-    engine: Engine,
-    settings: Settings,
+    pipeline: Pipeline,
     pages: Iterator[PageInput],
     slots: dict[int, tuple[DocumentPlan, int, PageSource]],
     run: PreparedRun,
@@ -543,11 +544,12 @@ async def _consume(
     config: RunConfig,
     advance: Callable[[], None],
 ) -> None:
-    pipeline = Pipeline(engine, limits=settings.limits, fetch=settings.fetch)
     results = pipeline.run_pages(config.request, pages, window=job.max_in_flight)
     async with contextlib.aclosing(results):
         async for result in results:
             doc, page, source = slots.pop(result.page)
+            if result.cached:
+                run.summary.pages_cached += 1
             artifacts = page_artifacts(result, page=page)
             # File writes (fsync) off the loop, so pages in flight keep running meanwhile; the
             # manifest commit follows on this thread, only once the files are on disk.

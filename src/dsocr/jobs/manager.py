@@ -196,7 +196,7 @@ class JobManager:
         """
         job_id = uuid.uuid4().hex
         # Built now so that a bad prompt, mode, model, output or page range is refused at once.
-        request = self._request(job_id, params, source)
+        request = self._request(job_id, params, source, scope=owner)
         self._pipeline_or_none(request)
         if callback_url is not None:
             await webhooks.check_callback_url(callback_url, fetch=self._settings.fetch)
@@ -351,7 +351,13 @@ class JobManager:
     # ------------------------------------------------------------------ running jobs
 
     def _request(
-        self, job_id: str, params: JobParams, source: Source | None, pages: str | None = None
+        self,
+        job_id: str,
+        params: JobParams,
+        source: Source | None,
+        pages: str | None = None,
+        *,
+        scope: str | None = None,
     ) -> OcrRequest:
         return build_request(
             self._settings,
@@ -367,6 +373,8 @@ class JobManager:
             pages=pages if pages is not None else params.pages,
             # A job is as long as its document; cancelling it is how it is stopped.
             deadline=False,
+            # Pages its owner sent before come from the result cache, as for direct requests.
+            cache_scope=scope,
         )
 
     def _pipeline_or_none(self, request: OcrRequest) -> None:
@@ -463,7 +471,7 @@ class JobManager:
         source = BytesSource(
             data, filename=stored.filename, content_type=stored.content_type, field=stored.field
         )
-        request = self._request(job.id, JobParams.from_json(job.request), source, pages)
+        request = self._request(job.id, JobParams.from_json(job.request), source, pages, scope=job.owner)
         names = request.outputs | {"raw"}
         while True:
             pipeline = await self._ready_pipeline()

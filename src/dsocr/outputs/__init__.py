@@ -190,6 +190,7 @@ def page_json(result: PageResult, names: Collection[str], context: RenderContext
     out["repetition_score"] = result.repetition_score
     out["warnings"] = list(result.warnings)
     out["timings"] = timings_json(result)
+    out["cached"] = result.cached is True
     out["error"] = page_error_json(result)
     return out
 

@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dsocr import __version__
 from dsocr.admission import AdmissionQueue
+from dsocr.cache import open_cache
 from dsocr.engine.base import Engine
 from dsocr.errors import DsocrError, EngineUnavailable, InputTooLarge, ServerBusy
 from dsocr.jobs.manager import job_window
@@ -42,6 +43,7 @@ from dsocr.server.deps import AppState, require_api_key
 from dsocr.server.errors import dsocr_error_body, error_headers, http_status, install_error_handlers
 from dsocr.server.metrics import Metrics, MetricsMiddleware
 from dsocr.server.openapi import install_openapi
+from dsocr.server.runs import CACHE_HEADER
 from dsocr.server.uploads import UploadGate, UploadSlots, content_length
 from dsocr.settings import Settings
 
@@ -309,6 +311,7 @@ def _job_pipeline(state: AppState) -> Pipeline:
         admission=state.admission,
         observer=state.metrics,
         window=job_window(settings.jobs, state.engine.info),
+        cache=state.cache,
     )
 
 
@@ -351,6 +354,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         # The engine starts in the background so that /health answers while weights load
         # (vLLM takes a minute or more); /ready and the OCR routes say 503 until it is done.
         # Fast engines (fake, CPU) are given a moment so the server opens ready.
+        state.cache = await asyncio.to_thread(open_cache, settings, default=True)
         starting = asyncio.create_task(_start_engine(state, engine), name="dsocr-engine-start")
         await asyncio.wait({starting}, timeout=settings.server.startup_wait_s)
         if settings.jobs.enabled:
@@ -371,6 +375,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                 await starting
             if state.engine is not None:
                 await state.engine.close()
+            if state.cache is not None:
+                await asyncio.to_thread(state.cache.close)
 
     app = FastAPI(
         title="dsocr",
@@ -404,7 +410,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             allow_origins=settings.server.cors_origins,
             allow_methods=["GET", "HEAD", "POST", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "X-Api-Key", "Content-Type", "Accept"],
-            expose_headers=["X-Request-Id", "Retry-After", "Location"],
+            expose_headers=["X-Request-Id", "Retry-After", "Location", CACHE_HEADER],
         )
     # Outside everything else, so that every answer (CORS's and the limits' included) is counted.
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)

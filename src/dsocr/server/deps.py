@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, Request
 
 from dsocr.admission import AdmissionQueue
+from dsocr.cache import PageCache
 from dsocr.engine.base import Engine
 from dsocr.errors import EngineUnavailable, Unauthorized
 from dsocr.pipeline import Pipeline
@@ -50,7 +51,8 @@ class AppState:
 
     ``engine`` is set once the lifespan created it; ``ready`` turns true when ``start()``
     (weights, warm-up, self-test) succeeded. ``unready_reason`` says why not, for /health,
-    /ready and the 503 body of OCR routes.
+    /ready and the 503 body of OCR routes. ``cache`` is the result cache the lifespan opened
+    (``None`` when ``DSOCR_CACHE__ENABLED`` is false).
     """
 
     settings: Settings
@@ -58,6 +60,7 @@ class AppState:
     admission: AdmissionQueue
     uploads: UploadSlots
     engine: Engine | None = None
+    cache: PageCache | None = None
     ready: bool = False
     unready_reason: str = "the engine is starting"
     # Background jobs (``settings.jobs``), once started.
@@ -86,7 +89,7 @@ async def ready_engine(state: Annotated[AppState, Depends(app_state)]) -> Engine
 
 
 async def ready_pipeline(state: Annotated[AppState, Depends(app_state)]) -> Pipeline:
-    """The pipeline over the ready engine, with the server's admission and metrics."""
+    """The pipeline over the ready engine, with the server's admission, metrics and result cache."""
     engine = await ready_engine(state)
     limits = state.settings.limits
     return Pipeline(
@@ -96,6 +99,7 @@ async def ready_pipeline(state: Annotated[AppState, Depends(app_state)]) -> Pipe
         admission=state.admission,
         admission_wait_s=limits.admission_wait_s,
         observer=state.metrics,
+        cache=state.cache,
     )
 
 

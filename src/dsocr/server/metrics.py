@@ -117,6 +117,14 @@ class Metrics:
         self.prompt_tokens = Counter("dsocr_prompt_tokens", "Prompt tokens (incl. vision).", registry=r)
         self.vision_tokens = Counter("dsocr_vision_tokens", "Vision tokens of the page images.", registry=r)
         self.output_tokens = Counter("dsocr_output_tokens", "Generated tokens.", registry=r)
+        self.cache_lookups = Counter(
+            "dsocr_cache_lookups",
+            "Pages looked up in the result cache, by result (hit: answered without the engine).",
+            ["result"],
+            registry=r,
+        )
+        for result in ("hit", "miss"):
+            self.cache_lookups.labels(result=result)  # both series exist from the start, at 0
         self.errors = Counter(
             "dsocr_errors",
             "Errors by code: error answers and errors inside streams (scope=request), failed pages (page).",
@@ -165,17 +173,21 @@ class Metrics:
             mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
     def observe_page(self, result: PageResult) -> None:
-        """Record one page's outcome, time and token usage (the pipeline calls it for every page)."""
+        """Record one page's outcome, time, cache lookup and token usage (the pipeline calls it for
+        every page). Tokens count the engine's work: a page answered from the cache adds none."""
         if result.error is not None:
             self.pages.labels(outcome="error").inc()
             self.errors.labels(code=result.error.code, scope="page").inc()
         else:
             self.pages.labels(outcome="truncated" if result.finish_reason == "length" else "ok").inc()
         self.page_latency.observe(result.timings.total_s)
-        usage = result.usage
-        self.prompt_tokens.inc(usage.prompt_tokens)
-        self.vision_tokens.inc(usage.vision_tokens)
-        self.output_tokens.inc(usage.completion_tokens)
+        if result.cached is not None:
+            self.cache_lookups.labels(result="hit" if result.cached else "miss").inc()
+        if not result.cached:
+            usage = result.usage
+            self.prompt_tokens.inc(usage.prompt_tokens)
+            self.vision_tokens.inc(usage.vision_tokens)
+            self.output_tokens.inc(usage.completion_tokens)
 
     def observe_error(self, code: str) -> None:
         """Record a request-level error (``MetricsMiddleware`` does it for every error answer)."""

@@ -17,10 +17,12 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from dsocr.server.runs import CACHE_HEADER
 from dsocr.server.schemas import EXAMPLE_IMAGE, ErrorEnvelope
 from dsocr.settings import EngineSettings
 
 __all__ = [
+    "CACHE_HEADER_DOC",
     "CHAT_REQUEST_EXAMPLE",
     "ERROR_DESCRIPTIONS",
     "RETRY_AFTER_HEADER",
@@ -47,6 +49,15 @@ RETRY_AFTER_HEADER = {
         "description": "Seconds to wait before retrying.",
         "required": True,
         "schema": {"type": "integer", "minimum": 1},
+    }
+}
+# On a non-streamed answer of a route that uses the result cache (dsocr.cache).
+CACHE_HEADER_DOC = {
+    CACHE_HEADER: {
+        "description": "Whether the pages came from the result cache: hit (all), partial (some), miss "
+        "(none). Absent when the cache is off (DSOCR_CACHE__ENABLED) and on event streams.",
+        "required": False,
+        "schema": {"type": "string", "enum": ["hit", "partial", "miss"]},
     }
 }
 _WWW_AUTHENTICATE = {

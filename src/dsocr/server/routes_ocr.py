@@ -29,13 +29,14 @@ from dsocr.inputs.sources import SourceKind, one_source, read_source
 from dsocr.pipeline import Pipeline, Run
 from dsocr.request import DEFAULT_MODE, build_request
 from dsocr.results import BlockFound, PageResult, PageStarted
-from dsocr.server.deps import AppState, app_state, ready_pipeline, require_api_key
+from dsocr.server.deps import AppState, app_state, ready_pipeline, require_api_key, tenant
 from dsocr.server.errors import dsocr_error_body, request_id_of
 from dsocr.server.file_responses import file_response
 from dsocr.server.ocr_body import parse_ocr_body
-from dsocr.server.openapi import error_responses
+from dsocr.server.openapi import CACHE_HEADER_DOC, error_responses
 from dsocr.server.runs import (
     ClientGone,
+    cache_headers,
     client_gone_response,
     collect,
     read_json,
@@ -73,13 +74,17 @@ def _optional_str(payload: dict[str, Any], name: str) -> str | None:
             "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
         }
     },
-    responses=error_responses(400, 401, 413, 415, 422, 429, 500, 503, 504),
+    responses={
+        200: {"headers": CACHE_HEADER_DOC},
+        **error_responses(400, 401, 413, 415, 422, 429, 500, 503, 504),
+    },
     summary="OCR one image (the original Truss /predict contract)",
 )
 async def predict(
     request: Request,
     state: Annotated[AppState, Depends(app_state)],
     pipeline: Annotated[Pipeline, Depends(ready_pipeline)],
+    scope: Annotated[str, Depends(tenant)],
 ) -> Response:
     """The seed server's contract: ``image_url`` | ``image_base64`` | ``image`` + ``prompt``.
 
@@ -94,6 +99,7 @@ async def predict(
         prompt=_optional_str(payload, "prompt"),
         mode=_optional_str(payload, "mode") or DEFAULT_MODE,
         single_image=True,
+        cache_scope=scope,
     )
     try:
         run = await start_run(request, pipeline, ocr_request)
@@ -102,7 +108,7 @@ async def predict(
         return client_gone_response()
     render = outputs.OUTPUTS["truss"].page
     assert render is not None
-    return JSONResponse(render(results[0], run.render_context))
+    return JSONResponse(render(results[0], run.render_context), headers=cache_headers(results))
 
 
 @router.post(
@@ -122,7 +128,8 @@ async def predict(
             "content": {
                 "text/event-stream": {},
                 **{media_type.split(";")[0]: {} for media_type in _FILE_MEDIA_TYPES},
-            }
+            },
+            "headers": CACHE_HEADER_DOC,
         },
         **error_responses(400, 401, 404, 413, 415, 422, 429, 500, 503, 504),
     },
@@ -132,6 +139,7 @@ async def ocr(
     request: Request,
     state: Annotated[AppState, Depends(app_state)],
     pipeline: Annotated[Pipeline, Depends(ready_pipeline)],
+    scope: Annotated[str, Depends(tenant)],
     format_name: Annotated[
         str | None,
         Query(
@@ -157,7 +165,7 @@ async def ocr(
     if file_format is not None:
         if body.stream:
             raise InvalidInput("a file cannot be streamed; send stream: false with ?format=", field="format")
-        return await _ocr_file(request, state, pipeline, body, source, format_name or "")
+        return await _ocr_file(request, state, pipeline, body, source, format_name or "", scope)
     ocr_request = build_request(
         state.settings,
         source=source,
@@ -171,6 +179,7 @@ async def ocr(
         max_tokens=body.max_tokens,
         pages=body.pages,
         stream="blocks" if wants_stream else "pages",
+        cache_scope=scope,
     )
     try:
         run = await start_run(request, pipeline, ocr_request)
@@ -184,7 +193,10 @@ async def ocr(
         results = await collect(request, run)
     except ClientGone:
         return client_gone_response()
-    return JSONResponse(outputs.document_json(results, ocr_request.outputs, run.render_context))
+    return JSONResponse(
+        outputs.document_json(results, ocr_request.outputs, run.render_context),
+        headers=cache_headers(results),
+    )
 
 
 async def _ocr_file(
@@ -194,6 +206,7 @@ async def _ocr_file(
     body: OcrRequest,
     source: Source,
     format_name: str,
+    scope: str,
 ) -> Response:
     """``/v1/ocr?format=``: the run's pages as one file, built while the run still holds its pages."""
     output = outputs.file_output(format_name)
@@ -213,6 +226,7 @@ async def _ocr_file(
         outputs=output.uses,
         max_tokens=body.max_tokens,
         pages=body.pages,
+        cache_scope=scope,
     )
     try:
         run = await start_run(request, pipeline, ocr_request)
@@ -225,7 +239,9 @@ async def _ocr_file(
                 source_bytes=lambda: data,
                 isolate=isolated_pdf_work(settings.limits, pages=len(results)),
             )
-            return await watching_disconnect(request, file_response(format_name, results, context))
+            response = await watching_disconnect(request, file_response(format_name, results, context))
+            response.headers.update(cache_headers(results))
+            return response
         finally:
             await run.aclose()
     except ClientGone:

@@ -61,7 +61,7 @@ from dsocr.inputs.sources import source_of
 from dsocr.pipeline import Run
 from dsocr.request import OcrRequest, build_request, model_name, route_model, served_model_names
 from dsocr.results import PageEvent, PageResult, TextDelta, Usage
-from dsocr.server.deps import AppState, app_state, ready_pipeline, require_api_key
+from dsocr.server.deps import AppState, app_state, ready_pipeline, require_api_key, tenant
 from dsocr.server.errors import (
     dsocr_error_body,
     error_headers,
@@ -69,9 +69,10 @@ from dsocr.server.errors import (
     request_id_of,
     validation_error_body,
 )
-from dsocr.server.openapi import CHAT_REQUEST_EXAMPLE, error_responses
+from dsocr.server.openapi import CACHE_HEADER_DOC, CHAT_REQUEST_EXAMPLE, error_responses
 from dsocr.server.runs import (
     ClientGone,
+    cache_headers,
     client_gone_response,
     collect,
     start_run,
@@ -428,8 +429,12 @@ def _user_content(messages: list[ChatMessage]) -> tuple[int, list[ImagePart | Te
     return user_index, list(content)
 
 
-def to_ocr_request(body: ChatCompletionRequest, *, settings: Settings, request_id: str | None) -> OcrRequest:
-    """Validate an OpenAI chat request and translate it; raises ``InvalidInput`` naming the field."""
+def to_ocr_request(
+    body: ChatCompletionRequest, *, settings: Settings, request_id: str | None, cache_scope: str | None = None
+) -> OcrRequest:
+    """Validate an OpenAI chat request and translate it; raises ``InvalidInput`` naming the field.
+
+    ``cache_scope``: see :func:`dsocr.request.build_request`."""
     route_model(body.model, settings.engine)  # an unknown model is named before anything else
     refuse_unsupported(body)
     index, parts = _user_content(body.messages)
@@ -462,6 +467,7 @@ def to_ocr_request(body: ChatCompletionRequest, *, settings: Settings, request_i
         whitelist_token_ids=xargs.whitelist_token_ids,
         single_image=True,
         stream="text" if body.stream else "pages",
+        cache_scope=cache_scope,
     )
 
 
@@ -524,7 +530,7 @@ async def retrieve_model(
     response_model=None,
     openapi_extra={"requestBody": {"content": {"application/json": {"example": CHAT_REQUEST_EXAMPLE}}}},
     responses={
-        200: {"content": {"text/event-stream": {}}},
+        200: {"content": {"text/event-stream": {}}, "headers": CACHE_HEADER_DOC},
         **error_responses(
             400,
             401,
@@ -548,6 +554,7 @@ async def chat_completions(
     body: ChatCompletionRequest,
     request: Request,
     state: Annotated[AppState, Depends(app_state)],
+    scope: Annotated[str, Depends(tenant)],
 ) -> Response:
     """OCR one image, answered as an OpenAI chat completion (or a stream of chunks)."""
     if body.model_extra:
@@ -555,7 +562,9 @@ async def chat_completions(
         # (the names quoted, a few at most: they are the client's text).
         ignored = sorted(body.model_extra)
         logger.warning("%d field(s) in the request ignored: %.300r", len(ignored), ignored)
-    ocr_request = to_ocr_request(body, settings=state.settings, request_id=request_id_of(request))
+    ocr_request = to_ocr_request(
+        body, settings=state.settings, request_id=request_id_of(request), cache_scope=scope
+    )
     pipeline = await ready_pipeline(state)
     completion_id = f"chatcmpl-{ocr_request.request_id}"
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
@@ -597,7 +606,8 @@ async def chat_completions(
                 }
             ],
             "usage": _usage(result.usage),
-        }
+        },
+        headers=cache_headers(results),
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -27,9 +27,11 @@ from dsocr.server.errors import unparsable_body
 from dsocr.server.metrics import Metrics
 
 __all__ = [
+    "CACHE_HEADER",
     "CLIENT_CLOSED_REQUEST",
     "ClientGone",
     "ClosingStreamingResponse",
+    "cache_headers",
     "client_gone_response",
     "collect",
     "read_json",
@@ -45,6 +47,10 @@ logger = logging.getLogger(__name__)
 CLIENT_CLOSED_REQUEST = 499
 # Server-sent events must reach the client as produced: no caching, no proxy buffering (nginx).
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+# Whether a non-streamed answer came from the result cache: hit (every page), partial (some),
+# miss (none); absent when the request did not use the cache (dsocr.cache).
+CACHE_HEADER = "X-Dsocr-Cache"
 
 T = TypeVar("T")
 
@@ -124,6 +130,17 @@ async def collect(request: Request, run: Run) -> list[PageResult]:
         return await watching_disconnect(request, run.results())
     finally:
         await run.aclose()
+
+
+def cache_headers(results: Sequence[PageResult]) -> dict[str, str]:
+    """``X-Dsocr-Cache`` for an answer made of ``results``: ``hit``, ``partial`` or ``miss``; no
+    header when no page looked the cache up."""
+    looked_up = [result.cached for result in results if result.cached is not None]
+    if not looked_up:
+        return {}
+    hits = sum(looked_up)
+    status = "hit" if hits == len(looked_up) else "miss" if hits == 0 else "partial"
+    return {CACHE_HEADER: status}
 
 
 def stream_response(

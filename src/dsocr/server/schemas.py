@@ -258,6 +258,9 @@ class PageOut(BaseModel):
     repetition_score: float | None = None
     warnings: list[str] = Field(default_factory=list)
     timings: dict[str, float | None]
+    cached: bool = Field(
+        False, description="The engine's output came from the result cache (X-Dsocr-Cache, docs/serving.md)."
+    )
     error: dict[str, Any] | None = None
 
 
