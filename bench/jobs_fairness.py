@@ -106,6 +106,8 @@ def _run(args: argparse.Namespace, work: Path, window: str | None) -> dict[str, 
         "DSOCR_ENGINE__FAKE__DELAY_S": str(args.delay_s),
         "DSOCR_ENGINE__FAKE__MAX_BATCH": str(args.batch),
         "DSOCR_JOBS__DIR": str(work / f"jobs-{window}"),
+        # The pages repeat: from the result cache they would never reach the engine.
+        "DSOCR_CACHE__ENABLED": "false",
     }
     if window not in (None, "auto"):
         env["DSOCR_JOBS__WINDOW"] = str(window)
