@@ -13,6 +13,8 @@ from dsocr.errors import (
     EngineError,
     InvalidInput,
     ServerBusy,
+    StorageFull,
+    TooManyJobs,
     Unauthorized,
     error_class,
     lookup_by_class,
@@ -41,6 +43,9 @@ EXIT_CODES: dict[type[DsocrError], int] = {
     Unauthorized: EXIT_USAGE,
     ConfigError: EXIT_USAGE,
     ServerBusy: EXIT_ENGINE,
+    # A server's job queue or disk is full (dsocr ocr/batch --server): retry later, as for busy.
+    TooManyJobs: EXIT_ENGINE,
+    StorageFull: EXIT_ENGINE,
     EngineError: EXIT_ENGINE,
 }
 

@@ -21,7 +21,11 @@ EXPECTED = {
     errors.ModelNotFound: 2,
     errors.Unauthorized: 2,
     LoginRequired: 2,
+    errors.JobNotFound: 2,
+    errors.JobNotFinished: 2,
     errors.ServerBusy: 3,
+    errors.TooManyJobs: 3,
+    errors.StorageFull: 3,
     errors.EngineError: 3,
     errors.EngineUnavailable: 3,
     errors.EngineOverloaded: 3,
@@ -40,7 +44,7 @@ def test_every_error_class_has_an_exit_code(cls: type[errors.DsocrError]) -> Non
 
 
 def test_exit_codes_are_the_documented_ones() -> None:
-    public = {getattr(errors, name) for name in errors.__all__} - {errors.lookup_by_class}
+    public = {getattr(errors, name) for name in errors.__all__} - {errors.lookup_by_class, errors.error_class}
     assert set(EXPECTED) >= public
     assert {cls: exit_code_of(cls) for cls in EXPECTED} == EXPECTED
     assert errors.DsocrError in EXIT_CODES  # so that every error, however new, has a code

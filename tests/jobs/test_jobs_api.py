@@ -328,3 +328,14 @@ def test_a_jobs_result_as_a_searchable_pdf_keeps_the_pages_and_carries_their_tex
         first_block = [w for w in body["pages"][n]["blocks"][0]["text"].split() if w.isalpha()]
         assert first_block
         assert set(first_block) <= set(words)
+
+
+def test_a_failed_jobs_events_end_with_the_error_envelope(client: httpx.Client) -> None:
+    job = client.post("/v1/jobs", files={"file": ("a.pdf", b"%PDF-1.7 broken", "application/pdf")}).json()
+    wait_job(client, job["id"])
+    lines = client.get(f"/v1/jobs/{job['id']}/events").text.splitlines()
+    assert "event: error" in lines
+    data = json.loads(lines[lines.index("event: error") + 1].removeprefix("data: "))
+    assert data["error"]["code"] in ("undecodable_input", "unsupported_media_type")
+    assert data["error"]["request_id"] == job["id"]
+    assert data["error"]["type"] == "invalid_request_error"

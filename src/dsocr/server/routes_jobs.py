@@ -26,10 +26,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from dsocr import outputs
-from dsocr.errors import EngineUnavailable, InvalidInput
+from dsocr.errors import EngineUnavailable, InvalidInput, error_class
 from dsocr.inputs.render_worker import isolated_pdf_work
 from dsocr.jobs.manager import JobManager, JobParams, job_json
 from dsocr.server.deps import AppState, app_state, require_api_key, tenant
+from dsocr.server.errors import dsocr_error_body
 from dsocr.server.file_responses import file_response
 from dsocr.server.ocr_body import parse_ocr_body
 from dsocr.server.openapi import error_responses
@@ -184,11 +185,14 @@ async def job_result(
 )
 async def job_events(job_id: str, jobs: Jobs, owner: Tenant) -> StreamingResponse:
     """``job`` (on each status change), ``page.done`` per finished page (earlier pages first),
-    then ``done`` (as ``/v1/ocr``'s stream ends) or ``error``."""
+    then ``done`` (as ``/v1/ocr``'s stream ends) or ``error`` (the error envelope, as there)."""
     await jobs.get(job_id, owner)  # 404 before the stream starts
 
     async def encoded() -> AsyncIterator[bytes]:
         async for name, data in jobs.events(job_id, owner):
+            if name == "error":  # the envelope of /v1/ocr's error event
+                error = error_class(data.get("code", ""))(data.get("message", ""), field=data.get("field"))
+                data = dsocr_error_body(error, job_id)
             yield sse(name, data)
 
     return StreamingResponse(encoded(), media_type="text/event-stream", headers=SSE_HEADERS)
