@@ -37,6 +37,8 @@ def server() -> Iterator[Server]:
         engine={"kind": "fake"},
         server={"api_keys": [API_KEY]},
         limits={"max_upload_bytes": MAX_UPLOAD, "max_pdf_pages": 3, "max_queue": 2, "request_timeout_s": 1.0},
+        # The tests count the engine's requests and resend the same pages: no result cache.
+        cache={"enabled": False},
     )
     with running_server(settings, FailsOnPageTwo()) as running:
         yield running

@@ -23,7 +23,10 @@ MAX_MODEL_LEN = 6144
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    settings = Settings(engine={"kind": "fake", "model": MODEL, "max_model_len": MAX_MODEL_LEN})
+    # The tests read what the engine was sent, for the same page again and again: no result cache.
+    settings = Settings(
+        engine={"kind": "fake", "model": MODEL, "max_model_len": MAX_MODEL_LEN}, cache={"enabled": False}
+    )
     with running_server(settings, FakeEngine()) as running:
         yield running
 
