@@ -9,6 +9,7 @@ PY=${PYTHON:-python3}
 DEPS=(
   "pillow>=10.3,<14" "pypdfium2>=4.30,<6" "pebble>=5.2,<6" "idna>=3.7,<4" "pydantic-settings>=2.3,<3"
   "typer>=0.12,<1" "rich>=13,<15" "python-multipart>=0.0.9" "prometheus-client>=0.20,<1" "matplotlib>=3.8,<4"
+  "nh3>=0.2.17,<0.4" "markdown-it-py>=3,<5" "fonttools>=4.40,<5"
   "pytest>=8,<10" "pytest-asyncio>=0.23,<2" "asgi-lifespan>=2.1,<3" "hypothesis>=6.100,<7"
 )
 if [ -f "$VENV/.dsocr-vllm-ready" ]; then
