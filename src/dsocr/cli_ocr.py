@@ -247,7 +247,9 @@ async def _run_remote(
         max_tokens=job.max_tokens,
         pages=job.pages,
     )
-    upload = Upload(data=raw.data, filename=raw.name or "document", content_type=raw.declared_type)
+    upload = Upload(
+        data=raw.data, filename=raw.name or "document", content_type=raw.declared_type, field=raw.field
+    )
     async with RemoteServer.from_settings(settings.remote) as server:
         with progress_counter(quiet=job.quiet) as update:
             document = await server.document(upload, fields, on_progress=update)

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -58,6 +58,10 @@ _BACKOFF_S = 0.5
 _MAX_DELAY_S = 30.0
 _CANCEL_TIMEOUT_S = 5.0
 _FIELD = "server"
+# The multipart field the server reads the file from.
+_UPLOAD_FIELD = "file"
+# How the client waits between tries (a seam: tests record the waits instead of waiting).
+_sleep = asyncio.sleep
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,6 +71,9 @@ class Upload:
     data: bytes
     filename: str
     content_type: str | None = None
+    # What the caller calls this input: errors the server lays at its upload field (``file``)
+    # name this instead, so that they read as a local run's (``source``, ``inputs``).
+    field: str = "file"
 
     @property
     def is_pdf(self) -> bool:
@@ -158,7 +165,7 @@ class _Outage:
             raise error
         delay = retry_delay(self._tries, backoff_s=_BACKOFF_S, retry_after=retry_after, cap=_MAX_DELAY_S)
         self._tries += 1
-        await asyncio.sleep(min(delay, remaining))
+        await _sleep(min(delay, remaining))
 
 
 class RemoteServer:
@@ -225,8 +232,11 @@ class RemoteServer:
 
     async def ocr(self, upload: Upload, fields: Mapping[str, str]) -> dict[str, Any]:
         """``POST /v1/ocr`` with the file: the document's JSON (a failed image raises its error)."""
-        response = await self._send("POST", "/v1/ocr", data=dict(fields), files=_files(upload))
+        with _naming(upload):
+            response = await self._send("POST", "/v1/ocr", data=dict(fields), files=_files(upload))
         body: dict[str, Any] = response.json()
+        for page in body["pages"]:
+            _name_page_error(page, upload)
         return body
 
     async def document(
@@ -248,6 +258,8 @@ class RemoteServer:
         try:
             response = await self._send("GET", f"/v1/jobs/{job_id}/result")
             body: dict[str, Any] = response.json()
+            for page in body["pages"]:
+                _name_page_error(page, upload)
             return body
         finally:
             await self.delete_job(job_id)
@@ -268,13 +280,15 @@ class RemoteServer:
         server lost be submitted again for the pages not received yet; without it, the whole
         selection is. Leaving early (an error, a cancelled task, Ctrl-C) cancels the job.
         """
-        job = _Job(await self._submit(upload, fields))
+        with _naming(upload):
+            job = _Job(await self._submit(upload, fields))
 
         async def deliver(page: dict[str, Any]) -> None:
             number = int(page["page"])
             if number in job.seen:
                 return  # a reconnected stream replays the pages it sent before
             job.seen.add(number)
+            _name_page_error(page, upload)
             await on_page(page)
             if on_progress is not None:
                 if job.total is None:
@@ -282,20 +296,21 @@ class RemoteServer:
                 on_progress(len(job.seen), job.total)
 
         try:
-            while True:
-                try:
-                    await self._follow(job, deliver, on_progress)
-                    return job.id
-                except _JobGone:
-                    todo = None if pages is None else [p for p in pages if p not in job.seen]
-                    if todo == []:
-                        job.ended = True
+            with _naming(upload):
+                while True:
+                    try:
+                        await self._follow(job, deliver, on_progress)
                         return job.id
-                    again = dict(fields)
-                    if todo is not None:
-                        again["pages"] = page_ranges(todo)
-                    job.id = await self._submit(upload, again)
-                    job.total = None
+                    except _JobGone:
+                        todo = None if pages is None else [p for p in pages if p not in job.seen]
+                        if todo == []:
+                            job.ended = True
+                            return job.id
+                        again = dict(fields)
+                        if todo is not None:
+                            again["pages"] = page_ranges(todo)
+                        job.id = await self._submit(upload, again)
+                        job.total = None
         finally:
             if not job.ended:
                 await self._cancel_quietly(job.id)
@@ -478,9 +493,26 @@ class RemoteServer:
         )
 
 
+@contextlib.contextmanager
+def _naming(upload: Upload) -> Iterator[None]:
+    """Errors the server lays at its upload field name the caller's field for the input."""
+    try:
+        yield
+    except DsocrError as exc:
+        if exc.field == _UPLOAD_FIELD:
+            exc.field = upload.field
+        raise
+
+
+def _name_page_error(page: dict[str, Any], upload: Upload) -> None:
+    error = page.get("error")
+    if isinstance(error, dict) and error.get("field") == _UPLOAD_FIELD:
+        error["field"] = upload.field
+
+
 def _files(upload: Upload) -> dict[str, tuple[str, bytes, str]]:
     media_type = upload.content_type or ("application/pdf" if upload.is_pdf else "application/octet-stream")
-    return {"file": (upload.filename, upload.data, media_type)}
+    return {_UPLOAD_FIELD: (upload.filename, upload.data, media_type)}
 
 
 def _media_type(response: httpx.Response) -> str:

@@ -130,7 +130,7 @@ async def _document(
         result = outputs.page_from_json(page, prompt=prompt)
         await _commit(run, doc, page_artifacts(result, page=number), advance)
 
-    upload = Upload(data=data, filename=doc.path.name)
+    upload = Upload(data=data, filename=doc.path.name, field=_FIELD)
     try:
         if upload.is_pdf:
             job_id = await server.run_job(
