@@ -559,7 +559,7 @@ def batch_command(
     if remote and (ray or ray_address is not None):
         _fail("--ray runs the engines on a Ray cluster, --server on a dsocr server: give one of them")
     if remote and dpi is not None:
-        _fail("--dpi is the server's with --server: it renders PDF pages at its DSOCR_LIMITS__PDF_DPI")
+        _fail("--dpi does not go with --server: the server renders PDF pages at its DSOCR_LIMITS__PDF_DPI")
     if not remote and concurrency is not None:
         _fail("--concurrency is for --server; locally --max-in-flight sets the pages in the engine at once")
     job = BatchJob(

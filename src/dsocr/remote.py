@@ -132,6 +132,10 @@ class _JobGone(Exception):
     """The server does not know the job (any more): a new server with other storage, or expired."""
 
 
+class _NoSuchRoute(InvalidInput):
+    """The server has no such route (``/v1/jobs`` on a server with jobs turned off)."""
+
+
 @dataclass(slots=True)
 class _Job:
     """A job being followed: its id, and whether it reached an end the server reported."""
@@ -254,7 +258,9 @@ class RemoteServer:
         async def ignore(page: dict[str, Any]) -> None:
             return None
 
-        job_id = await self.run_job(upload, fields, on_page=ignore, on_progress=on_progress)
+        job_id = await self._run_job(upload, fields, on_page=ignore, on_progress=on_progress)
+        if isinstance(job_id, dict):
+            return job_id  # the server has no jobs: this is its answer to /v1/ocr
         try:
             response = await self._send("GET", f"/v1/jobs/{job_id}/result")
             body: dict[str, Any] = response.json()
@@ -272,16 +278,34 @@ class RemoteServer:
         on_page: PageCallback,
         pages: Sequence[int] | None = None,
         on_progress: ProgressCallback | None = None,
-    ) -> str:
+    ) -> str | None:
         """Run ``upload`` as a job; ``on_page`` gets each finished page's JSON once, in the order
         they finish. Returns the job's id once it succeeded; raises the job's error if it failed.
+        A server with jobs turned off gets the document in one ``/v1/ocr`` request (returns None).
 
         ``pages`` (the PDF pages ``fields`` select, when the caller knows them) lets a job the
         server lost be submitted again for the pages not received yet; without it, the whole
         selection is. Leaving early (an error, a cancelled task, Ctrl-C) cancels the job.
         """
+        job_id = await self._run_job(upload, fields, on_page=on_page, pages=pages, on_progress=on_progress)
+        return job_id if isinstance(job_id, str) else None
+
+    async def _run_job(
+        self,
+        upload: Upload,
+        fields: Mapping[str, str],
+        *,
+        on_page: PageCallback,
+        pages: Sequence[int] | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> str | dict[str, Any]:
+        """``run_job``; a server without jobs answers ``/v1/ocr``, whose JSON is returned."""
         with _naming(upload):
-            job = _Job(await self._submit(upload, fields))
+            try:
+                job = _Job(await self._submit(upload, fields))
+            except _NoSuchRoute:
+                # A server with jobs turned off: the document in one request instead.
+                return await self._without_job(upload, fields, on_page, on_progress)
 
         async def deliver(page: dict[str, Any]) -> None:
             number = int(page["page"])
@@ -315,9 +339,25 @@ class RemoteServer:
             if not job.ended:
                 await self._cancel_quietly(job.id)
 
-    async def delete_job(self, job_id: str) -> None:
+    async def delete_job(self, job_id: str | None) -> None:
         """Delete a finished job (or cancel an unfinished one); errors are ignored."""
-        await self._cancel_quietly(job_id)
+        if job_id is not None:
+            await self._cancel_quietly(job_id)
+
+    async def _without_job(
+        self,
+        upload: Upload,
+        fields: Mapping[str, str],
+        on_page: PageCallback,
+        on_progress: ProgressCallback | None,
+    ) -> dict[str, Any]:
+        document = await self.ocr(upload, fields)
+        pages = document["pages"]
+        for done, page in enumerate(pages, start=1):
+            await on_page(page)
+            if on_progress is not None:
+                on_progress(done, len(pages))
+        return document
 
     # ------------------------------------------------------------------ jobs
 
@@ -477,7 +517,9 @@ class RemoteServer:
             text = response.text.strip().replace("\n", " ")[:200]
             message = f"the server at {self.url} answered HTTP {status}" + (f": {text}" if text else "")
         cls = error_class(code) if code else DsocrError
-        if cls is DsocrError and code != "internal_error":
+        if status == 404 and code == "not_found":
+            cls = _NoSuchRoute
+        elif cls is DsocrError and code != "internal_error":
             # Not one of dsocr's codes (validation_error, not_found, a proxy's page): by status.
             cls = Unauthorized if status == 401 else InvalidInput if status < 500 else EngineError
         if cls is Unauthorized:

@@ -97,6 +97,13 @@ def test_a_batch_on_the_server_writes_what_a_local_batch_writes(
     assert (tmp_path / "remote" / "report" / "overlays" / "2.png").is_file()
 
 
+def test_a_server_without_jobs_gets_each_pdf_in_one_request(archive: Path, tmp_path: Path) -> None:
+    assert _batch(archive, tmp_path / "local", "--engine", "fake")[0] == 4
+    with fake_server(tmp_path, jobs={"enabled": False}) as no_jobs:
+        assert _batch(archive, tmp_path / "remote", "--server", no_jobs.url)[0] == 4
+    _same_run(tmp_path / "local", tmp_path / "remote")
+
+
 def test_a_batch_on_the_server_resumes_as_a_local_batch_does(
     server: Server, archive: Path, tmp_path: Path
 ) -> None:

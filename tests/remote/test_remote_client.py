@@ -3,6 +3,7 @@ server or a proxy in between causes injected on the way: busy answers, broken ev
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -182,3 +183,24 @@ async def test_the_event_stream_parser_follows_the_sse_rules() -> None:
         ("page.done", '{\n "page": 1}'),
         ("message", "plain"),
     ]
+
+
+def test_the_progress_bar_of_a_job_appears_once_its_size_is_known(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
+    from dsocr import progress
+
+    screen = io.StringIO()
+    monkeypatch.setattr(
+        progress, "Console", lambda stderr: Console(file=screen, force_terminal=True, width=100)
+    )
+    with progress.progress_counter(quiet=False) as update:
+        update(0, None)
+        assert screen.getvalue() == ""  # the server has not opened the document yet
+        for done in (1, 2, 3):
+            update(done, 3)
+    assert "3/3" in screen.getvalue()
+    with progress.progress_counter(quiet=False) as update:
+        screen.truncate(0)
+        update(1, 1)  # one page needs no bar
+    assert screen.getvalue() == ""

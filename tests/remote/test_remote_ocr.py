@@ -157,6 +157,16 @@ def test_markdown_on_stdout_is_the_local_markdown(server: Server, documents: dic
     assert remote.stdout.count("A Fake Document for Testing") == 2
 
 
+def test_a_server_without_jobs_reads_the_pdf_in_one_request(
+    tmp_path: Path, documents: dict[str, Path]
+) -> None:
+    local = dsocr("ocr", str(documents["pdf"]), "--engine", "fake", "--format", "json")
+    with fake_server(tmp_path, jobs={"enabled": False}) as no_jobs:
+        remote = dsocr("ocr", str(documents["pdf"]), "--server", no_jobs.url, "--format", "json")
+    assert remote.exit_code == local.exit_code == 0, remote.stderr
+    assert comparable(json.loads(remote.stdout)) == comparable(json.loads(local.stdout))
+
+
 def test_the_server_and_key_can_come_from_the_environment(tmp_path: Path, documents: dict[str, Path]) -> None:
     with fake_server(tmp_path, server={"api_keys": ["s3cret"]}) as keyed:
         refused = dsocr("ocr", str(documents["image"]), env={"DSOCR_REMOTE__URL": keyed.url})
