@@ -215,6 +215,21 @@ def test_ctrl_c_cancels_the_jobs_and_the_next_run_finishes_the_rest(tmp_path: Pa
     assert (out / "long" / "long.md").read_text().count(PAGE_SPLIT) == 29
 
 
+def test_a_refused_key_ends_the_run_as_a_usage_error(archive: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with fake_server(tmp_path, server={"api_keys": ["s3cret"]}) as keyed:
+        refused = dsocr("batch", str(archive), "--out", str(out), "--server", keyed.url)
+        assert refused.exit_code == 2
+        assert "DSOCR_REMOTE__API_KEY" in refused.stderr
+        assert not list(out.glob("*/pages/*.json"))
+        accepted = dsocr(
+            "batch", str(archive), "--out", str(out),
+            env={"DSOCR_REMOTE__URL": keyed.url, "DSOCR_REMOTE__API_KEY": "s3cret"},
+        )  # fmt: skip
+    assert accepted.exit_code == 4, accepted.stderr  # the truncated PNG
+    assert summary(out)["pages_done"] == 7
+
+
 def test_a_server_that_cannot_be_reached_ends_the_run_as_an_engine_failure(
     archive: Path, tmp_path: Path
 ) -> None:
