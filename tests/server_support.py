@@ -159,12 +159,14 @@ def dsocr_serve_with_env(
     log: Path,
     timeout_s: float = 60,
     ready_headers: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``python -m dsocr serve --port P ARGS…`` with the ``DSOCR_*`` variables of ``env`` and no
     others, until ready; yields (root URL, process). Its output goes to ``log`` (a pipe nobody
     reads would fill up and stall a long-lived server). ``ready_headers`` go with the readiness
-    polls (an API key where health is closed)."""
-    port = free_port()
+    polls (an API key where health is closed). ``port``: a given one (a server started again
+    where its clients expect it), else a free one."""
+    port = port if port is not None else free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("DSOCR_")}
     with log.open("wb") as sink:
         process = subprocess.Popen(

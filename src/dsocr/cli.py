@@ -188,6 +188,21 @@ PresetOption = Annotated[
 ]
 PromptOption = Annotated[str | None, typer.Option(help="A free prompt instead of a preset.")]
 MaxTokensOption = Annotated[int | None, typer.Option(min=1, help="Most tokens generated per page.")]
+ServerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        help="Send the work to this dsocr server (e.g. http://gpu-host:8000) instead of running an "
+        "engine here; --model then names one of its served models. Default: DSOCR_REMOTE__URL.",
+    ),
+]
+ApiKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        help="The server's API key (visible in `ps`: prefer DSOCR_REMOTE__API_KEY).",
+    ),
+]
 
 
 def _fail(message: str, exit_code: int = 2) -> NoReturn:
@@ -202,14 +217,33 @@ def _fail_with(exc: DsocrError) -> NoReturn:
     _fail(f"{exc.message}{where}", exit_code_of(exc))
 
 
-def _engine_settings_or_exit(engine: EngineChoice | None, model: str | None) -> Settings:
-    """Settings from the environment, with the engine flags that were given on top."""
+def _run_settings_or_exit(
+    engine: EngineChoice | None,
+    model: str | None,
+    server: str | None,
+    api_key: str | None,
+    concurrency: int | None = None,
+) -> Settings:
+    """Settings for ``ocr`` and ``batch``: the engine flags, or the server to send the work to."""
     overrides: dict[str, Any] = {}
     if engine is not None:
-        overrides["kind"] = engine.value
+        overrides.setdefault("engine", {})["kind"] = engine.value
     if model is not None:
-        overrides["model"] = model
-    return _settings_or_exit({"engine": overrides} if overrides else {})
+        overrides.setdefault("engine", {})["model"] = model
+    if server is not None:
+        overrides.setdefault("remote", {})["url"] = server
+    if api_key is not None:
+        typer.echo(
+            "warning: --api-key is visible to other users in `ps`; prefer DSOCR_REMOTE__API_KEY", err=True
+        )
+        overrides.setdefault("remote", {})["api_key"] = api_key
+    if concurrency is not None:
+        overrides.setdefault("remote", {})["concurrency"] = concurrency
+    settings = _settings_or_exit(overrides)
+    if settings.remote.url is not None and engine is not None:
+        given = "--server" if server is not None else "DSOCR_REMOTE__URL"
+        _fail(f"--engine runs an engine here, {given} sends the work to a server: give one of them")
+    return settings
 
 
 def _settings_or_exit(overrides: dict[str, Any]) -> Settings:
@@ -400,15 +434,18 @@ def ocr_command(
     ] = None,
     max_tokens: MaxTokensOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or warnings.")] = False,
+    server: ServerOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
-    """OCR an image or PDF into markdown, text, JSON, a searchable PDF, hOCR, ALTO or HTML (no server needed).
+    """OCR an image or PDF into markdown, text, JSON, a searchable PDF, hOCR, ALTO or HTML (no server
+    needed; with --server, on that server's engine, the files written here).
 
     Exit codes: 0 done, 2 bad input or usage, 3 engine failure, 4 some pages failed (the rest written).
     """
     from dsocr.cli_ocr import OcrJob, run_ocr
     from dsocr.errors import DsocrError
 
-    settings = _engine_settings_or_exit(engine, model)
+    settings = _run_settings_or_exit(engine, model, server, api_key)
     job = OcrJob(
         source=source,
         mode=mode,
@@ -421,6 +458,7 @@ def ocr_command(
         viz=viz,
         max_tokens=max_tokens,
         quiet=quiet,
+        model=model if settings.remote.url is not None else None,
     )
     try:
         # Bytes: click writes them as they are (a PDF to a pipe stays a PDF).
@@ -496,8 +534,19 @@ def batch_command(
             "--quiet", "-q", help="No progress bar, summary line or duplicates (failed files still shown)."
         ),
     ] = False,
+    server: ServerOption = None,
+    api_key: ApiKeyOption = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="With --server: documents sent at once (a job per PDF, a request per image). "
+            "Default: DSOCR_REMOTE__CONCURRENCY or 4.",
+        ),
+    ] = None,
 ) -> None:
-    """OCR many files into OUT/<name>/ (markdown, page JSON, crops), resumably.
+    """OCR many files into OUT/<name>/ (markdown, page JSON, crops), resumably; here, on Ray, or
+    on a dsocr server (--server).
 
     Re-running skips finished pages and retries failed ones. Exit codes: 0 done, 2 bad input or
     usage, 3 engine failure, 4 some pages failed (the rest written; see OUT/summary.json).
@@ -505,7 +554,14 @@ def batch_command(
     from dsocr.batch import BatchJob, run_batch
     from dsocr.errors import DsocrError
 
-    settings = _engine_settings_or_exit(engine, model)
+    settings = _run_settings_or_exit(engine, model, server, api_key, concurrency)
+    remote = settings.remote.url is not None
+    if remote and (ray or ray_address is not None):
+        _fail("--ray runs the engines on a Ray cluster, --server on a dsocr server: give one of them")
+    if remote and dpi is not None:
+        _fail("--dpi does not go with --server: the server renders PDF pages at its DSOCR_LIMITS__PDF_DPI")
+    if not remote and concurrency is not None:
+        _fail("--concurrency is for --server; locally --max-in-flight sets the pages in the engine at once")
     job = BatchJob(
         inputs=tuple(inputs),
         out_dir=out,
@@ -520,9 +576,14 @@ def batch_command(
         manifest_path=manifest,
         quiet=quiet,
         formats=tuple(name.strip() for name in (formats or "").split(",") if name.strip()),
+        model=model if remote else None,
     )
     try:
-        if ray or ray_address is not None:
+        if remote:
+            from dsocr.batch.remote_runner import run_batch_remote
+
+            summary = run_batch_remote(job, settings)
+        elif ray or ray_address is not None:
             from dsocr.batch.ray_pipeline import run_batch_ray
 
             summary = run_batch_ray(job, settings, address=ray_address, actors=ray_actors)

@@ -1,12 +1,17 @@
 """The work behind ``dsocr ocr``: one file or URL through the same pipeline the server uses.
 
-No HTTP hop: the source (local file, stdin, or SSRF-guarded URL) becomes the same
+Locally there is no HTTP hop: the source (local file, stdin, or SSRF-guarded URL) becomes the same
 :class:`~dsocr.request.OcrRequest` the server builds, runs through :class:`dsocr.pipeline.Pipeline`
 on an engine started in this process (no admission and no deadline: a local job; the result
 cache, :mod:`dsocr.cache`, on unless ``DSOCR_CACHE__ENABLED=false``), and the results
 are written in a file format of :mod:`dsocr.outputs` (markdown, text, JSON …). Figure crops and
 box overlays are written to files on request; the markdown links the crops where they were
 written. Typer types stay in ``cli.py``.
+
+With a server (``--server``, ``DSOCR_REMOTE__URL``) the same source is read here and sent there
+(:mod:`dsocr.remote`: an image in one request, a PDF as a job); its pages come back with their
+raw output and are rebuilt into the same page results, then written by the same code, so every
+format, ``--crops`` and ``--viz`` give the same files as a local run on the same engine.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ import base64
 import os
 import re
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from dsocr import outputs
 from dsocr.cache import PageCache, open_cache
@@ -27,14 +34,18 @@ from dsocr.cli_exit import EXIT_INTERNAL, EXIT_PARTIAL, exit_code_of
 from dsocr.engine.base import Engine
 from dsocr.engine.factory import create_engine
 from dsocr.errors import InputTooLarge, InvalidInput
-from dsocr.inputs import BytesSource, Source
+from dsocr.inputs import BytesSource, Document, Source, open_document
 from dsocr.inputs.render_worker import isolated_pdf_work
-from dsocr.inputs.sources import read_local_file, read_source, source_of
-from dsocr.pipeline import Pipeline, Run
-from dsocr.progress import progress_bar
+from dsocr.inputs.sources import RawInput, read_local_file, read_source, source_of
+from dsocr.pipeline import Pipeline
+from dsocr.progress import progress_bar, progress_counter
+from dsocr.remote import RemoteServer, Upload, request_fields
 from dsocr.request import OcrRequest, build_request
 from dsocr.results import PageResult
 from dsocr.settings import LimitSettings, Settings
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["EXIT_PARTIAL", "OcrJob", "OcrOutcome", "run_ocr"]
 
@@ -62,6 +73,8 @@ class OcrJob:
     viz: Path | None = None
     max_tokens: int | None = None
     quiet: bool = False
+    # With a server: the served model to use (None: its default). Locally the settings say.
+    model: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -177,6 +190,8 @@ async def _run(job: OcrJob, settings: Settings, *, write_stdout: Callable[[bytes
     source = await asyncio.to_thread(cli_source, job.source, settings)
     # The input's bytes, kept for the formats that reuse them (a searchable PDF keeps a PDF's pages).
     raw = await read_source(source, limits=settings.limits, fetch=settings.fetch)
+    if settings.remote.url is not None:
+        return await _run_remote(job, settings, raw, file_format, write_stdout)
     request = build_request(
         settings,
         source=BytesSource(raw.data, filename=raw.name, content_type=raw.declared_type, field=raw.field),
@@ -237,12 +252,103 @@ async def _run_pipeline(
             source_bytes=lambda: data,
             isolate=isolated_pdf_work(settings.limits, pages=len(outcome.results)),
         )
-        await asyncio.to_thread(_write_files, job, run, outcome, file_format, write_stdout, context)
+        await asyncio.to_thread(_write_files, job, run.kind, outcome, file_format, write_stdout, context)
+
+
+async def _run_remote(
+    job: OcrJob,
+    settings: Settings,
+    raw: RawInput,
+    file_format: outputs.Output,
+    write_stdout: Callable[[bytes], None],
+) -> OcrOutcome:
+    """Send the input to the server, rebuild its pages from their raw output, write them here."""
+    fields = request_fields(
+        # raw: the page results are parsed again from it, exactly as the pipeline parsed them.
+        outputs=["raw", *_drawn_outputs(job, file_format)],
+        preset=job.preset,
+        prompt=job.prompt,
+        mode=job.mode,
+        model=job.model,
+        max_tokens=job.max_tokens,
+        pages=job.pages,
+    )
+    upload = Upload(
+        data=raw.data, filename=raw.name or "document", content_type=raw.declared_type, field=raw.field
+    )
+    async with RemoteServer.from_settings(settings.remote) as server:
+        with progress_counter(quiet=job.quiet) as update:
+            document = await server.document(upload, fields, on_progress=update)
+    prompt = str(document["prompt"])
+    outcome = OcrOutcome(
+        results=[outputs.page_from_json(page, prompt=prompt) for page in document["pages"]],
+        engine_name=f"{document['model']} at {server.url}",
+    )
+    _report_failures(outcome)
+    if len(outcome.failed) == len(outcome.results):
+        return outcome
+    kind: Literal["image", "pdf"] = "pdf" if document["kind"] == "pdf" else "image"
+    render = outputs.RenderContext(
+        request_id=str(document["request_id"]),
+        model=str(document["model"]),
+        prompt=prompt,
+        prompt_as_sent=job.prompt,
+        mode=str(document["mode"]),
+        kind=kind,
+    )
+    with _LocalPages(raw.data, settings.limits, pages=job.pages, results=outcome.results) as pages:
+        context = outputs.FileContext(
+            render=render,
+            source=job.source,
+            crops_link=crops_link(job.crops_dir, job.out),
+            page_image=pages.image,
+            source_bytes=lambda: raw.data,
+            isolate=isolated_pdf_work(settings.limits, pages=len(outcome.results)),
+        )
+        await asyncio.to_thread(_write_files, job, kind, outcome, file_format, write_stdout, context)
+    return outcome
+
+
+class _LocalPages:
+    """The page images of a document a server read, for the files drawn on them here (a layout
+    PDF, a searchable PDF of an image): the input is opened here only when one is asked for, and a
+    page is scaled to the size the server read it at (its PDF dpi may differ), so the boxes fit."""
+
+    def __init__(
+        self, data: bytes, limits: LimitSettings, *, pages: str | None, results: Sequence[PageResult]
+    ) -> None:
+        self._data = data
+        self._limits = limits
+        self._pages = pages
+        self._sizes = {result.page: result.image_size for result in results}
+        self._lock = threading.Lock()
+        self._document: Document | None = None
+
+    def image(self, number: int) -> Image.Image:
+        """Page ``number`` (1-based) as the server saw it (blocking)."""
+        with self._lock:
+            if self._document is None:
+                self._document = open_document(self._data, limits=self._limits, pages=self._pages)
+            document = self._document
+        picture = document.page_image(number - 1)
+        size = self._sizes.get(number)
+        if size is not None and picture.size != size:
+            picture = picture.resize(size)
+        return picture
+
+    def __enter__(self) -> _LocalPages:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            document, self._document = self._document, None
+        if document is not None:
+            document.close()
 
 
 def _write_files(
     job: OcrJob,
-    run: Run,
+    kind: Literal["image", "pdf"],
     outcome: OcrOutcome,
     file_format: outputs.Output,
     write_stdout: Callable[[bytes], None],
@@ -264,7 +370,7 @@ def _write_files(
         job.viz.write_bytes(layout(outcome.results, context))
         outcome.written.append(job.viz)
     elif job.viz is not None:
-        outcome.written.extend(write_viz(outcome.results, job.viz, many=run.kind == "pdf"))
+        outcome.written.extend(write_viz(outcome.results, job.viz, many=kind == "pdf"))
 
 
 class _EngineContext:

@@ -12,12 +12,13 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     Task,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
 )
 from rich.text import Text
 
-__all__ = ["progress_bar"]
+__all__ = ["progress_bar", "progress_counter"]
 
 
 class _RateColumn(ProgressColumn):
@@ -27,6 +28,18 @@ class _RateColumn(ProgressColumn):
         elapsed = task.elapsed or 0.0
         rate = task.completed / elapsed if elapsed > 0 else 0.0
         return Text(f"{rate:.2f} pages/s", style="progress.data.speed")
+
+
+def _progress(console: Console) -> Progress:
+    columns = (
+        TextColumn("OCR"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    return Progress(*columns, console=console, transient=False)
 
 
 @contextlib.contextmanager
@@ -39,14 +52,30 @@ def progress_bar(total: int, *, quiet: bool) -> Iterator[Callable[[], None]]:
     if quiet or not console.is_terminal:
         yield lambda: None
         return
-    columns = (
-        TextColumn("OCR"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _RateColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
+    with _progress(console) as progress:
         task = progress.add_task("pages", total=total)
         yield lambda: progress.advance(task)
+
+
+@contextlib.contextmanager
+def progress_counter(*, quiet: bool) -> Iterator[Callable[[int, int | None], None]]:
+    """The same bar for work whose size is learnt on the way (a job on a remote server): yields
+    ``update(done, total)``. The bar appears once ``total`` is known and 2 or more (one page
+    needs no bar); silent as :func:`progress_bar` is."""
+    console = Console(stderr=True)
+    if quiet or not console.is_terminal:
+        yield lambda done, total: None
+        return
+    with contextlib.ExitStack() as stack:
+        shown: list[tuple[Progress, TaskID]] = []
+
+        def update(done: int, total: int | None) -> None:
+            if not shown:
+                if total is None or total < 2:
+                    return
+                progress = stack.enter_context(_progress(console))
+                shown.append((progress, progress.add_task("pages", total=total)))
+            progress, task = shown[0]
+            progress.update(task, completed=done, total=total if total is not None else None)
+
+        yield update

@@ -29,6 +29,7 @@ __all__ = [
     "FetchSettings",
     "JobSettings",
     "LimitSettings",
+    "RemoteSettings",
     "ServerSettings",
     "Settings",
     "VllmSettings",
@@ -437,6 +438,33 @@ class CacheSettings(_Section):
     shared: bool = False
 
 
+class RemoteSettings(_Section):
+    """A dsocr server that ``dsocr ocr`` and ``dsocr batch`` send their work to (``--server``)."""
+
+    # The server's root URL (http or https); unset or empty: the commands run a local engine.
+    url: str | None = None
+    api_key: SecretStr | None = None
+    # Longest wait for one answer (an image's OCR through /v1/ocr).
+    timeout_s: float = Field(900.0, gt=0)
+    # How long an unreachable or busy server (connection refused, 429, 503: a restart) is retried.
+    retry_s: float = Field(300.0, ge=0)
+    # Documents sent at once by ``dsocr batch`` (a job per PDF, a request per image).
+    concurrency: int = Field(4, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str | None) -> str | None:
+        if url is None or not url.strip():
+            return None
+        url = url.strip().rstrip("/")
+        scheme, _, rest = url.partition("://")
+        if scheme.lower() not in ("http", "https") or not rest or rest.startswith("/"):
+            raise ValueError(
+                f"DSOCR_REMOTE__URL (--server) {url!r} is not a server URL; write e.g. http://gpu-host:8000"
+            )
+        return url
+
+
 class Settings(BaseSettings):
     """All dsocr settings."""
 
@@ -448,6 +476,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    remote: RemoteSettings = Field(default_factory=RemoteSettings)
     debug: bool = False
 
 

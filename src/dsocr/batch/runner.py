@@ -6,7 +6,8 @@ stream the pages still to do through :meth:`dsocr.pipeline.Pipeline.run_pages` (
 and memory stays bounded) → write each page's files atomically, then commit it to the manifest →
 assemble each document once its last page is in → write ``summary.json``.
 
-The Ray runner (:mod:`dsocr.batch.ray_pipeline`) shares everything here but the middle step.
+The Ray runner (:mod:`dsocr.batch.ray_pipeline`) and the server runner
+(:mod:`dsocr.batch.remote_runner`) share everything here but the middle step.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from dsocr import errors, outputs
 from dsocr.batch.manifest import Manifest
@@ -44,6 +45,9 @@ from dsocr.pipeline import PageInput, Pipeline
 from dsocr.progress import progress_bar
 from dsocr.request import OcrRequest, build_request
 from dsocr.settings import LimitSettings, Settings
+
+if TYPE_CHECKING:
+    from dsocr.remote import ServerEngine
 
 __all__ = [
     "EXIT_PARTIAL",
@@ -83,6 +87,8 @@ class BatchJob:
     quiet: bool = False
     # Each document also written in these file formats (md, txt, json, pdf, hocr, alto, html).
     formats: tuple[str, ...] = ()
+    # With a server: the served model to use (None: its default). Locally the settings say.
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,8 +117,9 @@ def document_formats(names: Sequence[str]) -> tuple[outputs.Output, ...]:
     return tuple(chosen)
 
 
-def resolve_config(job: BatchJob, settings: Settings) -> RunConfig:
-    """Validate the job's options (typed errors naming the option) and fix the engine choice."""
+def resolve_config(job: BatchJob, settings: Settings, *, server: ServerEngine | None = None) -> RunConfig:
+    """Validate the job's options (typed errors naming the option) and fix the engine choice
+    (``server``: the engine of the server the pages are sent to)."""
     if job.max_in_flight < 1:
         raise errors.InvalidInput("max_in_flight must be at least 1", field="max_in_flight")
     dpi = job.dpi if job.dpi is not None else settings.limits.pdf_dpi
@@ -126,11 +133,35 @@ def resolve_config(job: BatchJob, settings: Settings) -> RunConfig:
         prompt=job.prompt,
         mode=job.mode,
         outputs=drawn,
-        max_tokens=job.max_tokens,
+        # A server checks the token limit against its own settings.
+        max_tokens=job.max_tokens if server is None else None,
         deadline=False,
         # Used only where the run has a result cache (the local runner, DSOCR_CACHE__ENABLED=true).
         cache_scope="",
     )
+    prompt = request.prompt
+    outputs = request.outputs
+    if server is not None:
+        # The server's DPI and sampling settings are its own, unknown here: a run on a server is
+        # keyed by the server's engine and model and the request, and resumes runs on a server.
+        remote: dict[str, Any] = {
+            "runner": "remote",
+            "engine": server.name,
+            "model": None if server.name == "fake" else job.model or server.model,
+            "prompt": prompt,
+            "mode": job.mode,
+            "max_tokens": job.max_tokens,
+            "outputs": sorted(outputs),
+            "layout": 1,
+        }
+        return RunConfig(
+            request=request,
+            dpi=dpi,
+            engine_kind=server.name,
+            fingerprint=remote,
+            settings_key=fingerprint_hash(remote),
+            formats=document_formats(job.formats),
+        )
     kind = select_engine(settings.engine).kind
     fingerprint: dict[str, Any] = {
         **request_fingerprint(request, engine=kind, settings=settings.engine),
@@ -178,7 +209,7 @@ class BatchSummary:
     """How a run went. ``failures`` counts failed pages and unopenable documents by error code;
     ``failed_files`` names them, ``duplicate_files`` names the inputs that share an output."""
 
-    runner: Literal["local", "ray"]
+    runner: Literal["local", "ray", "remote"]
     engine: str
     documents: int = 0
     documents_failed: int = 0
@@ -389,10 +420,16 @@ class PreparedRun:
         self.lock.close()
 
 
-def prepare_run(job: BatchJob, settings: Settings, *, runner: Literal["local", "ray"]) -> PreparedRun:
+def prepare_run(
+    job: BatchJob,
+    settings: Settings,
+    *,
+    runner: Literal["local", "ray", "remote"],
+    server: ServerEngine | None = None,
+) -> PreparedRun:
     """Resolve the job, find and scan the inputs, open the manifest and plan the pages."""
     started = time.perf_counter()
-    config = resolve_config(job, settings)
+    config = resolve_config(job, settings, server=server)
     paths = discover_inputs(job.inputs, exclude=job.out_dir)
     job.out_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock_out_dir(job.out_dir)
