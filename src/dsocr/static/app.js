@@ -1,4 +1,6 @@
 // dsocr playground: pick a document, stream POST /v1/ocr, show boxes over the page and the result.
+// A PDF of more than a few pages runs as a job (POST /v1/jobs), followed page by page; its id is
+// kept in the URL (#job=…) and in sessionStorage, so a reload follows it again.
 //
 // Everything the model produced is untrusted. It reaches the DOM only as textContent, or as
 // markdown rendered by marked and then sanitised by DOMPurify with a short allow-list (markdown
@@ -8,6 +10,11 @@ import { Marked } from "./vendor/marked.esm.js";
 
 const OUTPUTS = "markdown,text,raw,blocks,crops,visualization";
 const KEY_STORAGE = "dsocr.apiKey";
+const JOB_STORAGE = "dsocr.job";
+// A PDF with more pages than this, or whose pages cannot be counted here, runs as a job.
+const STREAM_MAX_PAGES = 3;
+// Larger PDFs are not read in the browser to count their pages: they run as jobs.
+const COUNT_MAX_BYTES = 32 * 1024 * 1024;
 
 // Same palette as dsocr.render.overlay.label_colour, so boxes drawn here match the server's PNG.
 // A Map: labels come from the model, and a plain object would answer "constructor" or "__proto__"
@@ -121,6 +128,7 @@ const els = {
   pageError: $("page-error"), legend: $("legend"), copy: $("copy"),
   dlMd: $("dl-md"), dlJson: $("dl-json"), dlTxt: $("dl-txt"), dlPng: $("dl-png"),
   dlFiles: [...document.querySelectorAll("button.dl-file")],
+  job: $("job"), jobSummary: $("job-summary"), jobBar: $("job-bar"), jobId: $("job-id"), jobPages: $("job-pages"),
   panels: {
     rendered: $("tab-rendered"), source: $("tab-source"), raw: $("tab-raw"), blocks: $("tab-blocks"),
     json: $("tab-json"),
@@ -130,6 +138,7 @@ const els = {
 const state = {
   file: null, // the picked File
   previewUrl: null, // object URL of the picked image (not for PDFs)
+  pageCount: null, // promise of the picked PDF's page count (null: not counted)
   run: null, // the current or last run, see startRun
   current: null, // page number shown
   tab: "rendered",
@@ -156,6 +165,8 @@ els.key.addEventListener("change", () => {
   if (apiKey()) sessionStorage.setItem(KEY_STORAGE, apiKey());
   else sessionStorage.removeItem(KEY_STORAGE);
   checkServer();
+  // A job kept in the URL that could not be followed without the key: follow it now.
+  if (!state.run || state.run.ended) resumeStoredJob();
 });
 
 // ---- server status ---------------------------------------------------------------------------------
@@ -196,6 +207,32 @@ function setFile(file) {
   els.fileName.textContent = file ? `${file.name} (${formatBytes(file.size)})` : "Drop an image or PDF here";
   if (file) els.url.value = "";
   if (file && state.previewUrl && !state.run) showPreview();
+  const count = file && isPdf(file) ? countPdfPages(file) : null;
+  state.pageCount = count;
+  count?.then((pages) => {
+    if (state.pageCount !== count) return; // another file was picked meanwhile
+    const how = pages === null || pages > STREAM_MAX_PAGES ? ", runs as a job" : "";
+    const counted = pages === null ? "" : `, ${pages === 1 ? "1 page" : `${pages} pages`}`;
+    els.fileName.textContent = `${file.name} (${formatBytes(file.size)}${counted}${how})`;
+  });
+}
+
+/**
+ * A PDF's page count, read from its structure without a PDF library: each page is an object with
+ * "/Type /Page". Null where that cannot tell: a file over COUNT_MAX_BYTES, or one that keeps its
+ * objects in compressed object streams (/ObjStm), where the page objects are not visible.
+ * Incremental updates can repeat a page object: the count errs high, towards a job.
+ */
+async function countPdfPages(file) {
+  if (file.size > COUNT_MAX_BYTES) return null;
+  try {
+    // latin1 decodes one byte to one character, so the PDF's syntax survives.
+    const text = new TextDecoder("latin1").decode(await file.arrayBuffer());
+    if (text.includes("/ObjStm")) return null;
+    return text.match(/\/Type\s*\/Page(?![A-Za-z0-9])/g)?.length || null;
+  } catch {
+    return null;
+  }
 }
 
 function showPreview() {
@@ -294,7 +331,39 @@ els.form.addEventListener("submit", (event) => {
   event.preventDefault();
   startRun();
 });
-els.cancel.addEventListener("click", () => state.run?.controller.abort());
+els.cancel.addEventListener("click", () => {
+  if (state.run?.jobId) cancelJob(state.run);
+  else state.run?.controller.abort();
+});
+
+function newRun({ name, localImage = null, source = null, jobId = null }) {
+  state.run?.controller.abort();
+  const run = {
+    controller: new AbortController(),
+    name: name.replace(/\.[A-Za-z0-9]+$/, "") || "document",
+    localImage,
+    source, // what was sent, to ask for it again as a file (null for a job: its result has it)
+    jobId, // set for a job
+    job: null, // the job as the server last described it (POST, its events, GET)
+    refreshing: false, // a GET of the job is under way
+    notFound: false, // the server does not know the job (expired, deleted, another key's)
+    lastFailure: null, // why the job's events last broke off
+    fetchingFile: false,
+    pages: new Map(), // page number → {page, requestId, blocks, result}
+    done: null,
+    error: null,
+    ended: false,
+    started: performance.now(),
+  };
+  state.run = run;
+  state.current = null;
+  state.selected = null;
+  hideError();
+  setBodyState("running");
+  setRunning(true);
+  render();
+  return run;
+}
 
 async function startRun() {
   const request = buildRequest();
@@ -308,25 +377,18 @@ async function startRun() {
     els.target.focus();
     return;
   }
-  state.run?.controller.abort();
-  const run = {
-    controller: new AbortController(),
-    name: request.name.replace(/\.[A-Za-z0-9]+$/, "") || "document",
-    localImage: request.localImage,
-    source: request.source,
-    fetchingFile: false,
-    pages: new Map(), // page number → {page, requestId, blocks, result}
-    done: null,
-    error: null,
-    started: performance.now(),
-  };
-  state.run = run;
-  state.current = null;
-  state.selected = null;
-  setBodyState("running");
-  setRunning(true);
-  setStatus("Sending…");
-  render();
+  const file = request.source.file;
+  let jobless = false;
+  if (file && isPdf(file)) {
+    const pages = await state.pageCount;
+    if (pages === null || pages > STREAM_MAX_PAGES) {
+      if (await startJob(request)) return;
+      jobless = true; // the server runs no jobs: the document goes through /v1/ocr as one request
+    }
+  }
+  const run = newRun(request);
+  forgetJob(); // a job this tab followed before is not what the page shows any more
+  setStatus(jobless ? "This server runs no jobs: sending the document as one request…" : "Sending…");
   try {
     const response = await fetch("/v1/ocr", {
       method: "POST",
@@ -343,14 +405,24 @@ async function startRun() {
   } catch (error) {
     run.error = error.name === "AbortError" ? "Cancelled." : `The request failed: ${error.message}`;
   }
-  if (state.run !== run) return; // a newer run replaced this one
+  endRun(run);
+}
+
+/** Shows how a run ended (unless a newer run replaced it). */
+function endRun(run) {
+  if (state.run !== run) return;
+  run.ended = true;
   setRunning(false);
   if (run.error) {
     showError(run.error);
     setStatus("");
     setBodyState("error");
   } else if (run.done) {
-    const seconds = ((performance.now() - run.started) / 1000).toFixed(1);
+    // A job's own times: it may have run while no page watched it.
+    const job = run.job;
+    const seconds = job?.finished_at && job?.started_at
+      ? (job.finished_at - job.started_at).toFixed(1)
+      : ((performance.now() - run.started) / 1000).toFixed(1);
     const failed = run.done.failed_pages?.length ? `, ${run.done.failed_pages.length} failed` : "";
     const pages = run.done.page_count === 1 ? "1 page" : `${run.done.page_count} pages`;
     setStatus(`Done: ${pages}${failed}, ${run.done.usage?.completion_tokens ?? 0} tokens, ${seconds} s.`);
@@ -367,7 +439,169 @@ function setRunning(running) {
   els.cancel.hidden = !running;
 }
 
-/** Server-sent events from a fetch response (EventSource cannot POST). */
+// ---- jobs: long PDFs in the background ------------------------------------------------------------------
+
+/** The job id in the URL (#job=…), else the one this tab kept; with the document's name if known. */
+function storedJob() {
+  let kept = null;
+  try {
+    kept = JSON.parse(sessionStorage.getItem(JOB_STORAGE) ?? "null");
+  } catch {
+    // not ours: ignored
+  }
+  const id = jobInUrl() ?? (typeof kept?.id === "string" ? kept.id : null);
+  if (!id) return null;
+  return { id, name: kept?.id === id && typeof kept.name === "string" ? kept.name : `job-${id.slice(0, 8)}` };
+}
+
+function jobInUrl() {
+  return new URLSearchParams(location.hash.slice(1)).get("job");
+}
+
+function keepJob(id, name) {
+  sessionStorage.setItem(JOB_STORAGE, JSON.stringify({ id, name }));
+  history.replaceState(null, "", `#job=${encodeURIComponent(id)}`);
+}
+
+function forgetJob() {
+  sessionStorage.removeItem(JOB_STORAGE);
+  if (location.hash) history.replaceState(null, "", location.pathname + location.search);
+}
+
+function jobUrl(run, tail = "") {
+  return `/v1/jobs/${encodeURIComponent(run.jobId)}${tail}`;
+}
+
+/** POST /v1/jobs, then follow the job. False when the server runs no jobs: stream instead. */
+async function startJob(request) {
+  const form = new FormData();
+  const { file, common } = request.source;
+  form.append("file", file, file.name);
+  for (const [name, value] of Object.entries(common)) form.append(name, value);
+  form.append("outputs", OUTPUTS);
+  const run = newRun({ name: request.name });
+  setStatus("Sending the document for a job…");
+  try {
+    const response = await fetch("/v1/jobs", {
+      method: "POST",
+      headers: authHeaders(),
+      body: form,
+      signal: run.controller.signal,
+    });
+    // 404: jobs are off (DSOCR_JOBS__ENABLED=false); 503: their folder cannot be used.
+    if (response.status === 404 || response.status === 503) return false;
+    if (!response.ok) {
+      run.error = await errorFromResponse(response);
+    } else {
+      run.job = await response.json();
+      run.jobId = run.job.id;
+      keepJob(run.jobId, run.name);
+    }
+  } catch (error) {
+    run.error = error.name === "AbortError" ? "Cancelled." : `The request failed: ${error.message}`;
+  }
+  if (run.jobId) await followJob(run);
+  else endRun(run);
+  return true;
+}
+
+/** Follows the job kept in the URL or in this tab, if any (a reload, a shared link). */
+function resumeStoredJob() {
+  const kept = storedJob();
+  // Not the job already shown, unless following it ended in an error (a missing key, say).
+  if (!kept || (kept.id === state.run?.jobId && !state.run.error)) return;
+  const run = newRun({ name: kept.name, jobId: kept.id });
+  keepJob(kept.id, run.name);
+  followJob(run);
+}
+
+/**
+ * Reads the job's events until it ends. The stream replays the pages already done, then goes on
+ * live; if it breaks (a proxy's timeout, a restarted server) it is opened again.
+ */
+async function followJob(run) {
+  setStatus(`Following job ${run.jobId}…`);
+  let failures = 0;
+  while (!run.done && !run.error && !run.controller.signal.aborted) {
+    const seen = run.pages.size;
+    try {
+      const response = await fetch(jobUrl(run, "/events"), {
+        headers: { Accept: "text/event-stream", ...authHeaders() },
+        signal: run.controller.signal,
+      });
+      if (response.status === 404) {
+        run.notFound = true;
+        run.error = `Job ${run.jobId} was not found: it expired (finished jobs are kept for a limited time), ` +
+          "was deleted, or was started with another API key.";
+        forgetJob();
+      } else if (!response.ok) {
+        run.error = await errorFromResponse(response);
+      } else {
+        await readEvents(response, run);
+      }
+    } catch (error) {
+      if (error.name === "AbortError") break;
+      run.lastFailure = error.message;
+    }
+    if (run.done || run.error || run.controller.signal.aborted) break;
+    failures = run.pages.size > seen ? 0 : failures + 1;
+    if (failures >= 5) {
+      run.error = `Lost the job's events (${run.lastFailure ?? "the stream ended"}). ` +
+        "The job goes on: reload the page to follow it again.";
+      break;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1000 * failures));
+  }
+  if (run.controller.signal.aborted && !run.error) run.error = "Cancelled.";
+  endRun(run);
+}
+
+/** GET the job: its page total is known once it has opened the document. */
+async function refreshJob(run) {
+  if (run.refreshing) return;
+  run.refreshing = true;
+  try {
+    const response = await fetch(jobUrl(run), { headers: authHeaders() });
+    if (response.ok && state.run === run) {
+      run.job = await response.json();
+      scheduleRender();
+    }
+  } catch {
+    // the events stream reports the job's fate; this was only for the page total
+  } finally {
+    run.refreshing = false;
+  }
+}
+
+/** Cancel: DELETE the job (its pages stop in the engine), stop following it, forget its id. */
+async function cancelJob(run) {
+  els.cancel.disabled = true;
+  setStatus("Cancelling the job…");
+  try {
+    const response = await fetch(jobUrl(run), { method: "DELETE", headers: authHeaders() });
+    if (!response.ok) {
+      showError(await errorFromResponse(response));
+      return;
+    }
+    const job = await response.json();
+    run.job = job;
+    // A job that finished just before the click is deleted, not cancelled: say so.
+    run.error = job.deleted ? `Job ${run.jobId} had already finished; it is now deleted.` : "Cancelled.";
+    forgetJob();
+    run.controller.abort();
+  } catch (error) {
+    showError(`Cancelling failed: ${error.message}`);
+  } finally {
+    els.cancel.disabled = false;
+  }
+}
+
+// A job link pasted into this tab's address bar.
+window.addEventListener("hashchange", () => {
+  if (jobInUrl()) resumeStoredJob();
+});
+
+/** Server-sent events from a fetch response (EventSource can neither POST nor send the API key). */
 async function readEvents(response, run) {
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
@@ -395,8 +629,17 @@ function pageState(run, page) {
   return run.pages.get(page);
 }
 
+const JOB_STATUS_TEXT = new Map([
+  ["queued", "The job is queued: it starts when the server has room."],
+  ["running", "The job is running: pages appear as they finish."],
+]);
+
 function handleEvent(run, event, data) {
-  if (event === "page.start") {
+  if (event === "job") {
+    run.job = data;
+    setStatus(JOB_STATUS_TEXT.get(data.status) ?? "");
+    if (data.progress?.pages_total == null && data.status === "running") refreshJob(run);
+  } else if (event === "page.start") {
     pageState(run, data.page).requestId = data.request_id;
     if (state.current === null) state.current = data.page;
     setStatus(`Reading page ${data.page}…`);
@@ -407,8 +650,10 @@ function handleEvent(run, event, data) {
     page.result = data;
     if (Array.isArray(data.blocks)) page.blocks = data.blocks;
     if (state.current === null) state.current = data.page;
+    if (run.jobId && run.job?.progress?.pages_total == null) refreshJob(run);
   } else if (event === "error") {
-    run.error = describeError(data);
+    run.error = data?.code === "job_cancelled" ? "Cancelled." : describeError(data);
+    if (run.jobId && data?.code === "job_cancelled") forgetJob();
   } else if (event === "done") {
     run.done = data;
   }
@@ -479,6 +724,7 @@ function currentPage() {
 }
 
 function render() {
+  renderJob();
   renderPager();
   renderPageImage();
   renderBoxes();
@@ -486,9 +732,54 @@ function render() {
   renderButtons();
 }
 
+/** A job's progress: pages done, failed and total, and one mark per page (a finished one opens it). */
+function renderJob() {
+  const run = state.run;
+  els.job.hidden = !run?.jobId || run.notFound;
+  if (els.job.hidden) return;
+  const results = [...run.pages.values()].map((page) => page.result).filter(Boolean);
+  const failed = results.filter((result) => result.error).length;
+  const total = run.done?.page_count ?? run.job?.progress?.pages_total ?? null;
+  const status = run.done ? "succeeded" : run.error ? (run.job?.status ?? "stopped") : run.job?.status ?? "starting";
+  els.jobSummary.textContent =
+    `${results.length - failed} of ${total ?? "?"} pages done` + (failed ? `, ${failed} failed` : "") + ` · ${status}`;
+  els.jobBar.max = total || 1;
+  els.jobBar.value = total ? results.length : 0;
+  els.jobId.textContent = `job ${run.jobId}`;
+  const marks = pageNumbers().map((number) => {
+    const result = run.pages.get(number).result;
+    const item = document.createElement("li");
+    item.dataset.page = String(number);
+    item.dataset.state = result?.error ? "failed" : "done";
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = String(number);
+    button.title = result?.error ? `Page ${number} failed: ${describeError(result.error)}` : `Page ${number}`;
+    if (number === state.current) button.setAttribute("aria-current", "page");
+    item.append(button);
+    return item;
+  });
+  // Pages still to come: their numbers are not in the job's answer (a page selection may skip some).
+  for (let left = (total ?? 0) - results.length; left > 0; left--) {
+    const item = document.createElement("li");
+    item.dataset.state = "pending";
+    item.title = "waiting";
+    marks.push(item);
+  }
+  els.jobPages.replaceChildren(...marks);
+}
+
+els.jobPages.addEventListener("click", (event) => {
+  const item = event.target.closest("li[data-page]");
+  if (!item) return;
+  state.current = Number(item.dataset.page);
+  state.selected = null;
+  render();
+});
+
 function renderPager() {
   const numbers = pageNumbers();
-  const total = state.run?.done?.page_count ?? numbers.length;
+  const total = state.run?.done?.page_count ?? state.run?.job?.progress?.pages_total ?? numbers.length;
   els.pager.hidden = total <= 1;
   if (els.pager.hidden) return;
   const position = numbers.indexOf(state.current);
@@ -522,7 +813,9 @@ function renderPageImage() {
     els.placeholder.textContent = state.run
       ? page
         ? `Page ${page.page} is being read…`
-        : "Waiting for the first page…"
+        : state.run.job?.status === "queued"
+          ? "The job is queued…"
+          : "Waiting for the first page…"
       : "The page appears here with its layout boxes.";
   } else if (els.image.getAttribute("src") !== src) {
     els.image.src = src;
@@ -675,7 +968,10 @@ function renderButtons() {
   els.dlJson.disabled = !done;
   els.dlTxt.disabled = !done;
   els.dlPng.disabled = !page?.result?.visualization;
-  for (const button of els.dlFiles) button.disabled = !done || state.run.fetchingFile;
+  for (const button of els.dlFiles) {
+    button.disabled = !done || state.run.fetchingFile;
+    button.title = `${button.dataset.title} (${state.run?.jobId ? "from the job's result" : "the document is read again"})`;
+  }
 }
 
 function currentTabText() {
@@ -733,8 +1029,8 @@ els.dlJson.addEventListener("click", () => {
   const text = JSON.stringify(documentJson(state.run), null, 2);
   download(`${state.run.name}.json`, new Blob([text], { type: "application/json" }));
 });
-// The server writes these formats (a searchable PDF needs the original document): the document is
-// sent again with ?format=, so the pages are read again (a server with a result cache answers at once).
+// The server writes these formats (a searchable PDF needs the original document). A job's are made
+// from its result; otherwise the document is sent again with ?format=, so the pages are read again.
 const FILE_SUFFIXES = new Map([["pdf", ".pdf"], ["hocr", ".hocr"], ["alto", ".xml"], ["html", ".html"]]);
 
 async function downloadFile(format) {
@@ -745,12 +1041,14 @@ async function downloadFile(format) {
   hideError();
   setStatus(`Preparing the ${format} file…`);
   try {
-    const request = fileRequest(run.source);
-    const response = await fetch(`/v1/ocr?format=${encodeURIComponent(format)}`, {
-      method: "POST",
-      headers: request.headers,
-      body: request.body,
-    });
+    const query = `?format=${encodeURIComponent(format)}`;
+    let response;
+    if (run.jobId) {
+      response = await fetch(jobUrl(run, `/result${query}`), { headers: authHeaders() });
+    } else {
+      const request = fileRequest(run.source);
+      response = await fetch(`/v1/ocr${query}`, { method: "POST", headers: request.headers, body: request.body });
+    }
     if (!response.ok) {
       showError(await errorFromResponse(response));
       setStatus("");
@@ -783,3 +1081,4 @@ installSanitiserHooks();
 setBodyState("idle");
 checkServer();
 render();
+resumeStoredJob();
