@@ -387,9 +387,10 @@ def serve_command(
         err=True,
     )
     if server.workers == 1:
-        from dsocr.server.app import create_app
+        from dsocr.server.app import Server, create_app
 
-        uvicorn.run(create_app(settings), host=server.host, port=server.port, log_level=log_level)
+        config = uvicorn.Config(create_app(settings), host=server.host, port=server.port, log_level=log_level)
+        Server(config).run()
         return
     from dsocr.server.workers import serve_workers
 

@@ -65,6 +65,8 @@ def test_a_job_answers_202_with_its_location_and_ends_with_the_result_v1_ocr_giv
     done = wait_job(client, job["id"])
     assert done["status"] == "succeeded"
     assert done["progress"] == {"pages_total": 3, "pages_done": 3, "pages_failed": 0}
+    assert done["filename"] == "scan.pdf"
+    assert done["pages"] == [1, 2, 3]
     assert done["finished_at"] >= done["started_at"] >= done["created_at"]
     assert done["expires_at"] > done["finished_at"]
 
@@ -339,3 +341,13 @@ def test_a_failed_jobs_events_end_with_the_error_envelope(client: httpx.Client) 
     assert data["error"]["code"] in ("undecodable_input", "unsupported_media_type")
     assert data["error"]["request_id"] == job["id"]
     assert data["error"]["type"] == "invalid_request_error"
+
+
+def test_cancel_leaves_a_finished_job_and_its_result_as_they_are(client: httpx.Client) -> None:
+    job = client.post("/v1/jobs", json={"image_base64": _b64(png(), "image/png")}).json()
+    wait_job(client, job["id"])
+    response = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert response.status_code == 200
+    assert response.json()["status"] == "succeeded"
+    assert client.get(f"/v1/jobs/{job['id']}/result").status_code == 200
+    assert client.post("/v1/jobs/no-such-job/cancel").status_code == 404

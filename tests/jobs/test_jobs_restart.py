@@ -49,3 +49,26 @@ def test_a_job_survives_sigkill_and_restart_without_redoing_finished_pages(tmp_p
         # The second server ran only the pages the first had not finished when it was killed
         # (at most those it had not finished at the last poll before the kill).
         assert _pages_run(base) <= pages - done_before
+
+
+def test_sigterm_stops_a_server_whose_jobs_are_followed(tmp_path: Path) -> None:
+    env = {
+        "DSOCR_ENGINE__KIND": "fake",
+        "DSOCR_ENGINE__FAKE__DELAY_S": "1.0",
+        "DSOCR_JOBS__DIR": str(tmp_path / "jobs"),
+        "DSOCR_JOBS__WINDOW": "1",
+    }
+    with dsocr_serve_with_env(env, log=tmp_path / "serve.log") as (base, process):
+        with httpx.Client(base_url=base, timeout=30) as client:
+            job = client.post("/v1/jobs", files={"file": ("long.pdf", pdf(30), "application/pdf")}).json()
+            with client.stream("GET", f"/v1/jobs/{job['id']}/events") as events:
+                lines = events.iter_lines()
+                assert next(lines) == "event: job"
+                process.send_signal(signal.SIGTERM)
+                # The stream ends (without a last event) instead of holding the shutdown for the
+                # job's 30 s; the client reconnects to the restarted server.
+                rest = list(lines)
+        assert "event: done" not in rest
+        # uvicorn ends a graceful shutdown by raising the signal it stopped on again.
+        assert process.wait(timeout=20) in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in (tmp_path / "serve.log").read_text()

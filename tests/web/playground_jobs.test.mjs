@@ -208,7 +208,7 @@ test("Cancel cancels the job on the server and forgets it", async () => {
   await page.click("#cancel");
   assert.equal(await waitForEnd(page), "error");
   assert.equal(await page.textContent("#error"), "Cancelled.");
-  assert.ok(requests.includes(`DELETE /v1/jobs/${jobId}`));
+  assert.ok(requests.includes(`POST /v1/jobs/${jobId}/cancel`));
   assert.equal((await api(`/v1/jobs/${jobId}`)).status, "cancelled");
   assert.match(await page.textContent("#job-summary"), / · cancelled$/);
   assert.ok(await page.isHidden("#cancel"));

@@ -55,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 # How often an idle worker looks for work that another process queued.
 _POLL_S = 1.0
+# An event stream with nothing new says so this often (an SSE comment), so proxies keep it open.
+_HEARTBEAT_S = 15.0
 # How often expired jobs are deleted.
 _SWEEP_S = 60.0
 
@@ -99,6 +101,8 @@ def job_json(job: JobRecord) -> dict[str, Any]:
         "id": job.id,
         "object": "ocr.job",
         "status": job.status,
+        "filename": job.input.filename,
+        "pages": job.page_numbers,
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,
@@ -165,17 +169,27 @@ class JobManager:
         # Woken when a job of this process changes, for its event streams.
         self._changed: dict[str, asyncio.Event] = {}
         self._callbacks: set[asyncio.Task[None]] = set()
+        # Set when the server is told to stop: event streams end so that it can (clients reconnect).
+        self._stopping = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         """Start the workers, the lease keeper and the sweeper; resend callbacks left unsent."""
+        self._loop = asyncio.get_running_loop()
         for index in range(self._jobs.concurrency):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"dsocr-job-worker-{index}"))
         self._tasks.append(asyncio.create_task(self._keep_leases(), name="dsocr-job-leases"))
         self._tasks.append(asyncio.create_task(self._sweep(), name="dsocr-job-sweeper"))
         for job in await asyncio.to_thread(self.store.undelivered):
             self._send_callback(job)
+
+    def stop_streams(self) -> None:
+        """End every job event stream now (the server is stopping: a stream that lasts as long
+        as its job would hold the shutdown); callable from any thread or a signal handler."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
 
     async def close(self) -> None:
         """Stop the workers; jobs they were running go back to the queue (done pages stay done)."""
@@ -255,14 +269,15 @@ class JobManager:
         """The caller's jobs, newest first."""
         return await asyncio.to_thread(self.store.owned, owner, limit=limit)
 
-    async def cancel(self, job_id: str, owner: str) -> tuple[JobRecord, bool]:
-        """Cancel an unfinished job (its pages stop in the engine), or delete a finished one with
-        its results. Returns the job and whether it was deleted."""
+    async def cancel(self, job_id: str, owner: str, *, delete_finished: bool) -> JobRecord:
+        """Cancel an unfinished job (its pages stop in the engine); a finished one is deleted with
+        its result when ``delete_finished``, else left as it is. Returns the job."""
         job = await self.get(job_id, owner)
         if job.finished:
-            await asyncio.to_thread(self.store.delete, job_id)
-            self._notify(job_id)
-            return job, True
+            if delete_finished:
+                await asyncio.to_thread(self.store.delete, job_id)
+                self._notify(job_id)
+            return job
         updated = await asyncio.to_thread(self.store.request_cancel, job_id, ttl_s=self._jobs.ttl_s)
         task = self._running.get(job_id)
         if task is not None:
@@ -272,9 +287,10 @@ class JobManager:
                 await asyncio.shield(asyncio.wait({task}))
             updated = await asyncio.to_thread(self.store.get, job_id)
         self._notify(job_id)
-        if updated is not None and updated.status == "cancelled":
+        if task is None and job.status == "queued" and updated is not None and updated.status == "cancelled":
+            # Ended here; a running job's callback is sent by the run that ends it.
             self._send_callback(updated)
-        return (updated or job), False
+        return updated or job
 
     def request_of(self, job: JobRecord) -> OcrRequest:
         """The job's request (for its render context and outputs); no source attached."""
@@ -303,28 +319,34 @@ class JobManager:
         ]
 
     async def events(self, job_id: str, owner: str) -> AsyncIterator[tuple[str, Any]]:
-        """The job's progress as ``(event, data)``: ``job`` on each change of status, ``page.done``
-        per finished page in order (those done before first), then ``done`` or ``error``."""
+        """The job's progress as ``(event, data)``: ``job`` when its status or page count changes,
+        ``page.done`` per finished page in order (those done before first), then ``done`` or
+        ``error``; ``ping`` (nothing new) every ``_HEARTBEAT_S``, so that proxies keep the stream
+        open. Ends early, without a last event, when the server stops (``stop_streams``)."""
         job = await self.get(job_id, owner)
         context = self.request_of(job)
         names = context.outputs
         sent: set[int] = set()
-        status = None
-        while True:
+        shown: tuple[str, int | None] | None = None
+        quiet_since = time.monotonic()
+        while not self._stopping.is_set():
             changed = self._changed.setdefault(job_id, asyncio.Event())
             changed.clear()
             current = await asyncio.to_thread(self.store.get, job_id, owner)
             if current is None:
                 yield "error", {"code": "job_not_found", "message": f"job {job_id} was deleted"}
                 return
-            if current.status != status:
-                status = current.status
+            state = (current.status, None if current.page_numbers is None else len(current.page_numbers))
+            if state != shown:
+                shown = state
+                quiet_since = time.monotonic()
                 yield "job", job_json(current)
             pages = [p for p in await asyncio.to_thread(self.store.done_pages, job_id) if p not in sent]
             results = await asyncio.to_thread(self._read_pages, current, pages)
             render = context.render_context(_kind(current))
             for result in results:
                 sent.add(result.page)
+                quiet_since = time.monotonic()
                 yield "page.done", outputs.page_json(result, names, render)
             if current.finished:
                 if current.status == "succeeded":
@@ -341,8 +363,15 @@ class JobManager:
                         current.error or {"code": "job_cancelled", "message": f"job {job_id} was cancelled"},
                     )
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), _POLL_S)
+            if time.monotonic() - quiet_since >= _HEARTBEAT_S:
+                quiet_since = time.monotonic()
+                yield "ping", None
+            waits = {asyncio.ensure_future(changed.wait()), asyncio.ensure_future(self._stopping.wait())}
+            try:
+                await asyncio.wait(waits, timeout=_POLL_S, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
 
     def _read_pages(self, job: JobRecord, pages: list[int]) -> list[PageResult]:
         prompt = self.request_of(job).prompt

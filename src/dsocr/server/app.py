@@ -23,7 +23,9 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import FrameType
 
+import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
@@ -51,6 +53,7 @@ __all__ = [
     "BodyTooLarge",
     "ConcurrencyLimitMiddleware",
     "HeadAsGetMiddleware",
+    "Server",
     "app_from_env",
     "body_limit_for",
     "create_app",
@@ -416,6 +419,18 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     app.add_middleware(HeadAsGetMiddleware)
     return app
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, which also ends the jobs' event streams when told to stop: uvicorn waits
+    for open connections before it stops, and a job's stream lasts as long as its job."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        app = self.config.app
+        state = getattr(getattr(app, "state", None), "dsocr", None)
+        if isinstance(state, AppState) and state.jobs is not None:
+            state.jobs.stop_streams()
+        super().handle_exit(sig, frame)
 
 
 def app_from_env() -> FastAPI:

@@ -10,8 +10,8 @@ job and ``Location: /v1/jobs/{id}``. The job runs through the same pipeline (:mo
   ``job_not_finished`` until the job has succeeded;
 * ``GET /v1/jobs/{id}/events``: server-sent events: ``job`` (status), ``page.done`` per page,
   then ``done`` or ``error``;
-* ``DELETE /v1/jobs/{id}``: cancels an unfinished job (its pages stop in the engine), deletes a
-  finished one;
+* ``POST /v1/jobs/{id}/cancel``: cancels an unfinished job (its pages stop in the engine);
+* ``DELETE /v1/jobs/{id}``: cancels an unfinished job, deletes a finished one and its result;
 * ``GET /v1/jobs``: the caller's jobs.
 
 With API keys on, a key sees only its own jobs: another key's job id answers 404.
@@ -190,12 +190,27 @@ async def job_events(job_id: str, jobs: Jobs, owner: Tenant) -> StreamingRespons
 
     async def encoded() -> AsyncIterator[bytes]:
         async for name, data in jobs.events(job_id, owner):
+            if name == "ping":
+                yield b": ping\n\n"
+                continue
             if name == "error":  # the envelope of /v1/ocr's error event
                 error = error_class(data.get("code", ""))(data.get("message", ""), field=data.get("field"))
                 data = dsocr_error_body(error, job_id)
             yield sse(name, data)
 
     return StreamingResponse(encoded(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+@router.post(
+    "/v1/jobs/{job_id}/cancel",
+    response_model=JobOut,
+    responses=error_responses(401, 404, descriptions=_NOT_FOUND),
+    summary="Cancel a job",
+)
+async def cancel_job(job_id: str, jobs: Jobs, owner: Tenant) -> JSONResponse:
+    """Cancel a queued or running job (its pages stop in the engine); a finished job is left as
+    it is, result included. Answers the job either way: its ``status`` says what happened."""
+    return JSONResponse(job_json(await jobs.cancel(job_id, owner, delete_finished=False)))
 
 
 @router.delete(
@@ -207,7 +222,9 @@ async def job_events(job_id: str, jobs: Jobs, owner: Tenant) -> StreamingRespons
 async def delete_job(job_id: str, jobs: Jobs, owner: Tenant) -> JSONResponse:
     """Cancel a queued or running job (its pages stop in the engine; ``status: cancelled``), or
     delete a finished one and its result (``deleted: true``; later requests answer 404)."""
-    job, deleted = await jobs.cancel(job_id, owner)
+    job = await jobs.get(job_id, owner)
+    deleted = job.finished
+    job = await jobs.cancel(job_id, owner, delete_finished=True)
     body: dict[str, Any] = job_json(job)
     if deleted:
         body["deleted"] = True

@@ -149,6 +149,10 @@ class JobOut(BaseModel):
     id: str
     object: Literal["ocr.job"]
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    filename: str | None = Field(description="The input's file name, when it had one.")
+    pages: list[int] | None = Field(
+        description="The page numbers the job reads; null until its input is opened."
+    )
     created_at: float
     started_at: float | None
     finished_at: float | None

@@ -109,7 +109,7 @@ def run_worker(settings: Settings, sock: socket.socket, log_level: str, index: i
     """Entry point of one spawned worker: build the app from ``settings`` and serve ``sock``."""
     import uvicorn
 
-    from dsocr.server.app import create_app
+    from dsocr.server.app import Server, create_app
 
     logging.basicConfig(
         level=log_level.upper(),
@@ -123,7 +123,7 @@ def run_worker(settings: Settings, sock: socket.socket, log_level: str, index: i
     )
     # uvicorn re-raises the SIGINT it stopped on (Ctrl-C reaches every process of the group).
     with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.Server(config).run(sockets=[sock])
+        Server(config).run(sockets=[sock])
 
 
 def _forget(process: BaseProcess) -> None:

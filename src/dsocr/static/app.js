@@ -573,20 +573,20 @@ async function refreshJob(run) {
   }
 }
 
-/** Cancel: DELETE the job (its pages stop in the engine), stop following it, forget its id. */
+/** Cancel the job (its pages stop in the engine; a finished one keeps its result), stop following it, forget its id. */
 async function cancelJob(run) {
   els.cancel.disabled = true;
   setStatus("Cancelling the job…");
   try {
-    const response = await fetch(jobUrl(run), { method: "DELETE", headers: authHeaders() });
+    const response = await fetch(`${jobUrl(run)}/cancel`, { method: "POST", headers: authHeaders() });
     if (!response.ok) {
       showError(await errorFromResponse(response));
       return;
     }
     const job = await response.json();
     run.job = job;
-    // A job that finished just before the click is deleted, not cancelled: say so.
-    run.error = job.deleted ? `Job ${run.jobId} had already finished; it is now deleted.` : "Cancelled.";
+    // A job that finished just before the click keeps its result: say so.
+    run.error = job.status === "cancelled" ? "Cancelled." : `Job ${run.jobId} had already ended (${job.status}).`;
     forgetJob();
     run.controller.abort();
   } catch (error) {
