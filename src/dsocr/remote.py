@@ -409,7 +409,8 @@ class RemoteServer:
                             job.ended = True
                             return
                         elif name == "error":
-                            self._job_failed(job, json.loads(data))
+                            payload = json.loads(data)  # the error envelope: {"error": {...}}
+                            self._job_failed(job, payload.get("error", payload))
             except httpx.ReadTimeout:
                 continue  # a quiet stream: open it again
             except httpx.TransportError as exc:

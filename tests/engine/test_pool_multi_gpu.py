@@ -146,20 +146,20 @@ def test_processes_started_after_the_vllm_factory_inherit_multicast_off(
 
 
 def test_dsocr_serve_turns_multicast_off_before_starting_uvicorn(monkeypatch: pytest.MonkeyPatch) -> None:
-    import uvicorn
     from typer.testing import CliRunner
 
     from dsocr.cli import app
+    from dsocr.server.app import Server
 
     for name in NVLINK_MULTICAST_OFF:
         monkeypatch.delenv(name, raising=False)
     seen: dict[str, Any] = {}
 
-    def fake_run(app: Any, **kwargs: Any) -> None:
+    def fake_run(self: Server, sockets: Any = None) -> None:
         seen.update({name: os.environ.get(name) for name in NVLINK_MULTICAST_OFF})
-        seen["engine"] = app.state.dsocr.settings.engine.kind
+        seen["engine"] = self.config.app.state.dsocr.settings.engine.kind
 
-    monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setattr(Server, "run", fake_run)
     result = CliRunner().invoke(app, ["serve", "--engine", "fake"])
     assert result.exit_code == 0, result.output
     assert seen == {**NVLINK_MULTICAST_OFF, "engine": "fake"}

@@ -52,7 +52,9 @@ def _page_png(width: int = 600, height: int = 800) -> str:
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     work = tmp_path_factory.mktemp("truss-docker-server")
     # One page in flight, so that a second request at once gets the 429.
-    with truss_docker_server(work, {"DSOCR_ENGINE__KIND": "fake", "DSOCR_LIMITS__MAX_QUEUE": "1"}) as proxy:
+    # The admission test sends one page three times: with the result cache, two would never queue.
+    settings = {"DSOCR_ENGINE__KIND": "fake", "DSOCR_LIMITS__MAX_QUEUE": "1", "DSOCR_CACHE__ENABLED": "false"}
+    with truss_docker_server(work, settings) as proxy:
         yield Deployment(url=proxy.url, config=proxy.config)
 
 
