@@ -167,8 +167,8 @@ class Pipeline:
         self._window = window
         self.cache = cache
 
-    def check(self, request: OcrRequest) -> None:
-        """What the engine and admission can refuse before the input is read (cheap, synchronous)."""
+    def check_mode(self, request: OcrRequest) -> None:
+        """``InvalidInput`` naming ``mode`` when the engine does not serve the request's mode."""
         modes = self.engine.info.modes
         if request.mode not in modes:
             raise InvalidInput(
@@ -176,6 +176,10 @@ class Pipeline:
                 f"choose from {', '.join(modes)}",
                 field="mode",
             )
+
+    def check(self, request: OcrRequest) -> None:
+        """What the engine and admission can refuse before the input is read (cheap, synchronous)."""
+        self.check_mode(request)
         if self._admission is not None:
             self._admission.check_room()
 

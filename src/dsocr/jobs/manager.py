@@ -412,13 +412,8 @@ class JobManager:
             pipeline = self._pipeline()
         except EngineUnavailable:
             return
-        modes = pipeline.engine.info.modes
-        if request.mode not in modes:
-            raise InvalidInput(
-                f"mode {request.mode!r} is not served by the {pipeline.engine.info.name} engine; "
-                f"choose from {', '.join(modes)}",
-                field="mode",
-            )
+        # Not Pipeline.check: a full server queues a job rather than refusing it.
+        pipeline.check_mode(request)
 
     def _notify(self, job_id: str) -> None:
         event = self._changed.get(job_id)

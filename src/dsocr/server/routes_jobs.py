@@ -30,7 +30,7 @@ from dsocr.errors import EngineUnavailable, InvalidInput, error_class
 from dsocr.inputs.render_worker import isolated_pdf_work
 from dsocr.jobs.manager import JobManager, JobParams, job_json
 from dsocr.server.deps import AppState, app_state, require_api_key, tenant
-from dsocr.server.errors import dsocr_error_body
+from dsocr.server.errors import error_body, error_type
 from dsocr.server.file_responses import file_response
 from dsocr.server.ocr_body import parse_ocr_body
 from dsocr.server.openapi import error_responses
@@ -193,9 +193,16 @@ async def job_events(job_id: str, jobs: Jobs, owner: Tenant) -> StreamingRespons
             if name == "ping":
                 yield b": ping\n\n"
                 continue
-            if name == "error":  # the envelope of /v1/ocr's error event
-                error = error_class(data.get("code", ""))(data.get("message", ""), field=data.get("field"))
-                data = dsocr_error_body(error, job_id)
+            if name == "error":  # the envelope of /v1/ocr's error event, the job's own code kept
+                code = str(data.get("code", ""))
+                error = error_class(code)(str(data.get("message", "")), field=data.get("field"))
+                data = error_body(
+                    type_=error_type(error),
+                    code=code,
+                    message=error.message,
+                    field=error.field,
+                    request_id=job_id,
+                )
             yield sse(name, data)
 
     return StreamingResponse(encoded(), media_type="text/event-stream", headers=SSE_HEADERS)

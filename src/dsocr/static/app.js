@@ -652,8 +652,9 @@ function handleEvent(run, event, data) {
     if (state.current === null) state.current = data.page;
     if (run.jobId && run.job?.progress?.pages_total == null) refreshJob(run);
   } else if (event === "error") {
-    run.error = data?.code === "job_cancelled" ? "Cancelled." : describeError(data);
-    if (run.jobId && data?.code === "job_cancelled") forgetJob();
+    const code = data?.error?.code ?? data?.code;
+    run.error = code === "job_cancelled" ? "Cancelled." : describeError(data);
+    if (run.jobId && code === "job_cancelled") forgetJob();
   } else if (event === "done") {
     run.done = data;
   }
