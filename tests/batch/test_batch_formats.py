@@ -62,3 +62,21 @@ def test_an_unknown_format_is_a_usage_error(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "docx" in done.stderr and "formats" in done.stderr
+
+
+def test_a_file_that_failed_gets_no_format_files_and_the_others_do(tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    text_page("a page").save(inputs / "good.png")
+    text_page("cut short").save(inputs / "whole.png")
+    whole = (inputs / "whole.png").read_bytes()
+    (inputs / "whole.png").unlink()
+    # Its header reads (the page is planned), its pixels do not (the page fails).
+    (inputs / "broken.png").write_bytes(whole[: len(whole) // 2])
+    out = tmp_path / "out"
+    done = run_dsocr_batch(str(inputs), "--out", str(out), "--engine", "fake", "-q", "--formats", "pdf,hocr")
+    # Partial success: the broken file is reported by name, the good one is written in each format.
+    assert done.returncode == 4, done.stderr
+    assert "broken.png" in done.stderr
+    assert {"good.pdf", "good.hocr"} <= {p.name for p in (out / "good").iterdir()}
+    assert not list(out.glob("broken/broken.pdf"))

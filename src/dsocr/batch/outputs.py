@@ -292,6 +292,8 @@ def write_document_files(
     data = source.read_bytes()
     kind: Literal["image", "pdf"] = "pdf" if sniff_format(data) == "PDF" else "image"
     results = page_results(doc_dir, pages, prompt=prompt, crops=any("crops" in o.uses for o in formats))
+    if not any(result.ok for result in results):
+        return []  # nothing came out (an unreadable file, say): its failure is reported, not drawn
     context = FileContext(
         render=RenderContext(request_id="", model="", prompt=prompt, kind=kind),
         source=source.name,
