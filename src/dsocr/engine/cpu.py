@@ -13,7 +13,7 @@ that parsing, markdown, boxes, crops and overlays downstream work exactly as wit
 Boxes are on the 0–999 grid of the image as sent. Lines are sorted per column (XY-cut, see
 ``dsocr.engine.layout``).
 
-Engine choices, measured on the reference 2-core machine (see /work/shared/reference and bench/):
+Engine choices, measured on a 2-core machine (bench/README.md, "CPU engine"):
 
 * The bundled models only: ``PP-OCRv6_det_small.onnx`` and ``PP-OCRv6_rec_small.onnx`` ship inside
   the rapidocr wheel and are passed by path; ``start()`` fails with ``EngineUnavailable`` naming a
