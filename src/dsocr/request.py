@@ -17,6 +17,7 @@ from dsocr import prompts
 from dsocr.engine.base import SamplingOptions
 from dsocr.errors import InvalidInput, ModelNotFound
 from dsocr.inputs import Source
+from dsocr.modes import V1, ModelProfile, profile_for
 from dsocr.outputs import DEFAULT_OUTPUTS, RenderContext, check_outputs
 from dsocr.settings import RETRY_NGRAM_SIZE, EngineSettings, Settings
 
@@ -27,7 +28,9 @@ __all__ = [
     "StreamKind",
     "build_request",
     "model_name",
+    "model_profile",
     "new_request_id",
+    "ngram_defaults",
     "route_model",
     "served_model_names",
 ]
@@ -137,6 +140,35 @@ def route_model(requested: str | None, engine: EngineSettings, *, field: str = "
     )
 
 
+def model_profile(model: str | None, engine: EngineSettings) -> ModelProfile:
+    """The profile of a routed model (``None`` = the default model, see :func:`route_model`).
+
+    The default model is known by its HF id or directory (``DSOCR_ENGINE__MODEL``), else by its
+    served name. A model no profile knows (a fine-tune in a directory of its own name, say) is
+    served as DeepSeek-OCR v1, which is what every such server did before profiles were applied.
+    """
+    names = [model] if model is not None else [engine.model, engine.served_model_name]
+    for name in names:
+        if not name:
+            continue
+        try:
+            return profile_for(name)
+        except ModelNotFound:
+            continue
+    return V1
+
+
+def ngram_defaults(engine: EngineSettings, profile: ModelProfile) -> tuple[int, int]:
+    """The n-gram (size, window) a request gets when it names none: ``DSOCR_ENGINE__NGRAM_SIZE``
+    and ``__NGRAM_WINDOW`` where the deployment sets them, else the model's own (v1 30/90, v2
+    20/90; docs/models.md)."""
+    # Only a value the deployment set overrides the model's: the settings' defaults are v1's.
+    chosen = engine.model_fields_set
+    size = engine.ngram_size if "ngram_size" in chosen else profile.ngram_size
+    window = engine.ngram_window if "ngram_window" in chosen else profile.ngram_window
+    return size, window
+
+
 def build_request(
     settings: Settings,
     *,
@@ -165,9 +197,10 @@ def build_request(
     """Check a front end's fields and build the request.
 
     ``prompt`` is a preset name (any case) or a free prompt; ``preset`` (+ ``target`` for
-    ``locate``) names one explicitly; neither means the default preset. ``ngram_size`` 0 turns the
-    repetition rule off. With ``deadline``, the request runs under
-    ``DSOCR_LIMITS__REQUEST_TIMEOUT_S`` (the server's doors; local jobs run without one).
+    ``locate``) names one explicitly; neither means the default preset. The model (``model``, else
+    the default) decides which modes and presets are on offer and the n-gram defaults
+    (:func:`model_profile`). ``ngram_size`` 0 turns the repetition rule off. With ``deadline``, the
+    request runs under ``DSOCR_LIMITS__REQUEST_TIMEOUT_S`` (the server's doors; local jobs run without one).
     ``cache_scope`` (see :class:`OcrRequest`): the caller's tenant id on the server, ``""`` for a
     local job, ``None`` to bypass the result cache.
     """
@@ -186,6 +219,9 @@ def build_request(
             field = "preset" if preset is not None and prompt is None else prompt_field
         raise InvalidInput(exc.message, field=field) from exc
     engine_model = route_model(model, settings.engine, field=model_field)
+    profile = model_profile(engine_model, settings.engine)
+    profile.mode(mode)  # InvalidInput(field="mode") naming the model's modes
+    _check_preset(profile, preset=preset, prompt=prompt, target=target, prompt_field=prompt_field)
     chosen = check_outputs(outputs if outputs is not None else DEFAULT_OUTPUTS)
     return OcrRequest(
         request_id=request_id or new_request_id(),
@@ -197,6 +233,7 @@ def build_request(
         public_model=model_name(settings.engine) if engine_model is None else engine_model,
         sampling=_sampling(
             settings,
+            profile,
             max_tokens=max_tokens,
             max_tokens_field=max_tokens_field,
             ngram_size=ngram_size,
@@ -214,8 +251,30 @@ def build_request(
     )
 
 
+def _check_preset(
+    profile: ModelProfile, *, preset: str | None, prompt: str | None, target: str | None, prompt_field: str
+) -> None:
+    """``InvalidInput`` when the request names a preset its model was not released with.
+
+    A preset is named by ``preset``, or by a door's prompt text that is a preset's name; a free
+    prompt is the client's own and goes to any model as written.
+    """
+    if preset is not None:
+        name, field = preset.strip().lower(), "preset"
+    elif prompt is not None and target is None and prompt.strip().lower() in prompts.PRESETS:
+        name, field = prompt.strip().lower(), prompt_field
+    else:
+        name, field = prompts.DEFAULT_PRESET, "preset"
+    if name not in profile.presets:
+        offered = ", ".join(profile.presets)
+        raise InvalidInput(
+            f"preset {name!r} is not available for {profile.model_id}; available: {offered}", field=field
+        )
+
+
 def _sampling(
     settings: Settings,
+    profile: ModelProfile,
     *,
     max_tokens: int | None,
     max_tokens_field: str,
@@ -232,13 +291,13 @@ def _sampling(
             f"{max_tokens_field} {max_tokens} is over the limit of {limit} (DSOCR_LIMITS__MAX_TOKENS)",
             field=max_tokens_field,
         )
-    engine = settings.engine
-    size = engine.ngram_size if ngram_size is None else ngram_size
+    default_size, default_window = ngram_defaults(settings.engine, profile)
+    size = default_size if ngram_size is None else ngram_size
     defaults = SamplingOptions()
     return SamplingOptions(
         max_tokens=limit if max_tokens is None else max_tokens,
         ngram_size=size or None,
-        ngram_window=engine.ngram_window if ngram_window is None else ngram_window,
+        ngram_window=default_window if ngram_window is None else ngram_window,
         whitelist_token_ids=(
             defaults.whitelist_token_ids if whitelist_token_ids is None else frozenset(whitelist_token_ids)
         ),

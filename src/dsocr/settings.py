@@ -233,7 +233,8 @@ class EngineSettings(_Section):
     extra_models: list[str] = Field(default_factory=list)
     served_model_name: str | None = None
     max_model_len: int = Field(8192, ge=512)
-    # Repetition control (official 30/90, whitelist <td> </td>).
+    # Repetition control (whitelist <td> </td>). Left unset, each served model gets its own official
+    # values (v1 30/90, v2 20/90: dsocr.request.ngram_defaults); set, they apply to every model.
     # n = 1 would ban nothing (the official rule needs an (n-1)-token prefix); window >= n.
     ngram_size: int = Field(30, ge=2)
     ngram_window: int = Field(90, ge=2)

@@ -59,7 +59,15 @@ from dsocr.engine.base import FinishReason
 from dsocr.errors import InvalidInput, ModelNotFound
 from dsocr.inputs.sources import source_of
 from dsocr.pipeline import Run
-from dsocr.request import OcrRequest, build_request, model_name, route_model, served_model_names
+from dsocr.request import (
+    OcrRequest,
+    build_request,
+    model_name,
+    model_profile,
+    ngram_defaults,
+    route_model,
+    served_model_names,
+)
 from dsocr.results import PageEvent, PageResult, TextDelta, Usage
 from dsocr.server.deps import AppState, app_state, ready_pipeline, require_api_key, tenant
 from dsocr.server.errors import (
@@ -476,6 +484,9 @@ def to_ocr_request(
 
 def _model_card(name: str, settings: Settings) -> ModelCard:
     primary = model_name(settings.engine)
+    ngram_size, window_size = ngram_defaults(
+        settings.engine, model_profile(None if name == primary else name, settings.engine)
+    )
     return ModelCard(
         id=name,
         created=_STARTED,
@@ -487,8 +498,8 @@ def _model_card(name: str, settings: Settings) -> ModelCard:
             ModelPermission(id=f"modelperm-{uuid.uuid5(uuid.NAMESPACE_URL, name).hex}", created=_STARTED)
         ],
         dsocr=EnforcedSampling(
-            ngram_size=settings.engine.ngram_size,
-            window_size=settings.engine.ngram_window,
+            ngram_size=ngram_size,
+            window_size=window_size,
             max_tokens_limit=settings.limits.max_tokens,
         ),
     )
