@@ -42,6 +42,7 @@ __all__ = [
     "UrlSource",
     "address_refusal",
     "checked_hop",
+    "fetch_timeout",
     "fetch_url",
     "one_source",
     "read_local_file",
@@ -626,6 +627,16 @@ async def checked_hop(
     return await _Guard(fetch, resolver or system_resolver, field).check(_parse_url(url, field))
 
 
+def fetch_timeout(fetch: FetchSettings) -> httpx.Timeout:
+    """The per-phase timeouts of an outgoing request (URL inputs, job callbacks)."""
+    return httpx.Timeout(
+        connect=fetch.connect_timeout_s,
+        read=fetch.read_timeout_s,
+        write=fetch.read_timeout_s,
+        pool=fetch.connect_timeout_s,
+    )
+
+
 async def fetch_url(
     url: str,
     *,
@@ -672,12 +683,7 @@ async def _fetch_with_redirects(
     field: str,
     verify: ssl.SSLContext | None,
 ) -> RawInput:
-    timeout = httpx.Timeout(
-        connect=fetch.connect_timeout_s,
-        read=fetch.read_timeout_s,
-        write=fetch.read_timeout_s,
-        pool=fetch.connect_timeout_s,
-    )
+    timeout = fetch_timeout(fetch)
     # trust_env=False: an environment proxy would connect to the name, bypassing the pinned IP.
     tls: ssl.SSLContext | bool = True if verify is None else verify
     async with httpx.AsyncClient(

@@ -32,7 +32,7 @@ import httpx
 
 from dsocr import __version__
 from dsocr.errors import FetchFailed, InvalidInput
-from dsocr.inputs.sources import Resolver, checked_hop
+from dsocr.inputs.sources import Resolver, checked_hop, fetch_timeout
 from dsocr.settings import FetchSettings
 
 __all__ = [
@@ -191,12 +191,7 @@ async def _post(
     }
     if secret is not None:
         headers.update(signed_headers(secret, message_id, timestamp, body))
-    timeout = httpx.Timeout(
-        connect=fetch.connect_timeout_s,
-        read=fetch.read_timeout_s,
-        write=fetch.read_timeout_s,
-        pool=fetch.connect_timeout_s,
-    )
+    timeout = fetch_timeout(fetch)
     # As fetch_url: no environment proxy (it would connect to the name, not the checked address).
     tls: ssl.SSLContext | bool = True if verify is None else verify
     extensions = {"sni_hostname": hop.host} if hop.url.scheme == "https" else {}
