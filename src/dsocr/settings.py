@@ -85,6 +85,10 @@ class VllmSettings(_Section):
     # upstream's views.
     device_views: bool | None = None
     load_format: str = "auto"
+    # Where vLLM, Inductor and Triton keep what they compile at start-up, so that the next start
+    # loads it instead of compiling again (docs/serving.md, "Cold start"). ``None``: their own
+    # defaults (vLLM: ~/.cache/vllm). On Truss, a folder that outlives the replica (b10cache).
+    cache_dir: Path | None = None
     # Prove at start-up that repetition control is active (see dsocr.engine.vllm.engine).
     self_test: bool = True
     # Let the V1 n-gram processor read last step's tokens on the GPU instead of making vLLM wait

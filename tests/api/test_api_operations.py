@@ -249,3 +249,43 @@ async def test_streamed_chat_completions_count_in_page_metrics_like_plain_ones(
         assert _metric(after_plain, name) > 0
         assert _metric(after_both, name) == 2 * _metric(after_plain, name)
     assert _metric(after_both, "dsocr_page_duration_seconds_count") == 2
+
+
+async def test_health_and_metrics_report_the_engine_start_by_phase(make_client: ClientFactory) -> None:
+    async with make_client() as client:
+        start = (await client.get("/health")).json()["engine"]["start"]
+        assert start["phase"] == "ready"
+        assert list(start["seconds"]) == ["process_start", "creating_engine", "starting_engine"]
+        assert start["ready_after_s"] >= sum(start["seconds"].values()) - 0.01
+        metrics = (await client.get("/metrics")).text
+        assert 'dsocr_engine_start_seconds{phase="total"}' in metrics
+        assert 'dsocr_engine_start_seconds{phase="starting_engine"}' in metrics
+
+
+async def test_health_shows_the_phase_a_start_is_in_and_the_one_it_failed_in(
+    make_client: ClientFactory,
+) -> None:
+    release = asyncio.Event()
+
+    class SlowStart(FakeEngine):
+        async def start(self) -> None:
+            await release.wait()
+            await super().start()
+
+    settings = Settings(engine={"kind": "fake"}, server={"startup_wait_s": 0})
+    async with make_client(settings=settings, engine=SlowStart()) as client:
+        start = (await client.get("/health")).json()["engine"]["start"]
+        assert (start["phase"], start["ready_after_s"]) == ("starting_engine", None)
+        assert start["phase_s"] >= 0
+        release.set()
+        for _ in range(100):
+            if (await client.get("/ready")).status_code == 200:
+                break
+            await asyncio.sleep(0.01)
+        assert (await client.get("/health")).json()["engine"]["start"]["phase"] == "ready"
+
+    engine = FakeEngine(start_error=EngineUnavailable("weights not found at /models/x"))
+    async with make_client(engine=engine) as client:
+        start = (await client.get("/health")).json()["engine"]["start"]
+        assert start["phase"] == "failed"
+        assert "starting_engine" in start["seconds"]

@@ -37,6 +37,7 @@ from dsocr import __version__
 from dsocr.admission import AdmissionQueue
 from dsocr.cache import open_cache
 from dsocr.engine.base import Engine
+from dsocr.engine.startup import ReportsStart
 from dsocr.errors import DsocrError, EngineUnavailable, InputTooLarge, ServerBusy
 from dsocr.jobs.manager import job_window
 from dsocr.pipeline import Pipeline
@@ -280,14 +281,22 @@ def _mount_playground(app: FastAPI) -> None:
 async def _start_engine(state: AppState, engine: Engine | None) -> None:
     """Create (unless given) and start the engine; on failure record why and stay unready."""
     stage = "created"
+    ok = False
     try:
+        state.start.begin("creating_engine")
         if engine is None:
             from dsocr.engine.factory import create_engine
 
             engine = create_engine(state.settings.engine)
         state.engine = engine
         stage = "started"
+        if isinstance(engine, ReportsStart):  # it marks its own phases from here on
+            engine.start_progress.begin("creating_engine", at=state.start.phase_since)
+            state.start = engine.start_progress
+        else:
+            state.start.begin("starting_engine")
         await engine.start()
+        ok = True
     except DsocrError as exc:
         state.unready_reason = f"the engine could not be {stage}: {exc.message}"
         logger.error("engine could not be %s: %s", stage, exc.message)
@@ -296,6 +305,10 @@ async def _start_engine(state: AppState, engine: Engine | None) -> None:
         state.unready_reason = f"the engine could not be {stage}: {type(exc).__name__}: {exc}"
         logger.exception("engine could not be %s", stage)
         return
+    finally:
+        state.start.finish(ok=ok)
+        if state.start.ready_after is not None:
+            state.metrics.observe_start(state.start.seconds(), state.start.ready_after)
     state.ready = True
     state.unready_reason = ""
     state.metrics.set_engine_ready(True)

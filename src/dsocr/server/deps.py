@@ -21,6 +21,7 @@ from fastapi import Depends, Request
 from dsocr.admission import AdmissionQueue
 from dsocr.cache import PageCache
 from dsocr.engine.base import Engine
+from dsocr.engine.startup import StartProgress
 from dsocr.errors import EngineUnavailable, Unauthorized
 from dsocr.pipeline import Pipeline
 from dsocr.server.errors import LoginRequired
@@ -66,6 +67,8 @@ class AppState:
     # Background jobs (``settings.jobs``), once started.
     jobs: JobManager | None = None
     jobs_unavailable: str = "the server is starting"
+    # The engine's start, phase by phase (/health's engine.start, dsocr_engine_start_seconds).
+    start: StartProgress = field(default_factory=StartProgress)
     # Request ids currently running, for debugging and the in-flight gauge.
     active: set[str] = field(default_factory=set)
 

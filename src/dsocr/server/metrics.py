@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
@@ -153,11 +153,26 @@ class Metrics:
             multiprocess_mode="max",
         )
         self._build: tuple[str, str, str] | None = None
+        # "max": with several server processes, the slowest one's start.
+        self.engine_start = Gauge(
+            "dsocr_engine_start_seconds",
+            'The last engine start: seconds spent in each phase, and phase="total" from process '
+            "start to ready (or failed).",
+            ["phase"],
+            registry=r,
+            multiprocess_mode="max",
+        )
         r.register(_VLLMSeries())
 
     def set_engine_ready(self, ready: bool) -> None:
         """Record whether the engine is ready (the app on every change, ``/metrics`` on each scrape)."""
         self.engine_ready.set(1 if ready else 0)
+
+    def observe_start(self, seconds: Mapping[str, float], total: float) -> None:
+        """Record a finished engine start: each phase's seconds and the total."""
+        for phase, spent in seconds.items():
+            self.engine_start.labels(phase=phase).set(spent)
+        self.engine_start.labels(phase="total").set(total)
 
     def describe_build(self, *, version: str, engine: str, model: str) -> None:
         """Set ``dsocr_build_info`` once: a second set of labels would leave two series behind

@@ -29,6 +29,8 @@ def _engine_description(state: AppState) -> dict[str, Any]:
         "model": model_name(state.settings.engine),
         "ready": state.ready,
         "reason": None if state.ready else state.unready_reason,
+        # The start's phase now and each finished phase's seconds (dsocr.engine.startup).
+        "start": state.start.snapshot(),
     }
     if state.engine is not None:
         info = state.engine.info

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from dsocr.engine.vllm.worker import WorkerExtension
+
 
 def _pages(seed: int, dtype: torch.dtype) -> dict[str, Any]:
     """Three Gundam pages in one step: 3×2 tiles, untiled, 2×1 tiles (as vLLM batches them)."""
@@ -21,8 +23,8 @@ def _pages(seed: int, dtype: torch.dtype) -> dict[str, Any]:
     }
 
 
-class EncoderProbe:
-    model_runner: Any
+class EncoderProbe(WorkerExtension):
+    """Built on dsocr's extension, as an operator's own should be: it keeps the start's phases."""
 
     def dsocr_probe_batched_encoder(self, seed: int) -> dict[str, Any]:
         """Max |ours − upstream| per page for one step of Gundam pages, and for mixed view sizes."""

@@ -17,12 +17,14 @@ import functools
 import inspect
 import logging
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,8 @@ from PIL import Image, ImageDraw
 
 from dsocr.engine.base import EngineDelta, EngineInfo, EngineOutput, EngineRequest, FinishReason
 from dsocr.engine.gpus import disable_nvlink_multicast, resolve_gpu_count, vllm_parallel_args
+from dsocr.engine.startup import StartProgress
+from dsocr.engine.vllm import start_events
 from dsocr.errors import (
     ConfigError,
     DsocrError,
@@ -147,6 +151,8 @@ class VLLMEngine:
         self._details: dict[str, str] = {}
         self._started = False
         self._prep: ThreadPoolExecutor | None = None  # see _engine_input
+        # Where start() is; /health and /metrics read it (dsocr.engine.startup).
+        self.start_progress = StartProgress()
 
     # ---- protocol ---------------------------------------------------------------------------------
 
@@ -171,22 +177,28 @@ class VLLMEngine:
         """Build one AsyncLLM per served model, then run the n-gram self-test on each."""
         if self._started:
             return
+        progress = self.start_progress
+        progress.begin("importing_vllm")
         try:
-            import vllm
-        except ImportError as exc:
-            raise ConfigError(
-                "the vLLM engine needs vLLM: pip install 'dsocr[vllm]' (or DSOCR_ENGINE__KIND=cpu)"
-            ) from exc
-        self._version = vllm.__version__
-        _prepare_environment()
-        self._prep = ThreadPoolExecutor(_preprocess_workers(self._settings), thread_name_prefix="dsocr-prep")
-        models = [(self._default, self._settings.model)] + [(m, m) for m in self._settings.extra_models]
-        share = self._settings.vllm.gpu_memory_utilization / len(models)
-        try:
+            _use_compile_cache(self._settings)
+            try:
+                import vllm
+            except ImportError as exc:
+                raise ConfigError(
+                    "the vLLM engine needs vLLM: pip install 'dsocr[vllm]' (or DSOCR_ENGINE__KIND=cpu)"
+                ) from exc
+            self._version = vllm.__version__
+            _prepare_environment()
+            self._prep = ThreadPoolExecutor(
+                _preprocess_workers(self._settings), thread_name_prefix="dsocr-prep"
+            )
+            models = [(self._default, self._settings.model)] + [(m, m) for m in self._settings.extra_models]
+            share = self._settings.vllm.gpu_memory_utilization / len(models)
             for name, model in models:
                 self._served[name] = await self._build(name, model, share)
             self._started = True
             if self._settings.vllm.self_test:
+                progress.begin("self_test")
                 for served in self._served.values():
                     self._details[f"ngram_self_test[{served.name}]"] = await self._self_test(served)
                 self._details["ngram_self_test"] = (
@@ -196,10 +208,13 @@ class VLLMEngine:
                     )
                     else "inconclusive"
                 )
+            progress.begin("freezing_heap")
+            _freeze_startup_heap()
         except BaseException:
+            progress.finish(ok=False)
             await self.close()
             raise
-        _freeze_startup_heap()
+        progress.finish(ok=True)
 
     async def close(self) -> None:
         """Shut every AsyncLLM down; idempotent."""
@@ -262,14 +277,16 @@ class VLLMEngine:
     # ---- building ---------------------------------------------------------------------------------
 
     async def _build(self, name: str, model: str, memory_share: float) -> _Served:
+        self.start_progress.begin(start_events.ENGINE_CORE)
         args = vllm_engine_args(self._settings, name, model, memory_share)
         try:
             # Building the engine blocks for a long time (weights, compile): keep the loop responsive.
-            llm = await asyncio.to_thread(self._new_llm, args)
+            llm = await self._timed_build(args)
         except DsocrError:
             raise
         except Exception as exc:
             raise EngineUnavailable(f"vLLM could not start {model}: {type(exc).__name__}: {exc}") from exc
+        self.start_progress.begin("configuring_engine")
         tokenizer = llm.get_tokenizer()
         if inspect.isawaitable(tokenizer):  # older AsyncLLM had an async get_tokenizer
             tokenizer = await tokenizer
@@ -329,6 +346,25 @@ class VLLMEngine:
             return f"torch's default ({type(exc).__name__})"
         return ",".join(str(n) for n in reported)
 
+    async def _timed_build(self, args: Any) -> Any:
+        """``_new_llm`` in a thread, while the phases vLLM's worker reports (start_events) are
+        read into ``start_progress``."""
+        with tempfile.TemporaryDirectory(prefix="dsocr-start-") as folder:
+            path = Path(folder) / "events.jsonl"
+            path.touch()
+            reader = start_events.EventReader(path, self.start_progress)
+            # Inherited by the engine-core process vLLM starts; read by its worker's wrapped calls.
+            os.environ[start_events.ENV] = str(path)
+            build = asyncio.ensure_future(asyncio.to_thread(self._new_llm, args))
+            try:
+                while not build.done():
+                    await asyncio.wait([build], timeout=0.5)
+                    reader.poll()
+                return build.result()
+            finally:
+                os.environ.pop(start_events.ENV, None)
+                reader.poll()
+
     def _new_llm(self, args: Any) -> Any:
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -364,9 +400,10 @@ class VLLMEngine:
             ngram_window=_SELF_TEST_WINDOW,
             whitelist_token_ids=frozenset(),
         )
-        ids_plain = await self._token_ids(replace(base, sampling=plain))
-        ids_banned = await self._token_ids(
-            replace(base, request_id=f"selftest-{uuid.uuid4().hex}", sampling=banned)
+        # Both in one batch: the self-test costs one short generation.
+        ids_plain, ids_banned = await asyncio.gather(
+            self._token_ids(replace(base, sampling=plain)),
+            self._token_ids(replace(base, request_id=f"selftest-{uuid.uuid4().hex}", sampling=banned)),
         )
         loops = repeated_ngram_count(ids_plain, _SELF_TEST_NGRAM, _SELF_TEST_WINDOW)
         left = repeated_ngram_count(ids_banned, _SELF_TEST_NGRAM, _SELF_TEST_WINDOW)
@@ -566,10 +603,12 @@ def vllm_engine_args(settings: EngineSettings, name: str, model: str, memory_sha
         args["hf_overrides"] = functools.partial(
             modes_module.use_mode_architecture, device_views=_device_views(s)
         )
-    if _device_history(s) or _core_threads(s) is not None:
-        # Lets _build switch the V1 runner's per-step host wait off for the n-gram processor
-        # (ngram) and set torch's CPU threads in the worker.
-        args["worker_extension_cls"] = _WORKER_EXTENSION
+    # Times vLLM's start-up phases in its worker (start_events), and lets _build switch the V1
+    # runner's per-step host wait off for the n-gram processor (ngram) and set torch's CPU
+    # threads there. An operator's own worker_extension_cls, from ``args``, replaces it.
+    args["worker_extension_cls"] = _WORKER_EXTENSION
+    if (capture := _graph_capture_size(s)) is not None:
+        args["compilation_config"] = {"max_cudagraph_capture_size": capture}
     batched_tokens = v.max_num_batched_tokens or _default_batched_tokens()
     if batched_tokens is not None:
         args["max_num_batched_tokens"] = batched_tokens
@@ -622,6 +661,61 @@ def vllm_engine_config(settings: EngineSettings, args: Any, usage_context: Any) 
     else:  # a vLLM without it: leave vLLM's own cache alone
         logger.warning("encoder_cache_steps ignored: this vLLM's scheduler config has no encoder_cache_size")
     return config
+
+
+def _graph_capture_size(settings: EngineSettings) -> int | None:
+    """The largest batch vLLM captures a CUDA graph for: ``max_num_seqs`` on a GPU.
+
+    vLLM's default is twice ``max_num_seqs`` (at most 512), sized in tokens for mixed steps. A
+    DeepSeek-OCR page's prefill alone is 273–933 tokens, so steps above ``max_num_seqs`` tokens are
+    almost always prefill steps, which run without graphs whatever their size; the graphs between
+    ``max_num_seqs`` and twice it (16 of 51 at the default 256) only lengthen the start. ``None``
+    (vLLM's default) off a GPU, where there are no graphs, or where this vLLM lacks the setting.
+    An operator's ``compilation_config`` in ``args`` replaces this.
+    """
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cuda_alike():
+        return None
+    from vllm.config import CompilationConfig
+
+    if "max_cudagraph_capture_size" not in getattr(CompilationConfig, "__dataclass_fields__", {}):
+        return None
+    return settings.vllm.max_num_seqs
+
+
+def _use_compile_cache(settings: EngineSettings) -> None:
+    """Point vLLM's, Inductor's and Triton's compile caches into ``engine.vllm.cache_dir``.
+
+    Set before vLLM is imported, and inherited by every process it starts. A variable the
+    operator set already wins. A folder that cannot be created or written leaves the tools'
+    own defaults, with a warning: a missing cache costs a slower start, never the start.
+    """
+    folder = settings.vllm.cache_dir
+    if folder is None:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        logger.warning("compile cache folder %s is not usable (%s); using the default caches", folder, exc)
+        return
+    for variable, sub in _COMPILE_CACHES.items():
+        os.environ.setdefault(variable, str(folder / sub))
+    logger.info(
+        "compile caches: %s", ", ".join(f"{variable}={os.environ[variable]}" for variable in _COMPILE_CACHES)
+    )
+
+
+# What the compiled artefacts of a start are kept in, and their folder under cache_dir: vLLM's
+# torch.compile cache (its graphs and Inductor's output), Inductor's own cache, and Triton's
+# compiled kernels.
+_COMPILE_CACHES: dict[str, str] = {
+    "VLLM_CACHE_ROOT": "vllm",
+    "TORCHINDUCTOR_CACHE_DIR": "inductor",
+    "TRITON_CACHE_DIR": "triton",
+}
 
 
 def _core_threads(settings: EngineSettings) -> int | None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from dsocr.engine.vllm.start_events import instrument_workers
+
 __all__ = ["WorkerExtension"]
 
 
@@ -29,3 +31,8 @@ class WorkerExtension:
 
         torch.set_num_threads(threads)
         return int(torch.get_num_threads())
+
+
+# Imported in vLLM's worker process just after its worker class and before the worker's first
+# start-up call: the place to time those calls (dsocr.engine.vllm.start_events).
+instrument_workers()
