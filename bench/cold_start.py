@@ -104,6 +104,8 @@ PHASE_LINES = (
     ("graphs", r"Graph capturing finished in ([\d.]+) secs"),
     ("init engine", r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s"),
 )
+# Any other line that gives seconds (wording this script does not know yet): printed, not tabled.
+TIMED_LINE = re.compile(r"\b(?:took|takes|finished in)\b.*?\d+(?:\.\d+)?\s*(?:s|secs?|seconds)\b")
 COUNTED = ("compile", "cache load", "torch.compile", "profile")  # may come several times: summed, counted
 
 
@@ -132,11 +134,15 @@ def recipe_child(model: str, popen_t: float) -> int:
 
 
 def vllm_phases(log: Path) -> tuple[dict[str, Any], list[str]]:
-    """vLLM's phase seconds from a process log (``compile``/``cache load``: sum and count), and
-    the lines they came from."""
+    """vLLM's phase seconds from a process log (those in ``COUNTED``: sum and count), and the lines
+    they came from, with any other line that gives seconds (marked ``other:``)."""
     phases: dict[str, Any] = {}
     lines: list[str] = []
     for line in log.read_text(errors="replace").splitlines():
+        if not any(re.search(pattern, line) for _, pattern in PHASE_LINES):
+            if TIMED_LINE.search(line) and len(lines) < 40:
+                lines.append("other: " + line.strip()[-240:])
+            continue
         for name, pattern in PHASE_LINES:
             found = re.search(pattern, line)
             if found is None:
@@ -192,7 +198,7 @@ def start_recipe(args: argparse.Namespace, caches: dict[str, str], log: Path) ->
         ]
 
     try:  # until it exits, or for a short while after it reported (vLLM's shutdown may linger)
-        deadline, found = time.monotonic() + args.start_timeout, []
+        deadline, found = time.monotonic() + args.start_timeout, list[str]()
         while proc.poll() is None and time.monotonic() < deadline:
             found = found or reported()
             if found:
@@ -223,6 +229,8 @@ def start_dsocr(args: argparse.Namespace, tree: Tree, root: Path, fresh: bool, l
         caches = cache_env(root, fresh)
     env = tree.env(settings)
     env.update(caches)
+    if setting_name is not None:  # not one inherited from the caller either
+        env.pop("VLLM_CACHE_ROOT", None)
     cmd = [sys.executable, "-m", "dsocr", "serve", "--engine", args.engine]
     t0 = time.monotonic()
     proc = start(cmd, env, log)

@@ -424,7 +424,8 @@ def main() -> int:
     records: list[dict[str, Any]] = []
     if args.results and args.results.is_file():  # a run that did not fit one call goes on here
         records = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
-        if [(r["phase"], r.get("src")) for r in records] != todo[: len(records)]:
+        other_model = any(r.get("model") != (V2_DIR_NAME if v2 else None) for r in records)
+        if other_model or [(r["phase"], r.get("src")) for r in records] != todo[: len(records)]:
             raise SystemExit(f"{args.results} holds another plan's measurements: delete it first")
         print(f"{len(records)} of {len(todo)} measurements done before ({args.results})", file=sys.stderr)
     try:
