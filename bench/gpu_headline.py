@@ -18,6 +18,25 @@ warm-up (8 pages), one timed pass of all pages.
   API refuses ``ignore_eos``, so the server process forces the length inside vLLM
   (``serve_harness.BOOT``); dsocr runs unchanged.
 
+DeepSeek-OCR 2 (a model directory whose ``config.json`` names ``DeepseekOCR2ForCausalLM``, such as
+``bench/make_dummy_ocr2.py`` writes): the same four measurements with v2's own repetition control,
+n-gram 20 / 90 with the ``<td>`` whitelist (its official single-image setting,
+``run_dpsk_ocr2_image.py`` in deepseek-ai/DeepSeek-OCR-2; docs/models.md), on the ``recipe`` and
+``vllm-serve`` sides in vLLM's request fields; dsocr applies it itself (its v2 profile). The prompt is
+the ``document`` preset, the same string for both models. The recipe's engine settings are vLLM's
+recipe for DeepSeek-OCR-2 (vllm-project/recipes ``DeepSeek/DeepSeek-OCR-2.md``): ``LLM`` with
+``enable_prefix_caching=False``, ``mm_processor_cache_gb=0``,
+``logits_processors=[NGramPerReqLogitsProcessor]``, and ``vllm serve`` with
+``--logits_processors ...deepseek_ocr:NGramPerReqLogitsProcessor --no-enable-prefix-caching
+--mm-processor-cache-gb 0``: exactly v1's recipe, so only the n-gram arguments change (the recipe's
+own example passes v1's 30 / 90, copied from the v1 page; every side here uses v2's official 20 /
+90). DeepSeek's own vLLM scripts for v2 (``run_dpsk_ocr2_image.py``, ``run_dpsk_ocr2_pdf.py``) are
+written for vLLM 0.8.5's V0 engine with their own model class and logits processor, which vLLM 0.26
+has no place for; beyond the recipe's three settings, both models run under the bench's common
+ones (dummy weights, ``max_model_len`` 8192, ``gpu_memory_utilization`` 0.85, ``max_num_seqs`` 256,
+one image per prompt), as dsocr does. Name the directory ``DeepSeek-OCR-2`` (``/root/DeepSeek-OCR-2``):
+dsocr trees that do not read ``config.json``'s architectures know v2 by the directory's name only.
+
 Prints ``RESULT {json}`` per measurement, then a table, the ratios dsocr-offline / recipe and
 dsocr-http / vllm-serve, and ``SUMMARY {json}``. ``--src LABEL=DIR`` (repeatable) runs the dsocr
 phases from other checkouts' ``src`` folders, ``--order old,new,new,old`` alternates them.
@@ -73,6 +92,9 @@ DSOCR_PHASES = ("dsocr-offline", "dsocr-http")
 WARMUP_PAGES = 8
 PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
 RECIPE_NGRAM = {"ngram_size": 30, "window_size": 90, "whitelist_token_ids": [128821, 128822]}
+# DeepSeek-OCR 2's official single-image setting (run_dpsk_ocr2_image.py: 20 / 90, <td> whitelist).
+V2_ARCH, V2_DIR_NAME = "DeepseekOCR2ForCausalLM", "DeepSeek-OCR-2"
+V2_NGRAM = {"ngram_size": 20, "window_size": 90, "whitelist_token_ids": [128821, 128822]}
 # The recipe's server, as bench_vllm_serve.py starts it when measuring it alone.
 VLLM_SERVE_FLAGS = [
     "--served-model-name", "deepseek-ocr", "--load-format", "dummy", "--host", "127.0.0.1",
@@ -90,6 +112,20 @@ def page(i: int, w: int = 1190, h: int = 1684) -> Image.Image:
     return im
 
 
+def is_v2(model: str) -> bool:
+    """Whether the model directory's ``config.json`` names DeepSeek-OCR 2's architecture."""
+    try:
+        config = json.loads((Path(model) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return V2_ARCH in (config.get("architectures") or [])
+
+
+def recipe_ngram(model: str) -> dict[str, Any]:
+    """The n-gram arguments the recipe and ``vllm serve`` sides send: the model's official ones."""
+    return V2_NGRAM if is_v2(model) else RECIPE_NGRAM
+
+
 def result(**fields: Any) -> None:
     print("RESULT", json.dumps(fields), flush=True)
 
@@ -97,13 +133,13 @@ def result(**fields: Any) -> None:
 # ----------------------------------------------------------------- measurements in a child process
 
 
-def recipe(model: str, pages: int, tokens: int) -> None:
+def recipe_llm(model: str) -> Any:
+    """vLLM's offline ``LLM`` as the recipe builds it (for either model: the same settings)."""
     from vllm.model_executor.models.deepseek_ocr import NGramPerReqLogitsProcessor
 
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
 
-    t0 = time.monotonic()
-    llm = LLM(
+    return LLM(
         model=model,
         load_format="dummy",
         max_model_len=8192,
@@ -114,13 +150,23 @@ def recipe(model: str, pages: int, tokens: int) -> None:
         limit_mm_per_prompt={"image": 1},
         logits_processors=[NGramPerReqLogitsProcessor],
     )
+
+
+def recipe(model: str, pages: int, tokens: int) -> None:
+    # Imported before the clock starts, as the start time has always been measured.
+    import vllm.model_executor.models.deepseek_ocr  # noqa: F401
+
+    from vllm import LLM, SamplingParams  # noqa: F401
+
+    t0 = time.monotonic()
+    llm = recipe_llm(model)
     start_s = time.monotonic() - t0
     sampling = SamplingParams(
         temperature=0.0,
         max_tokens=tokens,
         ignore_eos=True,
         skip_special_tokens=False,
-        extra_args=RECIPE_NGRAM,
+        extra_args=recipe_ngram(model),
     )
     requests = [{"prompt": PROMPT, "multi_modal_data": {"image": page(i)}} for i in range(pages)]
     llm.generate(requests[:WARMUP_PAGES], sampling, use_tqdm=False)
@@ -128,12 +174,15 @@ def recipe(model: str, pages: int, tokens: int) -> None:
     outputs = llm.generate(requests, sampling, use_tqdm=False)
     wall = time.monotonic() - t0
     out_tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-    result(wall_s=wall, out_tokens=out_tokens, start_s=start_s)
+    ngram = recipe_ngram(model)
+    extra = {"ngram": [ngram["ngram_size"], ngram["window_size"]]} if is_v2(model) else {}
+    result(wall_s=wall, out_tokens=out_tokens, start_s=start_s, **extra)
 
 
 async def dsocr_offline(pages: int, tokens: int) -> None:
     """dsocr's public interface only; the settings come from ``DSOCR_*`` (the parent's choice)."""
     from dsocr.engine.factory import create_engine
+    from dsocr.request import build_request
     from dsocr.settings import Settings
 
     settings = Settings()
@@ -144,13 +193,17 @@ async def dsocr_offline(pages: int, tokens: int) -> None:
     # Modes beyond gundam show that vLLM loaded dsocr's plugin (its model class; the tree's own).
     # Read while the engine is open: a closed engine serves no model, and reports gundam only.
     modes = list(engine.info.modes)
+    extra: dict[str, Any] = {}
+    if is_v2(settings.engine.model):  # the n-gram dsocr's request carries (its v2 profile's)
+        sampling = build_request(settings, source=None, max_tokens=tokens, deadline=False).sampling
+        extra["ngram"] = [sampling.ngram_size, sampling.ngram_window]
     try:
         images = [page(i) for i in range(pages)]
         await offline_pass(engine, settings, images[:WARMUP_PAGES], tokens)
         wall, out_tokens = await offline_pass(engine, settings, images, tokens)
     finally:
         await engine.close()
-    result(wall_s=wall, out_tokens=out_tokens, start_s=start_s, modes=modes)
+    result(wall_s=wall, out_tokens=out_tokens, start_s=start_s, modes=modes, **extra)
 
 
 async def offline_pass(
@@ -234,24 +287,41 @@ def run_http(phase: str, args: argparse.Namespace, tree: Tree | None, log: Path)
         forced = args.tokens if args.engine == "vllm" else 0
         cmd = [sys.executable, "-c", BOOT, str(forced), "serve", "--engine", args.engine]
         settings = {
-            **engine_settings(args.engine, args.model),
+            **dsocr_engine_settings(args),
             **server_settings(port, args.pages, args.tokens),
         }
         env, ready, plain = tree.env(settings), "/ready", True
+    # v2: vLLM's request fields carry v2's n-gram (the client's own are v1's); dsocr picks its own.
+    xargs = V2_NGRAM if tree is None and is_v2(args.model) else None
     t0 = time.monotonic()
     proc = start(cmd, env, log)
     try:
         info = wait_ready(base + ready, proc, log, args.phase_timeout) or {}
         start_s = time.monotonic() - t0
-        model = get_json(base + "/v1/models")[1]["data"][0]["id"]
-        timeout_s = args.phase_timeout
-        fields = run_client(client, base, model, args.pages, args.tokens, plain=plain, timeout_s=timeout_s)
+        card = get_json(base + "/v1/models")[1]["data"][0]
+        model, timeout_s = card["id"], args.phase_timeout
+        fields = run_client(
+            client, base, model, args.pages, args.tokens, plain=plain, timeout_s=timeout_s, xargs=xargs
+        )
     finally:
         stop(proc)
     wall, rate = fields["wall_s"], fields["out_tok_per_s"]
     out = {"wall_s": wall, "pages_per_s": fields["pages_per_s"], "out_tok_per_s": rate}
     out |= {"out_tokens": round(rate * wall), "start_s": start_s}
+    if is_v2(args.model):  # the n-gram each side ran with: vLLM's request fields, dsocr's model card
+        dsocr_card = card.get("dsocr") or {}
+        used = [xargs["ngram_size"], xargs["window_size"]] if xargs else None
+        out["ngram"] = used or [dsocr_card.get("ngram_size"), dsocr_card.get("window_size")]
     return out if tree is None else {**out, "modes": info.get("engine", {}).get("modes")}
+
+
+def dsocr_engine_settings(args: argparse.Namespace) -> dict[str, tuple[str, bool]]:
+    """dsocr's engine settings; on the fake engine a DeepSeek-OCR 2 directory is named too, so
+    that the requests take v2's profile as they do on vLLM."""
+    settings = engine_settings(args.engine, args.model)
+    if args.engine != "vllm" and is_v2(args.model):
+        settings["engine.model"] = (args.model, True)
+    return settings
 
 
 def measure(
@@ -268,7 +338,7 @@ def measure(
     if phase == "dsocr-offline":
         assert tree is not None
         limits = {"limits.max_tokens": (str(max(args.tokens, 8192)), False)}
-        return run_child(phase, args, tree.env({**engine_settings(args.engine, args.model), **limits}), log)
+        return run_child(phase, args, tree.env({**dsocr_engine_settings(args), **limits}), log)
     return run_http(phase, args, tree, log)
 
 
@@ -336,6 +406,16 @@ def main() -> int:
         return run_async(dsocr_offline(args.pages, args.tokens)) or 0
     sources = [s.split("=", 1) if "=" in s else [s, s] for s in args.src] or [["src", str(REPO / "src")]]
     todo = plan(args, [label for label, _ in sources])
+    v2 = is_v2(args.model)
+    if v2:
+        ngram = f"{V2_NGRAM['ngram_size']} / {V2_NGRAM['window_size']}"
+        print(f"model: DeepSeek-OCR 2 ({args.model}), n-gram {ngram} on every side", file=sys.stderr)
+        if Path(args.model).resolve().name != V2_DIR_NAME:
+            print(
+                f"warning: dsocr trees that know DeepSeek-OCR 2 by the directory's name only treat "
+                f"{args.model} as DeepSeek-OCR (n-gram 30 / 90): name it {V2_DIR_NAME}",
+                file=sys.stderr,
+            )
     signal.signal(signal.SIGTERM, on_sigterm)
     began, took, status = time.monotonic(), {"": 0.0}, 0
     work = Path(tempfile.mkdtemp(prefix="gpu_headline_"))
@@ -344,7 +424,8 @@ def main() -> int:
     records: list[dict[str, Any]] = []
     if args.results and args.results.is_file():  # a run that did not fit one call goes on here
         records = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
-        if [(r["phase"], r.get("src")) for r in records] != todo[: len(records)]:
+        other_model = any(r.get("model") != (V2_DIR_NAME if v2 else None) for r in records)
+        if other_model or [(r["phase"], r.get("src")) for r in records] != todo[: len(records)]:
             raise SystemExit(f"{args.results} holds another plan's measurements: delete it first")
         print(f"{len(records)} of {len(todo)} measurements done before ({args.results})", file=sys.stderr)
     try:
@@ -372,6 +453,8 @@ def main() -> int:
                 continue
             took[phase] = time.monotonic() - t0
             record = {"phase": phase, "src": label, "pages": args.pages, "tokens": args.tokens, **fields}
+            if v2:
+                record["model"] = V2_DIR_NAME
             record = {k: round(v, 3) if isinstance(v, float) else v for k, v in record.items()}
             record["phase_s"] = round(time.monotonic() - t0, 1)
             print("RESULT", json.dumps(record), flush=True)

@@ -75,6 +75,26 @@ sys.argv = ["dsocr", *sys.argv[2:]]
 runpy.run_module("dsocr", run_name="__main__", alter_sys=True)
 """
 
+# ``python -c CLIENT_BOOT CLIENT XARGS_JSON ARGS...``: the peer client with other n-gram arguments in
+# vLLM's request fields (its own ``XARGS`` are DeepSeek-OCR's 30 / 90), its code otherwise unchanged.
+# Its page bodies are built in this process; its client processes only send them.
+CLIENT_BOOT = r"""
+import importlib.util, json, os, sys
+
+path, xargs = sys.argv[1], json.loads(sys.argv[2])
+sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+spec = importlib.util.spec_from_file_location("bench_vllm_serve", path)
+client = importlib.util.module_from_spec(spec)
+sys.modules["bench_vllm_serve"] = client
+spec.loader.exec_module(client)
+if not isinstance(getattr(client, "XARGS", None), dict):
+    raise SystemExit(f"{path} has no XARGS dict to set the n-gram arguments in")
+client.XARGS = xargs
+print("bench: client n-gram arguments", json.dumps(xargs), flush=True)
+sys.argv = [path, *sys.argv[3:]]
+client.main()
+"""
+
 # Run with a tree's PYTHONPATH: where its dsocr lives and every setting's dotted path, so that
 # the environment names follow the tree's own settings layout.
 PROBE = r"""
@@ -242,8 +262,11 @@ def get_json(url: str) -> tuple[int, Any]:
         return status, None
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, limit_s: float) -> Any:
-    """Poll ``url`` until it answers 200 (its JSON body, if any); fail early if ``proc`` exits."""
+def wait_ready(
+    url: str, proc: subprocess.Popen[bytes], log: Path, limit_s: float, poll_s: float = 1.0
+) -> Any:
+    """Poll ``url`` every ``poll_s`` until it answers 200 (its JSON body, if any); fail early if
+    ``proc`` exits."""
     deadline, last = time.monotonic() + limit_s, None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -252,7 +275,7 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, limit_s: floa
             status, last = get_json(url)
             if status == 200:
                 return last
-        time.sleep(1)
+        time.sleep(poll_s)
     raise Failure(f"server not ready in {limit_s:.0f} s (last {url}: {last}); log tail:\n{tail(log)}")
 
 
@@ -310,11 +333,23 @@ def on_sigterm(*_: object) -> None:
 
 
 def run_client(
-    client: Path, base: str, model_name: str, pages: int, tokens: int, *, plain: bool, timeout_s: float
+    client: Path,
+    base: str,
+    model_name: str,
+    pages: int,
+    tokens: int,
+    *,
+    plain: bool,
+    timeout_s: float,
+    xargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The client's timed pass against ``base`` (after its 8 warm-up pages): its ``RESULT`` fields.
-    ``plain``: OpenAI fields only (dsocr); else also vLLM's own (``ignore_eos``, ``vllm_xargs``)."""
-    cmd = [sys.executable, str(client), "x", "--base", base, "--model-name", model_name]
+    ``plain``: OpenAI fields only (dsocr); else also vLLM's own (``ignore_eos``, ``vllm_xargs``:
+    the client's n-gram arguments, or ``xargs`` instead)."""
+    cmd = [sys.executable, str(client)]
+    if xargs is not None:
+        cmd = [sys.executable, "-c", CLIENT_BOOT, str(client), json.dumps(xargs)]
+    cmd += ["x", "--base", base, "--model-name", model_name]
     cmd += ["--pages", str(pages), "--tokens", str(tokens), *(["--plain"] if plain else [])]
     # Its own group, like a server's: its 8 client processes go with it when the run is stopped.
     proc = subprocess.Popen(
