@@ -261,7 +261,8 @@ async def test_usage_counts_each_models_vision_tokens_in_one_server(
             assert ocr.json()["pages"][0]["usage"] == ocr.json()["usage"]
             content = [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}}]
             chat = await client.post(
-                "/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": content}]}
+                "/v1/chat/completions",
+                json={"model": model, "messages": [{"role": "user", "content": content}]},
             )
             assert chat.status_code == 200, chat.text
             usage = chat.json()["usage"]

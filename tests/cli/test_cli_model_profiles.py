@@ -88,7 +88,9 @@ WAYS = [
 @pytest.mark.parametrize(("model", "way"), WAYS)
 def test_ocr_applies_the_local_models_profile(recorded: Recorded, png: Path, model: str, way: str) -> None:
     args, env = _how(model, way)
-    result = runner.invoke(app, ["ocr", str(png), "--engine", "fake", "--format", "json", "-q", *args], env=env)
+    result = runner.invoke(
+        app, ["ocr", str(png), "--engine", "fake", "--format", "json", "-q", *args], env=env
+    )
     assert result.exit_code == 0, result.stderr
     document = json.loads(result.stdout)
     assert document["model"] == model
@@ -125,7 +127,19 @@ def test_batch_applies_the_local_models_profile(
 
 def test_batch_refuses_a_v1_only_mode_for_v2(recorded: Recorded, png: Path, tmp_path: Path) -> None:
     result = runner.invoke(
-        app, ["batch", str(png), "--out", str(tmp_path / "out"), "--engine", "fake", "--model", V2, "--mode", "base"]
+        app,
+        [
+            "batch",
+            str(png),
+            "--out",
+            str(tmp_path / "out"),
+            "--engine",
+            "fake",
+            "--model",
+            V2,
+            "--mode",
+            "base",
+        ],
     )
     assert result.exit_code == 2, result.stdout
     assert "'base'" in result.stderr and "available: gundam" in result.stderr

@@ -67,7 +67,9 @@ def test_a_jobs_pages_run_with_its_models_profile(
     if model == V2:
         # Not v1's count: the page is tiled differently (768² tiles, no newline tokens).
         width, height = result["pages"][0]["image_size"]
-        assert result["pages"][0]["usage"]["vision_tokens"] != vision_tokens(width, height, "gundam", V1_PROFILE)
+        assert result["pages"][0]["usage"]["vision_tokens"] != vision_tokens(
+            width, height, "gundam", V1_PROFILE
+        )
 
 
 def test_a_v1_only_mode_for_v2_is_refused_at_submit(server: Server, client: httpx.Client) -> None:

@@ -80,7 +80,9 @@ def test_batch_on_the_server_uses_the_named_models_profile(
     server: Server, png: Path, tmp_path: Path, model: str
 ) -> None:
     out = tmp_path / "out"
-    result = dsocr("batch", str(png.parent), "--out", str(out), "--server", server.url, "--model", model, "-q")
+    result = dsocr(
+        "batch", str(png.parent), "--out", str(out), "--server", server.url, "--model", model, "-q"
+    )
     assert result.exit_code == 0, result.stderr
     written = json.loads((out / "page" / "pages" / "1.json").read_text(encoding="utf-8"))
     assert written["usage"]["vision_tokens"] == VISION[model]

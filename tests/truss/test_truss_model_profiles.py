@@ -96,9 +96,7 @@ def _truss_proxy(work: Path, server_port: int) -> Iterator[str]:
             nginx.wait()
 
 
-def _deployment_settings(
-    monkeypatch: pytest.MonkeyPatch, weights: Path, served_name: str
-) -> Settings:
+def _deployment_settings(monkeypatch: pytest.MonkeyPatch, weights: Path, served_name: str) -> Settings:
     """The settings ``dsocr serve`` reads in the Truss image: the config's environment, with the
     weights at ``weights`` and the fake engine."""
     config = TrussConfig.from_yaml(TRUSS_DIR / "config.yaml")
@@ -117,7 +115,9 @@ def _deployment_settings(
 
 
 @contextmanager
-def _deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str) -> Iterator[tuple[str, FakeEngine]]:
+def _deployment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str
+) -> Iterator[tuple[str, FakeEngine]]:
     """The deployment with ``model``'s weights where the config mounts them; yields the proxy's
     URL and the engine."""
     config = TrussConfig.from_yaml(TRUSS_DIR / "config.yaml")
@@ -153,7 +153,10 @@ def test_the_default_models_profile_reaches_the_engine(
     assert ocr.status_code == 200, ocr.text
     assert predict.json()["model_name"] == ocr.json()["model"] == model
     assert predict.json()["usage"]["vision_tokens"] == ocr.json()["usage"]["vision_tokens"] == VISION[model]
-    rules = [(seen.model, seen.mode, seen.sampling.ngram_size, seen.sampling.ngram_window) for seen in engine.requests]
+    rules = [
+        (seen.model, seen.mode, seen.sampling.ngram_size, seen.sampling.ngram_window)
+        for seen in engine.requests
+    ]
     assert rules == [(None, "gundam", *NGRAM[model])] * 2
 
 

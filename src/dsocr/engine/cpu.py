@@ -131,8 +131,10 @@ class CpuEngine:
             details={
                 "models_dir": str(self._models_dir or bundled_models_dir()),
                 "onnxruntime_threads": str(self._threads),
-                "prompt_tokens": "1 + the model's vision tokens (DeepSeek-OCR or DeepSeek-OCR 2) + prompt characters / 4 "
-                "(estimate)",
+                "prompt_tokens": (
+                    "1 + the model's vision tokens (DeepSeek-OCR or DeepSeek-OCR 2) + prompt characters / 4 "
+                    "(estimate)"
+                ),
                 "completion_tokens": "output characters / 4 (estimate)",
                 "limitations": "Parse the figure and Describe return the OCR text; no chart, formula or "
                 "table structure",
