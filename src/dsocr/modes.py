@@ -14,9 +14,12 @@ Model profiles describe each served model (v1 ``deepseek-ai/DeepSeek-OCR`` with 
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Final, NamedTuple
 
@@ -39,6 +42,7 @@ __all__ = [
     "pixel_values",
     "preprocess",
     "profile_for",
+    "served_profile",
     "vision_tokens",
 ]
 
@@ -139,17 +143,66 @@ MODELS: Final = (V1, V2)
 def profile_for(model_id: str) -> ModelProfile:
     """The profile of a model given by HF id, served name or local directory (case-insensitive).
 
-    A local directory matches by its last path component (``/models/DeepSeek-OCR-2``). Raises
-    ``ModelNotFound(field="model")`` for anything else.
+    A local directory is known by the ``architectures`` its ``config.json`` names
+    (``DeepseekOCR2ForCausalLM`` is v2 whatever the directory is called), else by its last path
+    component (``/models/DeepSeek-OCR-2``). Raises ``ModelNotFound(field="model")`` for anything
+    else. The answer is kept per name, so a directory's ``config.json`` is read once.
     """
+    profile = _known_profile(model_id)
+    if profile is None:
+        known = ", ".join(f"{p.model_id} ({p.served_name})" for p in MODELS)
+        raise ModelNotFound(f"unknown model {model_id!r}; served models: {known}", field="model")
+    return profile
+
+
+def served_profile(*names: str | None) -> ModelProfile:
+    """The profile of the first of ``names`` a profile knows (see :func:`profile_for`), else v1's.
+
+    A model no profile knows (a fine-tune in a directory of its own, say) is served as
+    DeepSeek-OCR v1. Empty and ``None`` names are skipped.
+    """
+    for name in names:
+        if name:
+            profile = _known_profile(name)
+            if profile is not None:
+                return profile
+    return V1
+
+
+# Bounded: the names a server meets are its default and extra models.
+@functools.lru_cache(maxsize=64)
+def _known_profile(model_id: str) -> ModelProfile | None:
+    architectures = _config_architectures(model_id)
+    for profile in MODELS:
+        if profile.architecture in architectures:
+            return profile
     key = model_id.strip().rstrip("/").lower()
     basename = key.rsplit("/", 1)[-1]
     for profile in MODELS:
         names = {profile.model_id.lower(), profile.served_name}
         if key in names or basename == profile.model_id.rsplit("/", 1)[-1].lower():
             return profile
-    known = ", ".join(f"{p.model_id} ({p.served_name})" for p in MODELS)
-    raise ModelNotFound(f"unknown model {model_id!r}; served models: {known}", field="model")
+    return None
+
+
+# A model's config.json is a few kB; anything far bigger is not one.
+_CONFIG_MAX_BYTES: Final = 1 << 20
+
+
+def _config_architectures(model_id: str) -> tuple[str, ...]:
+    """The ``architectures`` of ``model_id``'s ``config.json`` when it is a local model directory."""
+    config = Path(model_id.strip()).expanduser() / "config.json"
+    try:
+        if not config.is_file() or config.stat().st_size > _CONFIG_MAX_BYTES:
+            return ()
+        data = json.loads(config.read_bytes())
+    except (OSError, ValueError):
+        # Unreadable or not JSON: the directory's name decides, as for any other name.
+        return ()
+    architectures = data.get("architectures") if isinstance(data, dict) else None
+    if not isinstance(architectures, list):
+        return ()
+    return tuple(name for name in architectures if isinstance(name, str))
 
 
 def candidate_grids(min_crops: int = 2, max_crops: int = 6) -> list[tuple[int, int]]:

@@ -17,7 +17,7 @@ from dsocr import prompts
 from dsocr.engine.base import SamplingOptions
 from dsocr.errors import InvalidInput, ModelNotFound
 from dsocr.inputs import Source
-from dsocr.modes import V1, ModelProfile, profile_for
+from dsocr.modes import ModelProfile, served_profile
 from dsocr.outputs import DEFAULT_OUTPUTS, RenderContext, check_outputs
 from dsocr.settings import RETRY_NGRAM_SIZE, EngineSettings, Settings
 
@@ -143,19 +143,14 @@ def route_model(requested: str | None, engine: EngineSettings, *, field: str = "
 def model_profile(model: str | None, engine: EngineSettings) -> ModelProfile:
     """The profile of a routed model (``None`` = the default model, see :func:`route_model`).
 
-    The default model is known by its HF id or directory (``DSOCR_ENGINE__MODEL``), else by its
-    served name. A model no profile knows (a fine-tune in a directory of its own name, say) is
-    served as DeepSeek-OCR v1, which is what every such server did before profiles were applied.
+    The default model is known by its HF id or directory (``DSOCR_ENGINE__MODEL``; a directory by
+    the architecture its ``config.json`` names, else by its name), else by its served name. A model
+    no profile knows (a fine-tune whose ``config.json`` names another architecture, in a directory
+    of its own name, say) is served as DeepSeek-OCR v1 (:func:`dsocr.modes.served_profile`).
     """
-    names = [model] if model is not None else [engine.model, engine.served_model_name]
-    for name in names:
-        if not name:
-            continue
-        try:
-            return profile_for(name)
-        except ModelNotFound:
-            continue
-    return V1
+    if model is not None:
+        return served_profile(model)
+    return served_profile(engine.model, engine.served_model_name)
 
 
 def ngram_defaults(engine: EngineSettings, profile: ModelProfile) -> tuple[int, int]:

@@ -1,23 +1,31 @@
-"""Each served model gets its own profile on every door: its modes, its presets, its n-gram rule.
+"""Each served model gets its own profile on every door: its modes, its presets, its n-gram rule
+and its vision-token count.
 
 A server whose default model (``DSOCR_ENGINE__MODEL``) or extra model is DeepSeek-OCR 2 offers
-that model's one mode and two presets, and gives it the model's own n-gram defaults (20, 90);
-DeepSeek-OCR v1 keeps its five modes, six presets and (30, 90).
+that model's one mode and two presets, gives it the model's own n-gram defaults (20, 90) and counts
+its vision tokens by its formula; DeepSeek-OCR v1 keeps its five modes, six presets and (30, 90).
+A local model directory is known by the architecture its ``config.json`` names.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from api_support import ClientFactory, b64, png_bytes
 
+from dsocr import modes
+from dsocr.engine.factory import create_engine
 from dsocr.engine.fake import FakeEngine
 from dsocr.settings import Settings
 
 V1 = "deepseek-ai/DeepSeek-OCR"
 V2 = "deepseek-ai/DeepSeek-OCR-2"
+V1_ARCHITECTURE = "DeepseekOCRForCausalLM"
+V2_ARCHITECTURE = "DeepseekOCR2ForCausalLM"
 IMAGE = b64(png_bytes())
 
 
@@ -167,3 +175,119 @@ async def test_only_the_window_set_keeps_the_models_size(make_client: ClientFact
         response = await client.post("/v1/ocr", json={"image_base64": IMAGE})
     assert response.status_code == 200
     assert (engine.requests[0].sampling.ngram_size, engine.requests[0].sampling.ngram_window) == (20, 60)
+
+
+def _model_dir(parent: Path, name: str, architecture: str) -> Path:
+    """A local model directory as Hugging Face downloads it: ``config.json`` names its architecture."""
+    directory = parent / name
+    directory.mkdir()
+    config = {"architectures": [architecture], "model_type": "deepseek_vl_v2", "torch_dtype": "bfloat16"}
+    (directory / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return directory
+
+
+async def test_a_model_directory_is_known_by_the_architecture_its_config_names(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    # Neither directory's name says which model it holds, and one's name says the wrong one.
+    v2_dir = _model_dir(tmp_path, "checkpoint", V2_ARCHITECTURE)
+    v1_dir = _model_dir(tmp_path, "DeepSeek-OCR-2", V1_ARCHITECTURE)
+    settings = Settings(
+        engine={"kind": "fake", "model": str(v2_dir), "extra_models": [str(v1_dir)]}, cache={"enabled": False}
+    )
+    engine = FakeEngine()
+    async with make_client(settings=settings, engine=engine) as client:
+        refused = await client.post("/v1/ocr", json={"image_base64": IMAGE, "mode": "tiny"})
+        v2 = await client.post("/v1/ocr", json={"image_base64": IMAGE})
+        v1 = await client.post("/v1/ocr", json={"image_base64": IMAGE, "mode": "tiny", "model": str(v1_dir)})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["field"] == "mode"
+    assert refused.json()["error"]["message"].endswith("available: gundam")
+    assert v2.status_code == v1.status_code == 200, (v2.text, v1.text)
+    rules = [(seen.model, seen.mode, seen.sampling.ngram_size) for seen in engine.requests]
+    assert rules == [(None, "gundam", 20), (str(v1_dir), "tiny", 30)]
+
+
+async def test_a_model_directory_without_a_known_architecture_goes_by_its_name(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    named = _model_dir(tmp_path, "DeepSeek-OCR-2", "SomeOtherForCausalLM")
+    settings = Settings(engine={"kind": "fake", "model": str(named)}, cache={"enabled": False})
+    engine = FakeEngine()
+    async with make_client(settings=settings, engine=engine) as client:
+        response = await client.post("/v1/ocr", json={"image_base64": IMAGE})
+    assert response.status_code == 200, response.text
+    assert engine.requests[0].sampling.ngram_size == 20
+
+
+async def test_a_model_directorys_config_is_read_once(
+    make_client: ClientFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    v2_dir = _model_dir(tmp_path, "weights", V2_ARCHITECTURE)
+    reads: list[str] = []
+    read = modes._config_architectures
+
+    def counted(model_id: str) -> tuple[str, ...]:
+        reads.append(model_id)
+        return read(model_id)
+
+    monkeypatch.setattr(modes, "_config_architectures", counted)
+    settings = Settings(engine={"kind": "fake", "model": str(v2_dir)}, cache={"enabled": False})
+    engine = FakeEngine()
+    async with make_client(settings=settings, engine=engine) as client:
+        for _ in range(3):
+            response = await client.post("/v1/ocr", json={"image_base64": IMAGE})
+            assert response.status_code == 200, response.text
+    assert [seen.sampling.ngram_size for seen in engine.requests] == [20, 20, 20]
+    assert reads.count(str(v2_dir)) == 1
+
+
+# (width, height) → vision tokens: v1 Gundam 273 untiled, 16·17+1 + 10·(2·10+1) for 2×1 tiles of
+# 640²; v2 257 untiled, 257 + 2·144 for 2×1 tiles of 768² (docs/models.md).
+TOKENS = {(400, 300): {V1: 273, V2: 257}, (1600, 800): {V1: 483, V2: 545}}
+
+
+@pytest.mark.parametrize("size", list(TOKENS), ids=["untiled", "tiled"])
+async def test_usage_counts_each_models_vision_tokens_in_one_server(
+    make_client: ClientFactory, size: tuple[int, int]
+) -> None:
+    image = b64(png_bytes(*size))
+    usages: dict[str, dict[str, Any]] = {}
+    async with make_client(settings=_settings("v2-extra"), engine=FakeEngine()) as client:
+        for model in (V1, V2):
+            ocr = await client.post("/v1/ocr", json={"image_base64": image, "model": model})
+            assert ocr.status_code == 200, ocr.text
+            usages[f"ocr {model}"] = ocr.json()["usage"]
+            assert ocr.json()["pages"][0]["usage"] == ocr.json()["usage"]
+            content = [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}}]
+            chat = await client.post(
+                "/v1/chat/completions",
+                json={"model": model, "messages": [{"role": "user", "content": content}]},
+            )
+            assert chat.status_code == 200, chat.text
+            usage = chat.json()["usage"]
+            usages[f"chat {model}"] = {
+                "vision_tokens": usage["prompt_tokens_details"]["image_tokens"],
+                "prompt_tokens": usage["prompt_tokens"],
+            }
+    for model in (V1, V2):
+        expected = TOKENS[size][model]
+        for door in ("ocr", "chat"):
+            usage = usages[f"{door} {model}"]
+            assert usage["vision_tokens"] == expected, (door, model, usage)
+            # BOS + the image's tokens + the prompt's text: the image's part follows the model too.
+            assert expected < usage["prompt_tokens"] < expected + 40, (door, model, usage)
+    assert usages[f"ocr {V1}"]["prompt_tokens"] - usages[f"ocr {V2}"]["prompt_tokens"] == (
+        TOKENS[size][V1] - TOKENS[size][V2]
+    )
+
+
+async def test_usage_counts_the_default_models_vision_tokens(make_client: ClientFactory) -> None:
+    # The fake engine as the factory builds it for DSOCR_ENGINE__MODEL=DeepSeek-OCR-2.
+    settings = _settings("v2-default")
+    engine = create_engine(settings.engine)
+    async with make_client(settings=settings, engine=engine) as client:
+        ocr = await client.post("/v1/ocr", json={"image_base64": IMAGE})
+        predict = await client.post("/predict", json={"image_base64": IMAGE, "prompt": "free"})
+    assert ocr.status_code == predict.status_code == 200, (ocr.text, predict.text)
+    assert ocr.json()["usage"]["vision_tokens"] == predict.json()["usage"]["vision_tokens"] == 257

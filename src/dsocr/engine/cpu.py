@@ -52,10 +52,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from dsocr.engine.accounting import estimate_tokens, prompt_tokens, vision_tokens
+from dsocr.engine.accounting import estimate_tokens, prompt_tokens, request_profile, vision_tokens
 from dsocr.engine.base import EngineDelta, EngineInfo, EngineOutput, EngineRequest, FinishReason
 from dsocr.engine.layout import Line, PixelBox, render_pieces
 from dsocr.errors import DsocrError, EngineError, EngineOverloaded, EngineUnavailable, InvalidInput
+from dsocr.modes import served_profile
 from dsocr.prompts import is_grounded, locate_target, preset_of
 from dsocr.settings import EngineSettings
 
@@ -108,6 +109,8 @@ class CpuEngine:
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self._settings = settings
+        # Usage counts vision tokens as the request's model would (v1 or v2); this is the default's.
+        self._profile = served_profile(settings.model, settings.served_model_name)
         self._models_dir = models_dir
         self._threads = threads or os.cpu_count() or 1
         self._max_queue = max_queue
@@ -128,7 +131,10 @@ class CpuEngine:
             details={
                 "models_dir": str(self._models_dir or bundled_models_dir()),
                 "onnxruntime_threads": str(self._threads),
-                "prompt_tokens": "1 + DeepSeek-OCR vision tokens + prompt characters / 4 (estimate)",
+                "prompt_tokens": (
+                    "1 + the model's vision tokens (DeepSeek-OCR or DeepSeek-OCR 2) + prompt characters / 4 "
+                    "(estimate)"
+                ),
                 "completion_tokens": "output characters / 4 (estimate)",
                 "limitations": "Parse the figure and Describe return the OCR text; no chart, formula or "
                 "table structure",
@@ -195,7 +201,8 @@ class CpuEngine:
         image = request.image
         if image is None:
             raise InvalidInput("the CPU engine reads an image; the request has none", field="image")
-        vision = vision_tokens(image.width, image.height, request.mode)
+        profile = request_profile(request.model, self._profile)
+        vision = vision_tokens(image.width, image.height, request.mode, profile)
         job = self._enqueue(request.request_id)
         try:
             pieces = await self._read(job, request, image)

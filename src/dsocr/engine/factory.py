@@ -126,8 +126,11 @@ def _replica_count(settings: EngineSettings, kind: str) -> int:
 def _create_one(settings: EngineSettings, selection: EngineSelection) -> Engine:
     if selection.kind == "fake":
         from dsocr.engine.fake import FakeEngine
+        from dsocr.modes import served_profile
 
-        return FakeEngine(delay_s=settings.fake.delay_s, max_batch=settings.fake.max_batch)
+        # The default model's profile, so that usage counts its vision tokens (v1 or v2).
+        profile = served_profile(settings.model, settings.served_model_name)
+        return FakeEngine(delay_s=settings.fake.delay_s, max_batch=settings.fake.max_batch, profile=profile)
     if selection.kind == "cpu":
         from dsocr.engine.cpu import CpuEngine, bundled_models_dir
 

@@ -32,7 +32,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from dsocr.engine.accounting import prompt_tokens, vision_tokens
+from dsocr.engine.accounting import prompt_tokens, request_profile, vision_tokens
 from dsocr.engine.base import (
     EngineDelta,
     EngineInfo,
@@ -50,6 +50,7 @@ from dsocr.errors import (
     EngineUnavailable,
     InvalidInput,
 )
+from dsocr.modes import V1, ModelProfile
 from dsocr.prompts import is_grounded, locate_target, preset_of
 from dsocr.types import Box
 
@@ -144,7 +145,9 @@ class FakeEngine:
     every request; ``loop`` makes every request a repetition loop. For tests to assert on,
     ``requests`` keeps the last ``history_size`` requests seen, without their images (a long-running
     demo server would otherwise hold every one forever), ``request_count`` counts all of them and
-    ``aborted`` keeps the ids of the last ``history_size`` aborted requests.
+    ``aborted`` keeps the ids of the last ``history_size`` aborted requests. ``profile`` is the
+    default model's (``DSOCR_ENGINE__MODEL``): usage counts a request's vision tokens by its model's
+    profile, that one for a request that names no model.
     """
 
     def __init__(
@@ -157,6 +160,7 @@ class FakeEngine:
         model_id: str = "fake-deepseek-ocr",
         history_size: int = 64,
         max_batch: int | None = None,
+        profile: ModelProfile = V1,
     ) -> None:
         if delay_s < 0:
             raise ValueError(f"delay_s must be >= 0, got {delay_s}")
@@ -172,6 +176,7 @@ class FakeEngine:
         self._loop = loop
         self._start_error = start_error
         self._model_id = model_id
+        self._profile = profile
         self._started = False
         self._active: set[str] = set()
         self._abort_requested: set[str] = set()
@@ -252,7 +257,7 @@ class FakeEngine:
                     f"[fake:slow=...] needs seconds, got {markers['slow']!r}", field="prompt"
                 ) from None
         size = request.image.size if request.image is not None else DEFAULT_SIZE
-        vision = vision_tokens(size[0], size[1], request.mode)
+        vision = vision_tokens(size[0], size[1], request.mode, request_profile(request.model, self._profile))
         looping = self._loop or "loop" in markers
         pieces = self._pieces(prompt, size, looping, request.sampling.max_tokens)
 
