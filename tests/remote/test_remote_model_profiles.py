@@ -97,3 +97,16 @@ def test_batch_on_the_server_refuses_a_v1_only_mode_for_v2(server: Server, png: 
     assert result.exit_code == 2, (result.exit_code, result.stderr)
     assert "'base'" in result.stderr and "available: gundam" in result.stderr
     assert server.engine.requests == []
+
+
+def test_batch_on_the_server_checks_the_mode_against_the_servers_model_not_the_local_default(
+    server: Server, png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This machine's default model is DeepSeek-OCR 2 (one mode); the server's is DeepSeek-OCR.
+    monkeypatch.setenv("DSOCR_ENGINE__MODEL", V2)
+    out = tmp_path / "out"
+    result = dsocr(
+        "batch", str(png.parent), "--out", str(out), "--server", server.url, "--mode", "tiny", "-q"
+    )
+    assert result.exit_code == 0, result.stderr
+    assert _sampling(server) == [(None, "tiny", *NGRAM[V1])]

@@ -126,6 +126,10 @@ def resolve_config(job: BatchJob, settings: Settings, *, server: ServerEngine | 
     if not 36 <= dpi <= 600:
         raise errors.InvalidInput(f"dpi must be between 36 and 600; got {dpi}", field="dpi")
     drawn = [name for name, wanted in (("crops", job.crops), ("visualization", job.overlays)) if wanted]
+    if server is not None and (model := job.model or server.model):
+        # The mode and preset are checked against the server's model, not this machine's default.
+        engine = settings.engine.model_copy(update={"model": model, "extra_models": []})
+        settings = settings.model_copy(update={"engine": engine})
     request = build_request(
         settings,
         source=None,
