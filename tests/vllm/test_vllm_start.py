@@ -23,3 +23,13 @@ async def test_start_reports_vllms_own_phases_and_ours(engine: Any) -> None:
     assert all(s >= 0 for s in seconds.values())
     # The phases account for the whole start, from process start to ready.
     assert sum(seconds.values()) == pytest.approx(progress.ready_after, abs=0.05)
+
+
+async def test_start_says_which_speedups_the_model_runs_with(engine: Any) -> None:
+    details = engine.info.details
+    name = engine.info.model_id
+    # DeepSeek-OCR on dsocr's model class: the batched encoder and n-gram processor; no device
+    # views on vLLM's CPU build.
+    assert details[f"batched_ngram[{name}]"] == "on"
+    assert details[f"batched_encoder[{name}]"] == "on"
+    assert details[f"device_views[{name}]"] == "off"

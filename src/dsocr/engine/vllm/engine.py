@@ -312,15 +312,25 @@ class VLLMEngine:
             self._details[f"engine_core_threads[{name}]"] = await self._limit_core_threads(llm, args, threads)
         modes = SUPPORTED_MODES
         pixel_arrays = False
+        architectures = list(llm.vllm_config.model_config.architectures or [])
         modes_module = _modes_module(warn=False)
+        subclass = False
         if modes_module is not None:
             config = llm.vllm_config
-            modes = modes_module.modes_for(
-                config.model_config.architectures, getattr(config, "compilation_config", None)
-            )
+            modes = modes_module.modes_for(architectures, getattr(config, "compilation_config", None))
             pixel_arrays = modes_module.device_views_on(config.model_config.hf_config)
-            self._details[f"device_views[{name}]"] = "on" if pixel_arrays else "off"
-        logger.info("vLLM %s serving %s as %s (modes %s)", self._version, model, name, ",".join(modes))
+            subclass = modes_module.ARCHITECTURE in architectures
+        speedups = _speedups(architectures, subclass=subclass, device_views=pixel_arrays)
+        for speedup, state in speedups.items():
+            self._details[f"{speedup}[{name}]"] = state.split(":", 1)[0]
+        logger.info(
+            "vLLM %s serving %s as %s (modes %s); %s",
+            self._version,
+            model,
+            name,
+            ",".join(modes),
+            "; ".join(f"{speedup} {state}" for speedup, state in speedups.items()),
+        )
         return _Served(
             name=name,
             model=model,
@@ -661,6 +671,32 @@ def vllm_engine_config(settings: EngineSettings, args: Any, usage_context: Any) 
     else:  # a vLLM without it: leave vLLM's own cache alone
         logger.warning("encoder_cache_steps ignored: this vLLM's scheduler config has no encoder_cache_size")
     return config
+
+
+def _speedups(architectures: list[str], *, subclass: bool, device_views: bool) -> dict[str, str]:
+    """Which of dsocr's own speed-ups a built model runs with, each ``on`` or ``off: why``
+    (the start log and ``/health``'s details; docs/models.md)."""
+    if subclass:
+        encoder = "on"
+    elif "DeepseekOCR2ForCausalLM" in architectures:
+        encoder = (
+            "off: DeepSeek-OCR 2 runs on vLLM's own model class, whose encoder takes the pages "
+            "of a step one at a time (dsocr's batched encoder is built on DeepSeek-OCR's CLIP tower)"
+        )
+    else:
+        encoder = "off: the model does not run on dsocr's model class (the dsocr_modes plugin)"
+    if device_views:
+        views = "on"
+    elif not subclass:
+        views = "off: page views on the device need dsocr's DeepSeek-OCR model class"
+    else:
+        views = "off: DSOCR_ENGINE__VLLM__DEVICE_VIEWS, no GPU, or encoder CUDA graphs"
+    return {
+        # The batched n-gram processor is a logits processor: it works on every model's tokens.
+        "batched_ngram": "on",
+        "batched_encoder": encoder,
+        "device_views": views,
+    }
 
 
 def _graph_capture_size(settings: EngineSettings) -> int | None:
