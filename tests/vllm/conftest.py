@@ -66,6 +66,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_v2_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny DeepSeek-OCR 2; the directory's name is what tells dsocr to apply the v2 profile."""
+    out = tmp_path_factory.mktemp("tiny-deepseek-ocr2") / "DeepSeek-OCR-2"
+    subprocess.run([sys.executable, str(SUPPORT / "make_tiny_deepseek_ocr.py"), str(out), "--v2"], check=True)
+    return out
+
+
 def tiny_settings(model_dir: Path, **vllm_overrides: object) -> object:
     """The tiny model's engine settings; ``vllm_overrides`` replace fields of ``engine.vllm``."""
     from dsocr.settings import EngineSettings
