@@ -183,7 +183,13 @@ def build_config(out_dir, vocab_size, hidden, layers, experts, heads, topk, v2=F
             "model_name": "deepencoderv2",
             "model_type": "vision",
             "width": {
-                "qwen2-0-5b": {"dim": 896, "heads": 14, "kv_heads": 2, "layers": 24, "intermediate_size": 4864},
+                "qwen2-0-5b": {
+                    "dim": 896,
+                    "heads": 14,
+                    "kv_heads": 2,
+                    "layers": 24,
+                    "intermediate_size": 4864,
+                },
                 "sam_vit_b": {
                     "downsample_channels": [512, 896],
                     "global_attn_indexes": [2, 5, 8, 11],

@@ -44,7 +44,9 @@ def apply(sam_dim=192, sam_heads=3, sam_depth=1, clip_layers=1, qwen2_layers=1, 
 
     # v2: the originals come from their own modules, so applying twice changes nothing more.
     def tiny_v2_sam(**kw):
-        kw.update(depth=sam_depth, embed_dim=sam_dim, num_heads=sam_heads, global_attn_indexes=(sam_depth - 1,))
+        kw.update(
+            depth=sam_depth, embed_dim=sam_dim, num_heads=sam_heads, global_attn_indexes=(sam_depth - 1,)
+        )
         return deepencoder.ImageEncoderViT(**kw)
 
     class TinyQwen2Decoder(deepencoder2.CustomQwen2Decoder):
