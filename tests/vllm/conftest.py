@@ -110,3 +110,22 @@ async def engine(tiny_model_dir: Path) -> AsyncIterator[object]:
     await eng.start()
     yield eng
     await eng.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def v2_engine(tiny_v2_model_dir: Path) -> AsyncIterator[object]:
+    """A started engine on the tiny DeepSeek-OCR 2, served as ``deepseek-ocr-2-tiny`` (per module:
+    it is not kept beside the ``dsocr serve`` tests' engines)."""
+    sys.path.insert(0, str(SUPPORT))  # spawn hands it to the engine core, which imports tiny_worker
+    from dsocr.engine.vllm.engine import VLLMEngine
+
+    # The worker extension brings the vision-tower shrink into the engine core's process.
+    args = {"enforce_eager": True, "seed": 0, "worker_extension_cls": "tiny_worker.TinyVisionWorker"}
+    # 2048: a 6-tile page is 1121 placeholders, past the v1 tests' 1024.
+    settings = tiny_settings(tiny_v2_model_dir, args=args).model_copy(  # type: ignore[attr-defined]
+        update={"served_model_name": "deepseek-ocr-2-tiny", "max_model_len": 2048}
+    )
+    eng = VLLMEngine(settings)
+    await eng.start()
+    yield eng
+    await eng.close()

