@@ -66,6 +66,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_v2_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny DeepSeek-OCR 2; the directory's name is what tells dsocr to apply the v2 profile."""
+    out = tmp_path_factory.mktemp("tiny-deepseek-ocr2") / "DeepSeek-OCR-2"
+    subprocess.run([sys.executable, str(SUPPORT / "make_tiny_deepseek_ocr.py"), str(out), "--v2"], check=True)
+    return out
+
+
 def tiny_settings(model_dir: Path, **vllm_overrides: object) -> object:
     """The tiny model's engine settings; ``vllm_overrides`` replace fields of ``engine.vllm``."""
     from dsocr.settings import EngineSettings
@@ -99,6 +107,25 @@ async def engine(tiny_model_dir: Path) -> AsyncIterator[object]:
     # encoder_probe lets tests run upstream's vision encoder next to ours inside the worker.
     probe = {"enforce_eager": True, "seed": 0, "worker_extension_cls": "encoder_probe.EncoderProbe"}
     eng = VLLMEngine(tiny_settings(tiny_model_dir, args=probe))  # type: ignore[arg-type]
+    await eng.start()
+    yield eng
+    await eng.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def v2_engine(tiny_v2_model_dir: Path) -> AsyncIterator[object]:
+    """A started engine on the tiny DeepSeek-OCR 2, served as ``deepseek-ocr-2-tiny`` (per module:
+    it is not kept beside the ``dsocr serve`` tests' engines)."""
+    sys.path.insert(0, str(SUPPORT))  # spawn hands it to the engine core, which imports tiny_worker
+    from dsocr.engine.vllm.engine import VLLMEngine
+
+    # The worker extension brings the vision-tower shrink into the engine core's process.
+    args = {"enforce_eager": True, "seed": 0, "worker_extension_cls": "tiny_worker.TinyVisionWorker"}
+    # 2048: a 6-tile page is 1121 placeholders, past the v1 tests' 1024.
+    settings = tiny_settings(tiny_v2_model_dir, args=args).model_copy(  # type: ignore[attr-defined]
+        update={"served_model_name": "deepseek-ocr-2-tiny", "max_model_len": 2048}
+    )
+    eng = VLLMEngine(settings)
     await eng.start()
     yield eng
     await eng.close()

@@ -12,7 +12,13 @@ Note: the vision tower (SAM ViT-B + CLIP-L/14, ~400M params) is hard-coded in
 vllm/model_executor/models/deepseek_ocr.py; only the language model and the
 projector output size (n_embed == hidden_size) can be made tiny from config.json.
 
-usage: python make_tiny_deepseek_ocr.py OUT_DIR [--hidden 128] [--layers 2]
+--v2 writes DeepSeek-OCR 2 instead (architecture DeepseekOCR2ForCausalLM, module
+deepseek_ocr2.py): same tokenizer and language model; the projector reads the 896-wide
+query outputs of its Qwen2 "decoder as encoder" (projector input_dim 896), and
+vision_config.image_size 1024 is read (the global view's side in the pixel schema).
+Name the directory .../DeepSeek-OCR-2 so that dsocr picks the v2 profile by name.
+
+usage: python make_tiny_deepseek_ocr.py OUT_DIR [--v2] [--hidden 128] [--layers 2]
        [--experts 4] [--vocab 1024]
 """
 
@@ -91,7 +97,7 @@ def build_tokenizer(out_dir: str, vocab_size: int) -> int:
     return n
 
 
-def build_config(out_dir, vocab_size, hidden, layers, experts, heads, topk):
+def build_config(out_dir, vocab_size, hidden, layers, experts, heads, topk, v2=False):
     lm = {
         "architectures": ["DeepseekV2ForCausalLM"],
         "bos_token_id": 0,
@@ -166,6 +172,33 @@ def build_config(out_dir, vocab_size, hidden, layers, experts, heads, topk):
         "max_position_embeddings": 8192,
         "vocab_size": vocab_size,
     }
+    if v2:
+        cfg["architectures"] = ["DeepseekOCR2ForCausalLM"]
+        # SAM's last conv gives 896 channels, the Qwen2 encoder's width; only its query outputs
+        # reach the projector (ref §9.1: Linear(896, 1280) in the real model).
+        cfg["projector_config"]["input_dim"] = 896
+        # informational except image_size (vLLM hard-codes SAM + the 24-layer Qwen2 encoder)
+        cfg["vision_config"] = {
+            "image_size": 1024,
+            "model_name": "deepencoderv2",
+            "model_type": "vision",
+            "width": {
+                "qwen2-0-5b": {
+                    "dim": 896,
+                    "heads": 14,
+                    "kv_heads": 2,
+                    "layers": 24,
+                    "intermediate_size": 4864,
+                },
+                "sam_vit_b": {
+                    "downsample_channels": [512, 896],
+                    "global_attn_indexes": [2, 5, 8, 11],
+                    "heads": 12,
+                    "layers": 12,
+                    "width": 768,
+                },
+            },
+        }
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
     with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
@@ -181,12 +214,13 @@ def main():
     ap.add_argument("--experts", type=int, default=4)
     ap.add_argument("--topk", type=int, default=2)
     ap.add_argument("--vocab", type=int, default=1024)
+    ap.add_argument("--v2", action="store_true", help="DeepSeek-OCR 2 (DeepseekOCR2ForCausalLM)")
     a = ap.parse_args()
     os.makedirs(a.out_dir, exist_ok=True)
     n = build_tokenizer(a.out_dir, a.vocab)
     # vocab_size == len(tokenizer): random weights can only sample decodable ids
-    build_config(a.out_dir, n, a.hidden, a.layers, a.experts, a.heads, a.topk)
-    print(f"wrote {a.out_dir}: vocab={n} hidden={a.hidden} layers={a.layers} experts={a.experts}")
+    build_config(a.out_dir, n, a.hidden, a.layers, a.experts, a.heads, a.topk, v2=a.v2)
+    print(f"wrote {a.out_dir}: v2={a.v2} vocab={n} hidden={a.hidden} layers={a.layers} experts={a.experts}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """``dsocr`` CLI with the test-only vision-tower shrink applied where vLLM forks the model process.
 
-vLLM forks the engine core from this process on its CPU build, so the patch reaches the model.
+vLLM's CPU build starts each engine core with the ``spawn`` method, which re-runs this script
+(as ``__mp_main__``) in the child: the patch reaches the model there. An engine built inside
+pytest gets it through support/tiny_worker.py instead.
 """
 
 import sys
