@@ -62,6 +62,9 @@ async def test_engine_starts_on_v2_and_proves_repetition_control(v2_engine: Any)
     served = v2_engine._served[SERVED]
     assert served.llm.vllm_config.model_config.architectures == ["DeepseekOCR2ForCausalLM"]
     assert v2_engine.info.modes == ("gundam",) == tuple(V2.modes)
+    # The start says which of dsocr's speed-ups apply: the n-gram processor does, the v1 class's don't.
+    assert details[f"batched_ngram[{SERVED}]"] == "on"
+    assert details[f"batched_encoder[{SERVED}]"] == "off"
     assert details[f"device_views[{SERVED}]"] == "off"
     await v2_engine.check_health()
 
