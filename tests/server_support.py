@@ -27,6 +27,7 @@ from typing import IO, Any
 
 import httpx
 import uvicorn
+from fastapi import FastAPI
 
 from dsocr.engine.fake import FakeEngine
 from dsocr.server.app import create_app
@@ -39,6 +40,7 @@ class Server:
 
     url: str
     engine: FakeEngine
+    app: FastAPI | None = None  # in-process servers: the app, for checks of its state
 
     @property
     def base_url(self) -> str:
@@ -60,9 +62,8 @@ def running_server(settings: Settings, engine: FakeEngine) -> Iterator[Server]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(settings, engine=engine), log_level="warning", lifespan="on", ws="none"
-    )
+    app = create_app(settings, engine=engine)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", ws="none")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -72,7 +73,7 @@ def running_server(settings: Settings, engine: FakeEngine) -> Iterator[Server]:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
     try:
-        yield Server(url=f"http://127.0.0.1:{port}", engine=engine)
+        yield Server(url=f"http://127.0.0.1:{port}", engine=engine, app=app)
     finally:
         server.should_exit = True
         thread.join(timeout=20)

@@ -121,6 +121,9 @@ def test_the_result_of_an_unfinished_job_is_409_and_events_follow_it_to_the_end(
         assert names[-1] == "done"
         assert events[-1][1]["page_count"] == 4
         assert events[-1][1]["failed_pages"] == []
+        # The stream ended: the server keeps nothing for it (else every followed job would stay).
+        assert server.app is not None
+        assert server.app.state.dsocr.jobs._changed == {}
 
 
 def test_cancelling_a_running_job_stops_its_pages_in_the_engine(tmp_path: Path) -> None:

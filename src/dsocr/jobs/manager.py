@@ -14,6 +14,7 @@ sends its completion callback (:mod:`dsocr.jobs.webhooks`), and is deleted ``job
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -167,7 +168,9 @@ class JobManager:
         self._cancelled: set[str] = set()
         self._wakeup = asyncio.Event()
         # Woken when a job of this process changes, for its event streams.
+        # One event per job that an events stream follows, dropped when its last stream ends.
         self._changed: dict[str, asyncio.Event] = {}
+        self._followers: collections.Counter[str] = collections.Counter()
         self._callbacks: set[asyncio.Task[None]] = set()
         # Set when the server is told to stop: event streams end so that it can (clients reconnect).
         self._stopping = asyncio.Event()
@@ -324,6 +327,18 @@ class JobManager:
         ``error``; ``ping`` (nothing new) every ``_HEARTBEAT_S``, so that proxies keep the stream
         open. Ends early, without a last event, when the server stops (``stop_streams``)."""
         job = await self.get(job_id, owner)
+        self._followers[job_id] += 1
+        try:
+            async for item in self._follow(job, owner):
+                yield item
+        finally:
+            self._followers[job_id] -= 1
+            if not self._followers[job_id]:
+                del self._followers[job_id]
+                self._changed.pop(job_id, None)
+
+    async def _follow(self, job: JobRecord, owner: str) -> AsyncIterator[tuple[str, Any]]:
+        job_id = job.id
         context = self.request_of(job)
         names = context.outputs
         sent: set[int] = set()
