@@ -618,7 +618,9 @@ def vllm_engine_args(settings: EngineSettings, name: str, model: str, memory_sha
     # threads there. An operator's own worker_extension_cls, from ``args``, replaces it.
     args["worker_extension_cls"] = _WORKER_EXTENSION
     if (capture := _graph_capture_size(s)) is not None:
-        args["compilation_config"] = {"max_cudagraph_capture_size": capture}
+        from vllm.config import CompilationConfig
+
+        args["compilation_config"] = CompilationConfig(max_cudagraph_capture_size=capture)
     batched_tokens = v.max_num_batched_tokens or _default_batched_tokens()
     if batched_tokens is not None:
         args["max_num_batched_tokens"] = batched_tokens
