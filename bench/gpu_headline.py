@@ -194,6 +194,10 @@ async def dsocr_offline(pages: int, tokens: int) -> None:
     # Read while the engine is open: a closed engine serves no model, and reports gundam only.
     modes = list(engine.info.modes)
     extra: dict[str, Any] = {}
+    progress = getattr(engine, "start_progress", None)  # trees that time their start's phases
+    if progress is not None:
+        extra["start_phases"] = progress.seconds()
+    extra["engine_details"] = dict(engine.info.details)  # the self-test, which speed-ups are on
     if is_v2(settings.engine.model):  # the n-gram dsocr's request carries (its v2 profile's)
         sampling = build_request(settings, source=None, max_tokens=tokens, deadline=False).sampling
         extra["ngram"] = [sampling.ngram_size, sampling.ngram_window]
