@@ -387,8 +387,13 @@ def serve_command(
         err=True,
     )
     if server.workers == 1:
+        import logging
+
         from dsocr.server.app import Server, create_app
 
+        # dsocr's own log (the engine's start phases, its warnings) at the level uvicorn's has;
+        # uvicorn configures only its own loggers.
+        logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
         config = uvicorn.Config(create_app(settings), host=server.host, port=server.port, log_level=log_level)
         Server(config).run()
         return

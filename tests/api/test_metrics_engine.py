@@ -146,3 +146,26 @@ def test_a_replaced_worker_leaves_no_stale_readiness_behind(tmp_path: Path) -> N
             raise AssertionError("the stopped worker was not replaced")
         for _ in range(4):
             assert engine_ready(base) == 1
+
+
+def test_serve_logs_each_start_phase_and_reports_them(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    with (
+        log.open("w") as log_file,
+        dsocr_serve(
+            "--engine", "fake", stdout=log_file, stderr=subprocess.STDOUT,
+            output=lambda: log.read_text(errors="replace"),
+        ) as (base, _),
+    ):  # fmt: skip
+        start = httpx.get(f"{base}/health", timeout=10).json()["engine"]["start"]
+        phases = dict(
+            (labels["phase"], value) for labels, value in samples(base, "dsocr_engine_start_seconds")
+        )
+    text = log.read_text(errors="replace")
+    # One line per finished phase, and one for the whole start, in the server's own log.
+    assert start["phase"] == "ready"
+    for phase in start["seconds"]:
+        assert f"start phase {phase} took" in text, phase
+    assert "engine ready" in text
+    assert set(phases) == {*start["seconds"], "total"}
+    assert abs(phases["total"] - start["ready_after_s"]) < 0.01
