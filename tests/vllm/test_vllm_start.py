@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,26 +33,3 @@ async def test_start_says_which_speedups_the_model_runs_with(engine: Any) -> Non
     assert details[f"batched_ngram[{name}]"] == "on"
     assert details[f"batched_encoder[{name}]"] == "on"
     assert details[f"device_views[{name}]"] == "off"
-
-
-async def test_gpu_engines_capture_graphs_only_up_to_max_num_seqs(
-    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from vllm.platforms import current_platform
-
-    from dsocr.engine.vllm.engine import vllm_engine_args
-    from dsocr.settings import EngineSettings
-
-    settings = EngineSettings(kind="vllm", model=str(tiny_model_dir), vllm={"max_num_seqs": 64})
-    model = str(tiny_model_dir)
-    # No graphs off a GPU: vLLM's own configuration.
-    assert vllm_engine_args(settings, "m", model, 0.5).compilation_config.max_cudagraph_capture_size is None
-    monkeypatch.setattr(type(current_platform), "is_cuda_alike", lambda self: True)
-    assert vllm_engine_args(settings, "m", model, 0.5).compilation_config.max_cudagraph_capture_size == 64
-    # An operator's compilation_config replaces dsocr's.
-    own = EngineSettings(
-        kind="vllm",
-        model=model,
-        vllm={"max_num_seqs": 64, "args": {"compilation_config": {"max_cudagraph_capture_size": 8}}},
-    )
-    assert vllm_engine_args(own, "m", model, 0.5).compilation_config.max_cudagraph_capture_size == 8

@@ -617,10 +617,6 @@ def vllm_engine_args(settings: EngineSettings, name: str, model: str, memory_sha
     # runner's per-step host wait off for the n-gram processor (ngram) and set torch's CPU
     # threads there. An operator's own worker_extension_cls, from ``args``, replaces it.
     args["worker_extension_cls"] = _WORKER_EXTENSION
-    if (capture := _graph_capture_size(s)) is not None:
-        from vllm.config import CompilationConfig
-
-        args["compilation_config"] = CompilationConfig(max_cudagraph_capture_size=capture)
     batched_tokens = v.max_num_batched_tokens or _default_batched_tokens()
     if batched_tokens is not None:
         args["max_num_batched_tokens"] = batched_tokens
@@ -699,27 +695,6 @@ def _speedups(architectures: list[str], *, subclass: bool, device_views: bool) -
         "batched_encoder": encoder,
         "device_views": views,
     }
-
-
-def _graph_capture_size(settings: EngineSettings) -> int | None:
-    """The largest batch vLLM captures a CUDA graph for: ``max_num_seqs`` on a GPU.
-
-    vLLM's default is twice ``max_num_seqs`` (at most 512), sized in tokens for mixed steps. A
-    DeepSeek-OCR page's prefill alone is 273–933 tokens, so steps above ``max_num_seqs`` tokens are
-    almost always prefill steps, which run without graphs whatever their size; the graphs between
-    ``max_num_seqs`` and twice it (16 of 51 at the default 256) only lengthen the start. ``None``
-    (vLLM's default) off a GPU, where there are no graphs, or where this vLLM lacks the setting.
-    An operator's ``compilation_config`` in ``args`` replaces this.
-    """
-    from vllm.platforms import current_platform
-
-    if not current_platform.is_cuda_alike():
-        return None
-    from vllm.config import CompilationConfig
-
-    if "max_cudagraph_capture_size" not in getattr(CompilationConfig, "__dataclass_fields__", {}):
-        return None
-    return settings.vllm.max_num_seqs
 
 
 def _use_compile_cache(settings: EngineSettings) -> None:
