@@ -45,7 +45,7 @@ from dsocr.errors import (
 from dsocr.ngram import repetition_score, validate_ngram_params
 from dsocr.settings import EngineSettings, encoder_cuda_graphs
 
-__all__ = ["SUPPORTED_MODES", "VLLMEngine", "map_engine_errors", "repeated_ngram_count"]
+__all__ = ["SUPPORTED_MODES", "VLLMEngine", "map_engine_errors", "repeated_ngram_count", "self_test_requests"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,26 @@ def repeated_ngram_count(token_ids: list[int], n: int, window: int) -> int:
                 count += 1
                 break
     return count
+
+
+def self_test_requests(model: str) -> tuple[EngineRequest, EngineRequest]:
+    """The self-test's two requests for ``model``: a repetitive page, greedy, a fixed length, once
+    without the n-gram ban and once with a short one (``VLLMEngine._self_test``)."""
+    page = Image.new("RGB", (512, 512), "white")
+    draw = ImageDraw.Draw(page)
+    for y in range(16, 500, 20):
+        draw.text((16, y), "la la la la la la la la la la la la la la la la", fill="black")
+    base = EngineRequest(
+        request_id=f"selftest-{uuid.uuid4().hex}", prompt="<image>\nFree OCR.", image=page, model=model
+    )
+    plain = replace(base.sampling, max_tokens=_SELF_TEST_TOKENS, ngram_size=None, ignore_eos=True)
+    banned = replace(
+        plain, ngram_size=_SELF_TEST_NGRAM, ngram_window=_SELF_TEST_WINDOW, whitelist_token_ids=frozenset()
+    )
+    return (
+        replace(base, sampling=plain),
+        replace(base, request_id=f"selftest-{uuid.uuid4().hex}", sampling=banned),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,28 +413,9 @@ class VLLMEngine:
         """Prove repetition control is active: greedy decoding of a repetitive page loops without
         the ban (dummy weights always collapse into a short loop; real weights transcribe the
         repeated text) and shows no repeated n-gram inside the window with it."""
-        page = Image.new("RGB", (512, 512), "white")
-        draw = ImageDraw.Draw(page)
-        for y in range(16, 500, 20):
-            draw.text((16, y), "la la la la la la la la la la la la la la la la", fill="black")
-        base = EngineRequest(
-            request_id=f"selftest-{uuid.uuid4().hex}",
-            prompt="<image>\nFree OCR.",
-            image=page,
-            model=served.name,
-        )
-        plain = replace(base.sampling, max_tokens=_SELF_TEST_TOKENS, ngram_size=None, ignore_eos=True)
-        banned = replace(
-            plain,
-            ngram_size=_SELF_TEST_NGRAM,
-            ngram_window=_SELF_TEST_WINDOW,
-            whitelist_token_ids=frozenset(),
-        )
+        without_ban, with_ban = self_test_requests(served.name)
         # Both in one batch: the self-test costs one short generation.
-        ids_plain, ids_banned = await asyncio.gather(
-            self._token_ids(replace(base, sampling=plain)),
-            self._token_ids(replace(base, request_id=f"selftest-{uuid.uuid4().hex}", sampling=banned)),
-        )
+        ids_plain, ids_banned = await asyncio.gather(self._token_ids(without_ban), self._token_ids(with_ban))
         loops = repeated_ngram_count(ids_plain, _SELF_TEST_NGRAM, _SELF_TEST_WINDOW)
         left = repeated_ngram_count(ids_banned, _SELF_TEST_NGRAM, _SELF_TEST_WINDOW)
         logger.info(
