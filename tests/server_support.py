@@ -214,6 +214,27 @@ class TrussProxy:
     config: Any  # truss.base.truss_config.TrussConfig
 
 
+def render_truss_proxy(work: Path, server_port: int) -> tuple[Any, Any, int]:
+    """Truss's own nginx configuration for truss/config.yaml, written into ``work`` with the model
+    server on ``server_port`` and the proxy on a free loopback port instead of 8080; returns the
+    config, the config as rendered, and the proxy's port."""
+    from truss.base.truss_config import TrussConfig
+    from truss.contexts.image_builder.serving_image_builder import generate_docker_server_nginx_config
+
+    config = TrussConfig.from_yaml(TRUSS_DIR / "config.yaml")
+    assert config.docker_server is not None
+    rendered = config.model_copy(
+        update={"docker_server": config.docker_server.model_copy(update={"server_port": server_port})}
+    )
+    generate_docker_server_nginx_config(work, rendered)
+    proxy_port = free_port()
+    proxy = (work / "proxy.conf").read_text(encoding="utf-8")
+    assert proxy.count("listen 8080;") == 1
+    (work / "proxy.conf").write_text(proxy.replace("listen 8080;", f"listen 127.0.0.1:{proxy_port};"))
+    (work / "nginx.conf").write_text(_NGINX_CONF.format(work=work))
+    return config, rendered, proxy_port
+
+
 @contextmanager
 def truss_docker_server(work: Path, env: Mapping[str, str], *, timeout_s: float = 60) -> Iterator[TrussProxy]:
     """truss/config.yaml served as Truss's image serves it, on free loopback ports.
@@ -225,27 +246,14 @@ def truss_docker_server(work: Path, env: Mapping[str, str], *, timeout_s: float 
     (the ``DSOCR_*`` settings under test), and nginx runs the proxy. The one change: nginx listens
     on a free loopback port instead of 8080. Needs nginx (``NGINX``).
     """
-    from truss.base.truss_config import TrussConfig
-    from truss.contexts.image_builder.serving_image_builder import (
-        generate_docker_server_nginx_config,
-        generate_docker_server_supervisord_config,
-    )
+    from truss.contexts.image_builder.serving_image_builder import generate_docker_server_supervisord_config
 
     if NGINX is None:
         raise RuntimeError("nginx is not installed")
-    config = TrussConfig.from_yaml(TRUSS_DIR / "config.yaml")
-    assert config.docker_server is not None
     # Free ports instead of 8000 (server_port, DSOCR_SERVER__PORT) and 8080 (Truss's proxy).
-    server_port, proxy_port = free_port(), free_port()
-    rendered = config.model_copy(
-        update={"docker_server": config.docker_server.model_copy(update={"server_port": server_port})}
-    )
-    generate_docker_server_nginx_config(work, rendered)
+    server_port = free_port()
+    config, rendered, proxy_port = render_truss_proxy(work, server_port)
     generate_docker_server_supervisord_config(work, rendered)
-    proxy = (work / "proxy.conf").read_text(encoding="utf-8")
-    assert proxy.count("listen 8080;") == 1
-    (work / "proxy.conf").write_text(proxy.replace("listen 8080;", f"listen 127.0.0.1:{proxy_port};"))
-    (work / "nginx.conf").write_text(_NGINX_CONF.format(work=work))
     supervisord = configparser.ConfigParser()
     supervisord.read(work / "supervisord.conf")
     command = shlex.split(supervisord["program:model-server"]["command"])

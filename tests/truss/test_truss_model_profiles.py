@@ -24,12 +24,11 @@ import httpx
 import pytest
 from PIL import Image, ImageDraw
 from truss.base.truss_config import TrussConfig
-from truss.contexts.image_builder.serving_image_builder import generate_docker_server_nginx_config
 
 from dsocr.engine.factory import create_engine
 from dsocr.engine.fake import FakeEngine
 from dsocr.settings import Settings
-from server_support import _NGINX_CONF, NGINX, TRUSS_DIR, Server, free_port, running_server
+from server_support import NGINX, TRUSS_DIR, Server, render_truss_proxy, running_server
 
 pytestmark = pytest.mark.skipif(
     NGINX is None, reason="nginx is not installed (scripts/test.sh installs Debian's nginx)"
@@ -55,17 +54,7 @@ def _png(width: int = 400, height: int = 300) -> str:
 def _truss_proxy(work: Path, server_port: int) -> Iterator[str]:
     """Truss's proxy for truss/config.yaml in front of ``server_port``; yields its URL."""
     assert NGINX is not None
-    config = TrussConfig.from_yaml(TRUSS_DIR / "config.yaml")
-    assert config.docker_server is not None
-    rendered = config.model_copy(
-        update={"docker_server": config.docker_server.model_copy(update={"server_port": server_port})}
-    )
-    generate_docker_server_nginx_config(work, rendered)
-    proxy_port = free_port()
-    proxy = (work / "proxy.conf").read_text(encoding="utf-8")
-    assert proxy.count("listen 8080;") == 1
-    (work / "proxy.conf").write_text(proxy.replace("listen 8080;", f"listen 127.0.0.1:{proxy_port};"))
-    (work / "nginx.conf").write_text(_NGINX_CONF.format(work=work))
+    _, _, proxy_port = render_truss_proxy(work, server_port)
     nginx_log = work / "nginx-error.log"
     nginx = subprocess.Popen(
         [NGINX, "-p", str(work), "-c", str(work / "nginx.conf"), "-e", str(nginx_log)],
