@@ -172,19 +172,15 @@ def test_a_size_combination_that_is_no_mode_is_refused() -> None:
         vllm_modes().mode_for_kwargs({"base_size": 1280, "image_size": 1024, "crop_mode": True})
 
 
-def test_both_deepseek_ocr_models_and_nothing_else_are_switched_to_dsocrs_classes() -> None:
+def test_only_deepseek_ocr_v1_is_switched_to_the_dsocr_architecture() -> None:
     class Config:
         architectures: list[str]
 
-    v1, v2, other = Config(), Config(), Config()
+    v1, v2 = Config(), Config()
     v1.architectures = ["DeepseekOCRForCausalLM"]
     v2.architectures = ["DeepseekOCR2ForCausalLM"]
-    other.architectures = ["Qwen2ForCausalLM"]
     assert vllm_modes().use_mode_architecture(v1).architectures == [ARCHITECTURE]
-    assert vllm_modes().use_mode_architecture(v2).architectures == ["DsocrDeepseekOCR2ForCausalLM"]
-    assert vllm_modes().use_mode_architecture(other).architectures == ["Qwen2ForCausalLM"]
-    # Only v1's class builds views on the device: v2's config gets no such flag.
-    assert not hasattr(v2, vllm_modes().DEVICE_VIEWS_ATTRIBUTE)
+    assert vllm_modes().use_mode_architecture(v2).architectures == ["DeepseekOCR2ForCausalLM"]
 
 
 def test_without_the_installed_plugin_the_engine_stays_on_upstream_gundam(

@@ -35,28 +35,3 @@ class TinyVisionWorker(WorkerExtension):
             "qwen2_layers": len(model.qwen2_model.model.model.layers),
             "tokens": tokens,
         }
-
-    def dsocr_probe_v2_encoder(self, seed):
-        """dsocr's batched v2 encoder against upstream's page-by-page one on one step of three
-        pages (3×2 tiles, untiled, 2×1 tiles, as vLLM batches them): shapes and max |difference|."""
-        import torch
-        from vllm.model_executor.models.deepseek_ocr2 import DeepseekOCR2ForCausalLM
-
-        model = self.model_runner.get_model()
-        dtype = next(model.sam_model.parameters()).dtype
-        g = torch.Generator().manual_seed(seed)
-        pixel_values = torch.randn(3, 3, 1024, 1024, generator=g).to(dtype)
-        images_crop = torch.randn(8, 3, 768, 768, generator=g).to(dtype)
-        grids = torch.tensor([[3, 2], [1, 1], [2, 1]])
-        with torch.inference_mode():
-            ours = model._pixel_values_to_embedding(pixel_values, images_crop, grids)
-            upstream = DeepseekOCR2ForCausalLM._pixel_values_to_embedding(
-                model, pixel_values, images_crop, grids
-            )
-        return {
-            "type": type(model).__name__,
-            "shapes": [list(t.shape) for t in ours],
-            "upstream_shapes": [list(t.shape) for t in upstream],
-            "max_abs_diff": [float((a.float() - b.float()).abs().max()) for a, b in zip(ours, upstream)],
-            "scale": [float(b.float().abs().max()) for b in upstream],
-        }

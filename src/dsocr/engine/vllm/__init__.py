@@ -3,13 +3,12 @@
 - ``engine``: ``VLLMEngine``, vLLM's ``AsyncLLM`` in the server process, and the recipe's engine
   arguments;
 - ``model``: dsocr's DeepSeek-OCR model class for vLLM (per-request modes, a batched vision
-  encoder), registered through the ``vllm.general_plugins`` entry point; ``model_ocr2``: the
-  DeepSeek-OCR 2 class (a batched vision encoder), registered by the same plugin;
+  encoder), registered through the ``vllm.general_plugins`` entry point;
 - ``ngram``: the batched no-repeat n-gram logits processors;
 - ``worker``: the start-up calls dsocr makes in vLLM's worker (``worker_extension_cls``);
 - ``page_views`` and ``rel_pos_attention``: pure torch, used by the model class (a page's views
   built on the GPU, SAM's attention on the fused kernel).
 
 Importing this package imports nothing of vLLM; ``engine`` imports it when the engine starts,
-``model``, ``model_ocr2`` and ``ngram`` at their top.
+``model`` and ``ngram`` at their top.
 """

@@ -339,7 +339,7 @@ class VLLMEngine:
             config = llm.vllm_config
             modes = modes_module.modes_for(architectures, getattr(config, "compilation_config", None))
             pixel_arrays = modes_module.device_views_on(config.model_config.hf_config)
-            subclass = bool({modes_module.ARCHITECTURE, modes_module.ARCHITECTURE_V2} & set(architectures))
+            subclass = modes_module.ARCHITECTURE in architectures
         speedups = _speedups(architectures, subclass=subclass, device_views=pixel_arrays)
         for speedup, state in speedups.items():
             self._details[f"{speedup}[{name}]"] = state.split(":", 1)[0]
@@ -675,12 +675,17 @@ def vllm_engine_config(settings: EngineSettings, args: Any, usage_context: Any) 
 def _speedups(architectures: list[str], *, subclass: bool, device_views: bool) -> dict[str, str]:
     """Which of dsocr's own speed-ups a built model runs with, each ``on`` or ``off: why``
     (the start log and ``/health``'s details; docs/models.md)."""
-    v2 = any(a.endswith("DeepseekOCR2ForCausalLM") for a in architectures)
-    encoder = "on" if subclass else "off: the model does not run on a dsocr model class (dsocr_modes plugin)"
+    if subclass:
+        encoder = "on"
+    elif "DeepseekOCR2ForCausalLM" in architectures:
+        encoder = (
+            "off: DeepSeek-OCR 2 runs on vLLM's own model class, whose encoder takes the pages "
+            "of a step one at a time (dsocr's batched encoder is built on DeepSeek-OCR's CLIP tower)"
+        )
+    else:
+        encoder = "off: the model does not run on dsocr's model class (the dsocr_modes plugin)"
     if device_views:
         views = "on"
-    elif v2 and subclass:
-        views = "off: DeepSeek-OCR 2's views are built by vLLM's own processor (on the CPU)"
     elif not subclass:
         views = "off: page views on the device need dsocr's DeepSeek-OCR model class"
     else:

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Final
 
@@ -76,16 +76,11 @@ from dsocr.modes import V1, Mode, gundam_grid, preprocess, vision_tokens
 
 __all__ = [
     "ARCHITECTURE",
-    "ARCHITECTURE_V2",
     "UPSTREAM_ARCHITECTURE",
-    "UPSTREAM_ARCHITECTURE_V2",
     "DeviceViewsProcessor",
     "DsocrDeepseekOCRForCausalLM",
-    "as_rows",
-    "as_view_list",
     "device_views",
     "device_views_on",
-    "encode_by_size",
     "mode_for_kwargs",
     "modes_for",
     "register",
@@ -98,9 +93,6 @@ logger = logging.getLogger(__name__)
 
 ARCHITECTURE: Final = "DsocrDeepseekOCRForCausalLM"
 UPSTREAM_ARCHITECTURE: Final = "DeepseekOCRForCausalLM"
-# DeepSeek-OCR 2 on dsocr's batched encoder (dsocr.engine.vllm.model_ocr2).
-ARCHITECTURE_V2: Final = "DsocrDeepseekOCR2ForCausalLM"
-UPSTREAM_ARCHITECTURE_V2: Final = "DeepseekOCR2ForCausalLM"
 _MODE_KEYS: Final = ("base_size", "image_size", "crop_mode")
 # The model config's flag for views built on the model's device (use_mode_architecture).
 DEVICE_VIEWS_ATTRIBUTE: Final = "dsocr_device_views"
@@ -145,8 +137,7 @@ def request_inputs(image: Image.Image, mode_name: str) -> tuple[Image.Image, dic
 
 
 def use_mode_architecture(config: Any, *, device_views: bool = False) -> Any:
-    """``hf_overrides`` callable: serve DeepSeek-OCR v1 and 2 through our subclasses, anything
-    else as is.
+    """``hf_overrides`` callable: serve DeepSeek-OCR v1 through our subclass, anything else as is.
 
     ``device_views`` (bind it with ``functools.partial``): the processor sends each page's pixels
     and the model builds its views on its own device (``DeviceViewsProcessor``); recorded in the
@@ -154,10 +145,8 @@ def use_mode_architecture(config: Any, *, device_views: bool = False) -> Any:
     that vLLM can pickle it into its engine-core process.
     """
     architectures = list(getattr(config, "architectures", None) or [])
-    ours = {UPSTREAM_ARCHITECTURE: ARCHITECTURE, UPSTREAM_ARCHITECTURE_V2: ARCHITECTURE_V2}
-    if any(a in ours for a in architectures):
-        config.architectures = [ours.get(a, a) for a in architectures]
     if UPSTREAM_ARCHITECTURE in architectures:
+        config.architectures = [ARCHITECTURE if a == UPSTREAM_ARCHITECTURE else a for a in architectures]
         setattr(config, DEVICE_VIEWS_ATTRIBUTE, bool(device_views))
     return config
 
@@ -171,18 +160,15 @@ def modes_for(architectures: Sequence[str] | None, compilation_config: Any = Non
 
 
 def register() -> None:
-    """Make dsocr's model classes known to vLLM in this process (idempotent).
+    """Make ``DsocrDeepseekOCRForCausalLM`` known to vLLM in this process (idempotent).
 
     Registered lazily (``module:class``), as vLLM advises for out-of-tree models: it inspects the
     class in a subprocess instead of importing it here.
     """
     from vllm import ModelRegistry
 
-    known = ModelRegistry.get_supported_archs()
-    if ARCHITECTURE not in known:
+    if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, f"{__name__}:DsocrDeepseekOCRForCausalLM")
-    if ARCHITECTURE_V2 not in known:
-        ModelRegistry.register_model(ARCHITECTURE_V2, f"{__package__}.model_ocr2:{ARCHITECTURE_V2}")
 
 
 class DsocrDeepseekOCRMultiModalProcessor(DeepseekOCRMultiModalProcessor):  # type: ignore[misc]
@@ -416,15 +402,15 @@ class DsocrDeepseekOCRForCausalLM(DeepseekOCRForCausalLM):  # type: ignore[misc]
             dtype, device = self.view_seperator.dtype, self.view_seperator.device
             views, tiles = device_views(kwargs["page_pixels"], kwargs["view_plan"], dtype, device)
         elif kwargs.get("pixel_values") is not None:
-            views = as_view_list(kwargs["pixel_values"])
+            views = _as_list(kwargs["pixel_values"])
             tiles = None
         else:
             return None
-        grids = [(int(w), int(h)) for w, h in as_rows(kwargs["images_spatial_crop"]).tolist()]
+        grids = [(int(w), int(h)) for w, h in _as_stacked(kwargs["images_spatial_crop"]).tolist()]
         tiles_per_view = [w * h if w > 1 or h > 1 else 0 for w, h in grids]
         global_features = self._encode_by_size(views)
         if tiles is None:
-            tiles = as_view_list(kwargs.get("images_crop")) if sum(tiles_per_view) else []
+            tiles = _as_list(kwargs.get("images_crop")) if sum(tiles_per_view) else []
         if len(tiles) != sum(tiles_per_view):
             raise ValueError(f"{len(tiles)} tiles for tile grids {grids}")
         tile_features = self._encode_by_size(tiles)
@@ -441,14 +427,21 @@ class DsocrDeepseekOCRForCausalLM(DeepseekOCRForCausalLM):  # type: ignore[misc]
 
     def _encode_by_size(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
         """Projected vision features ``[side², dim]`` per view, batched over views of one size."""
-
-        def encode(batch: torch.Tensor) -> torch.Tensor:
-            sam = self.sam_model(batch)
-            clip = self.vision_model(batch, sam)
-            features = torch.cat((clip[:, 1:], sam.flatten(2).permute(0, 2, 1)), dim=-1)
-            return self.projector(features)  # type: ignore[no-any-return]
-
-        return encode_by_size(views, encode, self.encoder_batch_patches)
+        out: dict[int, torch.Tensor] = {}
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for i, view in enumerate(views):
+            by_size.setdefault(tuple(view.shape), []).append(i)
+        for shape, indices in by_size.items():
+            per_call = max(1, self.encoder_batch_patches // ((shape[-1] // 16) * (shape[-2] // 16)))
+            for start in range(0, len(indices), per_call):
+                chunk = indices[start : start + per_call]
+                batch = torch.stack([views[i] for i in chunk])
+                sam = self.sam_model(batch)
+                clip = self.vision_model(batch, sam)
+                features = self.projector(torch.cat((clip[:, 1:], sam.flatten(2).permute(0, 2, 1)), dim=-1))
+                for i, feature in zip(chunk, features, strict=True):
+                    out[i] = feature
+        return [out[i] for i in range(len(views))]
 
     def _with_newline_column(self, features: torch.Tensor) -> torch.Tensor:
         """A global view's ``side × side`` grid with the newline embedding closing each row."""
@@ -458,31 +451,12 @@ class DsocrDeepseekOCRForCausalLM(DeepseekOCRForCausalLM):  # type: ignore[misc]
         return torch.cat([grid, newline], dim=1).view(-1, grid.shape[-1])
 
 
-def encode_by_size(
-    views: Sequence[torch.Tensor], encode: Callable[[torch.Tensor], torch.Tensor], batch_patches: int
-) -> list[torch.Tensor]:
-    """``encode`` (``[n, 3, h, w]`` → ``[n, tokens, dim]``) applied to views batched by shape, at
-    most ``batch_patches`` 16-pixel input patches per call; one ``[tokens, dim]`` per view, in order."""
-    out: dict[int, torch.Tensor] = {}
-    by_size: dict[tuple[int, ...], list[int]] = {}
-    for i, view in enumerate(views):
-        by_size.setdefault(tuple(view.shape), []).append(i)
-    for shape, indices in by_size.items():
-        per_call = max(1, batch_patches // ((shape[-1] // 16) * (shape[-2] // 16)))
-        for start in range(0, len(indices), per_call):
-            chunk = indices[start : start + per_call]
-            features = encode(torch.stack([views[i] for i in chunk]))
-            for i, feature in zip(chunk, features, strict=True):
-                out[i] = feature
-    return [out[i] for i in range(len(views))]
-
-
 def device_views(
     page_pixels: object, view_plan: object, dtype: torch.dtype, device: torch.device
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Pages' global views and tiles, normalised in ``dtype`` on ``device``, from the fields
     ``DeviceViewsProcessor`` sends (as vLLM hands them over: one flat tensor, or one per page)."""
-    plans = [ViewPlan.from_row(row) for row in as_rows(view_plan, PLAN_LENGTH).tolist()]
+    plans = [ViewPlan.from_row(row) for row in _as_stacked(view_plan, PLAN_LENGTH).tolist()]
     sizes = [plan.height * plan.width * 3 for plan in plans]
     pages = (
         list(torch.split(page_pixels.reshape(-1), sizes))
@@ -529,20 +503,20 @@ def _fused_rel_pos_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     return self.proj(out)  # type: ignore[no-any-return]
 
 
-def as_view_list(value: object) -> list[torch.Tensor]:
+def _as_list(value: object) -> list[torch.Tensor]:
     """An image field as one ``[3, H, W]`` tensor per view or tile.
 
     vLLM stacks a step's items into one tensor when their shapes agree and hands over a list of
     per-item tensors (a view, or a page's tiles) when they do not.
     """
     if isinstance(value, torch.Tensor):
-        return [value] if value.dim() == 3 else [t for item in value.unbind(0) for t in as_view_list(item)]
+        return [value] if value.dim() == 3 else [t for item in value.unbind(0) for t in _as_list(item)]
     if isinstance(value, list | tuple):
-        return [t for item in value for t in as_view_list(item)]
+        return [t for item in value for t in _as_list(item)]
     raise TypeError(f"unexpected multimodal field {type(value).__name__}")
 
 
-def as_rows(value: object, width: int = 2) -> torch.Tensor:
+def _as_stacked(value: object, width: int = 2) -> torch.Tensor:
     """A per-page row field (``images_spatial_crop``, ``view_plan``) as one ``[pages, width]`` tensor."""
     if isinstance(value, torch.Tensor):
         return value.reshape(-1, width)
