@@ -33,6 +33,7 @@ __all__ = [
     "ngram_defaults",
     "route_model",
     "served_model_names",
+    "served_profiles",
 ]
 
 DEFAULT_MODE = "gundam"
@@ -151,6 +152,15 @@ def model_profile(model: str | None, engine: EngineSettings) -> ModelProfile:
     if model is not None:
         return served_profile(model)
     return served_profile(engine.model, engine.served_model_name)
+
+
+def served_profiles(engine: EngineSettings) -> list[ModelProfile]:
+    """Every served model's profile, the default model's first.
+
+    Reads each model directory's ``config.json`` once (the answers are kept): a server calls it
+    off the event loop before it serves, so that no request reads the disk for it.
+    """
+    return [model_profile(name, engine) for name in (None, *engine.extra_models)]
 
 
 def ngram_defaults(engine: EngineSettings, profile: ModelProfile) -> tuple[int, int]:

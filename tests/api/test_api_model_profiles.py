@@ -9,6 +9,7 @@ A local model directory is known by the architecture its ``config.json`` names.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -220,26 +221,41 @@ async def test_a_model_directory_without_a_known_architecture_goes_by_its_name(
     assert engine.requests[0].sampling.ngram_size == 20
 
 
-async def test_a_model_directorys_config_is_read_once(
+async def test_model_directories_configs_are_read_once_before_serving_off_the_event_loop(
     make_client: ClientFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     v2_dir = _model_dir(tmp_path, "weights", V2_ARCHITECTURE)
-    reads: list[str] = []
+    v1_dir = _model_dir(tmp_path, "other-weights", V1_ARCHITECTURE)
+    reads: list[tuple[str, bool]] = []  # (model, read on a running event loop)
     read = modes._config_architectures
 
     def counted(model_id: str) -> tuple[str, ...]:
-        reads.append(model_id)
+        reads.append((model_id, _on_event_loop()))
         return read(model_id)
 
     monkeypatch.setattr(modes, "_config_architectures", counted)
-    settings = Settings(engine={"kind": "fake", "model": str(v2_dir)}, cache={"enabled": False})
+    settings = Settings(
+        engine={"kind": "fake", "model": str(v2_dir), "extra_models": [str(v1_dir)]}, cache={"enabled": False}
+    )
     engine = FakeEngine()
     async with make_client(settings=settings, engine=engine) as client:
-        for _ in range(3):
-            response = await client.post("/v1/ocr", json={"image_base64": IMAGE})
+        before_serving = list(reads)
+        for model in (None, str(v1_dir), None):
+            named = {} if model is None else {"model": model}
+            response = await client.post("/v1/ocr", json={"image_base64": IMAGE, **named})
             assert response.status_code == 200, response.text
-    assert [seen.sampling.ngram_size for seen in engine.requests] == [20, 20, 20]
-    assert reads.count(str(v2_dir)) == 1
+    assert [seen.sampling.ngram_size for seen in engine.requests] == [20, 30, 20]
+    # Both directories were read at start, once each and off the loop; requests read nothing.
+    assert reads == before_serving
+    assert sorted(reads) == sorted([(str(v2_dir), False), (str(v1_dir), False)])
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 # (width, height) → vision tokens: v1 Gundam 273 untiled, 16·17+1 + 10·(2·10+1) for 2×1 tiles of

@@ -41,6 +41,7 @@ from dsocr.engine.startup import ReportsStart
 from dsocr.errors import DsocrError, EngineUnavailable, InputTooLarge, ServerBusy
 from dsocr.jobs.manager import job_window
 from dsocr.pipeline import Pipeline
+from dsocr.request import served_profiles
 from dsocr.server import routes_docs, routes_health, routes_jobs, routes_ocr
 from dsocr.server.deps import AppState, require_api_key
 from dsocr.server.errors import dsocr_error_body, error_headers, http_status, install_error_handlers
@@ -371,6 +372,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         # (vLLM takes a minute or more); /ready and the OCR routes say 503 until it is done.
         # Fast engines (fake, CPU) are given a moment so the server opens ready.
         state.cache = await asyncio.to_thread(open_cache, settings, default=True)
+        await asyncio.to_thread(served_profiles, settings.engine)  # model directories' config.json
         starting = asyncio.create_task(_start_engine(state, engine), name="dsocr-engine-start")
         await asyncio.wait({starting}, timeout=settings.server.startup_wait_s)
         if settings.jobs.enabled:
