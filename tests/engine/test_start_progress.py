@@ -29,8 +29,10 @@ def test_phases_add_up_in_order_and_the_end_is_recorded(caplog: pytest.LogCaptur
     assert seconds["capturing_graphs"] == 0.5
     snapshot = progress.snapshot()
     assert snapshot["phase"] == "ready"
-    assert snapshot["phase_s"] is None
+    assert snapshot["phase_s"] is None and snapshot["elapsed_s"] is None
     assert snapshot["ready_after_s"] == pytest.approx(progress.ready_after, abs=1e-3)
+    # A finished start reads the same on every call (/ready's body with it).
+    assert progress.snapshot() == snapshot
     # One log line per finished phase, and one for the whole start.
     assert "start phase loading_weights took 1.00 s" in caplog.text
     assert "engine ready" in caplog.text

@@ -93,15 +93,17 @@ class StartProgress:
             return dict(self._seconds)
 
     def snapshot(self) -> dict[str, Any]:
-        """``/health``'s ``engine.start``: the phase now, the finished phases' seconds, the seconds
-        since the process started, and, once over, the seconds it took to be ready."""
+        """``/health``'s ``engine.start``: the phase now, the finished phases' seconds; while the
+        start runs, the phase's seconds so far and the seconds since the process started; once
+        over, the seconds it took (so a finished start reads the same on every call)."""
         now = time.time()
         with self._lock:
+            over = self._ready_after is not None
             return {
                 "phase": self._phase,
-                "phase_s": None if self._ready_after is not None else round(now - self._since, 3),
+                "phase_s": None if over else round(now - self._since, 3),
                 "seconds": {name: round(s, 3) for name, s in self._seconds.items()},
-                "elapsed_s": round(now - self._started_at, 3),
+                "elapsed_s": None if over else round(now - self._started_at, 3),
                 "ready_after_s": None if self._ready_after is None else round(self._ready_after, 3),
             }
 
