@@ -278,7 +278,7 @@ async def test_health_shows_the_phase_a_start_is_in_and_the_one_it_failed_in(
         assert (start["phase"], start["ready_after_s"]) == ("starting_engine", None)
         assert start["phase_s"] >= 0 and start["elapsed_s"] >= start["phase_s"]
         release.set()
-        for _ in range(100):
+        for _ in range(1000):
             if (await client.get("/ready")).status_code == 200:
                 break
             await asyncio.sleep(0.01)

@@ -45,7 +45,7 @@ async def test_health_answers_while_engine_loads_then_ready(make_client: ClientF
         assert busy.json()["error"]["code"] == "engine_unavailable"
 
         engine.loaded.set()
-        for _ in range(100):
+        for _ in range(1000):
             if (await client.get("/ready")).status_code == 200:
                 break
             await asyncio.sleep(0.01)

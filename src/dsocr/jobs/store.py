@@ -265,18 +265,26 @@ class JobStore:
         return job
 
     def get(self, job_id: str, owner: str | None = None) -> JobRecord | None:
-        """The job, if it exists (and belongs to ``owner``, when given)."""
+        """The job, if it exists. With ``owner`` (a caller's view), only a job of that owner that
+        has not expired: an expired job is gone for its owner at once, not at the next sweep."""
         if owner is None:
             row = self._one("SELECT * FROM jobs WHERE id = ?", job_id)
         else:
-            row = self._one("SELECT * FROM jobs WHERE id = ? AND owner = ?", job_id, owner)
+            row = self._one(
+                "SELECT * FROM jobs WHERE id = ? AND owner = ? AND (expires_at IS NULL OR expires_at > ?)",
+                job_id,
+                owner,
+                time.time(),
+            )
         return None if row is None else _record(row)
 
     def owned(self, owner: str, *, limit: int = 100) -> list[JobRecord]:
-        """The owner's jobs, newest first."""
+        """The owner's jobs that have not expired, newest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM jobs WHERE owner = ? ORDER BY created_at DESC LIMIT ?", (owner, limit)
+                "SELECT * FROM jobs WHERE owner = ? AND (expires_at IS NULL OR expires_at > ?)"
+                " ORDER BY created_at DESC LIMIT ?",
+                (owner, time.time(), limit),
             ).fetchall()
         return [_record(row) for row in rows]
 
