@@ -156,11 +156,11 @@ def test_data_url_payload_round_trips_the_image_size() -> None:
 
 
 def test_client_leaving_a_plain_completion_aborts_the_engine_request() -> None:
-    engine = FakeEngine(delay_s=4.0)
+    engine = FakeEngine(delay_s=8.0)
     with running_server(Settings(engine={"kind": "fake", "model": MODEL}), engine) as server:
         body = {"model": MODEL, "messages": ocr_messages("document", page_data_url())}
         with (
-            httpx.Client(base_url=server.base_url, timeout=0.8) as http,
+            httpx.Client(base_url=server.base_url, timeout=2.0) as http,
             pytest.raises(httpx.ReadTimeout),
         ):
             http.post("/chat/completions", json=body)

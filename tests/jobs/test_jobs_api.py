@@ -98,7 +98,7 @@ def test_a_json_body_and_plain_formats_of_the_result(client: httpx.Client) -> No
 
 def test_the_result_of_an_unfinished_job_is_409_and_events_follow_it_to_the_end(tmp_path: Path) -> None:
     with (
-        running_server(_settings(tmp_path, window=1), FakeEngine(delay_s=0.2)) as server,
+        running_server(_settings(tmp_path, window=1), FakeEngine(delay_s=0.5)) as server,
         httpx.Client(base_url=server.url, timeout=30) as client,
     ):
         job = client.post("/v1/jobs", files={"file": ("a.pdf", pdf(4), "application/pdf")}).json()
@@ -127,7 +127,7 @@ def test_the_result_of_an_unfinished_job_is_409_and_events_follow_it_to_the_end(
 
 
 def test_cancelling_a_running_job_stops_its_pages_in_the_engine(tmp_path: Path) -> None:
-    engine = FakeEngine(delay_s=1.0)
+    engine = FakeEngine(delay_s=2.0)
     with (
         running_server(_settings(tmp_path, window=2), engine) as server,
         httpx.Client(base_url=server.url, timeout=30) as client,
@@ -186,7 +186,7 @@ def test_queue_limits_answer_429_with_retry_after(tmp_path: Path) -> None:
         server={"api_keys": ["key-a", "key-b", "key-c"]},
     )
     with (
-        running_server(settings, FakeEngine(delay_s=2.0)) as server,
+        running_server(settings, FakeEngine(delay_s=5.0)) as server,
         httpx.Client(base_url=server.url, timeout=30) as client,
     ):
 
